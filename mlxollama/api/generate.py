@@ -1,0 +1,213 @@
+"""POST /api/generate and POST /api/chat (reference §5.6, §5.7)."""
+
+from __future__ import annotations
+
+import time
+
+from sanic import Blueprint
+
+from ..engine.catalog import ModelSpec
+from ..engine.gotemplate import TemplateError
+from ..engine.gotemplate import render as render_go_template
+from ..engine.jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
+from ..options import Options, OptionTypeError, validate_options
+from ..timefmt import rfc3339_utc
+from .errors import APIError, dumps, error_response, json_body
+from .protocol import ChatRequest, GenerateRequest, check_format, parse_body
+from .state import ServerState, state_of
+
+bp = Blueprint("generate")
+
+
+def _metrics(done: DoneEvent, started: int, load_ns: int) -> dict:
+    out = {
+        "done_reason": done.done_reason,
+        "total_duration": time.perf_counter_ns() - started,
+        "load_duration": load_ns,
+        "prompt_eval_count": done.prompt_eval_count,
+        "prompt_eval_duration": done.prompt_eval_duration,
+        "eval_count": done.eval_count,
+        "eval_duration": done.eval_duration,
+    }
+    return {k: v for k, v in out.items() if v}
+
+
+def _check_capabilities(spec: ModelSpec, requested: str, need: list[str], think) -> None:
+    if "completion" in need and "completion" not in spec.capabilities:
+        raise APIError(400, f'"{requested}" does not support {need[0] if need[0] != "completion" else "generate"}')
+    missing = [c for c in need[1:] if c not in spec.capabilities]
+    if missing:
+        raise APIError(400, f"{spec.name.display_full()} does not support " + "\n".join(missing))
+    if think not in (None, False) and "thinking" not in spec.capabilities:
+        raise APIError(400, f'"{requested}" does not support thinking')
+
+
+def _options(state: ServerState, spec: ModelSpec, raw: dict | None) -> Options:
+    try:
+        request_opts = validate_options(raw)
+        opts = Options.merged(spec.params, request_opts, num_ctx=state.config.context_length)
+    except OptionTypeError as e:
+        raise APIError(500, str(e)) from e
+    opts.num_ctx = max(opts.num_ctx, 4)
+    if spec.context_length:
+        opts.num_ctx = min(opts.num_ctx, spec.context_length)
+    return opts
+
+
+def _check_structured(fmt) -> None:
+    check_format(fmt)
+    if fmt not in (None, ""):
+        # Enforcing JSON output needs constrained decoding; until it lands, say so rather
+        # than return text that may not parse.
+        raise APIError(400, "structured outputs (format) are not supported by this server yet")
+
+
+async def _run(request, state: ServerState, spec: ModelSpec, prompt: PromptSpec, opts: Options,
+               keep_alive, started: int, chunk, final, stream: bool):
+    load_started = time.perf_counter_ns()
+    try:
+        runner = await state.scheduler.acquire(spec, keep_alive, opts.num_ctx)
+    except EngineError as e:
+        return error_response(e.status, e.message)
+    load_ns = time.perf_counter_ns() - load_started
+    job = GenerationJob(prompt, opts)
+    runner.submit(job)
+    try:
+        event = await job.events.get()
+        if isinstance(event, ErrorEvent):
+            return error_response(event.status, event.message)
+        if not stream:
+            pieces = []
+            while isinstance(event, TextEvent):
+                pieces.append(event.text)
+                event = await job.events.get()
+            if isinstance(event, ErrorEvent):
+                return error_response(event.status, event.message)
+            return json_body(final(event, _metrics(event, started, load_ns), "".join(pieces)))
+        response = await request.respond(content_type="application/x-ndjson")
+        while True:
+            if isinstance(event, TextEvent):
+                await response.send(dumps(chunk(event.text)) + "\n")
+            elif isinstance(event, DoneEvent):
+                await response.send(dumps(final(event, _metrics(event, started, load_ns))) + "\n")
+                break
+            else:
+                await response.send(dumps({"error": event.message}) + "\n")
+                break
+            event = await job.events.get()
+        await response.eof()
+    finally:
+        job.cancel()  # a client gone mid-stream stops its generation at the next token
+        state.scheduler.release(runner)
+
+
+async def _load_or_unload(state: ServerState, spec: ModelSpec, req, shape) -> dict:
+    if req.keep_alive_given and req.keep_alive == 0:
+        await state.scheduler.unload(spec)
+        return shape("unload")
+    try:
+        runner = await state.scheduler.acquire(spec, req.keep_alive, state.config.context_length)
+    except EngineError as e:
+        raise APIError(e.status, e.message) from e
+    state.scheduler.release(runner)
+    return shape("load")
+
+
+@bp.post("/api/generate")
+async def generate(request):
+    started = time.perf_counter_ns()
+    state = state_of(request)
+    req = GenerateRequest.parse(parse_body(request.body))
+    if not req.model:
+        raise APIError(404, "model '' not found")
+    spec = await state.lookup(req.model, not_found="model '{name}' not found")
+
+    def shape(reason):
+        return {"model": req.model, "created_at": rfc3339_utc(), "response": "", "done": True, "done_reason": reason}
+
+    if not req.prompt and req.keep_alive_given and req.keep_alive == 0:
+        return json_body(await _load_or_unload(state, spec, req, shape))
+    if req.raw and (req.template or req.system or req.context):
+        raise APIError(400, "raw mode does not support template, system, or context")
+    need = ["completion"] + (["insert"] if req.suffix else []) + (["vision"] if req.images else [])
+    _check_capabilities(spec, req.model, need, req.think)
+    if not req.prompt:
+        return json_body(await _load_or_unload(state, spec, req, shape))
+    _check_structured(req.format)
+    opts = _options(state, spec, req.options)
+
+    if req.raw:
+        prompt = PromptSpec(raw_prompt=req.prompt, truncate=req.truncate)
+    elif req.template:
+        try:
+            text = render_go_template(req.template, system=req.system or spec.system or "", prompt=req.prompt)
+        except TemplateError as e:
+            raise APIError(400, f"template error: {e}") from e
+        prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True)
+    else:
+        messages = []
+        system = req.system or spec.system
+        if system:
+            messages.append({"role": "system", "content": system})
+        if not req.context:
+            messages.extend(spec.messages)
+        messages.append({"role": "user", "content": req.prompt})
+        prompt = PromptSpec(messages=messages, context=req.context, truncate=req.truncate, return_context=True)
+
+    def chunk(text):
+        return {"model": req.model, "created_at": rfc3339_utc(), "response": text, "done": False}
+
+    def final(done: DoneEvent, metrics: dict, text: str = ""):
+        out = {"model": req.model, "created_at": rfc3339_utc(), "response": text, "done": True}
+        out["done_reason"] = metrics.pop("done_reason")
+        if done.context is not None:
+            out["context"] = done.context
+        out.update(metrics)
+        return out
+
+    return await _run(request, state, spec, prompt, opts, req.keep_alive, started, chunk, final, req.stream)
+
+
+@bp.post("/api/chat")
+async def chat(request):
+    started = time.perf_counter_ns()
+    state = state_of(request)
+    req = ChatRequest.parse(parse_body(request.body))
+    if not req.model:
+        raise APIError(400, "model is required")
+    spec = await state.lookup(req.model, not_found="model '{name}' not found")
+
+    def shape(reason):
+        return {"model": req.model, "created_at": rfc3339_utc(),
+                "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": reason}
+
+    if not req.messages:
+        if req.keep_alive_given and req.keep_alive == 0:
+            return json_body(await _load_or_unload(state, spec, req, shape))
+        if "completion" not in spec.capabilities:
+            raise APIError(400, f'"{req.model}" does not support chat')
+        return json_body(await _load_or_unload(state, spec, req, shape))
+    if "completion" not in spec.capabilities:
+        raise APIError(400, f'"{req.model}" does not support chat')
+    need = ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
+    _check_capabilities(spec, req.model, need, req.think)
+    _check_structured(req.format)
+    opts = _options(state, spec, req.options)
+
+    messages = list(spec.messages) + [m.for_template() for m in req.messages]
+    if spec.system and req.messages[0].role != "system":
+        messages.insert(0, {"role": "system", "content": spec.system})
+    prompt = PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate)
+
+    def chunk(text):
+        return {"model": req.model, "created_at": rfc3339_utc(),
+                "message": {"role": "assistant", "content": text}, "done": False}
+
+    def final(done: DoneEvent, metrics: dict, text: str = ""):
+        out = {"model": req.model, "created_at": rfc3339_utc(),
+               "message": {"role": "assistant", "content": text}, "done": True}
+        out["done_reason"] = metrics.pop("done_reason")
+        out.update(metrics)
+        return out
+
+    return await _run(request, state, spec, prompt, opts, req.keep_alive, started, chunk, final, req.stream)

@@ -1,0 +1,286 @@
+"""Request bodies parsed and checked into dataclasses (reference §1.3, §5.6, §5.7).
+
+Wrong JSON types get Go's decoder wording, since that is what Ollama clients display.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..durations import DurationError, parse_keep_alive
+from .errors import APIError
+
+THINK_LEVELS = ("high", "medium", "low", "max")
+
+_JSON_TYPE = {str: "string", bool: "bool", int: "number", float: "number", list: "array", dict: "object"}
+
+
+def _json_type(value) -> str:
+    return _JSON_TYPE.get(type(value), "value")
+
+
+def parse_body(raw: bytes) -> dict:
+    if not raw or not raw.strip():
+        raise APIError(400, "missing request body")
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as e:
+        if e.pos >= len(e.doc.rstrip()):
+            raise APIError(400, "unexpected EOF") from e
+        ch = e.doc[e.pos] if e.pos < len(e.doc) else ""
+        raise APIError(400, f"invalid character {ch!r} looking for beginning of value") from e
+    except UnicodeDecodeError as e:
+        raise APIError(400, "invalid UTF-8 in request body") from e
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise APIError(400, f"json: cannot unmarshal {_json_type(body)} into Go value of type api.Request")
+    return body
+
+
+class Fields:
+    """Typed access to a decoded body, failing like Go's json.Unmarshal."""
+
+    def __init__(self, body: dict, struct: str):
+        self.body = body
+        self.struct = struct
+
+    def _fail(self, key: str, value, go_type: str):
+        raise APIError(
+            400,
+            f"json: cannot unmarshal {_json_type(value)} into Go struct field {self.struct}.{key} of type {go_type}",
+        )
+
+    def str(self, key: str, default: str = "") -> str:
+        v = self.body.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            self._fail(key, v, "string")
+        return v
+
+    def bool(self, key: str, default: bool | None = False) -> bool | None:
+        v = self.body.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            self._fail(key, v, "bool")
+        return v
+
+    def int(self, key: str, default: int = 0) -> int:
+        v = self.body.get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+            self._fail(key, v, "int")
+        return int(v)
+
+    def list(self, key: str, go_type: str) -> list | None:
+        v = self.body.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, list):
+            self._fail(key, v, go_type)
+        return v
+
+    def obj(self, key: str, go_type: str = "map[string]interface {}") -> dict | None:
+        v = self.body.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, dict):
+            self._fail(key, v, go_type)
+        return v
+
+    def model(self) -> str:
+        """`model`, or the deprecated `name` when `model` is empty (reference §16.4)."""
+        return self.str("model") or self.str("name")
+
+    def keep_alive(self) -> int | None:
+        try:
+            return parse_keep_alive(self.body.get("keep_alive"))
+        except DurationError as e:
+            raise APIError(400, str(e)) from e
+
+    def think(self) -> bool | str | None:
+        v = self.body.get("think")
+        if v is None or isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v in THINK_LEVELS:
+            return v
+        if isinstance(v, str):
+            raise APIError(400, f'invalid think value: "{v}" (must be "high", "medium", "low", "max", true, or false)')
+        self._fail("think", v, "api.ThinkValue")
+
+    def images(self, key: str = "images", struct_field: str | None = None) -> list[bytes]:
+        items = self.list(key, "[]api.ImageData") or []
+        return [decode_image(img, self, key) for img in items]
+
+
+def decode_image(img, fields: Fields, key: str) -> bytes:
+    if not isinstance(img, str):
+        fields._fail(key, img, "api.ImageData")
+    data = img.replace("\n", "").replace("\r", "")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        bad = next((i for i, c in enumerate(data) if not (c.isalnum() or c in "+/=")), len(data))
+        raise APIError(400, f"illegal base64 data at input byte {bad}") from e
+
+
+@dataclass
+class Message:
+    role: str
+    content: str = ""
+    thinking: str = ""
+    images: list[bytes] = field(default_factory=list)
+    tool_calls: list[dict] = field(default_factory=list)
+    tool_name: str = ""
+    tool_call_id: str = ""
+
+    def for_template(self) -> dict:
+        d: dict[str, Any] = {"role": self.role, "content": self.content}
+        for key in ("thinking", "tool_calls", "tool_name", "tool_call_id"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        return d
+
+
+def _tool_call(raw, struct: str) -> dict:
+    if not isinstance(raw, dict):
+        raise APIError(400, f"json: cannot unmarshal {_json_type(raw)} into Go struct field {struct}.tool_calls of type api.ToolCall")
+    fn = raw.get("function") or {}
+    if not isinstance(fn, dict):
+        raise APIError(400, f"json: cannot unmarshal {_json_type(fn)} into Go struct field ToolCall.function of type api.ToolCallFunction")
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        # Lenient where Ollama is strict: OpenAI-style histories carry arguments as JSON text.
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            raise APIError(400, "json: cannot unmarshal string into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments") from e
+    if not isinstance(args, dict):
+        raise APIError(400, f"json: cannot unmarshal {_json_type(args)} into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments")
+    call = {"function": {"name": fn.get("name", ""), "arguments": args}}
+    if "index" in fn:
+        call["function"]["index"] = fn["index"]
+    if raw.get("id"):
+        call["id"] = raw["id"]
+    return call
+
+
+def parse_messages(fields: Fields) -> list[Message]:
+    raw = fields.list("messages", "[]api.Message") or []
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise APIError(400, f"json: cannot unmarshal {_json_type(item)} into Go struct field ChatRequest.messages of type api.Message")
+        f = Fields(item, "Message")
+        out.append(
+            Message(
+                role=f.str("role").lower(),
+                content=f.str("content"),
+                thinking=f.str("thinking"),
+                images=f.images(),
+                tool_calls=[_tool_call(tc, "Message") for tc in (f.list("tool_calls", "[]api.ToolCall") or [])],
+                tool_name=f.str("tool_name"),
+                tool_call_id=f.str("tool_call_id"),
+            )
+        )
+    return out
+
+
+def check_format(value) -> None:
+    if value is None or value == "" or value == "json" or isinstance(value, dict):
+        return
+    raise APIError(500, f'invalid format: {json.dumps(json.dumps(value))}; expected "json" or a valid JSON Schema object')
+
+
+@dataclass
+class GenerateRequest:
+    model: str
+    prompt: str = ""
+    suffix: str = ""
+    system: str = ""
+    template: str = ""
+    context: list[int] | None = None
+    stream: bool = True
+    raw: bool = False
+    format: Any = None
+    images: list[bytes] = field(default_factory=list)
+    options: dict | None = None
+    keep_alive: int | None = None
+    keep_alive_given: bool = False
+    think: bool | str | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool = True
+
+    @classmethod
+    def parse(cls, body: dict) -> "GenerateRequest":
+        f = Fields(body, "GenerateRequest")
+        context = f.list("context", "[]int")
+        if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
+            raise APIError(400, "json: cannot unmarshal value into Go struct field GenerateRequest.context of type int")
+        req = cls(
+            model=f.model(),
+            prompt=f.str("prompt"),
+            suffix=f.str("suffix"),
+            system=f.str("system"),
+            template=f.str("template"),
+            context=context,
+            stream=f.bool("stream", True),
+            raw=f.bool("raw"),
+            format=body.get("format"),
+            images=f.images(),
+            options=f.obj("options"),
+            keep_alive=f.keep_alive(),
+            keep_alive_given=body.get("keep_alive") is not None,
+            think=f.think(),
+            logprobs=f.bool("logprobs"),
+            top_logprobs=f.int("top_logprobs"),
+            truncate=f.bool("truncate", True),
+        )
+        if not 0 <= req.top_logprobs <= 20:
+            raise APIError(400, "top_logprobs must be between 0 and 20")
+        return req
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[Message] = field(default_factory=list)
+    tools: list[dict] | None = None
+    stream: bool = True
+    format: Any = None
+    options: dict | None = None
+    keep_alive: int | None = None
+    keep_alive_given: bool = False
+    think: bool | str | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool = True
+
+    @classmethod
+    def parse(cls, body: dict) -> "ChatRequest":
+        f = Fields(body, "ChatRequest")
+        req = cls(
+            model=f.model(),
+            messages=parse_messages(f),
+            tools=f.list("tools", "api.Tools"),
+            stream=f.bool("stream", True),
+            format=body.get("format"),
+            options=f.obj("options"),
+            keep_alive=f.keep_alive(),
+            keep_alive_given=body.get("keep_alive") is not None,
+            think=f.think(),
+            logprobs=f.bool("logprobs"),
+            top_logprobs=f.int("top_logprobs"),
+            truncate=f.bool("truncate", True),
+        )
+        if not 0 <= req.top_logprobs <= 20:
+            raise APIError(400, "top_logprobs must be between 0 and 20")
+        return req

@@ -1,0 +1,133 @@
+"""What a stored model is: its files, template, parameters and capabilities (no MLX here)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..store import ModelName, Store, media
+
+
+class ModelNotFoundError(LookupError):
+    pass
+
+
+@dataclass
+class ModelSpec:
+    name: ModelName
+    digest_hex: str
+    store: Store
+    stored: object
+    config: dict
+    kind: str  # "llm" or "embedding"
+    model_info: dict = field(default_factory=dict)
+    tensors: list = field(default_factory=list)
+    chat_template: str | None = None
+    go_template: str | None = None
+    system: str | None = None
+    params: dict = field(default_factory=dict)
+    messages: list = field(default_factory=list)
+    licenses: list[str] = field(default_factory=list)
+    capabilities: list[str] = field(default_factory=list)
+    modified_at: float = 0.0
+    size: int = 0
+
+    @property
+    def short_name(self) -> str:
+        return self.name.display_shortest()
+
+    @property
+    def family(self) -> str:
+        return self.config.get("model_family") or self.model_info.get("general.architecture", "")
+
+    @property
+    def context_length(self) -> int:
+        return int(self.config.get("context_length") or self.model_info.get(f"{self.family}.context_length") or 0)
+
+    @property
+    def embedding_length(self) -> int:
+        return int(self.config.get("embedding_length") or self.model_info.get(f"{self.family}.embedding_length") or 0)
+
+    def details(self, parent: str = "") -> dict:
+        families = self.config.get("model_families") or ([self.family] if self.family else None)
+        return {
+            "parent_model": parent,
+            "format": self.config.get("model_format", "mlx"),
+            "family": self.family,
+            "families": families,
+            "parameter_size": self.config.get("model_type", ""),
+            "quantization_level": self.config.get("file_type", ""),
+        }
+
+    def materialize(self, run_dir: Path) -> Path:
+        return self.store.materialize(self.stored, run_dir)
+
+
+def _file_layer_text(store: Store, stored, filename: str) -> str | None:
+    for layer in stored.manifest.layers:
+        if layer.name == filename:
+            return store.blob_path(layer.digest).read_text(encoding="utf-8")
+    return None
+
+
+def _json_or(text: str | None, default):
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return default
+
+
+def derive_capabilities(kind: str, chat_template: str | None, go_template: str | None) -> list[str]:
+    if kind == "embedding":
+        return ["embedding"]
+    caps = ["completion"]
+    jinja = chat_template or ""
+    go = go_template or ""
+    if "tools" in jinja or "tool_call" in jinja or ".Tools" in go:
+        caps.append("tools")
+    if ".Suffix" in go:
+        caps.append("insert")
+    if ("<think>" in jinja and "</think>" in jinja) or ".Thinking" in go:
+        caps.append("thinking")
+    return caps
+
+
+def load_spec(store: Store, name: ModelName) -> ModelSpec:
+    stored = store.get_manifest(name)
+    if stored is None:
+        raise ModelNotFoundError(name.display_shortest())
+    config = stored.read_config() or {}
+    model_info = _json_or(_file_layer_text(store, stored, "model_info.json"), {})
+    tensors = _json_or(_file_layer_text(store, stored, "gguf_tensors.json"), [])
+    tok_cfg = _json_or(_file_layer_text(store, stored, "tokenizer_config.json"), {})
+    chat_template = tok_cfg.get("chat_template")
+    if isinstance(chat_template, list):  # named templates: use the default one
+        chat_template = next((t.get("template") for t in chat_template if t.get("name") == "default"), None)
+    is_embedding = "embedding" in (config.get("capabilities") or []) or any(
+        k.endswith(".pooling_type") for k in model_info
+    )
+    kind = "embedding" if is_embedding else "llm"
+    go_template = stored.read_layer_text(media.TEMPLATE)
+    licenses = [store.blob_path(l.digest).read_text(encoding="utf-8") for l in stored.layers_by_type(media.LICENSE)]
+    return ModelSpec(
+        name=stored.name,
+        digest_hex=stored.digest_hex,
+        store=store,
+        stored=stored,
+        config=config,
+        kind=kind,
+        model_info=model_info,
+        tensors=tensors,
+        chat_template=chat_template,
+        go_template=go_template,
+        system=stored.read_layer_text(media.SYSTEM),
+        params=_json_or(stored.read_layer_text(media.PARAMS), {}),
+        messages=_json_or(stored.read_layer_text(media.MESSAGES), []),
+        licenses=licenses,
+        capabilities=derive_capabilities(kind, chat_template, go_template),
+        modified_at=stored.modified_at,
+        size=stored.size,
+    )

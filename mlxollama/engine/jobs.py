@@ -1,0 +1,101 @@
+"""Work items for a model's engine thread, and the events they produce.
+
+Plain Python only: the HTTP side builds jobs and reads events; only the engine thread touches MLX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..options import Options
+
+
+@dataclass
+class TextEvent:
+    text: str
+
+
+@dataclass
+class DoneEvent:
+    done_reason: str
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    context: list[int] | None = None
+
+
+@dataclass
+class ErrorEvent:
+    message: str
+    status: int = 500
+
+
+class EngineError(Exception):
+    def __init__(self, message: str, status: int = 500):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class Job:
+    """Something run on a model's thread; results travel back through an asyncio queue."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self.created = time.perf_counter_ns()
+
+    def emit(self, event: Any) -> None:
+        """Called from the engine thread."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:
+            self.cancel()  # the event loop is gone: the server is shutting down
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+@dataclass
+class PromptSpec:
+    """What to feed the model: either chat messages rendered by the template, or raw text."""
+
+    messages: list[dict] | None = None
+    raw_prompt: str | None = None
+    tools: list[dict] | None = None
+    context: list[int] | None = None  # generate's deprecated token round-trip
+    truncate: bool = True
+    return_context: bool = False
+
+
+class GenerationJob(Job):
+    def __init__(self, prompt: PromptSpec, options: Options) -> None:
+        super().__init__()
+        self.prompt = prompt
+        self.options = options
+
+
+class EmbedJob(Job):
+    def __init__(self, texts: list[str], *, truncate: bool, normalize: bool, dimensions: int = 0) -> None:
+        super().__init__()
+        self.texts = texts
+        self.truncate = truncate
+        self.normalize = normalize
+        self.dimensions = dimensions
+        self.result: Any = None
+
+
+@dataclass
+class EmbedResult:
+    vectors: list[list[float]] = field(default_factory=list)
+    prompt_eval_count: int = 0

@@ -1,0 +1,74 @@
+"""Prompt assembly: chat template rendering and Ollama-style truncation (reference §5.7.2).
+
+Works on the tokenizer only (no MLX), so it is cheap to test.
+"""
+
+from __future__ import annotations
+
+from .jobs import EngineError, PromptSpec
+
+
+def to_template_message(m: dict) -> dict:
+    out = {"role": m.get("role", "user"), "content": m.get("content", "") or ""}
+    if m.get("tool_calls"):
+        out["tool_calls"] = [{"type": "function", **tc} for tc in m["tool_calls"]]
+    if m.get("tool_name"):
+        out["name"] = m["tool_name"]
+    if m.get("tool_call_id"):
+        out["tool_call_id"] = m["tool_call_id"]
+    if m.get("thinking"):
+        out["reasoning_content"] = m["thinking"]
+    return out
+
+
+def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    msgs = [to_template_message(m) for m in messages]
+    if not getattr(tokenizer, "has_chat_template", False):
+        # Ollama's fallback template is {{ .Prompt }}: the text goes in as it is.
+        return "\n\n".join(m["content"] for m in msgs)
+    prefill = bool(msgs) and msgs[-1]["role"] == "assistant"
+    kwargs = {"tools": tools} if tools else {}
+    try:
+        return tokenizer.apply_chat_template(
+            msgs,
+            tokenize=False,
+            add_generation_prompt=not prefill,
+            continue_final_message=prefill,
+            **kwargs,
+        )
+    except Exception as e:  # jinja errors raised by the model's own template
+        raise EngineError(f"template error: {e}", 400) from e
+
+
+def encode(tokenizer, text: str, *, special: bool) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=special))
+
+
+def _truncate_messages(tokenizer, messages, tools, num_ctx) -> list[int]:
+    """Drop the oldest non-system messages until the prompt fits; the last message always stays."""
+    for k in range(len(messages)):
+        kept = [m for m in messages[:k] if m.get("role") == "system"] + messages[k:]
+        tokens = encode(tokenizer, render_chat(tokenizer, kept, tools), special=False)
+        if len(tokens) < num_ctx or k == len(messages) - 1:
+            return tokens
+    return []
+
+
+def build_prompt_tokens(tokenizer, spec: PromptSpec, num_ctx: int) -> list[int]:
+    if spec.raw_prompt is not None:
+        tokens = encode(tokenizer, spec.raw_prompt, special=not spec.context)
+    else:
+        messages = spec.messages or []
+        text = render_chat(tokenizer, messages, spec.tools)
+        tokens = encode(tokenizer, text, special=False)
+        if len(tokens) >= num_ctx and spec.truncate and len(messages) > 1:
+            tokens = _truncate_messages(tokenizer, messages, spec.tools, num_ctx)
+    if spec.context:
+        tokens = list(spec.context) + tokens
+    if len(tokens) >= num_ctx:
+        if not spec.truncate:
+            raise EngineError("the input length exceeds the context length", 400)
+        # Still too long (one huge message, or raw text): keep the end, which is what
+        # the model must continue from.
+        tokens = tokens[len(tokens) - (num_ctx - 1):]
+    return tokens

@@ -1,0 +1,113 @@
+"""One thread per loaded model: it loads the model, owns all its MLX state and runs its jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+from .catalog import ModelSpec
+from .jobs import EmbedJob, EngineError, ErrorEvent, GenerationJob, Job
+
+log = logging.getLogger("mlxollama.engine")
+
+_STOP = object()
+
+
+def _load_state(spec: ModelSpec, model_dir: Path):
+    if spec.kind == "embedding":
+        from .embedder import LoadedEmbedder
+
+        return LoadedEmbedder(model_dir)
+    from .llm import LoadedLLM
+
+    return LoadedLLM(model_dir)
+
+
+class ModelRunner:
+    def __init__(self, spec: ModelSpec, model_dir: Path, keep_alive_ns: int, num_ctx: int):
+        self.spec = spec
+        self.model_dir = model_dir
+        self.loop = asyncio.get_running_loop()
+        self.loaded: asyncio.Future = self.loop.create_future()
+        self.stopped: asyncio.Future = self.loop.create_future()
+        self._jobs: queue.Queue = queue.Queue()
+        self.keep_alive_ns = keep_alive_ns
+        self.num_ctx = num_ctx
+        self.active = 0
+        self.expires_at = time.time() + keep_alive_ns / 1e9
+        self.expiry_timer: asyncio.TimerHandle | None = None
+        self.size = 0
+        self.on_gpu = False
+        self.unloading = False
+        self._thread = threading.Thread(target=self._main, name=f"engine {spec.short_name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        self.unloading = True
+        self._jobs.put(_STOP)
+
+    def _resolve(self, fut: asyncio.Future, result=None, error: BaseException | None = None) -> None:
+        def done():
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(done)
+        except RuntimeError:
+            pass  # loop closed during shutdown
+
+    def _main(self) -> None:
+        try:
+            state = _load_state(self.spec, self.model_dir)
+            self.size = state.memory_bytes(self.num_ctx)
+            self.on_gpu = state.on_gpu
+        except Exception as e:  # noqa: BLE001 - every load failure becomes the request's error
+            log.exception("loading %s failed", self.spec.short_name)
+            self._resolve(self.loaded, error=EngineError(f"failed to load model: {e}", 500))
+            self._resolve(self.stopped, True)
+            return
+        self._resolve(self.loaded, True)
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                break
+            if job.cancelled:
+                continue
+            try:
+                if isinstance(job, GenerationJob):
+                    state.generate(job)
+                elif isinstance(job, EmbedJob):
+                    state.embed(job)
+                else:
+                    raise EngineError(f"unknown job {type(job).__name__}")
+            except EngineError as e:
+                job.emit(ErrorEvent(e.message, e.status))
+            except MemoryError as e:
+                job.emit(ErrorEvent(f"out of memory: {e}", 500))
+            except Exception as e:  # noqa: BLE001 - keep serving other requests
+                log.exception("job failed on %s", self.spec.short_name)
+                job.emit(ErrorEvent(str(e) or type(e).__name__, 500))
+        state.close()
+        del state
+        gc.collect()
+        try:
+            import mlx.core as mx
+
+            mx.clear_cache()
+        except Exception:  # noqa: BLE001
+            pass
+        self._resolve(self.stopped, True)
