@@ -1,0 +1,699 @@
+"""Import a GGUF file (llama.cpp / Ollama) as an MLX model folder for mlx-lm.
+
+Read with ``gguf.GGUFReader``: ``mx.load`` on a GGUF mis-decodes Q4_K without
+error and rejects Q5_*/IQ*.  Block types whose dequantization is an affine map
+of small integers per 32 elements are repacked bit-exactly into MLX's affine
+layout (``w = scale * q + bias`` per group, little-endian bit stream packed in
+uint32); everything else is dequantized with ``gguf.quants`` and requantized
+as plain min/max affine 32-groups (see ``affine_quantize``).
+
+Architectures are a table (``ARCHITECTURES``) of GGUF->mlx-lm tensor name maps
+plus a config builder, so more can be added without touching the conversion.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_map
+
+import gguf
+from gguf import GGMLQuantizationType as QT
+
+from .gguf_tokenizer import UnsupportedTokenizer, write_tokenizer_files
+
+GROUP = 32  # every exact mapping below has 32-element scale groups
+SHARD_BYTES = 4 << 30  # flush to a new safetensors shard past this size
+
+
+class UnsupportedGGUF(ValueError):
+    """The GGUF uses an architecture, tensor type or tokenizer we cannot import."""
+
+
+@dataclass
+class GGUFImport:
+    architecture: str
+    file_type: str
+    parameter_count: int
+    context_length: int | None
+    embedding_length: int | None
+    chat_template: str | None
+    files: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------
+# metadata
+
+
+def _f32(x: Any) -> float:
+    # Shortest decimal that round-trips in float32: 1e-05, not 9.999999747378752e-06.
+    return float(str(np.float32(x)))
+
+
+def read_metadata(reader: gguf.GGUFReader) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(values, value types) of the GGUF key/values, without the reader's GGUF.* pseudo keys."""
+    meta: dict[str, Any] = {}
+    types: dict[str, Any] = {}
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF.") or not f.types:
+            continue
+        try:
+            meta[key] = f.contents()
+        except UnicodeDecodeError:
+            # Some sentencepiece vocabs hold invalid UTF-8 pieces.
+            if f.types[0] == gguf.GGUFValueType.ARRAY:
+                meta[key] = [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]
+            else:
+                meta[key] = bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
+        types[key] = f.types
+    return meta, types
+
+
+def _model_info(meta: Mapping[str, Any], types: Mapping[str, Any], parameter_count: int) -> dict[str, Any]:
+    """Key/values for Ollama's /api/show ``model_info``."""
+    info: dict[str, Any] = {}
+    for key, value in meta.items():
+        if key in ("general.name", "tokenizer.chat_template"):
+            continue
+        t = types.get(key) or []
+        if isinstance(value, list):
+            if len(value) > 5:
+                value = []
+            elif t and t[-1] == gguf.GGUFValueType.FLOAT32:
+                value = [_f32(v) for v in value]
+        elif t and t[0] == gguf.GGUFValueType.FLOAT32:
+            value = _f32(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        info[key] = value
+    info.setdefault("general.parameter_count", parameter_count)
+    return info
+
+
+def file_type_name(meta: Mapping[str, Any], tensors: list[Any]) -> str:
+    """Ollama-style quantization name (Q4_K_M, Q4_1, F16, ...) from general.file_type."""
+    ft = meta.get("general.file_type")
+    if ft is not None:
+        try:
+            name = gguf.LlamaFileType(int(ft)).name
+        except ValueError:
+            name = None
+        if name and name != "GUESSED":
+            if name == "ALL_F32":
+                return "F32"
+            name = name.removeprefix("MOSTLY_")
+            return "MXFP4" if name == "MXFP4_MOE" else name
+    # No (usable) file type: name it after the type holding most weight elements.
+    weight: Counter[str] = Counter()
+    for t in tensors:
+        if len(t.shape) >= 2:
+            weight[t.tensor_type.name] += int(t.n_elements)
+    return weight.most_common(1)[0][0] if weight else "unknown"
+
+
+# --------------------------------------------------------------------------
+# exact block decoders: blocks (N, type_size) uint8 -> q (N, block) uint8,
+# scale and bias (N, block // 32) float32 with w = scale * q + bias.
+
+
+def _f16(col: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(col).view(np.float16).astype(np.float32)
+
+
+def _nibbles32(qs: np.ndarray) -> np.ndarray:
+    # GGUF 32-element blocks: byte j holds element j (low nibble) and j + 16 (high).
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+
+
+def _dec_q4_0(b: np.ndarray):
+    d = _f16(b[:, 0:2])
+    return _nibbles32(b[:, 2:18]), d, -8.0 * d
+
+
+def _dec_q4_1(b: np.ndarray):
+    return _nibbles32(b[:, 4:20]), _f16(b[:, 0:2]), _f16(b[:, 2:4])
+
+
+def _dec_q5_0(b: np.ndarray):
+    d = _f16(b[:, 0:2])
+    high = np.unpackbits(b[:, 2:6], axis=1, bitorder="little")  # bit k = element k's 5th bit
+    return _nibbles32(b[:, 6:22]) | (high << 4), d, -16.0 * d
+
+
+def _dec_q5_1(b: np.ndarray):
+    high = np.unpackbits(b[:, 4:8], axis=1, bitorder="little")
+    return _nibbles32(b[:, 8:24]) | (high << 4), _f16(b[:, 0:2]), _f16(b[:, 2:4])
+
+
+def _dec_q8_0(b: np.ndarray):
+    d = _f16(b[:, 0:2])
+    q = (b[:, 2:34].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+    return q, d, -128.0 * d
+
+
+def _k_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """6-bit sub-block scales and mins of Q4_K/Q5_K (12 bytes -> 8 + 8)."""
+    sc = np.empty((s.shape[0], 8), np.uint8)
+    mn = np.empty((s.shape[0], 8), np.uint8)
+    sc[:, :4] = s[:, 0:4] & 63
+    mn[:, :4] = s[:, 4:8] & 63
+    sc[:, 4:] = (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)
+    mn[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    return sc, mn
+
+
+def _k_low_nibbles(qs: np.ndarray) -> np.ndarray:
+    # 4 chunks of 32 bytes: low nibbles are sub-block 2c, high nibbles 2c + 1.
+    c = qs.reshape(qs.shape[0], 4, 1, 32)
+    return np.concatenate([c & 0x0F, c >> 4], axis=2).reshape(qs.shape[0], 8, 32)
+
+
+def _dec_q4_k(b: np.ndarray):
+    n = b.shape[0]
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, mn = _k_scales(b[:, 4:16])
+    q = _k_low_nibbles(b[:, 16:144]).reshape(n, 256)
+    return q, d * sc, -(dmin * mn)
+
+
+def _dec_q5_k(b: np.ndarray):
+    n = b.shape[0]
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, mn = _k_scales(b[:, 4:16])
+    qh = b[:, 16:48]
+    high = (qh[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1  # (n, 8 sub-blocks, 32)
+    q = (_k_low_nibbles(b[:, 48:176]) | (high << 4)).reshape(n, 256)
+    return q, d * sc, -(dmin * mn)
+
+
+# qtype -> (decoder, MLX bits).  Q5_* use MLX 5-bit: q in [0, 31] fits exactly.
+_EXACT: dict[QT, tuple[Callable, int]] = {
+    QT.Q4_0: (_dec_q4_0, 4),
+    QT.Q4_1: (_dec_q4_1, 4),
+    QT.Q5_0: (_dec_q5_0, 5),
+    QT.Q5_1: (_dec_q5_1, 5),
+    QT.Q8_0: (_dec_q8_0, 8),
+    QT.Q4_K: (_dec_q4_k, 4),
+    QT.Q5_K: (_dec_q5_k, 5),
+}
+
+# Types with no exact MLX form (16-element sub-blocks, non-uniform grids):
+# dequantize and requantize with 32-element groups, at a width whose rounding
+# step stays well below the source's own: Q6_K -> 8 bits; IQ4 (non-uniform
+# 16-level grid) -> 6 bits; 2-3 bit types -> 4 bits (keeps them small; the
+# added rounding noise is a fraction of their own quantization noise).
+_REQUANT_4 = {QT.Q2_K, QT.Q3_K, QT.IQ1_S, QT.IQ1_M, QT.IQ2_XXS, QT.IQ2_XS, QT.IQ2_S,
+              QT.IQ3_XXS, QT.IQ3_S, QT.TQ1_0, QT.TQ2_0}
+_REQUANT_6 = {QT.IQ4_NL, QT.IQ4_XS}
+
+
+def _requant_bits(qtype: QT) -> int:
+    if qtype in _REQUANT_4:
+        return 4
+    if qtype in _REQUANT_6:
+        return 6
+    return 8  # Q6_K, Q8_K, and anything else not tabulated
+
+
+def pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
+    """Pack integers (rows, cols) into MLX's layout: element i of a row occupies
+    bits [i*bits, (i+1)*bits) of the row's little-endian bit stream of uint32s."""
+    rows, cols = q.shape
+    if 32 % bits == 0:
+        per = 32 // bits
+        words = q.reshape(rows, cols // per, per).astype(np.uint32)
+        words <<= (np.arange(per, dtype=np.uint32) * bits)
+        return np.bitwise_or.reduce(words, axis=-1)
+    out = np.empty((rows, cols * bits // 32), np.uint32)
+    step = max(1, (1 << 24) // max(cols * bits, 1))  # bound the one-byte-per-bit temporary
+    shifts = np.arange(bits, dtype=np.uint8)
+    for r in range(0, rows, step):
+        chunk = q[r:r + step]
+        bitarr = ((chunk[..., None] >> shifts) & 1).reshape(chunk.shape[0], cols * bits)
+        out[r:r + step] = np.packbits(bitarr, axis=1, bitorder="little").view(np.uint32)
+    return out
+
+
+def _half_if_exact(*arrays: np.ndarray) -> list[np.ndarray]:
+    """float16 if every value survives the round trip exactly, else float32.
+    (Q4_0/Q4_1/Q5_*/Q8_0 scales are f16 and -8d/-16d/-128d are exact barring
+    overflow; Q4_K/Q5_K products d*sc need ~17 mantissa bits, so stay f32.)"""
+    halves = [a.astype(np.float16) for a in arrays]
+    if all(np.array_equal(h.astype(np.float32), a) for h, a in zip(halves, arrays)):
+        return halves
+    return [a.astype(np.float32) for a in arrays]
+
+
+@dataclass
+class _Tensor:
+    arrays: dict[str, np.ndarray]  # suffix ("weight", "scales", "biases") -> array
+    quant: tuple[int, int] | None = None  # (bits, group_size)
+
+
+def _rows_permutation(rows: int, n_head: int) -> np.ndarray:
+    """Index that undoes llama.cpp's Q/K permute (HF halves -> interleaved pairs)."""
+    head_dim = rows // n_head
+    return np.arange(rows).reshape(n_head, head_dim // 2, 2).transpose(0, 2, 1).reshape(-1)
+
+
+def convert_tensor(t: Any, perm_heads: int | None = None) -> _Tensor:
+    """One GGUF tensor -> MLX arrays.  ``perm_heads``: undo llama.cpp's Q/K row
+    permutation for that many heads (rows are output features, so it applies
+    to packed rows, scales and biases alike, no dequantization needed)."""
+    qtype = QT(t.tensor_type)
+    ne = [int(x) for x in t.shape]  # GGUF order: ne[0] is the contiguous row length
+    shape = tuple(reversed(ne))
+    cols, rows = ne[0], int(np.prod(ne[1:], dtype=np.int64)) if len(ne) > 1 else 1
+    perm = _rows_permutation(shape[0], perm_heads) if perm_heads else None
+
+    def permute(a: np.ndarray) -> np.ndarray:
+        return a if perm is None else a[perm]
+
+    if qtype in (QT.F32, QT.F16, QT.BF16) or len(ne) == 1:
+        w = np.asarray(t.data)
+        if qtype == QT.BF16:
+            w = gguf.quants.dequantize(w, qtype)
+        elif qtype not in (QT.F32, QT.F16):
+            w = _dequantize(t, qtype)
+        w = w.reshape(shape)
+        if w.ndim >= 2 and w.dtype != np.float16:
+            # Matrices are stored half precision unless that would overflow.
+            if np.isfinite(w).all() and np.abs(w).max(initial=0.0) <= 65504.0:
+                w = w.astype(np.float16)
+        return _Tensor({"weight": permute(np.ascontiguousarray(w))})
+
+    if qtype in _EXACT:
+        decode, bits = _EXACT[qtype]
+        _, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        blocks = np.ascontiguousarray(t.data).reshape(-1, type_size)
+        q, scale, bias = decode(blocks)
+        q = q.reshape(rows, cols)
+        scale = scale.reshape(rows, cols // GROUP)
+        bias = bias.reshape(rows, cols // GROUP)
+        q, scale, bias = permute(q), permute(scale), permute(bias)
+        scale, bias = _half_if_exact(scale, bias)
+        packed = pack_bits(q, bits)
+        lead = shape[:-1]
+        return _Tensor(
+            {"weight": packed.reshape(*lead, -1), "scales": scale.reshape(*lead, -1),
+             "biases": bias.reshape(*lead, -1)},
+            (bits, GROUP),
+        )
+
+    bits = _requant_bits(qtype)
+    w = permute(_dequantize(t, qtype).reshape(rows, cols))
+    if cols % GROUP:
+        return _Tensor({"weight": w.reshape(shape).astype(np.float16)})
+    q, scale, bias = affine_quantize(w, bits)
+    lead = shape[:-1]
+    return _Tensor(
+        {"weight": pack_bits(q, bits).reshape(*lead, -1), "scales": scale.reshape(*lead, -1),
+         "biases": bias.reshape(*lead, -1)},
+        (bits, GROUP),
+    )
+
+
+def affine_quantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plain min/max affine quantization per 32-group.  Not mx.quantize: that
+    one forces 0.0 onto the grid, which costs up to a full step of error; this
+    stays within half a step.  Scales/biases are float16 (like mlx-lm) where
+    that stays precise, and q is rounded against the stored values, so their
+    rounding adds only ~2^-10 of the group's magnitude."""
+    rows, cols = w.shape
+    g = w.reshape(rows, cols // GROUP, GROUP).astype(np.float32)
+    lo, hi = g.min(-1), g.max(-1)
+    levels = (1 << bits) - 1
+    scale = (hi - lo) / levels
+    # float16 only while every scale is a normal f16 number: subnormal scales
+    # (tiny groups at 8 bits) would lose most of their precision.
+    nonzero = scale[scale > 0]
+    small = nonzero.size and nonzero.min() < np.finfo(np.float16).tiny
+    dtype = np.float32 if small or np.abs(g).max(initial=0.0) >= 30000.0 else np.float16
+    scale = scale.astype(dtype)
+    bias = lo.astype(dtype)
+    s32, b32 = scale.astype(np.float32)[..., None], bias.astype(np.float32)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(s32 > 0, np.rint((g - b32) / s32), 0.0)
+    q = np.clip(q, 0, levels).astype(np.uint8).reshape(rows, cols)
+    return q, scale, bias
+
+
+def _dequantize(t: Any, qtype: QT) -> np.ndarray:
+    try:
+        return gguf.quants.dequantize(np.asarray(t.data), qtype).astype(np.float32, copy=False)
+    except NotImplementedError as e:
+        raise UnsupportedGGUF(f"tensor {t.name}: GGML type {qtype.name} cannot be decoded") from e
+
+
+# --------------------------------------------------------------------------
+# architectures
+
+
+class _Meta:
+    """Architecture-prefixed metadata lookups."""
+
+    def __init__(self, meta: Mapping[str, Any], arch: str):
+        self.meta, self.arch = meta, arch
+
+    def get(self, key: str, default: Any = None) -> Any:
+        v = self.meta.get(f"{self.arch}.{key}")
+        return default if v is None else v
+
+    def int(self, key: str, default: int | None = None) -> int | None:
+        v = self.get(key, default)
+        if isinstance(v, list):  # per-layer values
+            if len(set(v)) != 1:
+                raise UnsupportedGGUF(f"{self.arch}.{key} varies per layer ({v[:8]}...), not supported")
+            v = v[0]
+        return None if v is None else int(v)
+
+    def float(self, key: str, default: float | None = None) -> float | None:
+        v = self.get(key, default)
+        return None if v is None else _f32(v)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    model_type: str  # mlx-lm model_type
+    layer_tensors: Mapping[str, str]  # "attn_q.weight" (after "blk.N.") -> "self_attn.q_proj.weight"
+    build_config: Callable[[_Meta, Mapping[str, Any]], dict[str, Any]]
+    # llama.cpp's converter permutes Q/K rows only for llama-arch models.
+    permute_qk: bool = False
+    global_tensors: Mapping[str, str] = field(default_factory=lambda: dict(_GLOBAL_TENSORS))
+    # Present in the GGUF but carried by config.json instead of a weight.
+    skip_tensors: frozenset[str] = frozenset({"rope_freqs.weight"})
+
+
+_GLOBAL_TENSORS = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+_LLAMA_LAYER = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.bias": "self_attn.o_proj.bias",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate.bias": "mlp.gate_proj.bias",
+    "ffn_up.bias": "mlp.up_proj.bias",
+    "ffn_down.bias": "mlp.down_proj.bias",
+}
+
+_QWEN3_LAYER = {
+    **_LLAMA_LAYER,
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+}
+
+
+def _llama3_rope_scaling(factors: np.ndarray, base: float, dims: int) -> dict[str, Any]:
+    """llama.cpp stores Llama 3.1+ rope scaling only as per-frequency divisors
+    (rope_freqs.weight); recover the HF ``llama3`` parameters that produce them."""
+    factors = np.asarray(factors, np.float64).reshape(-1)
+    if np.allclose(factors, 1.0):
+        return {}
+    wavelen = 2 * math.pi * base ** (np.arange(0, dims, 2, dtype=np.float64) / dims)
+    factor = float(factors.max())
+    for orig in (8192, 4096, 2048, 16384, 32768, 65536, 131072):
+        for low in (1.0, 0.5, 2.0, 4.0):
+            for high in (4.0, 2.0, 8.0, 1.0, 16.0, 32.0):
+                if high <= low:
+                    continue
+                smooth = (orig / wavelen - low) / (high - low)
+                pred = np.where(wavelen < orig / high, 1.0,
+                                np.where(wavelen > orig / low, factor,
+                                         1.0 / ((1 - smooth) / factor + smooth)))
+                if pred.shape == factors.shape and np.allclose(pred, factors, rtol=1e-3, atol=1e-4):
+                    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                            "high_freq_factor": high, "original_max_position_embeddings": orig}
+    raise UnsupportedGGUF("rope_freqs.weight does not match any llama3 rope scaling; cannot import")
+
+
+def _common_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    hidden = m.int("embedding_length")
+    heads = m.int("attention.head_count")
+    if not hidden or not heads:
+        raise UnsupportedGGUF(f"{m.arch}: embedding_length/attention.head_count missing from metadata")
+    emb = tensors.get("token_embd.weight")
+    vocab = int(emb.shape[1]) if emb is not None else m.int("vocab_size") or len(
+        m.meta.get("tokenizer.ggml.tokens") or [])
+    cfg: dict[str, Any] = {
+        "hidden_size": hidden,
+        "num_hidden_layers": m.int("block_count"),
+        "intermediate_size": m.int("feed_forward_length"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": m.int("attention.head_count_kv", heads),
+        "rms_norm_eps": m.float("attention.layer_norm_rms_epsilon", 1e-5),
+        "rope_theta": m.float("rope.freq_base", 10000.0),
+        "vocab_size": vocab,
+        "tie_word_embeddings": "output.weight" not in tensors,
+    }
+    ctx = m.int("context_length")
+    if ctx:
+        cfg["max_position_embeddings"] = ctx
+
+    head_dim = m.int("attention.key_length") or m.int("rope.dimension_count")
+    if head_dim and head_dim != hidden // heads:
+        cfg["head_dim"] = head_dim
+    rope_dims = m.int("rope.dimension_count") or head_dim or hidden // heads
+
+    scaling: dict[str, Any] = {}
+    stype = m.get("rope.scaling.type")
+    factor = m.float("rope.scaling.factor") or m.float("rope.scale_linear")
+    if stype in (None, "linear") and factor and factor != 1.0:
+        scaling = {"type": "linear", "factor": factor}
+    elif stype == "yarn" and factor:
+        scaling = {"type": "yarn", "factor": factor}
+        orig = m.int("rope.scaling.original_context_length")
+        if orig:
+            scaling["original_max_position_embeddings"] = orig
+        for key in ("beta_fast", "beta_slow"):
+            v = m.float(f"rope.scaling.yarn_{key}")
+            if v is not None:
+                scaling[key] = v
+    elif stype not in (None, "none", "linear"):
+        raise UnsupportedGGUF(f"{m.arch}: rope scaling type {stype!r} is not supported")
+    if "rope_freqs.weight" in tensors:
+        t = tensors["rope_freqs.weight"]
+        if QT(t.tensor_type) != QT.F32:
+            raise UnsupportedGGUF("rope_freqs.weight is not F32")
+        scaling = _llama3_rope_scaling(np.asarray(t.data), cfg["rope_theta"], rope_dims) or scaling
+    if scaling:
+        cfg["rope_scaling"] = scaling
+    return cfg
+
+
+def _llama_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = {"model_type": "llama", **_common_config(m, tensors)}
+    cfg["attention_bias"] = "blk.0.attn_q.bias" in tensors
+    cfg["mlp_bias"] = "blk.0.ffn_gate.bias" in tensors
+    return cfg
+
+
+def _qwen2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = {"model_type": "qwen2", **_common_config(m, tensors)}
+    if "head_dim" in cfg:  # mlx-lm's qwen2 always uses hidden // heads
+        raise UnsupportedGGUF("qwen2 GGUF with a head size other than hidden/heads")
+    return cfg
+
+
+def _qwen3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = {"model_type": "qwen3", **_common_config(m, tensors)}
+    cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    return cfg
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    # mistral GGUFs use the llama architecture too
+    "llama": ArchSpec("llama", _LLAMA_LAYER, _llama_config, permute_qk=True),
+    "qwen2": ArchSpec("qwen2", _LLAMA_LAYER, _qwen2_config),
+    "qwen3": ArchSpec("qwen3", _QWEN3_LAYER, _qwen3_config),
+}
+
+
+def _mlx_name(spec: ArchSpec, name: str) -> str | None:
+    if name in spec.skip_tensors:
+        return None
+    if name in spec.global_tensors:
+        return spec.global_tensors[name]
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in spec.layer_tensors:
+        return f"model.layers.{parts[1]}.{spec.layer_tensors[parts[2]]}"
+    raise UnsupportedGGUF(f"tensor {name!r} has no mapping for architecture {spec.model_type!r}")
+
+
+# --------------------------------------------------------------------------
+# writing
+
+
+class _ShardWriter:
+    def __init__(self, out: Path):
+        self.out, self.shards, self.current, self.size, self.total = out, [], {}, 0, 0
+        self.weight_map: dict[str, int] = {}
+
+    def add(self, name: str, a: np.ndarray) -> None:
+        self.current[name] = mx.array(a)
+        self.weight_map[name] = len(self.shards)
+        self.size += a.nbytes
+        self.total += a.nbytes
+
+    def maybe_flush(self) -> None:
+        if self.size >= SHARD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.current:
+            return
+        path = self.out / f".partial-{len(self.shards)}.safetensors"
+        mx.save_safetensors(str(path), self.current, metadata={"format": "mlx"})
+        self.shards.append(path)
+        self.current, self.size = {}, 0
+
+    def finish(self) -> list[str]:
+        self.flush()
+        n = len(self.shards)
+        if n == 1:
+            names = ["model.safetensors"]
+        else:
+            names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        for path, name in zip(self.shards, names):
+            os.replace(path, self.out / name)
+        if n > 1:
+            index = {"metadata": {"total_size": self.total},
+                     "weight_map": {k: names[i] for k, i in sorted(self.weight_map.items())}}
+            (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+            names.append("model.safetensors.index.json")
+        return names
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
+    """Convert ``gguf_path`` into an mlx-lm model folder at ``out_dir``."""
+    gguf_path, out = Path(gguf_path), Path(out_dir)
+    reader = gguf.GGUFReader(str(gguf_path), "r")
+    meta, types = read_metadata(reader)
+    arch = str(meta.get("general.architecture", ""))
+    spec = ARCHITECTURES.get(arch)
+    if spec is None:
+        raise UnsupportedGGUF(
+            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})")
+
+    tensors = {t.name: t for t in reader.tensors}
+    m = _Meta(meta, arch)
+    config = spec.build_config(m, tensors)
+    names = {t.name: _mlx_name(spec, t.name) for t in reader.tensors}  # fails early on unknown tensors
+    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    # mlx-lm loads every model*.safetensors: drop shards of an earlier import.
+    for stale in [*out.glob("model*.safetensors"), *out.glob(".partial-*.safetensors"),
+                  out / "model.safetensors.index.json"]:
+        stale.unlink(missing_ok=True)
+    try:
+        tok_info = write_tokenizer_files(meta, out, config.get("max_position_embeddings"))
+    except UnsupportedTokenizer as e:
+        raise UnsupportedGGUF(f"{arch}: {e}") from e
+
+    writer = _ShardWriter(out)
+    quant: dict[str, tuple[int, int]] = {}
+    for t in reader.tensors:
+        name = names[t.name]
+        if name is None:
+            continue
+        perm = None
+        if spec.permute_qk:
+            if ".self_attn.q_proj." in name:
+                perm = n_head
+            elif ".self_attn.k_proj." in name:
+                perm = n_kv
+        conv = convert_tensor(t, perm)
+        module = name.rsplit(".", 1)[0]
+        suffix = name.rsplit(".", 1)[1]
+        if conv.quant is not None:
+            quant[module] = conv.quant
+        for key, a in conv.arrays.items():
+            writer.add(f"{module}.{key}" if key != "weight" else f"{module}.{suffix}", a)
+        writer.maybe_flush()
+    files = writer.finish()
+
+    if quant:
+        (bits, group), _ = Counter(quant.values()).most_common(1)[0]
+        qcfg: dict[str, Any] = {"group_size": group, "bits": bits}
+        for module, (b, g) in sorted(quant.items()):
+            if (b, g) != (bits, group):
+                qcfg[module] = {"group_size": g, "bits": b}
+        config["quantization"] = qcfg
+        config["quantization_config"] = qcfg
+    if tok_info.bos_token_id is not None:
+        config["bos_token_id"] = tok_info.bos_token_id
+    if tok_info.eos_token_ids:
+        config["eos_token_id"] = tok_info.eos_token_ids
+    _write_json(out / "config.json", config)
+
+    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
+    pad = meta.get("tokenizer.ggml.padding_token_id")
+    if pad is not None:
+        gen["pad_token_id"] = int(pad)
+    _write_json(out / "generation_config.json", gen)
+
+    parameter_count = sum(int(t.n_elements) for t in reader.tensors)
+    _write_json(out / "model_info.json", _model_info(meta, types, parameter_count))
+    _write_json(out / "gguf_tensors.json", [
+        {"name": t.name, "type": QT(t.tensor_type).name, "shape": [int(x) for x in t.shape]}
+        for t in reader.tensors
+    ])
+
+    files = ["config.json", *files, *tok_info.files, "generation_config.json",
+             "model_info.json", "gguf_tensors.json"]
+    template = meta.get("tokenizer.chat_template")
+    return GGUFImport(
+        architecture=arch,
+        file_type=file_type_name(meta, reader.tensors),
+        parameter_count=parameter_count,
+        context_length=m.int("context_length"),
+        embedding_length=m.int("embedding_length"),
+        chat_template=str(template) if template else None,
+        files=files,
+    )
+
+
+# --------------------------------------------------------------------------
+# runtime
+
+
+def set_quantized_param_dtype(model: nn.Module, dtype: mx.Dtype) -> None:
+    """Cast every floating parameter -- quantization scales/biases, norms,
+    unquantized matrices, linear biases -- to ``dtype``; packed uint32 weights
+    are untouched.  Activations then run in ``dtype``: float32 on MLX's CPU
+    backend (much faster there than float16 arithmetic), float16 on GPUs where
+    memory bandwidth dominates."""
+
+    def cast(x: Any) -> Any:
+        if isinstance(x, mx.array) and mx.issubdtype(x.dtype, mx.floating) and x.dtype != dtype:
+            return x.astype(dtype)
+        return x
+
+    model.update(tree_map(cast, model.parameters()))
+    mx.eval(model.parameters())

@@ -1,0 +1,303 @@
+"""Hugging Face tokenizer files from a GGUF's ``tokenizer.ggml.*`` metadata.
+
+A GGUF carries no tokenizer.json, only the vocabulary, merges/scores, token
+types and a pre-tokenizer *name*.  The split regexes behind each name live in
+llama.cpp (llama-vocab.cpp), so they are tabulated here; a wrong regex does not
+fail, it silently tokenizes differently from what the model was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+from tokenizers import pre_tokenizers, processors
+
+log = logging.getLogger(__name__)
+
+# llama.cpp token types (tokenizer.ggml.token_type)
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+
+class UnsupportedTokenizer(ValueError):
+    pass
+
+
+# --- pre-tokenizer regexes -------------------------------------------------
+# Applied in sequence, each splitting the pieces left by the previous one and
+# keeping unmatched text (llama.cpp's unicode_regex_split == HF Split "isolated").
+# Where llama.cpp rewrote an HF regex for its own engine (case-insensitive
+# groups, \p{Lu} classes) the original HF form is used: Onig supports it.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_DEEPSEEK_CODER = [r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"]
+_DEEPSEEK3 = [
+    r"\p{N}{1,3}",
+    r"[一-龥぀-ゟ゠-ヿ]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+]
+_BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
+_DEFAULT = [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"]
+
+_PRE_GROUPS: list[tuple[tuple[str, ...], list[str]]] = [
+    (("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+      "dbrx", "smaug-bpe", "chatglm-bpe", "glm4"), [_LLAMA3]),
+    (("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez", "hunyuan", "grok-2"), [_QWEN2]),
+    (("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"),
+     [r"\p{N}", _GPT2]),
+    (("gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "jina-es", "jina-de", "jina-v1-en",
+      "jina-v2-es", "jina-v2-de", "jina-v2-code", "roberta-bpe", "gigachat", "exaone4",
+      "trillion", "granite-docling", "a.x-4.0", "mellum"), [_GPT2]),
+    (("falcon",), [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"]),
+    (("deepseek-coder",), _DEEPSEEK_CODER),
+    (("deepseek-v3", "hunyuan-dense"), _DEEPSEEK3),
+    (("tekken",), [_TEKKEN]),
+    (("gpt-4o", "llama4", "minimax-m2"), [_GPT4O]),
+    (("poro-chat", "bloom", "gpt3-finnish"), [_BLOOM]),
+    (("viking",), [_BLOOM, r"\p{N}"]),
+    (("default",), _DEFAULT),
+]
+PRE_TOKENIZER_REGEXES: dict[str, list[str]] = {n: rx for names, rx in _PRE_GROUPS for n in names}
+# llama.cpp matches a whole pre-token against the vocab before merging for these.
+_IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                  "midm-2.0", "lfm2", "tekken"}
+# llama.cpp turns add_bos on for these when the file does not say.
+_ADD_BOS_DEFAULT = _IGNORE_MERGES | {"chameleon"}
+
+# Tokens llama.cpp treats as end-of-generation by their text (llama-vocab.cpp).
+_EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+              "<|end_of_text|>", "<EOT>", "_<EOT>", "<|eom_id|>", "<end_of_utterance>",
+              "<｜end▁of▁sentence｜>")
+
+
+@dataclass
+class TokenizerInfo:
+    files: list[str]
+    bos_token_id: int | None
+    eos_token_ids: list[int] = field(default_factory=list)
+    add_bos_token: bool = False
+    vocab_size: int = 0
+
+
+def _get(meta: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    v = meta.get(key)
+    return default if v is None else v
+
+
+def _tok(tokens: Sequence[str], idx: Any) -> str | None:
+    if idx is None or not (0 <= int(idx) < len(tokens)):
+        return None
+    return tokens[int(idx)]
+
+
+def _byte_level_bpe(meta: Mapping[str, Any], tokens: list[str]) -> Tokenizer:
+    pre = str(_get(meta, "tokenizer.ggml.pre", "default"))
+    regexes = PRE_TOKENIZER_REGEXES.get(pre)
+    if regexes is None:
+        # Same fallback as llama.cpp, which logs and uses its default split.
+        log.warning("unknown tokenizer.ggml.pre %r; using llama.cpp's default split", pre)
+        regexes = _DEFAULT
+    merges_raw = _get(meta, "tokenizer.ggml.merges")
+    if not merges_raw:
+        raise UnsupportedTokenizer("gpt2 tokenizer without tokenizer.ggml.merges")
+    merges = []
+    for m in merges_raw:
+        # llama.cpp splits at the first space after position 0 (a token may be " ").
+        pos = m.find(" ", 1)
+        if pos > 0:
+            merges.append((m[:pos], m[pos + 1:]))
+    vocab: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        vocab[t] = i  # duplicates: the last id wins, as in llama.cpp's token_to_id
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre in _IGNORE_MERGES,
+                               fuse_unk=False, byte_fallback=False))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    # ByteLevel decoder: mlx-lm picks its BPE streaming detokenizer from it.
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _merges_from_scores(tokens: list[str], scores: Sequence[float], types: Sequence[int]) -> list[tuple[str, str]]:
+    """BPE merges equivalent to sentencepiece/llama.cpp SPM: at each step the
+    adjacent pair whose concatenation is the highest-scored vocab piece merges."""
+    vocab = {}
+    for i, t in enumerate(tokens):
+        # llama.cpp merges into any vocab text; control/byte/unk pieces never
+        # arise from merging characters in practice, so leave them out.
+        if types[i] not in (TOKEN_CONTROL, TOKEN_BYTE, TOKEN_UNKNOWN):
+            vocab.setdefault(t, i)
+    ranked = []
+    for piece, idx in vocab.items():
+        if len(piece) < 2:
+            continue
+        for k in range(1, len(piece)):
+            left, right = piece[:k], piece[k:]
+            if left in vocab and right in vocab:
+                ranked.append((-float(scores[idx]), idx, left, right))
+    ranked.sort()
+    return [(left, right) for _, _, left, right in ranked]
+
+
+def _sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> Tokenizer:
+    scores = _get(meta, "tokenizer.ggml.scores")
+    if scores is None:
+        raise UnsupportedTokenizer("llama (sentencepiece) tokenizer without tokenizer.ggml.scores")
+    add_prefix = bool(_get(meta, "tokenizer.ggml.add_space_prefix", True))
+    vocab: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)
+    unk = _tok(tokens, _get(meta, "tokenizer.ggml.unknown_token_id", 0))
+    has_bytes = any(t == TOKEN_BYTE for t in types)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges_from_scores(tokens, scores, types),
+                               unk_token=unk, fuse_unk=True, byte_fallback=has_bytes))
+    # llama.cpp prefixes a space to every raw-text fragment that starts the
+    # text or follows a special token; HF applies the normalizer per fragment
+    # between added tokens, which is the same thing.
+    norm = [normalizers.Replace(" ", "▁")]
+    if add_prefix:
+        norm.insert(0, normalizers.Prepend("▁"))
+    tok.normalizer = normalizers.Sequence(norm)
+    tok.pre_tokenizer = None
+    dec = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix:
+        dec.append(decoders.Strip(" ", 1, 0))
+    # This exact decoder sequence is what mlx-lm recognises as SPM streaming.
+    tok.decoder = decoders.Sequence(dec)
+    return tok
+
+
+def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]:
+    """The tokenizer plus the facts tokenizer_config.json needs."""
+    model = _get(meta, "tokenizer.ggml.model")
+    tokens = _get(meta, "tokenizer.ggml.tokens")
+    if not tokens:
+        raise UnsupportedTokenizer("the GGUF has no tokenizer.ggml.tokens")
+    tokens = list(tokens)
+    types = list(_get(meta, "tokenizer.ggml.token_type", [TOKEN_NORMAL] * len(tokens)))
+    pre = str(_get(meta, "tokenizer.ggml.pre", "default"))
+    if model == "gpt2":
+        tok = _byte_level_bpe(meta, tokens)
+        add_bos_default = pre in _ADD_BOS_DEFAULT
+    elif model == "llama":
+        tok = _sentencepiece_bpe(meta, tokens, types)
+        add_bos_default = True
+    else:
+        raise UnsupportedTokenizer(
+            f"tokenizer.ggml.model {model!r} is not supported (supported: 'gpt2' byte-level BPE, "
+            "'llama' sentencepiece)")
+
+    # CONTROL tokens are special (skipped by decode(skip_special_tokens=True));
+    # USER_DEFINED ones (e.g. <think>) are added but not special, so they are
+    # still matched whole yet rendered in output, as llama.cpp does.
+    control = [AddedToken(t, special=True, normalized=False)
+               for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL and t]
+    user = [AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(tokens, types) if ty == TOKEN_USER_DEFINED and t]
+    if control:
+        tok.add_special_tokens(control)
+    if user:
+        tok.add_tokens(user)
+
+    bos_id = _get(meta, "tokenizer.ggml.bos_token_id")
+    eos_id = _get(meta, "tokenizer.ggml.eos_token_id")
+    add_bos = bool(_get(meta, "tokenizer.ggml.add_bos_token", add_bos_default))
+    add_eos = bool(_get(meta, "tokenizer.ggml.add_eos_token", False))
+    bos, eos = _tok(tokens, bos_id), _tok(tokens, eos_id)
+    add_bos = add_bos and bos is not None
+    add_eos = add_eos and eos is not None
+    if add_bos or add_eos:
+        single = ([f"{bos}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos else [])
+        pair = single + ([f"{bos}:1"] if add_bos else []) + ["$B:1"] + ([f"{eos}:1"] if add_eos else [])
+        special = []
+        if add_bos:
+            special.append((bos, int(bos_id)))
+        if add_eos and eos != bos:
+            special.append((eos, int(eos_id)))
+        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    elif model == "gpt2":
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+
+    eog: list[int] = []
+    for key in ("eos_token_id", "eot_token_id", "eom_token_id"):
+        v = _get(meta, f"tokenizer.ggml.{key}")
+        if v is not None and 0 <= int(v) < len(tokens) and int(v) not in eog:
+            eog.append(int(v))
+    for i, (t, ty) in enumerate(zip(tokens, types)):
+        if t in _EOG_TEXTS and ty in (TOKEN_CONTROL, TOKEN_USER_DEFINED) and i not in eog:
+            eog.append(i)
+
+    facts = {
+        "bos_token": bos,
+        "eos_token": eos,
+        "unk_token": _tok(tokens, _get(meta, "tokenizer.ggml.unknown_token_id")),
+        "pad_token": _tok(tokens, _get(meta, "tokenizer.ggml.padding_token_id")),
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
+        "bos_token_id": int(bos_id) if bos is not None else None,
+        "eos_token_ids": eog,
+        "control_tokens": [t.content for t in control],
+    }
+    return tok, facts
+
+
+def write_tokenizer_files(meta: Mapping[str, Any], out_dir: str | Path,
+                          model_max_length: int | None = None) -> TokenizerInfo:
+    out = Path(out_dir)
+    tok, facts = build_tokenizer(meta)
+    tok.save(str(out / "tokenizer.json"))
+
+    specials = {k: facts[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if facts[k]}
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "add_bos_token": facts["add_bos_token"],
+        "add_eos_token": facts["add_eos_token"],
+        # decode(encode(s)) must give s back; llama.cpp's space cleanup would not.
+        "clean_up_tokenization_spaces": False,
+    }
+    if model_max_length:
+        config["model_max_length"] = int(model_max_length)
+    template = meta.get("tokenizer.chat_template")
+    if template:
+        config["chat_template"] = template
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+    special_map: dict[str, Any] = dict(specials)
+    extra = [t for t in facts["control_tokens"] if t not in specials.values()]
+    if extra:
+        special_map["additional_special_tokens"] = extra
+    (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2, ensure_ascii=False))
+
+    return TokenizerInfo(
+        files=["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"],
+        bos_token_id=facts["bos_token_id"],
+        eos_token_ids=facts["eos_token_ids"],
+        add_bos_token=facts["add_bos_token"],
+        vocab_size=len(_get(meta, "tokenizer.ggml.tokens")),
+    )
