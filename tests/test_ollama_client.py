@@ -49,11 +49,13 @@ def test_num_predict_caps_eval_count(client, smollm):
 
 def test_stop_strings(client, smollm):
     prompt = "List the numbers from 1 to 10 separated by commas."
-    full = client.generate(model=smollm, prompt=prompt, options={"temperature": 0, "num_predict": 16}).response
-    assert "3" in full, full
-    cut = client.generate(model=smollm, prompt=prompt, options={"temperature": 0, "num_predict": 16, "stop": ["3"]})
-    assert "3" not in cut.response
-    assert cut.response == full[: full.index("3")]
+    full = client.generate(model=smollm, prompt=prompt, options={"temperature": 0, "num_predict": 12}).response
+    words = full.split()
+    assert len(words) >= 4, full
+    stop = " " + words[3]  # spans a token boundary in the middle of the greedy answer
+    cut = client.generate(model=smollm, prompt=prompt, options={"temperature": 0, "num_predict": 12, "stop": [stop]})
+    assert stop not in cut.response
+    assert cut.response == full[: full.index(stop)]
     assert cut.done_reason == "stop"
 
 
