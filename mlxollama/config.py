@@ -72,7 +72,7 @@ class Config:
     context_length: int = 4096
     debug: int = 0
     max_queue: int = 512
-    num_parallel: int = 1
+    num_parallel: int = 0  # 0: the engine's own default (it batches; see EngineSettings)
     max_loaded_models: int = 0
     reported_version: str = DEFAULT_REPORTED_VERSION
     noprune: bool = False
@@ -94,7 +94,7 @@ class Config:
             context_length=parse_uint(env.get("OLLAMA_CONTEXT_LENGTH"), 4096) or 4096,
             debug=debug,
             max_queue=parse_uint(env.get("OLLAMA_MAX_QUEUE"), 512),
-            num_parallel=parse_uint(env.get("OLLAMA_NUM_PARALLEL"), 1) or 1,
+            num_parallel=parse_uint(env.get("OLLAMA_NUM_PARALLEL"), 0),
             max_loaded_models=parse_uint(env.get("OLLAMA_MAX_LOADED_MODELS"), 0),
             reported_version=_clean(env.get("MLXOLLAMA_REPORTED_VERSION")) or DEFAULT_REPORTED_VERSION,
             noprune=parse_bool(env.get("OLLAMA_NOPRUNE")),

@@ -13,13 +13,13 @@ from .tinymodels import build_tiny_llama
 TINY = "tiny:latest"
 
 
-def package_tiny(store: Store, name: str, model_dir: Path, **layers):
+def package_tiny(store: Store, name: str, model_dir: Path, context_length: int | None = None, **layers):
     from mlxollama.convert.package import package_model_dir
 
     info = json.loads((model_dir / "model_info.json").read_text())
     config = build_config_blob(
-        model_format="mlx", model_family="llama", model_type="0.05M", file_type="F16",
-        capabilities=None, context_length=info["llama.context_length"], embedding_length=info["llama.embedding_length"],
+        model_format="mlx", model_family="llama", model_type="0.05M", file_type="F16", capabilities=None,
+        context_length=context_length or info["llama.context_length"], embedding_length=info["llama.embedding_length"],
     )
     return package_model_dir(store, ModelName.parse(name), model_dir, config=config, **layers)
 
@@ -31,6 +31,8 @@ def models_dir(tmp_path_factory) -> Path:
     tiny_dir = build_tiny_llama(tmp_path_factory.mktemp("tiny"))
     package_tiny(store, TINY, tiny_dir)
     package_tiny(store, "tiny-sys:latest", tiny_dir, system="You are terse.", params={"temperature": 0.0})
+    # A long window keeps a generation busy for minutes: for tests that need requests in flight.
+    package_tiny(store, "tiny-long:latest", tiny_dir, context_length=1 << 20)
     return root
 
 

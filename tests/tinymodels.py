@@ -64,18 +64,20 @@ def build_tiny_llama(out: Path, *, seed: int = 0, hidden: int = 64, layers: int 
         "vocab_size": vocab_size,
         "rope_theta": 10000.0,
         "max_position_embeddings": context,
-        "tie_word_embeddings": True,
+        # Untied: a random output projection makes greedy output depend on the whole prompt
+        # instead of echoing the largest embedding.
+        "tie_word_embeddings": False,
         "eos_token_id": vocab["<|im_end|>"],
     }
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     weights = dict(tree_flatten(model.parameters()))
-    embed = weights["model.embed_tokens.weight"] * 8.0  # sharper logits: varied greedy output
-    # A zero embedding row gives the end token logit 0 while others spread both ways, so greedy
+    # A zero output row gives the end token logit 0 while others spread both ways, so greedy
     # decoding does not stop early and num_predict / stop tests are in control.
     eos = vocab["<|im_end|>"]
     mask = mx.ones((vocab_size, 1)).at[eos].multiply(0.0)
-    weights["model.embed_tokens.weight"] = (embed * mask).astype(mx.float16)
+    head = mx.random.normal((vocab_size, hidden)) * 0.5
+    weights["lm_head.weight"] = head * mask
     weights = {k: v.astype(mx.float16) for k, v in weights.items()}
     mx.save_safetensors(str(out / "model.safetensors"), weights)
     (out / "config.json").write_text(json.dumps(config))

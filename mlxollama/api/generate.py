@@ -63,31 +63,38 @@ def _check_structured(fmt) -> None:
 
 
 async def _run(request, state: ServerState, spec: ModelSpec, prompt: PromptSpec, opts: Options,
-               keep_alive, started: int, chunk, final, stream: bool):
+               keep_alive, started: int, chunk, final, stream: bool, req):
     load_started = time.perf_counter_ns()
     try:
         runner = await state.scheduler.acquire(spec, keep_alive, opts.num_ctx)
     except EngineError as e:
         return error_response(e.status, e.message)
     load_ns = time.perf_counter_ns() - load_started
-    job = GenerationJob(prompt, opts)
+    job = GenerationJob(prompt, opts, logprobs=req.logprobs, top_logprobs=req.top_logprobs)
     runner.submit(job)
     try:
         event = await job.events.get()
         if isinstance(event, ErrorEvent):
             return error_response(event.status, event.message)
         if not stream:
-            pieces = []
+            pieces, logprobs = [], []
             while isinstance(event, TextEvent):
                 pieces.append(event.text)
+                logprobs.extend(event.logprobs or [])
                 event = await job.events.get()
             if isinstance(event, ErrorEvent):
                 return error_response(event.status, event.message)
-            return json_body(final(event, _metrics(event, started, load_ns), "".join(pieces)))
+            out = final(event, _metrics(event, started, load_ns), "".join(pieces))
+            if req.logprobs:
+                out["logprobs"] = logprobs
+            return json_body(out)
         response = await request.respond(content_type="application/x-ndjson")
         while True:
             if isinstance(event, TextEvent):
-                await response.send(dumps(chunk(event.text)) + "\n")
+                piece = chunk(event.text)
+                if event.logprobs:
+                    piece["logprobs"] = event.logprobs
+                await response.send(dumps(piece) + "\n")
             elif isinstance(event, DoneEvent):
                 await response.send(dumps(final(event, _metrics(event, started, load_ns))) + "\n")
                 break
@@ -165,7 +172,7 @@ async def generate(request):
         out.update(metrics)
         return out
 
-    return await _run(request, state, spec, prompt, opts, req.keep_alive, started, chunk, final, req.stream)
+    return await _run(request, state, spec, prompt, opts, req.keep_alive, started, chunk, final, req.stream, req)
 
 
 @bp.post("/api/chat")
@@ -210,4 +217,4 @@ async def chat(request):
         out.update(metrics)
         return out
 
-    return await _run(request, state, spec, prompt, opts, req.keep_alive, started, chunk, final, req.stream)
+    return await _run(request, state, spec, prompt, opts, req.keep_alive, started, chunk, final, req.stream, req)

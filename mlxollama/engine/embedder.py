@@ -24,7 +24,7 @@ class LoadedEmbedder:
     def close(self) -> None:
         self.encoder.close()
 
-    def generate(self, job) -> None:
+    def admit(self, job) -> None:
         raise EngineError("embedding models cannot generate", 400)
 
     def embed(self, job: EmbedJob) -> None:

@@ -17,6 +17,7 @@ from ..options import Options
 @dataclass
 class TextEvent:
     text: str
+    logprobs: list[dict] | None = None
 
 
 @dataclass
@@ -79,10 +80,12 @@ class PromptSpec:
 
 
 class GenerationJob(Job):
-    def __init__(self, prompt: PromptSpec, options: Options) -> None:
+    def __init__(self, prompt: PromptSpec, options: Options, *, logprobs: bool = False, top_logprobs: int = 0) -> None:
         super().__init__()
         self.prompt = prompt
         self.options = options
+        self.want_logprobs = logprobs
+        self.top_logprobs = top_logprobs if logprobs else 0
 
 
 class EmbedJob(Job):

@@ -1,21 +1,31 @@
-"""A loaded mlx-lm model and the generation routine its engine thread runs."""
+"""A loaded mlx-lm model: continuous batching over mlx-lm's BatchGenerator with an LRU prompt cache.
+
+Everything here runs on the model's engine thread.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm import stream_generate
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.generate import BatchGenerator, StopSequences
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.utils import load as mlx_lm_load
 
 from ..options import Options
-from .jobs import DoneEvent, GenerationJob, TextEvent
+from .jobs import DoneEvent, ErrorEvent, GenerationJob, TextEvent
 from .prompt import build_prompt_tokens
+from .sampling import make_request_processors, make_request_sampler, token_logprobs
 from .stops import StopMatcher
+
+log = logging.getLogger("mlxollama.engine")
 
 
 def runs_on_cpu() -> bool:
@@ -45,15 +55,69 @@ def apply_backend_dtype(model: nn.Module) -> None:
     model.load_weights(updated, strict=False)
 
 
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+@dataclass
+class EngineSettings:
+    # Sequences decoded together. Ollama defaults to 1; on MLX a batch step costs little more
+    # than a single one on a GPU, so we batch by default (see docs/benchmarks.md).
+    num_parallel: int = 8
+    prefill_step: int = 512
+    prompt_cache_entries: int = 16
+    prompt_cache_bytes: int = 1 << 30
+
+    @classmethod
+    def from_env(cls, num_parallel: int | None = None) -> "EngineSettings":
+        return cls(
+            num_parallel=num_parallel or _env_int("OLLAMA_NUM_PARALLEL", 8) or 8,
+            prefill_step=_env_int("MLXOLLAMA_PREFILL_STEP", 512),
+            prompt_cache_entries=_env_int("MLXOLLAMA_PROMPT_CACHE_ENTRIES", 16),
+            prompt_cache_bytes=_env_int("MLXOLLAMA_PROMPT_CACHE_BYTES", 1 << 30),
+        )
+
+
+@dataclass
+class _Active:
+    job: GenerationJob
+    detokenizer: object
+    stops: StopMatcher
+    prompt_len: int
+    cached: int
+    started: int
+    context: list[int] | None
+    first_token_at: int | None = None
+    count: int = 0
+    pending_logprobs: list = field(default_factory=list)
+
+
 class LoadedLLM:
     kind = "llm"
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, settings: EngineSettings | None = None):
+        self.settings = settings or EngineSettings.from_env()
         self.model, self.tokenizer = mlx_lm_load(str(model_dir))
         apply_backend_dtype(self.model)
         mx.eval(self.model.parameters())
         self.weights_bytes = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
         self.on_gpu = not runs_on_cpu()
+        self.model_key = str(model_dir)
+        # Models whose caches cannot be merged (and so cannot join a batch) run one at a time.
+        self.batchable = all(hasattr(c, "merge") for c in make_prompt_cache(self.model))
+        self.prompt_cache = LRUPromptCache(
+            max_size=self.settings.prompt_cache_entries, max_bytes=self.settings.prompt_cache_bytes
+        )
+        self.stop_sequences = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
+        # Created on the engine thread, so generation and its synchronisation share one stream.
+        self.stream = mx.default_stream(mx.default_device())
+        self.batch: BatchGenerator | None = None
+        self.active: dict[int, _Active] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------------
 
     def memory_bytes(self, num_ctx: int) -> int:
         """Weights plus a full KV cache at num_ctx: what /api/ps reports as size."""
@@ -69,11 +133,37 @@ class LoadedLLM:
             kv = 0
         return self.weights_bytes + kv
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.active)
+
     def close(self) -> None:
+        for a in self.active.values():
+            a.job.emit(ErrorEvent("model unloaded", 500))
+        self.active.clear()
+        if self.batch is not None:
+            self.batch.close()
+            self.batch = None
+        del self.prompt_cache
         del self.model
         del self.tokenizer
 
-    def generate(self, job: GenerationJob) -> None:
+    def _generator(self) -> BatchGenerator:
+        if self.batch is None:
+            n = max(1, self.settings.num_parallel)
+            self.batch = BatchGenerator(
+                self.model,
+                completion_batch_size=n,
+                prefill_batch_size=min(n, 8),
+                prefill_step_size=self.settings.prefill_step,
+                stream=self.stream,
+            )
+        return self.batch
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def admit(self, job: GenerationJob) -> None:
+        """Tokenize and join the running batch (or run alone when the model cannot batch)."""
         opts: Options = job.options
         started = time.perf_counter_ns()
         prompt = build_prompt_tokens(self.tokenizer, job.prompt, opts.num_ctx)
@@ -81,53 +171,141 @@ class LoadedLLM:
         # No context shifting: generation stops when the window is full ("length").
         max_tokens = room if opts.num_predict < 0 else min(opts.num_predict, room)
         context = list(prompt) if job.prompt.return_context else None
-        if max_tokens <= 0 or opts.num_predict == 0:
+        if max_tokens <= 0:
             job.emit(DoneEvent("length", len(prompt), time.perf_counter_ns() - started, 0, 0, context))
             return
+        if not self.batchable:
+            self._generate_alone(job, prompt, max_tokens, started, context)
+            return
 
-        if opts.seed >= 0:
-            mx.random.seed(opts.seed)
-        sampler = make_sampler(
-            temp=opts.temperature,
-            top_p=opts.top_p if 0 < opts.top_p < 1 else 0.0,
-            min_p=opts.min_p,
-            top_k=max(opts.top_k, 0),
+        cache, rest = self.prompt_cache.fetch_nearest_cache(self.model_key, prompt)
+        if cache is None:
+            rest = prompt
+        elif not rest:
+            # A full hit still needs one input token to produce the next one.
+            if can_trim_prompt_cache(cache):
+                trim_prompt_cache(cache, 1)
+                rest = prompt[-1:]
+            else:
+                cache, rest = None, prompt
+        cached = len(prompt) - len(rest)
+        (uid,) = self._generator().insert(
+            [rest],
+            max_tokens=[max_tokens],
+            caches=[cache],
+            all_tokens=[prompt[:cached]],
+            samplers=[make_request_sampler(opts)],
+            logits_processors=[make_request_processors(opts)],
+            stop_sequences=[self.stop_sequences],
         )
-        window = opts.num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
-        processors = make_logits_processors(
-            repetition_penalty=opts.repeat_penalty if window and opts.repeat_penalty != 1.0 else None,
-            repetition_context_size=window,
-            presence_penalty=opts.presence_penalty or None,
-            presence_context_size=window or 64,
-            frequency_penalty=opts.frequency_penalty or None,
-            frequency_context_size=window or 64,
+        self.active[uid] = _Active(
+            job=job,
+            detokenizer=self.tokenizer.detokenizer,
+            stops=StopMatcher(opts.stop),
+            prompt_len=len(prompt),
+            cached=cached,
+            started=started,
+            context=context,
         )
+
+    # -- stepping ------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One decode step for the whole batch (plus a prompt chunk for newcomers)."""
+        self._drop_cancelled()
+        if not self.active:
+            return
+        try:
+            _, responses = self.batch.next()
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: fail this batch, keep serving
+            log.exception("batch step failed")
+            for a in self.active.values():
+                a.job.emit(ErrorEvent(f"generation failed: {e}", 500))
+            self.active.clear()
+            self.batch.close()
+            self.batch = None
+            mx.clear_cache()
+            return
+        now = time.perf_counter_ns()
+        for r in responses:
+            a = self.active.get(r.uid)
+            if a is None:
+                continue
+            if a.first_token_at is None:
+                a.first_token_at = now
+            is_eos = r.finish_reason == "stop"
+            if not is_eos:
+                a.detokenizer.add_token(r.token)
+                a.count += 1
+                if a.context is not None:
+                    a.context.append(int(r.token))
+                if a.job.want_logprobs:
+                    a.pending_logprobs.append(
+                        token_logprobs(self.tokenizer, r.logprobs, r.token, a.job.top_logprobs))
+            if r.finish_reason is not None:
+                a.detokenizer.finalize()
+            text = a.stops.feed(a.detokenizer.last_segment)
+            if text or (a.pending_logprobs and not a.stops.stopped):
+                a.job.emit(TextEvent(text, a.pending_logprobs or None))
+                a.pending_logprobs = []
+            if r.finish_reason is not None:
+                self.prompt_cache.insert_cache(self.model_key, list(r.all_tokens), r.prompt_cache)
+                self._finish(r.uid, r.finish_reason)
+            elif a.stops.stopped:
+                saved = self.batch.remove([r.uid], return_prompt_caches=True)
+                for cache, tokens in saved.values():
+                    self.prompt_cache.insert_cache(self.model_key, list(tokens), cache)
+                self._finish(r.uid, "stop")
+
+    def _drop_cancelled(self) -> None:
+        gone = [uid for uid, a in self.active.items() if a.job.cancelled]
+        if gone:
+            self.batch.remove(gone)
+            for uid in gone:
+                del self.active[uid]
+
+    def _finish(self, uid: int, reason: str) -> None:
+        a = self.active.pop(uid)
+        tail = a.stops.flush()
+        if tail:
+            a.job.emit(TextEvent(tail))
+        ended = time.perf_counter_ns()
+        first = a.first_token_at or ended
+        a.job.emit(DoneEvent(
+            done_reason=reason,
+            prompt_eval_count=a.prompt_len,
+            prompt_eval_duration=first - a.started,
+            eval_count=a.count,
+            eval_duration=ended - first,
+            context=a.context,
+        ))
+
+    # -- models that cannot batch --------------------------------------------------------------
+
+    def _generate_alone(self, job: GenerationJob, prompt: list[int], max_tokens: int, started: int,
+                        context: list[int] | None) -> None:
+        opts = job.options
         stops = StopMatcher(opts.stop)
         first_token_at = None
         count = 0
         reason = "stop"
-        gen = stream_generate(
-            self.model,
-            self.tokenizer,
-            mx.array(prompt),
-            max_tokens=max_tokens,
-            sampler=sampler,
-            logits_processors=processors,
-        )
+        gen = stream_generate(self.model, self.tokenizer, mx.array(prompt), max_tokens=max_tokens,
+                              sampler=make_request_sampler(opts), logits_processors=make_request_processors(opts))
         try:
             for resp in gen:
-                if first_token_at is None:
-                    first_token_at = time.perf_counter_ns()
+                first_token_at = first_token_at or time.perf_counter_ns()
                 if job.cancelled:
-                    reason = "cancelled"
-                    break
+                    return
+                logprobs = None
                 if resp.token not in self.tokenizer.eos_token_ids:
                     count += 1
                     if context is not None:
                         context.append(int(resp.token))
+                    if job.want_logprobs:
+                        logprobs = [token_logprobs(self.tokenizer, resp.logprobs, resp.token, job.top_logprobs)]
                 text = stops.feed(resp.text)
-                if text:
-                    job.emit(TextEvent(text))
+                if text or logprobs:
+                    job.emit(TextEvent(text, logprobs))
                 if stops.stopped:
                     reason = "stop"
                     break
@@ -135,20 +313,9 @@ class LoadedLLM:
                     reason = resp.finish_reason
         finally:
             gen.close()
-        if reason == "cancelled":
-            return
         tail = stops.flush()
         if tail:
             job.emit(TextEvent(tail))
         ended = time.perf_counter_ns()
         first_token_at = first_token_at or ended
-        job.emit(
-            DoneEvent(
-                done_reason=reason,
-                prompt_eval_count=len(prompt),
-                prompt_eval_duration=first_token_at - started,
-                eval_count=count,
-                eval_duration=ended - first_token_at,
-                context=context,
-            )
-        )
+        job.emit(DoneEvent(reason, len(prompt), first_token_at - started, count, ended - first_token_at, context))

@@ -18,19 +18,20 @@ log = logging.getLogger("mlxollama.engine")
 _STOP = object()
 
 
-def _load_state(spec: ModelSpec, model_dir: Path):
+def _load_state(spec: ModelSpec, model_dir: Path, num_parallel: int):
     if spec.kind == "embedding":
         from .embedder import LoadedEmbedder
 
         return LoadedEmbedder(model_dir)
-    from .llm import LoadedLLM
+    from .llm import EngineSettings, LoadedLLM
 
-    return LoadedLLM(model_dir)
+    return LoadedLLM(model_dir, EngineSettings.from_env(num_parallel or None))
 
 
 class ModelRunner:
-    def __init__(self, spec: ModelSpec, model_dir: Path, keep_alive_ns: int, num_ctx: int):
+    def __init__(self, spec: ModelSpec, model_dir: Path, keep_alive_ns: int, num_ctx: int, num_parallel: int = 0):
         self.spec = spec
+        self.num_parallel = num_parallel
         self.model_dir = model_dir
         self.loop = asyncio.get_running_loop()
         self.loaded: asyncio.Future = self.loop.create_future()
@@ -70,9 +71,31 @@ class ModelRunner:
         except RuntimeError:
             pass  # loop closed during shutdown
 
+    def _guard(self, fn, job) -> None:
+        try:
+            fn() if job is None else fn(job)
+        except EngineError as e:
+            if job is not None:
+                job.emit(ErrorEvent(e.message, e.status))
+        except MemoryError as e:
+            if job is not None:
+                job.emit(ErrorEvent(f"out of memory: {e}", 500))
+        except Exception as e:  # noqa: BLE001 - keep serving other requests
+            log.exception("engine work failed on %s", self.spec.short_name)
+            if job is not None:
+                job.emit(ErrorEvent(str(e) or type(e).__name__, 500))
+
+    def _run_job(self, state, job: Job) -> None:
+        if isinstance(job, GenerationJob):
+            self._guard(state.admit, job)
+        elif isinstance(job, EmbedJob):
+            self._guard(state.embed, job)
+        else:
+            job.emit(ErrorEvent(f"unknown job {type(job).__name__}"))
+
     def _main(self) -> None:
         try:
-            state = _load_state(self.spec, self.model_dir)
+            state = _load_state(self.spec, self.model_dir, self.num_parallel)
             self.size = state.memory_bytes(self.num_ctx)
             self.on_gpu = state.on_gpu
         except Exception as e:  # noqa: BLE001 - every load failure becomes the request's error
@@ -82,25 +105,20 @@ class ModelRunner:
             return
         self._resolve(self.loaded, True)
         while True:
-            job = self._jobs.get()
+            busy = getattr(state, "busy", False)
+            try:
+                # While a batch is running, new work is picked up between decode steps.
+                job = self._jobs.get(block=not busy)
+            except queue.Empty:
+                job = None
             if job is _STOP:
                 break
-            if job.cancelled:
+            if job is not None:
+                if not job.cancelled:
+                    self._run_job(state, job)
                 continue
-            try:
-                if isinstance(job, GenerationJob):
-                    state.generate(job)
-                elif isinstance(job, EmbedJob):
-                    state.embed(job)
-                else:
-                    raise EngineError(f"unknown job {type(job).__name__}")
-            except EngineError as e:
-                job.emit(ErrorEvent(e.message, e.status))
-            except MemoryError as e:
-                job.emit(ErrorEvent(f"out of memory: {e}", 500))
-            except Exception as e:  # noqa: BLE001 - keep serving other requests
-                log.exception("job failed on %s", self.spec.short_name)
-                job.emit(ErrorEvent(str(e) or type(e).__name__, 500))
+            self._guard(state.step, None)
+
         state.close()
         del state
         gc.collect()
