@@ -9,49 +9,14 @@ from sanic import Blueprint
 from ..engine.catalog import ModelSpec
 from ..engine.gotemplate import TemplateError
 from ..engine.gotemplate import render as render_go_template
-from ..engine.jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
-from ..options import Options, OptionTypeError, validate_options
+from ..engine.jobs import DoneEvent, EngineError, ErrorEvent, PromptSpec, TextEvent
 from ..timefmt import rfc3339_utc
 from .errors import APIError, dumps, error_response, json_body
 from .protocol import ChatRequest, GenerateRequest, check_format, parse_body
+from .service import Generation, check_capabilities, resolve_options, start_generation
 from .state import ServerState, state_of
 
 bp = Blueprint("generate")
-
-
-def _metrics(done: DoneEvent, started: int, load_ns: int) -> dict:
-    out = {
-        "done_reason": done.done_reason,
-        "total_duration": time.perf_counter_ns() - started,
-        "load_duration": load_ns,
-        "prompt_eval_count": done.prompt_eval_count,
-        "prompt_eval_duration": done.prompt_eval_duration,
-        "eval_count": done.eval_count,
-        "eval_duration": done.eval_duration,
-    }
-    return {k: v for k, v in out.items() if v}
-
-
-def _check_capabilities(spec: ModelSpec, requested: str, need: list[str], think) -> None:
-    if "completion" in need and "completion" not in spec.capabilities:
-        raise APIError(400, f'"{requested}" does not support {need[0] if need[0] != "completion" else "generate"}')
-    missing = [c for c in need[1:] if c not in spec.capabilities]
-    if missing:
-        raise APIError(400, f"{spec.name.display_full()} does not support " + "\n".join(missing))
-    if think not in (None, False) and "thinking" not in spec.capabilities:
-        raise APIError(400, f'"{requested}" does not support thinking')
-
-
-def _options(state: ServerState, spec: ModelSpec, raw: dict | None) -> Options:
-    try:
-        request_opts = validate_options(raw)
-        opts = Options.merged(spec.params, request_opts, num_ctx=state.config.context_length)
-    except OptionTypeError as e:
-        raise APIError(500, str(e)) from e
-    opts.num_ctx = max(opts.num_ctx, 4)
-    if spec.context_length:
-        opts.num_ctx = min(opts.num_ctx, spec.context_length)
-    return opts
 
 
 def _check_structured(fmt) -> None:
@@ -62,18 +27,10 @@ def _check_structured(fmt) -> None:
         raise APIError(400, "structured outputs (format) are not supported by this server yet")
 
 
-async def _run(request, state: ServerState, spec: ModelSpec, prompt: PromptSpec, opts: Options,
-               keep_alive, started: int, chunk, final, stream: bool, req):
-    load_started = time.perf_counter_ns()
+async def _run(request, gen: Generation, chunk, final, stream: bool, want_logprobs: bool):
+    """Write a generation as Ollama NDJSON (or one object for stream:false)."""
     try:
-        runner = await state.scheduler.acquire(spec, keep_alive, opts.num_ctx)
-    except EngineError as e:
-        return error_response(e.status, e.message)
-    load_ns = time.perf_counter_ns() - load_started
-    job = GenerationJob(prompt, opts, logprobs=req.logprobs, top_logprobs=req.top_logprobs)
-    runner.submit(job)
-    try:
-        event = await job.events.get()
+        event = await gen.next_event()
         if isinstance(event, ErrorEvent):
             return error_response(event.status, event.message)
         if not stream:
@@ -81,11 +38,11 @@ async def _run(request, state: ServerState, spec: ModelSpec, prompt: PromptSpec,
             while isinstance(event, TextEvent):
                 pieces.append(event.text)
                 logprobs.extend(event.logprobs or [])
-                event = await job.events.get()
+                event = await gen.next_event()
             if isinstance(event, ErrorEvent):
                 return error_response(event.status, event.message)
-            out = final(event, _metrics(event, started, load_ns), "".join(pieces))
-            if req.logprobs:
+            out = final(event, gen.metrics().ollama_fields(), "".join(pieces))
+            if want_logprobs:
                 out["logprobs"] = logprobs
             return json_body(out)
         response = await request.respond(content_type="application/x-ndjson")
@@ -96,16 +53,15 @@ async def _run(request, state: ServerState, spec: ModelSpec, prompt: PromptSpec,
                     piece["logprobs"] = event.logprobs
                 await response.send(dumps(piece) + "\n")
             elif isinstance(event, DoneEvent):
-                await response.send(dumps(final(event, _metrics(event, started, load_ns))) + "\n")
+                await response.send(dumps(final(event, gen.metrics().ollama_fields())) + "\n")
                 break
             else:
                 await response.send(dumps({"error": event.message}) + "\n")
                 break
-            event = await job.events.get()
+            event = await gen.next_event()
         await response.eof()
     finally:
-        job.cancel()  # a client gone mid-stream stops its generation at the next token
-        state.scheduler.release(runner)
+        gen.close()
 
 
 async def _load_or_unload(state: ServerState, spec: ModelSpec, req, shape) -> dict:
@@ -137,11 +93,11 @@ async def generate(request):
     if req.raw and (req.template or req.system or req.context):
         raise APIError(400, "raw mode does not support template, system, or context")
     need = ["completion"] + (["insert"] if req.suffix else []) + (["vision"] if req.images else [])
-    _check_capabilities(spec, req.model, need, req.think)
+    check_capabilities(spec, req.model, need, req.think)
     if not req.prompt:
         return json_body(await _load_or_unload(state, spec, req, shape))
     _check_structured(req.format)
-    opts = _options(state, spec, req.options)
+    opts = resolve_options(state, spec, req.options)
 
     if req.raw:
         prompt = PromptSpec(raw_prompt=req.prompt, truncate=req.truncate)
@@ -172,7 +128,9 @@ async def generate(request):
         out.update(metrics)
         return out
 
-    return await _run(request, state, spec, prompt, opts, req.keep_alive, started, chunk, final, req.stream, req)
+    gen = await start_generation(state, spec, prompt, opts, keep_alive=req.keep_alive, started=started,
+                                 logprobs=req.logprobs, top_logprobs=req.top_logprobs)
+    return await _run(request, gen, chunk, final, req.stream, req.logprobs)
 
 
 @bp.post("/api/chat")
@@ -197,9 +155,9 @@ async def chat(request):
     if "completion" not in spec.capabilities:
         raise APIError(400, f'"{req.model}" does not support chat')
     need = ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
-    _check_capabilities(spec, req.model, need, req.think)
+    check_capabilities(spec, req.model, need, req.think)
     _check_structured(req.format)
-    opts = _options(state, spec, req.options)
+    opts = resolve_options(state, spec, req.options)
 
     messages = list(spec.messages) + [m.for_template() for m in req.messages]
     if spec.system and req.messages[0].role != "system":
@@ -217,4 +175,6 @@ async def chat(request):
         out.update(metrics)
         return out
 
-    return await _run(request, state, spec, prompt, opts, req.keep_alive, started, chunk, final, req.stream, req)
+    gen = await start_generation(state, spec, prompt, opts, keep_alive=req.keep_alive, started=started,
+                                 logprobs=req.logprobs, top_logprobs=req.top_logprobs)
+    return await _run(request, gen, chunk, final, req.stream, req.logprobs)
