@@ -14,6 +14,7 @@ plus a config builder, so more can be added without touching the conversion.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -30,6 +31,8 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 
 from .gguf_tokenizer import UnsupportedTokenizer, write_tokenizer_files
+
+log = logging.getLogger(__name__)
 
 GROUP = 32  # every exact mapping below has 32-element scale groups
 SHARD_BYTES = 4 << 30  # flush to a new safetensors shard past this size
@@ -383,7 +386,7 @@ class _Meta:
 
 @dataclass(frozen=True)
 class ArchSpec:
-    model_type: str  # mlx-lm model_type
+    model_type: str  # mlx-lm model_type (the config builder may pick a variant)
     layer_tensors: Mapping[str, str]  # "attn_q.weight" (after "blk.N.") -> "self_attn.q_proj.weight"
     build_config: Callable[[_Meta, Mapping[str, Any]], dict[str, Any]]
     # llama.cpp's converter permutes Q/K rows only for llama-arch models.
@@ -391,6 +394,9 @@ class ArchSpec:
     global_tensors: Mapping[str, str] = field(default_factory=lambda: dict(_GLOBAL_TENSORS))
     # Present in the GGUF but carried by config.json instead of a weight.
     skip_tensors: frozenset[str] = frozenset({"rope_freqs.weight"})
+    # llama.cpp's converter stores gemma RMSNorm weights as 1 + w (its graph
+    # multiplies by the stored value) while mlx-lm's gemma norms apply 1 + w.
+    norm_shift: float = 0.0
 
 
 _GLOBAL_TENSORS = {
@@ -422,6 +428,39 @@ _QWEN3_LAYER = {
     **_LLAMA_LAYER,
     "attn_q_norm.weight": "self_attn.q_norm.weight",
     "attn_k_norm.weight": "self_attn.k_norm.weight",
+}
+
+# Gemma 2/3 sandwich norms.  GGUF's "ffn_norm" is the *pre*-feed-forward norm
+# here, and "post_attention_norm" is a real post-norm, unlike llama's naming.
+_GEMMA2_LAYER = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+
+_GEMMA3_LAYER = {
+    **_GEMMA2_LAYER,
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+}
+
+# mlx-lm's phi3 keeps the fused projections that llama.cpp also keeps
+# (attn_qkv = [q; k; v] rows, ffn_up = [gate; up] rows), so no split is needed.
+_PHI3_LAYER = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_qkv.weight": "self_attn.qkv_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_up.weight": "mlp.gate_up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
 }
 
 
@@ -490,6 +529,8 @@ def _common_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
             v = m.float(f"rope.scaling.yarn_{key}")
             if v is not None:
                 scaling[key] = v
+    elif stype == "longrope" and m.arch == "phi3":
+        pass  # phi3 builds it from its rope_factors_* tensors
     elif stype not in (None, "none", "linear"):
         raise UnsupportedGGUF(f"{m.arch}: rope scaling type {stype!r} is not supported")
     if "rope_freqs.weight" in tensors:
@@ -522,12 +563,156 @@ def _qwen3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _gemma_query_scalar(m: _Meta, cfg: Mapping[str, Any], size_27b_layers: int) -> float:
+    """GGUF has no query_pre_attn_scalar; llama.cpp (like gemma_pytorch) uses
+    hidden / heads for the 27B models, recognised by their layer count, and
+    the head size for every other size."""
+    if cfg["num_hidden_layers"] == size_27b_layers:
+        return float(cfg["hidden_size"] // cfg["num_attention_heads"])
+    return float(cfg["head_dim"])
+
+
+def _gemma2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = {"model_type": "gemma2", **_common_config(m, tensors)}
+    cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    cfg.pop("tie_word_embeddings")  # mlx-lm's gemma2 always ties
+    cfg.pop("rope_scaling", None)
+    cfg["query_pre_attn_scalar"] = _gemma_query_scalar(m, cfg, 46)
+    # llama.cpp's defaults when the keys are missing, which are also gemma-2's values
+    cfg["attn_logit_softcapping"] = m.float("attn_logit_softcapping", 50.0)
+    cfg["final_logit_softcapping"] = m.float("final_logit_softcapping", 30.0)
+    # Recorded for completeness: mlx-lm's gemma2 attends over the full context.
+    cfg["sliding_window"] = m.int("attention.sliding_window", 4096)
+    return cfg
+
+
+def _gemma3_sliding_pattern(m: _Meta, layers: int) -> int:
+    """Period of the local/global layer pattern: llama.cpp fixes gemma3 at 6
+    (5 sliding layers, then a global one); newer files may spell it out."""
+    v = m.get("attention.sliding_window_pattern")
+    if v is None:
+        return 6
+    if not isinstance(v, list):
+        return int(v)
+    is_swa = [bool(x) for x in v]
+    period = is_swa.index(False) + 1 if False in is_swa else layers + 1
+    if is_swa != [(i + 1) % period != 0 for i in range(len(is_swa))]:
+        raise UnsupportedGGUF(f"{m.arch}: sliding window layer pattern {v[:12]}... is not periodic")
+    return period
+
+
+def _gemma3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    # The text model of every gemma3 GGUF; a vision tower would be a separate mmproj file.
+    cfg = {"model_type": "gemma3_text", **_common_config(m, tensors)}
+    cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    cfg["query_pre_attn_scalar"] = _gemma_query_scalar(m, cfg, 62)
+    cfg["rope_local_base_freq"] = m.float("rope.freq_base_swa", 10000.0)
+    window = m.int("attention.sliding_window")
+    if window:
+        cfg["sliding_window"] = window
+        cfg["sliding_window_pattern"] = _gemma3_sliding_pattern(m, cfg["num_hidden_layers"])
+    else:  # no window: every layer is global (llama.cpp then uses the global rope too)
+        cfg["sliding_window_pattern"] = 1
+    cap = m.float("final_logit_softcapping")
+    if cap:
+        # mlx-lm's gemma3 has no final soft-capping; it is monotonic, so greedy
+        # decoding is unchanged, only sampling temperatures differ.
+        log.warning("%s: final_logit_softcapping %s is not applied by mlx-lm", m.arch, cap)
+        cfg["final_logit_softcapping"] = cap
+    return cfg
+
+
+def _phi3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = {"model_type": "phi3", **_common_config(m, tensors)}
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    # _common_config read rope.dimension_count as the head size; in phi3 it is
+    # the rotated part of the head (partial rotary, e.g. Phi-4-mini).
+    cfg.pop("head_dim", None)
+    if (m.int("attention.key_length") or head_dim) != head_dim:
+        raise UnsupportedGGUF("phi3 GGUF with a head size other than hidden/heads")
+    rope_dims = m.int("rope.dimension_count") or head_dim
+    if rope_dims != head_dim:
+        cfg["partial_rotary_factor"] = rope_dims / head_dim
+    orig = m.int("rope.scaling.original_context_length")
+    if orig:
+        cfg["original_max_position_embeddings"] = orig
+    window = m.int("attention.sliding_window")
+    if window:
+        cfg["sliding_window"] = window  # recorded; mlx-lm's phi3 attends over the full context
+    scaling = cfg.pop("rope_scaling", None)
+    if scaling:
+        # mlx-lm's phi3 only takes LongRoPE factor lists (it requires long_factor even for "linear")
+        raise UnsupportedGGUF(f"phi3: rope scaling {scaling} is not supported")
+    long_t, short_t = tensors.get("rope_factors_long.weight"), tensors.get("rope_factors_short.weight")
+    if long_t is not None:
+        if short_t is None:
+            raise UnsupportedGGUF("phi3: rope_factors_long without rope_factors_short")
+        long_f = [_f32(x) for x in np.asarray(long_t.data, np.float32).reshape(-1)]
+        short_f = [_f32(x) for x in np.asarray(short_t.data, np.float32).reshape(-1)]
+        if len(long_f) != rope_dims // 2 or len(short_f) != rope_dims // 2:
+            raise UnsupportedGGUF(f"phi3: rope factors have {len(long_f)} entries, expected {rope_dims // 2}")
+        ctx, orig = cfg.get("max_position_embeddings"), cfg.get("original_max_position_embeddings", 4096)
+        attn = m.float("rope.scaling.attn_factor")
+        if ctx and attn is not None and ctx > orig:
+            # llama.cpp's converter writes the LongRoPE factor sqrt(1 + ln s / ln orig);
+            # anything else (phi3 "yarn" factors) is not what mlx-lm's SuScaledRoPE computes.
+            su = math.sqrt(1 + math.log(ctx / orig) / math.log(orig))
+            if not math.isclose(attn, su, rel_tol=1e-4):
+                raise UnsupportedGGUF(f"phi3: rope attn_factor {attn} is not LongRoPE's {su:.6f}")
+        cfg["rope_scaling"] = {"type": "longrope", "long_factor": long_f, "short_factor": short_f}
+    return cfg
+
+
+def _mistral3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """llama.cpp's "mistral3": a llama-layout text model (Mistral Small 3.x,
+    Ministral 3) optionally with yarn rope and Llama-4 attention temperature
+    scaling, which is mlx-lm's "ministral3"; without the latter it is llama."""
+    cfg = _llama_config(m, tensors)
+    scaling = cfg.get("rope_scaling") or {}
+    log_mul = m.float("rope.scaling.yarn_log_multiplier")
+    if scaling.get("type") == "yarn" and log_mul:
+        # llama.cpp's mistral3 graph: mscale 1, mscale_all_dim = yarn_log_multiplier
+        scaling.update(mscale=1.0, mscale_all_dim=log_mul)
+    beta = m.float("attention.temperature_scale")
+    if not beta:
+        return cfg
+    orig = scaling.get("original_max_position_embeddings") or m.int("rope.scaling.original_context_length")
+    if not orig:
+        raise UnsupportedGGUF("mistral3: attention temperature scaling needs rope.scaling.original_context_length")
+    params: dict[str, Any] = {"rope_type": "default", **scaling, "rope_theta": cfg.pop("rope_theta"),
+                              "llama_4_scaling_beta": beta, "original_max_position_embeddings": orig}
+    if "type" in params:
+        params["rope_type"] = params.pop("type")
+    cfg.pop("rope_scaling", None)
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.pop(key):
+            raise UnsupportedGGUF("mistral3 GGUF with attention/MLP biases")
+    cfg["model_type"] = "ministral3"
+    cfg["rope_parameters"] = params
+    return cfg
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
-    # mistral GGUFs use the llama architecture too
+    # Mistral GGUFs (7B, Nemo, Small <= 3.x from older converters) use the llama architecture too.
     "llama": ArchSpec("llama", _LLAMA_LAYER, _llama_config, permute_qk=True),
+    "mistral3": ArchSpec("llama", _LLAMA_LAYER, _mistral3_config, permute_qk=True),
     "qwen2": ArchSpec("qwen2", _LLAMA_LAYER, _qwen2_config),
     "qwen3": ArchSpec("qwen3", _QWEN3_LAYER, _qwen3_config),
+    "gemma2": ArchSpec("gemma2", _GEMMA2_LAYER, _gemma2_config,
+                       global_tensors={k: v for k, v in _GLOBAL_TENSORS.items() if k != "output.weight"},
+                       norm_shift=1.0),
+    "gemma3": ArchSpec("gemma3_text", _GEMMA3_LAYER, _gemma3_config, norm_shift=1.0),
+    "phi3": ArchSpec("phi3", _PHI3_LAYER, _phi3_config,
+                     skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),
 }
+
+SUPPORTED_GGUF_ARCHITECTURES: frozenset[str] = frozenset(ARCHITECTURES)
+
+
+def gguf_architecture_supported(arch: str) -> bool:
+    """Whether ``general.architecture`` ``arch`` can be imported (cheap: pull
+    checks it from the GGUF header before downloading the weights)."""
+    return arch in ARCHITECTURES
 
 
 def _mlx_name(spec: ArchSpec, name: str) -> str | None:
@@ -629,6 +814,10 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
             elif ".self_attn.k_proj." in name:
                 perm = n_kv
         conv = convert_tensor(t, perm)
+        if spec.norm_shift and t.name.endswith("norm.weight"):
+            # (1 + w) - 1 is exact in float32 for |w| <= 1, so mlx-lm's 1 + w
+            # reproduces the stored value bit for bit.
+            conv.arrays["weight"] = conv.arrays["weight"].astype(np.float32) - np.float32(spec.norm_shift)
         module = name.rsplit(".", 1)[0]
         suffix = name.rsplit(".", 1)[1]
         if conv.quant is not None:

@@ -1,0 +1,187 @@
+"""Write a Hugging Face checkpoint (tests/tinyhf.py) as a GGUF the way
+llama.cpp's convert_hf_to_gguf.py does for its architecture: tensor names from
+gguf-py's own TensorNameMap, Q/K row permutation for llama-style rope, gemma
+norms stored as 1 + w, per-architecture metadata keys, phi3 LongRoPE factor
+tensors.  Written independently of the importer, from the converter's rules.
+
+``write_gguf`` also returns the weights a llama.cpp run would use, mapped back
+to Hugging Face names and layout (dequantized, un-permuted): running the
+source model with them is the reference for an exact import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import gguf
+from gguf import GGMLQuantizationType as QT
+
+from .tinyhf import load_hf_weights
+
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+             "gemma3_text": "gemma3", "phi3": "phi3", "ministral3": "mistral3"}
+_FILE_TYPE = {QT.F16: gguf.LlamaFileType.MOSTLY_F16, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+              QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_S, QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}
+
+
+def quantize_q4_k(w: np.ndarray) -> np.ndarray:
+    """Rows (n, k*256) -> Q4_K blocks (n, k*144) uint8.  A plain min/max fit
+    per 32-element sub-block with 6-bit sub-scales; not llama.cpp's optimised
+    search, but a valid Q4_K that gguf-py (which cannot quantize Q4_K) decodes."""
+    rows, cols = w.shape
+    x = w.reshape(-1, 8, 32).astype(np.float32)
+    lo = np.minimum(x.min(-1), 0.0)
+    hi = np.maximum(x.max(-1), lo + 1e-8)
+    scale, mn = (hi - lo) / 15.0, -lo
+    d = (scale.max(-1) / 63.0).astype(np.float16)
+    dmin = (mn.max(-1) / 63.0).astype(np.float16)
+    d32, dmin32 = d.astype(np.float32)[:, None], dmin.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d32 > 0, np.clip(np.rint(scale / d32), 1, 63), 0).astype(np.uint8)
+        m = np.where(dmin32 > 0, np.clip(np.rint(mn / dmin32), 0, 63), 0).astype(np.uint8)
+        step = (d32 * sc)[..., None]
+        q = np.where(step > 0, np.rint((x + (dmin32 * m)[..., None]) / step), 0)
+    q = np.clip(q, 0, 15).astype(np.uint8)
+    n = x.shape[0]
+    scales = np.empty((n, 12), np.uint8)
+    scales[:, 0:4] = (sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6)
+    scales[:, 4:8] = (m[:, :4] & 63) | ((m[:, 4:] >> 4) << 6)
+    scales[:, 8:12] = (sc[:, 4:] & 15) | ((m[:, 4:] & 15) << 4)
+    qs = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(n, 128)  # chunk c: sub-blocks 2c (low), 2c+1 (high)
+    blocks = np.concatenate([d.view(np.uint8).reshape(n, 2), dmin.view(np.uint8).reshape(n, 2), scales, qs], 1)
+    return blocks.reshape(rows, -1)
+
+
+def _encode(w: np.ndarray, qtype: QT) -> tuple[np.ndarray, np.ndarray, QT]:
+    """(data to write, what llama.cpp decodes it to, the type used)."""
+    if qtype == QT.Q4_K and w.shape[-1] % 256:
+        qtype = QT.Q5_0  # llama.cpp's fallback when rows do not fill 256-element super-blocks
+    if qtype == QT.F16:
+        data = w.astype(np.float16)
+        return data, data.astype(np.float32), qtype
+    data = quantize_q4_k(w) if qtype == QT.Q4_K else gguf.quants.quantize(w, qtype)
+    return data, gguf.quants.dequantize(data, qtype).astype(np.float32).reshape(w.shape), qtype
+
+
+def _llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    # convert_hf_to_gguf LlamaModel.permute: HF rotate-half rows -> interleaved pairs
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tokenizer_metadata(w: gguf.GGUFWriter, hf_dir: Path, cfg: dict) -> None:
+    tj = json.loads((hf_dir / "tokenizer.json").read_text())
+    vocab = tj["model"]["vocab"]
+    special = {t["content"]: t["id"] for t in tj["added_tokens"] if t.get("special")}
+    vocab.update(special)
+    tokens = [None] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        tokens[i] = t
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in special else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_eos_token_id(int(cfg["eos_token_id"]))
+    tc = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    if tc.get("chat_template"):
+        w.add_chat_template(tc["chat_template"])
+
+
+def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None) -> dict[str, np.ndarray]:
+    """``gguf_arch``: write under another architecture name, e.g. "mistral3"
+    for a plain Mistral text model as llama.cpp's newer converter does."""
+    hf_dir = Path(hf_dir)
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    mt = cfg["model_type"]
+    arch = gguf_arch or GGUF_ARCH[mt]
+    weights = load_hf_weights(hf_dir)
+    n_layer, hidden, n_head = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads", n_head)
+    head_dim = cfg.get("head_dim") or hidden // n_head
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny {mt}")
+    w.add_block_count(n_layer)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_file_type(int(_FILE_TYPE[qtype]))
+    if "head_dim" in cfg and mt != "phi3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = cfg.get("rope_theta") or rope.get("rope_theta")
+    if theta and mt != "gemma2":  # Gemma2Model writes no freq_base (llama.cpp's default 10000 applies)
+        w.add_rope_freq_base(theta)
+    if mt in ("llama", "mistral", "ministral3"):
+        w.add_vocab_size(cfg["vocab_size"])
+        w.add_rope_dimension_count(head_dim)
+    rope_type = rope.get("rope_type") or rope.get("type")
+    if rope_type == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    elif rope_type == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope["factor"])
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        w.add_rope_scaling_yarn_beta_fast(rope["beta_fast"])
+        w.add_rope_scaling_yarn_beta_slow(rope["beta_slow"])
+    if mt == "ministral3":
+        w.add_rope_scaling_yarn_log_mul(rope["mscale_all_dim"])
+        w.add_attn_temperature_scale(rope["llama_4_scaling_beta"])
+    if mt == "gemma2":
+        w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
+        w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+        w.add_sliding_window(cfg["sliding_window"])
+    if mt == "gemma3_text":
+        if cfg.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+        if cfg.get("sliding_window_pattern") != 1:
+            w.add_sliding_window(cfg["sliding_window"])
+    if mt == "phi3":
+        rope_dims = int(cfg.get("partial_rotary_factor", 1.0) * hidden) // n_head
+        orig = cfg["original_max_position_embeddings"]
+        w.add_rope_scaling_orig_ctx_len(orig)
+        w.add_rope_dimension_count(rope_dims)
+        w.add_sliding_window(cfg.get("sliding_window") or 0)
+        if rope.get("long_factor"):
+            scale = cfg["max_position_embeddings"] / orig
+            w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(orig))))
+            w.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], np.float32))
+            w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
+    _tokenizer_metadata(w, hf_dir, cfg)
+
+    arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
+    names = gguf.get_tensor_name_map(arch_enum, n_layer)
+    reference: dict[str, np.ndarray] = {}
+    for hf_name, t in weights.items():
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        assert name, hf_name
+        if t.ndim == 1:
+            if mt in ("gemma2", "gemma3_text") and hf_name.endswith("norm.weight"):
+                w.add_tensor(name, (t + 1).astype(np.float32))
+            else:
+                w.add_tensor(name, t.astype(np.float32))
+            reference[hf_name] = t
+            continue
+        perm = None
+        if arch in ("llama", "mistral3") and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = n_head if "q_proj" in hf_name else n_kv
+            perm = _llamacpp_permute(np.arange(t.shape[0]), heads)
+            t = t[perm]
+        data, decoded, used = _encode(t, qtype)
+        w.add_tensor(name, data, raw_dtype=None if used == QT.F16 else used)
+        if perm is not None:
+            decoded = decoded[np.argsort(perm)]
+        reference[hf_name] = decoded
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return reference

@@ -1,0 +1,181 @@
+"""GGUF import of every supported architecture, end to end: a tiny random
+Hugging Face checkpoint (mlx-lm's model class), written as GGUF with
+llama.cpp's converter rules (tests/ggufwriter.py), imported, loaded by mlx-lm
+and run in float32 against the source.
+
+Tolerances (logit errors relative to the largest |logit|):
+* vs the source run with the weights llama.cpp decodes from the file (F16
+  rounding, Q8_0/Q4_K dequantization, un-permuted): the import is exact for
+  these types, so <= 1e-5 (measured 0) and identical greedy tokens (8, with
+  KV caches and rotating windows);
+* vs the unmodified source: F16 <= 1e-4 (measured ~1e-6) and identical greedy
+  tokens; Q8_0 <= 5% (measured ~2%: Q8_0's own rounding, amplified by random
+  weights; greedy tokens are not compared since random models have top-1
+  margins below that); Q4_K correlation > 0.9 (its error is ~30%).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gguf
+from gguf import GGMLQuantizationType as QT
+
+from mlxollama.convert.gguf import (
+    SUPPORTED_GGUF_ARCHITECTURES, UnsupportedGGUF, gguf_architecture_supported, import_gguf,
+)
+
+from . import tinyhf as th
+from .ggufwriter import GGUF_ARCH, write_gguf
+
+ARCHS = list(th.CONFIGS)
+QTYPES = [QT.F16, QT.Q8_0, QT.Q4_K]
+FILE_TYPE = {QT.F16: "F16", QT.Q8_0: "Q8_0", QT.Q4_K: "Q4_K_S"}
+MLX_TYPE = {"mistral": "llama", "gemma3": "gemma3_text"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """arch -> (HF folder, float32 source model, its logits and greedy tokens on PROMPT), built once."""
+    cache = {}
+
+    def get(arch: str, **overrides):
+        key = (arch, json.dumps(overrides, sort_keys=True))
+        if key not in cache:
+            d = th.build_hf_checkpoint(tmp_path_factory.mktemp(arch), arch, overrides=overrides)
+            src = th.load_float32(d)
+            cache[key] = d, src, th.logits(src, th.PROMPT), th.greedy(src, th.PROMPT)
+        return cache[key]
+
+    return get
+
+
+def _import(tmp_path: Path, hf_dir: Path, qtype: QT, gguf_arch: str | None = None):
+    path = tmp_path / "model.gguf"
+    reference = write_gguf(hf_dir, path, qtype, gguf_arch)
+    info = import_gguf(path, tmp_path / "mlx")
+    return info, tmp_path / "mlx", reference
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _check_exact(out: Path, hf_dir: Path, reference: dict) -> tuple[np.ndarray, list[int]]:
+    model = th.load_float32(out)
+    ref = th.load_float32(hf_dir, reference)
+    got, want = th.logits(model, th.PROMPT), th.logits(ref, th.PROMPT)
+    assert _rel(got, want) <= 1e-5, _rel(got, want)
+    tokens = th.greedy(model, th.PROMPT)
+    assert tokens == th.greedy(ref, th.PROMPT)
+    return got, tokens
+
+
+@pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_import_matches_source(tmp_path, checkpoints, arch, qtype):
+    hf_dir, _, src_logits, src_tokens = checkpoints(arch)
+    info, out, reference = _import(tmp_path, hf_dir, qtype)
+    mt = json.loads((hf_dir / "config.json").read_text())["model_type"]
+    assert info.architecture == GGUF_ARCH[mt]
+    assert info.file_type == FILE_TYPE[qtype]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == MLX_TYPE.get(arch, arch)
+
+    got, tokens = _check_exact(out, hf_dir, reference)
+    err = _rel(got, src_logits)
+    if qtype == QT.F16:
+        assert err <= 1e-4, err
+        assert tokens == src_tokens
+    elif qtype == QT.Q8_0:
+        assert err <= 0.05, err
+        assert np.corrcoef(got.ravel(), src_logits.ravel())[0, 1] > 0.999
+    else:
+        assert np.corrcoef(got.ravel(), src_logits.ravel())[0, 1] > 0.9
+
+
+def test_config_details(tmp_path, checkpoints):
+    """What GGUF metadata cannot say is derived the way llama.cpp derives it."""
+    src = {a: json.loads((checkpoints(a)[0] / "config.json").read_text()) for a in ("gemma2", "gemma3", "phi3")}
+
+    def imported(arch):
+        d = tmp_path / arch
+        d.mkdir()
+        return json.loads((_import(d, checkpoints(arch)[0], QT.Q8_0)[1] / "config.json").read_text())
+
+    g2 = imported("gemma2")
+    for key in ("head_dim", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+                "sliding_window"):
+        assert g2[key] == src["gemma2"][key], key
+    assert g2["rope_theta"] == 10000.0  # Gemma2Model writes no freq_base: llama.cpp's default
+    g3 = imported("gemma3")
+    for key in ("head_dim", "query_pre_attn_scalar", "sliding_window", "sliding_window_pattern",
+                "rope_theta", "rope_local_base_freq"):
+        assert g3[key] == src["gemma3"][key], key
+    assert g3["rope_scaling"] == {"type": "linear", "factor": 8.0}
+    p3 = imported("phi3")
+    assert p3["partial_rotary_factor"] == 0.75
+    assert p3["original_max_position_embeddings"] == 1024 and p3["max_position_embeddings"] == 8192
+    for key in ("long_factor", "short_factor"):  # GGUF stores them as float32
+        np.testing.assert_array_equal(np.float32(p3["rope_scaling"][key]), np.float32(src["phi3"]["rope_scaling"][key]))
+    assert "head_dim" not in p3
+
+
+def test_mistral3_without_temperature_is_llama(tmp_path, checkpoints):
+    """Newer llama.cpp writes plain Mistral text models as "mistral3" too."""
+    hf_dir, _, _, src_tokens = checkpoints("mistral")
+    info, out, reference = _import(tmp_path, hf_dir, QT.F16, gguf_arch="mistral3")
+    assert info.architecture == "mistral3"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    _, tokens = _check_exact(out, hf_dir, reference)
+    assert tokens == src_tokens
+
+
+def test_gemma3_without_sliding_window(tmp_path, checkpoints):
+    """No attention.sliding_window key: every layer is global."""
+    hf_dir, _, _, src_tokens = checkpoints("gemma3", sliding_window_pattern=1)
+    info, out, reference = _import(tmp_path, hf_dir, QT.F16)
+    assert json.loads((out / "config.json").read_text())["sliding_window_pattern"] == 1
+    _, tokens = _check_exact(out, hf_dir, reference)
+    assert tokens == src_tokens
+
+
+def test_supported_architectures():
+    assert SUPPORTED_GGUF_ARCHITECTURES == {"llama", "mistral3", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"}
+    assert all(gguf_architecture_supported(a) for a in SUPPORTED_GGUF_ARCHITECTURES)
+    for arch in ("mamba", "gemma3n", "mistral4", "phi2", "", "LLAMA"):
+        assert not gguf_architecture_supported(arch)
+
+
+@pytest.mark.parametrize("arch", ["gemma3n", "phimoe"])
+def test_unsupported_architecture_is_named(tmp_path, arch):
+    p = tmp_path / "x.gguf"
+    w = gguf.GGUFWriter(str(p), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedGGUF, match=arch):
+        import_gguf(p, tmp_path / "out")
+
+
+def test_unexpected_tensor_is_refused(tmp_path):
+    """A phi3 file with separate q/k/v (which llama.cpp also accepts) has no
+    mapping onto mlx-lm's fused qkv_proj: refused by name, not mis-loaded."""
+    w = gguf.GGUFWriter(str(tmp_path / "split.gguf"), "phi3")
+    w.add_block_count(1)
+    w.add_embedding_length(256)
+    w.add_head_count(4)
+    w.add_tensor("blk.0.attn_q.weight", np.zeros((256, 256), np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedGGUF, match="attn_q"):
+        import_gguf(tmp_path / "split.gguf", tmp_path / "out")

@@ -1,0 +1,168 @@
+"""Tiny random-weight checkpoints in Hugging Face layout (config.json, HF-named
+safetensors, a byte-level BPE tokenizer) for every architecture the importers
+handle, built with mlx-lm's own model classes so the parameter names are the
+ones mlx-lm loads.  Plus helpers to run a model in float32 and decode greedily."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from .tinymodels import build_tokenizer
+
+VOCAB = 384  # build_tokenizer's vocabulary size
+EOS = "<|im_end|>"
+
+# hidden 256: the in-dimension of every matrix is a multiple of 256, as GGUF's
+# K-quants (Q4_K) need; still tiny (~1M parameters).
+_BASE = {
+    "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "vocab_size": VOCAB, "max_position_embeddings": 2048,
+}
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "llama": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **_BASE, "rms_norm_eps": 1e-5,
+              "rope_theta": 500000.0, "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False},
+    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **_BASE, "rope_theta": 1000000.0,
+              "tie_word_embeddings": True},
+    "qwen3": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **_BASE, "head_dim": 128,
+              "rope_theta": 1000000.0, "tie_word_embeddings": True},
+    "gemma2": {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", **_BASE, "head_dim": 64,
+               "query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+               "sliding_window": 4096, "rope_theta": 10000.0, "hidden_activation": "gelu_pytorch_tanh"},
+    # 6 layers: gemma3's fixed local/global pattern (5 sliding, 1 global) is
+    # exercised, with a 4-token window that prompts overrun, and linear rope
+    # scaling on the global layer only.
+    "gemma3": {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **_BASE,
+               "num_hidden_layers": 6, "head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": 4,
+               "sliding_window_pattern": 6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+               "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "final_logit_softcapping": None,
+               "attn_logit_softcapping": None, "max_position_embeddings": 32768},
+    # Mistral-Nemo-like: head_dim differs from hidden / heads.
+    "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **_BASE, "head_dim": 32,
+                "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False},
+    # Phi-4-mini-like partial rotary with LongRoPE factors for the rotated 48 dims.
+    "phi3": {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", **_BASE, "num_key_value_heads": 4,
+             "rope_theta": 10000.0, "partial_rotary_factor": 0.75, "max_position_embeddings": 8192,
+             "original_max_position_embeddings": 1024, "sliding_window": 2047, "tie_word_embeddings": False,
+             "rope_scaling": {"type": "longrope",
+                              "long_factor": [1.0 + 0.25 * i for i in range(24)],
+                              "short_factor": [1.0 + 0.02 * i for i in range(24)]}},
+    # Ministral-3-like (GGUF arch "mistral3"): yarn rope plus Llama-4
+    # attention temperature; original context 8 so prompts cross it.
+    "ministral3": {"architectures": ["Ministral3ForCausalLM"], "model_type": "ministral3", **_BASE,
+                   "head_dim": 64, "tie_word_embeddings": False, "max_position_embeddings": 64,
+                   "rope_parameters": {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8,
+                                       "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                       "llama_4_scaling_beta": 0.1, "rope_theta": 1000000.0}},
+}
+
+_GEMMA = {"gemma2", "gemma3_text"}
+
+
+# Output projections scaled up so the layers, not the token embedding, decide
+# the next token: greedy continuations vary and top-1 margins are not tiny.
+_GAIN = {"o_proj": 8.0, "down_proj": 8.0, "lm_head": 8.0, "v_proj": 2.0}
+
+
+def _random_weights(model_type: str, shapes: dict[str, tuple[int, ...]], rng) -> dict[str, np.ndarray]:
+    gemma = model_type in _GEMMA
+    out = {}
+    for name, shape in shapes.items():
+        if name == "model.norm.weight" and gemma:
+            w = rng.uniform(1.0, 3.0, shape)  # sharper tied logits
+        elif name.endswith("norm.weight"):
+            # gemma norms apply 1 + w, the others w
+            w = rng.uniform(-0.3, 0.3, shape) if gemma else rng.uniform(0.6, 1.4, shape)
+        elif name.endswith(".bias"):
+            w = rng.uniform(-0.2, 0.2, shape)
+        elif "embed_tokens" in name:
+            # gemma multiplies embeddings by sqrt(hidden) = 16
+            w = rng.normal(0, 1.0 / 16 if gemma else 1.0, shape)
+        else:
+            w = rng.normal(0, _GAIN.get(name.split(".")[-2], 1.0) / np.sqrt(shape[-1]), shape)
+        out[name] = w.astype(np.float32)
+    return out
+
+
+def build_hf_checkpoint(out: Path, arch: str, *, seed: int = 0, dtype: str = "bfloat16",
+                        shard: bool = False, overrides: dict[str, Any] | None = None) -> Path:
+    """A ``arch`` checkpoint as a Hugging Face repo folder would hold it
+    (``overrides``: config.json keys replaced)."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    out.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(out)
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    assert max(vocab.values()) + 1 == VOCAB
+    config = json.loads(json.dumps(CONFIGS[arch]))
+    config.update(overrides or {})
+    config["torch_dtype"] = dtype
+    config["eos_token_id"] = vocab[EOS]
+    model_cls, args_cls = _get_classes(config)
+    model = model_cls(args_cls.from_dict(dict(config)))
+    shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    if config.get("tie_word_embeddings", True) or config["model_type"] == "gemma2":
+        shapes.pop("lm_head.weight", None)  # tied: HF checkpoints carry no lm_head
+    weights = _random_weights(config["model_type"], shapes, np.random.default_rng(seed))
+    arrays = {k: mx.array(v).astype(getattr(mx, dtype)) for k, v in weights.items()}
+    if shard:  # two shards plus an index, as large HF repos come
+        names = sorted(arrays)
+        parts = [names[: len(names) // 2], names[len(names) // 2:]]
+        weight_map = {}
+        for i, part in enumerate(parts):
+            fname = f"model-{i + 1:05d}-of-00002.safetensors"
+            mx.save_safetensors(str(out / fname), {k: arrays[k] for k in part}, metadata={"format": "pt"})
+            weight_map.update({k: fname for k in part})
+        (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    else:
+        mx.save_safetensors(str(out / "model.safetensors"), arrays, metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": vocab[EOS]}))
+    return out
+
+
+def load_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors as float32 numpy arrays, by HF name."""
+    weights = {}
+    for f in sorted(Path(hf_dir).glob("model*.safetensors")):
+        for k, v in mx.load(str(f)).items():
+            weights[k] = np.array(v.astype(mx.float32))
+    return weights
+
+
+def load_float32(model_dir: Path, weights: dict[str, np.ndarray] | None = None):
+    """mlx-lm model from ``model_dir`` with every floating parameter in float32;
+    ``weights`` (HF names) replace the stored ones."""
+    from mlx_lm.utils import load_model
+
+    from mlxollama.convert.gguf import set_quantized_param_dtype
+
+    model, _ = load_model(Path(model_dir))
+    if weights is not None:
+        model.load_weights([(k, mx.array(v, dtype=mx.float32)) for k, v in weights.items()], strict=True)
+    set_quantized_param_dtype(model, mx.float32)
+    return model
+
+
+def logits(model, ids: list[int]) -> np.ndarray:
+    out = model(mx.array([ids]))[0]
+    assert out.dtype == mx.float32
+    return np.array(out, dtype=np.float64)
+
+
+def greedy(model, ids: list[int], n: int = 8) -> list[int]:
+    """n greedy tokens through mlx-lm's generate_step with the model's own
+    KV caches (rotating windows for sliding layers)."""
+    from mlx_lm.generate import generate_step
+
+    steps = generate_step(mx.array(ids), model, max_tokens=n)
+    return [int(tok) for tok, _ in steps]
+
+
+PROMPT = [5, 77, 120, 3, 250, 9, 300, 41, 17, 200, 64, 99]  # 12 ids: longer than gemma3's window and ministral3's yarn context
