@@ -133,6 +133,21 @@ async def generate(request):
     return await _run(request, gen, chunk, final, req.stream, req.logprobs)
 
 
+def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, overrides: dict | None = None):
+    """Checks and prompt assembly shared by /api/chat and the OpenAI/Anthropic layers.
+    Returns (PromptSpec, Options); raises APIError with Ollama's texts."""
+    if "completion" not in spec.capabilities:
+        raise APIError(400, f'"{req.model}" does not support chat')
+    need = ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
+    check_capabilities(spec, req.model, need, req.think)
+    _check_structured(req.format)
+    opts = resolve_options(state, spec, req.options, overrides)
+    messages = list(spec.messages) + [m.for_template() for m in req.messages]
+    if spec.system and req.messages[0].role != "system":
+        messages.insert(0, {"role": "system", "content": spec.system})
+    return PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate), opts
+
+
 @bp.post("/api/chat")
 async def chat(request):
     started = time.perf_counter_ns()
@@ -152,17 +167,7 @@ async def chat(request):
         if "completion" not in spec.capabilities:
             raise APIError(400, f'"{req.model}" does not support chat')
         return json_body(await _load_or_unload(state, spec, req, shape))
-    if "completion" not in spec.capabilities:
-        raise APIError(400, f'"{req.model}" does not support chat')
-    need = ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
-    check_capabilities(spec, req.model, need, req.think)
-    _check_structured(req.format)
-    opts = resolve_options(state, spec, req.options)
-
-    messages = list(spec.messages) + [m.for_template() for m in req.messages]
-    if spec.system and req.messages[0].role != "system":
-        messages.insert(0, {"role": "system", "content": spec.system})
-    prompt = PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate)
+    prompt, opts = prepare_chat(state, spec, req)
 
     def chunk(text):
         return {"model": req.model, "created_at": rfc3339_utc(),

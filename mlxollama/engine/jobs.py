@@ -16,8 +16,13 @@ from ..options import Options
 
 @dataclass
 class TextEvent:
+    """A piece of the answer. `thinking` carries reasoning text; `tool_calls` whole parsed calls
+    ({"function": {"name", "arguments": dict, "index"}}, optional "id")."""
+
     text: str
     logprobs: list[dict] | None = None
+    thinking: str = ""
+    tool_calls: list[dict] | None = None
 
 
 @dataclass
