@@ -1,7 +1,8 @@
-"""Converters from outside formats into stored MLX models (GGUF files, sentence-transformers folders)."""
+"""Converters from outside formats into stored MLX models (GGUF files, Hugging Face safetensors, sentence-transformers folders)."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,42 @@ def import_gguf_model(store: Store, name: ModelName, gguf_path: Path, **layers):
         from .package import package_model_dir
 
         return package_model_dir(store, name, Path(tmp), config=config, **layers)
+
+
+def import_hf_model(store: Store, name: ModelName, src_dir: Path, *, quantize: str | None = "4bit", **layers):
+    """A Hugging Face safetensors folder, converted (and by default 4-bit
+    quantized) with mlx-lm.  A folder that already is an MLX model is stored
+    as it is when ``quantize`` is None or names the quantization it already
+    has (so a default "4bit" does not fail on an mlx-community 4-bit repo);
+    an unquantized MLX folder is quantized; asking a quantized one for a
+    different quantization raises ValueError like any requantization."""
+    from .hf import QUANTIZE_ERROR, convert_hf_checkpoint, copy_mlx_checkpoint, is_mlx_checkpoint, same_quantization
+
+    src_dir = Path(src_dir)
+    with tempfile.TemporaryDirectory(prefix="mlxollama-hf-") as tmp:
+        out = Path(tmp) / "model"
+        if is_mlx_checkpoint(src_dir):
+            config = json.loads((src_dir / "config.json").read_text())
+            if quantize is None or same_quantization(quantize, config):
+                result = copy_mlx_checkpoint(src_dir, out)
+            elif "quantization" in config:
+                raise ValueError(QUANTIZE_ERROR)
+            else:
+                result = convert_hf_checkpoint(src_dir, out, quantize=quantize)
+        else:
+            result = convert_hf_checkpoint(src_dir, out, quantize=quantize)
+        config = build_config_blob(
+            model_format="mlx",
+            model_family=result.architecture,
+            model_type=format_parameter_size(result.parameter_count),
+            file_type=result.file_type,
+            capabilities=None,
+            context_length=result.context_length,
+            embedding_length=result.embedding_length,
+        )
+        from .package import package_model_dir
+
+        return package_model_dir(store, name, out, config=config, **layers)
 
 
 def import_sentence_transformers(store: Store, name: ModelName, folder: Path, **layers):
