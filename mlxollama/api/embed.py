@@ -7,9 +7,9 @@ import time
 from sanic import Blueprint
 
 from ..engine.jobs import EmbedJob, EmbedResult, EngineError, ErrorEvent
-from ..options import OptionTypeError, validate_options
 from .errors import APIError, json_body
 from .protocol import Fields, parse_body
+from .service import resolve_options
 from .state import ServerState, state_of
 
 bp = Blueprint("embed")
@@ -19,20 +19,17 @@ NOT_FOUND = 'model "{name}" not found, try pulling it first'
 
 async def _embed(state: ServerState, spec, texts, *, truncate, normalize, dimensions, keep_alive, options,
                  error_status: int | None = None):
-    try:
-        validate_options(options)
-    except OptionTypeError as e:
-        raise APIError(500, str(e)) from e
+    opts = resolve_options(state, spec, options)
     load_started = time.perf_counter_ns()
     try:
-        runner = await state.scheduler.acquire(spec, keep_alive, spec.context_length or state.config.context_length)
+        runner = await state.scheduler.acquire(spec, keep_alive, opts.num_ctx)
     except EngineError as e:
         raise APIError(e.status, e.message) from e
     load_ns = time.perf_counter_ns() - load_started
     try:
         if not texts:
             return None, load_ns
-        job = EmbedJob(texts, truncate=truncate, normalize=normalize, dimensions=dimensions)
+        job = EmbedJob(texts, truncate=truncate, normalize=normalize, dimensions=dimensions, num_ctx=opts.num_ctx)
         runner.submit(job)
         try:
             result = await job.events.get()
@@ -43,11 +40,6 @@ async def _embed(state: ServerState, spec, texts, *, truncate, normalize, dimens
         return result, load_ns
     finally:
         state.scheduler.release(runner)
-
-
-def _require_embedding(spec, requested: str) -> None:
-    if "embedding" not in spec.capabilities:
-        raise APIError(400, f'"{requested}" does not support embeddings')
 
 
 @bp.post("/api/embed")
@@ -73,7 +65,6 @@ async def embed(request):
     keep_alive = f.keep_alive()
     options = f.obj("options")
     spec = await state.lookup(model, not_found=NOT_FOUND)
-    _require_embedding(spec, model)
     result, load_ns = await _embed(state, spec, texts, truncate=truncate, normalize=True,
                                    dimensions=dimensions, keep_alive=keep_alive, options=options)
     if result is None:
@@ -95,7 +86,6 @@ async def embeddings(request):
     keep_alive = f.keep_alive()
     options = f.obj("options")
     spec = await state.lookup(model, not_found=NOT_FOUND)
-    _require_embedding(spec, model)
     # The legacy endpoint returns the raw pooled vector and never truncates (too long is a 500).
     result, _ = await _embed(state, spec, [prompt] if prompt else [], truncate=False, normalize=False,
                              dimensions=0, keep_alive=keep_alive, options=options, error_status=500)

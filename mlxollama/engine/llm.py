@@ -20,7 +20,7 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prom
 from mlx_lm.utils import load as mlx_lm_load
 
 from ..options import Options
-from .jobs import DoneEvent, ErrorEvent, GenerationJob, TextEvent
+from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, TextEvent
 from .prompt import build_prompt_tokens
 from .sampling import make_request_processors, make_request_sampler, token_logprobs
 from .stops import StopMatcher
@@ -279,6 +279,37 @@ class LoadedLLM:
             eval_duration=ended - first,
             context=a.context,
         ))
+
+    # -- embeddings from a chat model -----------------------------------------------------------
+
+    def embed(self, job) -> None:
+        """Ollama serves /api/embed with any model: a completion model gives its mean-pooled
+        final hidden state (no embedding capability needed)."""
+        import numpy as np
+
+        from .jobs import EmbedResult
+
+        inner = getattr(self.model, "model", None)
+        if inner is None:
+            raise EngineError("this model cannot produce embeddings", 400)
+        limit = job.num_ctx or 4096
+        vectors, total = [], 0
+        for text in job.texts:
+            tokens = list(self.tokenizer.encode(text, add_special_tokens=True))
+            if len(tokens) > limit:
+                if not job.truncate:
+                    raise EngineError("the input length exceeds the context length", 400)
+                tokens = tokens[:limit]
+            total += len(tokens)
+            hidden = inner(mx.array([tokens]))
+            vec = mx.mean(hidden[0].astype(mx.float32), axis=0)
+            vectors.append(np.array(vec))
+        out = np.stack(vectors)
+        if 0 < job.dimensions < out.shape[1]:
+            out = out[:, : job.dimensions]
+        if job.normalize:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        job.emit(EmbedResult(vectors=out.astype(np.float32).tolist(), prompt_eval_count=total))
 
     # -- models that cannot batch --------------------------------------------------------------
 
