@@ -179,3 +179,19 @@ def test_unexpected_tensor_is_refused(tmp_path):
     w.close()
     with pytest.raises(UnsupportedGGUF, match="attn_q"):
         import_gguf(tmp_path / "split.gguf", tmp_path / "out")
+
+
+def test_gemma3_sliding_pattern_key():
+    """Newer converters may spell the local/global layers out per layer (true = sliding)."""
+    from mlxollama.convert.gguf import _gemma3_sliding_pattern, _Meta
+
+    def pattern(v, layers=12):
+        return _gemma3_sliding_pattern(_Meta({} if v is None else {"gemma3.attention.sliding_window_pattern": v},
+                                             "gemma3"), layers)
+
+    assert pattern(None) == 6  # llama.cpp's fixed gemma3 pattern
+    assert pattern([True] * 5 + [False] + [True] * 5 + [False]) == 6
+    assert pattern([True, False] * 6) == 2
+    assert pattern([True] * 12) == 13  # no global layer
+    with pytest.raises(UnsupportedGGUF, match="not periodic"):
+        pattern([True, False, True, True, False, True])

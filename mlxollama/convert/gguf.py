@@ -576,7 +576,8 @@ def _gemma2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {"model_type": "gemma2", **_common_config(m, tensors)}
     cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
     cfg.pop("tie_word_embeddings")  # mlx-lm's gemma2 always ties
-    cfg.pop("rope_scaling", None)
+    if cfg.pop("rope_scaling", None):
+        raise UnsupportedGGUF("gemma2: rope scaling is not supported by mlx-lm's gemma2")
     cfg["query_pre_attn_scalar"] = _gemma_query_scalar(m, cfg, 46)
     # llama.cpp's defaults when the keys are missing, which are also gemma-2's values
     cfg["attn_logit_softcapping"] = m.float("attn_logit_softcapping", 50.0)
