@@ -225,6 +225,7 @@ def pull_with_progress(c, name: str, insecure: bool = False) -> None:
                 # the first message for a layer (nothing downloaded yet) only announces it
                 if not r.completed:
                     continue
+                p.stop_spinners()
                 bar = bars.get(r.digest)
                 if bar is None:
                     short = r.digest.removeprefix("sha256:").strip()[:12]
@@ -255,6 +256,7 @@ class _ProgressUI:
         get = r.get if isinstance(r, dict) else (lambda k: getattr(r, k, None))
         digest, status = get("digest"), get("status")
         if digest:
+            self.p.stop_spinners()
             bar = self.bars.get(digest)
             if bar is None:
                 msg = status or f"{self.verb} {digest.removeprefix('sha256:')[:12]}..."

@@ -315,10 +315,13 @@ class Progress:
                 self._flush_finished(final=False)
             self.states.append(state)
 
-    def spinner(self, message: str) -> Spinner:
+    def stop_spinners(self) -> None:
         for s in self.states:
             if isinstance(s, Spinner):
                 s.stop()
+
+    def spinner(self, message: str) -> Spinner:
+        self.stop_spinners()
         sp = Spinner(message)
         self.add(sp)
         return sp
