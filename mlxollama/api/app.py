@@ -85,9 +85,10 @@ def create_app(state: ServerState, name: str = "mlxollama") -> Sanic:
     allowed_origins = list(state.config.origins) + _DEFAULT_ORIGINS
     guard_host = _is_loopback(state.config.host)
 
-    from . import embed, generate, models
+    from . import embed, generate, manage, models
 
     app.blueprint(models.bp)
+    app.blueprint(manage.bp)
     app.blueprint(generate.bp)
     app.blueprint(embed.bp)
 
