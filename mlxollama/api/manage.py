@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import shutil
+import threading
 from typing import Any, Awaitable, Callable
 
 from sanic import Blueprint, response
@@ -33,13 +34,21 @@ class Job:
 
     def __init__(self):
         self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
+
+    def _put(self, obj: dict | None) -> None:
+        # Straight in from the loop's own thread, so a following error line cannot overtake it.
+        if threading.get_ident() == self.loop_thread:
+            self.queue.put_nowait(obj)
+        else:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, obj)
 
     def emit(self, obj: dict) -> None:
         if self.cancelled:
             raise JobCancelled()  # stops a conversion thread at its next progress report
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, obj)
+        self._put(obj)
 
     async def run(self, work: Callable[["Job"], Awaitable[None]]) -> None:
         try:
@@ -47,15 +56,13 @@ class Job:
             self.emit({"status": "success"})
         except JobCancelled:
             pass
-        except ManageError as e:
-            self.queue.put_nowait({"error": e.message, "_status": e.status})
-        except APIError as e:
-            self.queue.put_nowait({"error": e.message, "_status": e.status})
+        except (ManageError, APIError) as e:
+            self._put({"error": e.message, "_status": e.status})
         except Exception as e:  # noqa: BLE001 - reported to the client like Ollama's free-text 500s
             log.exception("management operation failed")
-            self.queue.put_nowait({"error": str(e) or type(e).__name__, "_status": 500})
+            self._put({"error": str(e) or type(e).__name__, "_status": 500})
         finally:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+            self._put(None)
 
 
 async def _respond(request, work: Callable[[Job], Awaitable[None]], stream: bool):

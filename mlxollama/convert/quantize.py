@@ -7,6 +7,8 @@ Q4_K_S, 8-bit/64 is 8.5 bpw like Q8_0; `4bit`/`8bit`/`mxfp4` are MLX's own modes
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -132,7 +134,8 @@ def quantize_dir(src: Path, out: Path, spec: QuantSpec, progress: Progress | Non
             model.parameters()))
         config = {**config, "torch_dtype": spec.dtype}
     else:
-        model, config = quantize_model(model, config, spec.group_size, spec.bits, mode=spec.mode)
+        with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints a bits-per-weight line
+            model, config = quantize_model(model, config, spec.group_size, spec.bits, mode=spec.mode)
     _save(model, config, src, out)
     if progress:
         progress(total, total)
