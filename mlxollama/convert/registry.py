@@ -1,0 +1,402 @@
+"""Ollama-compatible registries (Docker Registry v2 subset, reference §13): pull and push.
+
+Pull downloads into `blobs/sha256-<hex>-partial` and resumes with HTTP Range (after a dropped
+connection within a pull, and across pulls); a blob only appears under its real name after its
+sha256 matched. One asyncio lock per blob makes concurrent pulls share, not corrupt, a download.
+A GGUF model layer is converted to MLX layers and then deleted; the config we write records the
+GGUF digest, so re-pulling an unchanged model (or another tag of the same weights) converts
+nothing and downloads nothing. A manifest made of our own MLX layers (what `push` uploads) is
+stored byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from .. import __version__
+from ..store import DEFAULT_HOST, DigestMismatch, Layer, Manifest, ModelName, Store, media
+from .create import (
+    TEXT_LAYER_TYPES,
+    Emit,
+    ManageError,
+    check_gguf_architecture,
+    find_converted,
+    import_ollama_model,
+    prune_unreferenced,
+)
+
+REGISTRY_ENV = "MLXOLLAMA_REGISTRY"
+MAX_RETRIES = 5
+RETRY_BASE_DELAY = 0.25  # seconds; doubles per retry
+STALL_TIMEOUT = 30.0  # Ollama treats 30 s without bytes as a stall
+PROGRESS_INTERVAL = 0.06
+CHUNK = 1 << 20
+
+_blob_locks: dict[str, asyncio.Lock] = {}
+
+
+def _blob_lock(store: Store, key: str) -> asyncio.Lock:
+    key = f"{store.root}|{key}"
+    lock = _blob_locks.get(key)
+    if lock is None:
+        lock = _blob_locks[key] = asyncio.Lock()
+    return lock
+
+
+def _user_agent() -> str:
+    return f"ollama/0.13.0 (mlxollama {__version__}; {platform.machine()} {platform.system().lower()})"
+
+
+def registry_base(name: ModelName, insecure: bool) -> str:
+    """`scheme://host` for a name: the default host can be redirected with MLXOLLAMA_REGISTRY."""
+    host = name.host
+    scheme = "http" if insecure or name.insecure else "https"
+    if host.lower() == DEFAULT_HOST:
+        configured = os.environ.get(REGISTRY_ENV, "").strip().rstrip("/")
+        if "://" in configured:
+            return configured
+        host = configured or DEFAULT_HOST
+        scheme = "http" if insecure else "https"
+    return f"{scheme}://{host}"
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+
+
+def _progress(digest: str, total: int, completed: int) -> dict:
+    out: dict[str, Any] = {"status": f"pulling {_short(digest)}", "digest": digest, "total": total}
+    if completed:
+        out["completed"] = completed
+    return out
+
+
+_CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+class Registry:
+    def __init__(self, name: ModelName, insecure: bool):
+        self.name = name
+        self.base = registry_base(name, insecure)
+        self.repo = f"{name.namespace}/{name.model}"
+        self.token: str | None = None
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(STALL_TIMEOUT, connect=30.0),
+            follow_redirects=True,  # httpx drops Authorization on a redirect to another host
+            headers={"User-Agent": _user_agent()},
+        )
+
+    async def __aenter__(self) -> "Registry":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.aclose()
+
+    def url(self, *parts: str) -> str:
+        return f"{self.base}/v2/{self.repo}/" + "/".join(parts)
+
+    def _headers(self, extra: dict | None = None) -> dict:
+        h = dict(extra or {})
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        return h
+
+    async def _authenticate(self, response: httpx.Response) -> bool:
+        """Docker bearer-token challenge: ask the realm for an (anonymous) token."""
+        challenge = response.headers.get("www-authenticate", "")
+        if not challenge.lower().startswith("bearer"):
+            return False
+        params = dict(_CHALLENGE_RE.findall(challenge))
+        realm = params.pop("realm", "")
+        if not realm:
+            return False
+        query = {k: v for k, v in params.items() if k in ("service", "scope")}
+        query["ts"] = str(int(time.time()))
+        r = await self.client.get(realm, params=query)
+        if r.status_code != 200:
+            raise ManageError(f"{r.status_code}: {r.text.strip() or 'unauthorized'}", 401 if r.status_code == 401 else 500)
+        try:
+            body = r.json()
+        except ValueError as e:
+            raise ManageError(f"token response is not JSON: {e}") from e
+        self.token = body.get("token") or body.get("access_token")
+        return bool(self.token)
+
+    async def send(self, method: str, url: str, *, headers: dict | None = None, content: Any = None,
+                   stream: bool = False) -> httpx.Response:
+        for attempt in range(2):
+            req = self.client.build_request(method, url, headers=self._headers(headers), content=content)
+            resp = await self.client.send(req, stream=stream)
+            if resp.status_code == 401 and attempt == 0 and content is None:
+                await resp.aclose()
+                if await self._authenticate(resp):
+                    continue
+            return resp
+        return resp
+
+    async def get_manifest(self) -> bytes:
+        try:
+            r = await self.send("GET", self.url("manifests", self.name.tag),
+                                headers={"Accept": media.MANIFEST_V2})
+        except httpx.HTTPError as e:
+            raise ManageError(f"pull model manifest: {e}") from e
+        if r.status_code == 404:
+            raise ManageError("pull model manifest: file does not exist")
+        if r.status_code >= 400:
+            raise ManageError(f"pull model manifest: {r.status_code}: {r.text.strip()}")
+        return r.content
+
+    # -- download -------------------------------------------------------------------------
+
+    async def fetch_blob(self, store: Store, layer: Layer, emit: Emit | None) -> None:
+        """Make the blob present in the store: cached, resumed, or downloaded, then verified."""
+        digest, total = layer.digest, layer.size
+        async with _blob_lock(store, digest):
+            if store.has_blob(digest):
+                if emit:
+                    emit(_progress(digest, total, total))
+                return
+            store.blobs_dir.mkdir(parents=True, exist_ok=True)
+            partial = store.blobs_dir / (store.blob_path(digest).name + "-partial")
+            store._active_tmp.add(partial)  # keep a concurrent gc in this process off it
+            try:
+                await self._download(digest, total, partial, emit)
+                try:
+                    await asyncio.to_thread(store.add_blob_from_path, partial, move=True, expected_digest=digest)
+                except DigestMismatch as e:
+                    partial.unlink(missing_ok=True)
+                    raise ManageError(
+                        f"digest mismatch, file must be downloaded again: want {e.expected}, got {e.actual}") from e
+            finally:
+                store._active_tmp.discard(partial)
+
+    async def _download(self, digest: str, total: int, partial: Path, emit: Emit | None) -> None:
+        url = self.url("blobs", digest)
+        last_error: Exception | None = None
+        retries = 0
+        last_emit = 0.0
+        if emit:
+            done = partial.stat().st_size if partial.exists() else 0
+            emit(_progress(digest, total, min(done, total)))
+        while True:
+            offset = partial.stat().st_size if partial.exists() else 0
+            if total and offset > total:
+                os.truncate(partial, 0)
+                offset = 0
+            if total and offset == total:
+                return
+            headers = {"Accept-Encoding": "identity"}
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+            try:
+                r = await self.send("GET", url, headers=headers, stream=True)
+                try:
+                    if r.status_code == 416 and offset:
+                        os.truncate(partial, 0)  # the server cannot resume here: start over
+                        continue
+                    if r.status_code not in (200, 206):
+                        body = (await r.aread()).decode("utf-8", "replace").strip()
+                        if r.status_code == 404:
+                            raise ManageError(f"blob {digest}: file does not exist")
+                        raise ManageError(f"{r.status_code}: {body}")
+                    mode = "ab" if r.status_code == 206 and offset else "wb"
+                    done = offset if mode == "ab" else 0
+                    with open(partial, mode) as f:
+                        async for chunk in r.aiter_raw():  # unbuffered: a cut keeps what arrived
+                            f.write(chunk)
+                            done += len(chunk)
+                            now = time.monotonic()
+                            if emit and now - last_emit >= PROGRESS_INTERVAL:
+                                last_emit = now
+                                emit(_progress(digest, total, min(done, total) if total else done))
+                    if not total or done >= total:
+                        if emit:
+                            emit(_progress(digest, total or done, total or done))
+                        return
+                    raise httpx.RemoteProtocolError(f"connection closed after {done} of {total} bytes")
+                finally:
+                    await r.aclose()
+            except (httpx.TransportError, httpx.DecodingError) as e:
+                last_error = e
+                retries += 1
+                if retries > MAX_RETRIES:
+                    raise ManageError(f"max retries exceeded: {last_error}") from e
+                await asyncio.sleep(RETRY_BASE_DELAY * 2 ** (retries - 1))
+
+    # -- upload ---------------------------------------------------------------------------
+
+    async def push_blob(self, store: Store, layer: Layer, emit: Emit) -> None:
+        digest, total = layer.digest, layer.size
+        status = f"pushing {_short(digest)}"
+        r = await self.send("HEAD", self.url("blobs", digest))
+        if r.status_code == 200:
+            emit({"status": status, "digest": digest, "total": total, "completed": total})
+            return
+        r = await self.send("POST", self.url("blobs", "uploads") + "/")
+        if r.status_code not in (201, 202):
+            raise ManageError(f"{r.status_code}: {r.text.strip()}")
+        if r.status_code == 201:  # mounted from another repository
+            emit({"status": status, "digest": digest, "total": total, "completed": total})
+            return
+        location = r.headers.get("docker-upload-location") or r.headers.get("location")
+        if not location:
+            raise ManageError("registry did not return an upload location")
+        location = urljoin(self.base + "/", location)
+        sep = "&" if urlsplit(location).query else "?"
+        emit({"status": status, "digest": digest, "total": total})
+        path = store.blob_path(digest)
+
+        async def body():
+            sent = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    sent += len(chunk)
+                    yield chunk
+                    emit({"status": status, "digest": digest, "total": total, "completed": sent})
+
+        r = await self.send("PUT", f"{location}{sep}digest={digest}",
+                            headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
+                            content=body())
+        if r.status_code == 401 and await self._authenticate(r):
+            r = await self.send("PUT", f"{location}{sep}digest={digest}",
+                                headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
+                                content=body())
+        if r.status_code not in (200, 201, 204):
+            raise ManageError(f"{r.status_code}: {r.text.strip()}")
+
+    async def put_manifest(self, raw: bytes) -> None:
+        r = await self.send("PUT", self.url("manifests", self.name.tag),
+                            headers={"Content-Type": media.MANIFEST_V2}, content=raw)
+        if r.status_code == 401 and await self._authenticate(r):
+            r = await self.send("PUT", self.url("manifests", self.name.tag),
+                                headers={"Content-Type": media.MANIFEST_V2}, content=raw)
+        if r.status_code not in (200, 201, 202):
+            raise ManageError(f"{r.status_code}: {r.text.strip()}")
+
+
+# ----------------------------------------------------------------------------------- pull
+
+
+def _kind(manifest: Manifest) -> str:
+    types = {l.media_type for l in manifest.layers}
+    if media.OLLAMA_TENSOR in types:
+        return "ollama-mlx"
+    if types & media.MLX_TYPES:
+        return "mlx"
+    if media.MODEL in types:
+        return "gguf"
+    return "unknown"
+
+
+async def pull_registry(store: Store, name: ModelName, *, insecure: bool, emit: Emit, noprune: bool = False) -> None:
+    if name.insecure and not insecure:
+        raise ManageError("insecure protocol http")
+    emit({"status": "pulling manifest"})
+    async with Registry(name, insecure) as reg:
+        raw = await reg.get_manifest()
+        try:
+            manifest = Manifest.from_bytes(raw)
+        except ValueError as e:
+            raise ManageError(f"pull model manifest: {e}") from e
+        kind = _kind(manifest)
+        if kind == "mlx":
+            await _pull_verbatim(reg, store, name, manifest, raw, emit, noprune)
+        elif kind == "gguf":
+            await _pull_gguf(reg, store, name, manifest, emit, noprune)
+        elif kind == "ollama-mlx":
+            raise ManageError("this model is in Ollama's own safetensors format, which mlxollama cannot convert yet; "
+                              "pull a GGUF tag of it instead", 400)
+        else:
+            raise ManageError("pull model manifest: manifest has no model layer")
+
+
+async def _pull_verbatim(reg: Registry, store: Store, name: ModelName, manifest: Manifest, raw: bytes,
+                         emit: Emit, noprune: bool) -> None:
+    for layer in [*manifest.layers, manifest.config]:
+        await reg.fetch_blob(store, layer, emit)
+    emit({"status": "verifying sha256 digest"})
+    emit({"status": "writing manifest"})
+
+    def write() -> list[str]:
+        with store.lock:
+            old = store.get_manifest(name)
+            store.write_manifest(name, raw)
+        return [] if old is None or noprune else prune_unreferenced(store, set(old.manifest.digests()))
+
+    if await asyncio.to_thread(write):
+        emit({"status": "removing unused layers"})
+
+
+async def _pull_gguf(reg: Registry, store: Store, name: ModelName, manifest: Manifest, emit: Emit,
+                     noprune: bool) -> None:
+    models = [l for l in manifest.layers if l.media_type == media.MODEL]
+    if len(models) != 1:
+        raise ManageError(f"pull model: expected one model layer, found {len(models)}", 400)
+    if any(l.media_type == media.ADAPTER for l in manifest.layers):
+        raise ManageError("pull model: models with a LoRA adapter layer cannot be converted to MLX", 400)
+    model = models[0]
+
+    async with _blob_lock(store, model.digest + "#convert"):
+        reuse = await asyncio.to_thread(find_converted, store, model.digest)
+        original_config: dict = {}
+        if reuse is None:
+            # The config is tiny and names the architecture: refuse before the large download.
+            await reg.fetch_blob(store, manifest.config, None)
+            try:
+                original_config = json.loads(store.blob_path(manifest.config.digest).read_bytes())
+            except ValueError:
+                pass
+            if not isinstance(original_config, dict):
+                original_config = {}
+            fmt = original_config.get("model_format", "gguf")
+            try:
+                if fmt not in ("", "gguf"):
+                    raise ManageError(f'unsupported model format "{fmt}"', 400)
+                check_gguf_architecture(str(original_config.get("model_family") or ""))
+            except ManageError:
+                await asyncio.to_thread(prune_unreferenced, store, {manifest.config.digest})
+                raise
+        for layer in manifest.layers:
+            if layer is model and reuse is not None:
+                emit(_progress(layer.digest, layer.size, layer.size))
+            elif layer.media_type == media.PROJECTOR:
+                emit({"status": f"skipping projector {_short(layer.digest)}: images are not supported"})
+            else:
+                await reg.fetch_blob(store, layer, emit)
+        emit(_progress(manifest.config.digest, manifest.config.size, manifest.config.size))
+        emit({"status": "verifying sha256 digest"})
+        text_layers = [l for l in manifest.layers if l.media_type in TEXT_LAYER_TYPES]
+        gguf = store.blob_path(model.digest) if reuse is None else None
+        await asyncio.to_thread(
+            import_ollama_model, store, name, gguf_path=gguf, gguf_digest=model.digest,
+            text_layers=text_layers, original_config=original_config, emit=emit, noprune=noprune)
+        # The GGUF and Ollama's config are not part of what we store: drop them unless referenced.
+        await asyncio.to_thread(prune_unreferenced, store, {model.digest, manifest.config.digest})
+
+
+# ----------------------------------------------------------------------------------- push
+
+
+async def push_registry(store: Store, name: ModelName, *, insecure: bool, emit: Emit) -> None:
+    emit({"status": "retrieving manifest"})
+    if name.insecure and not insecure:
+        raise ManageError("insecure protocol http")
+    stored = store.get_manifest(name)
+    if stored is None:
+        emit({"status": "couldn't retrieve manifest"})
+        raise ManageError(f"open {store.manifests_dir.joinpath(*name.manifest_parts())}: no such file or directory")
+    async with Registry(stored.name, insecure) as reg:
+        for layer in [*stored.manifest.layers, stored.manifest.config]:
+            await reg.push_blob(store, layer, emit)
+        emit({"status": "pushing manifest"})
+        await reg.put_manifest(stored.raw)
