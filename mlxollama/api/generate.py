@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from sanic import Blueprint
@@ -10,6 +11,7 @@ from ..engine.catalog import ModelSpec
 from ..engine.gotemplate import TemplateError
 from ..engine.gotemplate import render as render_go_template
 from ..engine.jobs import DoneEvent, EngineError, ErrorEvent, PromptSpec, TextEvent
+from ..engine.structured import FormatError, format_grammar
 from ..timefmt import rfc3339_utc
 from .errors import APIError, dumps, error_response, json_body
 from .protocol import ChatRequest, GenerateRequest, check_format, parse_body
@@ -19,39 +21,66 @@ from .state import ServerState, state_of
 bp = Blueprint("generate")
 
 
-def _check_structured(fmt) -> None:
+def structured_grammar(fmt) -> str | None:
+    """`format` checked with Ollama's 500 texts and compiled for constrained decoding."""
     check_format(fmt)
-    if fmt not in (None, ""):
-        # Enforcing JSON output needs constrained decoding; until it lands, say so rather
-        # than return text that may not parse.
-        raise APIError(400, "structured outputs (format) are not supported by this server yet")
+    try:
+        return format_grammar(fmt)
+    except FormatError as e:
+        raise APIError(500, f'invalid format: {json.dumps(json.dumps(fmt))}; expected "json" or a valid JSON Schema object') from e
+
+
+_check_structured = structured_grammar  # the name other API layers imported before
+
+
+def effective_think(spec: ModelSpec, think):
+    """Ollama >= 0.12.4: a thinking model thinks unless told not to."""
+    if think is None and "thinking" in spec.capabilities:
+        return True
+    return think
+
+
+def _pieces(event: TextEvent):
+    """Stream chunks for one engine event: tool calls travel whole, in a chunk of their own
+    with empty content (reference §8.2)."""
+    if event.tool_calls and (event.text or event.thinking):
+        yield event.text, event.thinking, None, event.logprobs
+        yield "", "", event.tool_calls, None
+    else:
+        yield event.text, event.thinking, event.tool_calls, event.logprobs
 
 
 async def _run(request, gen: Generation, chunk, final, stream: bool, want_logprobs: bool):
-    """Write a generation as Ollama NDJSON (or one object for stream:false)."""
+    """Write a generation as Ollama NDJSON (or one object for stream:false).
+
+    chunk(text, thinking, tool_calls) and final(done, metrics, text, thinking, tool_calls) shape
+    the objects for their endpoint."""
     try:
         event = await gen.next_event()
         if isinstance(event, ErrorEvent):
             return error_response(event.status, event.message)
         if not stream:
-            pieces, logprobs = [], []
+            pieces, thinking, calls, logprobs = [], [], [], []
             while isinstance(event, TextEvent):
                 pieces.append(event.text)
+                thinking.append(event.thinking)
+                calls.extend(event.tool_calls or [])
                 logprobs.extend(event.logprobs or [])
                 event = await gen.next_event()
             if isinstance(event, ErrorEvent):
                 return error_response(event.status, event.message)
-            out = final(event, gen.metrics().ollama_fields(), "".join(pieces))
+            out = final(event, gen.metrics().ollama_fields(), "".join(pieces), "".join(thinking), calls)
             if want_logprobs:
                 out["logprobs"] = logprobs
             return json_body(out)
         response = await request.respond(content_type="application/x-ndjson")
         while True:
             if isinstance(event, TextEvent):
-                piece = chunk(event.text)
-                if event.logprobs:
-                    piece["logprobs"] = event.logprobs
-                await response.send(dumps(piece) + "\n")
+                for text, thinking, calls, logprobs in _pieces(event):
+                    piece = chunk(text, thinking, calls)
+                    if logprobs:
+                        piece["logprobs"] = logprobs
+                    await response.send(dumps(piece) + "\n")
             elif isinstance(event, DoneEvent):
                 await response.send(dumps(final(event, gen.metrics().ollama_fields())) + "\n")
                 break
@@ -96,17 +125,30 @@ async def generate(request):
     check_capabilities(spec, req.model, need, req.think)
     if not req.prompt:
         return json_body(await _load_or_unload(state, spec, req, shape))
-    _check_structured(req.format)
+    grammar = structured_grammar(req.format)
+    think = effective_think(spec, req.think)
     opts = resolve_options(state, spec, req.options)
 
     if req.raw:
-        prompt = PromptSpec(raw_prompt=req.prompt, truncate=req.truncate)
+        prompt = PromptSpec(raw_prompt=req.prompt, truncate=req.truncate, think=think)
+    elif req.suffix:
+        # Fill-in-the-middle: only Prompt and Suffix go in, no system or history (§5.6.2).
+        if spec.fim is not None:
+            prompt = PromptSpec(fim=(req.prompt, req.suffix), context=req.context, truncate=req.truncate,
+                                return_context=True)
+        else:
+            try:
+                text = render_go_template(spec.go_template or "", prompt=req.prompt, suffix=req.suffix)
+            except TemplateError as e:
+                raise APIError(500, f"template error: {e}") from e
+            prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True)
     elif req.template:
         try:
             text = render_go_template(req.template, system=req.system or spec.system or "", prompt=req.prompt)
         except TemplateError as e:
             raise APIError(400, f"template error: {e}") from e
-        prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True)
+        prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True,
+                            think=think)
     else:
         messages = []
         system = req.system or spec.system
@@ -115,13 +157,22 @@ async def generate(request):
         if not req.context:
             messages.extend(spec.messages)
         messages.append({"role": "user", "content": req.prompt})
-        prompt = PromptSpec(messages=messages, context=req.context, truncate=req.truncate, return_context=True)
+        prompt = PromptSpec(messages=messages, context=req.context, truncate=req.truncate, return_context=True,
+                            think=think)
+    prompt.grammar = grammar
 
-    def chunk(text):
-        return {"model": req.model, "created_at": rfc3339_utc(), "response": text, "done": False}
+    def chunk(text, thinking="", calls=None):
+        out = {"model": req.model, "created_at": rfc3339_utc(), "response": text}
+        if thinking:
+            out["thinking"] = thinking
+        out["done"] = False
+        return out
 
-    def final(done: DoneEvent, metrics: dict, text: str = ""):
-        out = {"model": req.model, "created_at": rfc3339_utc(), "response": text, "done": True}
+    def final(done: DoneEvent, metrics: dict, text: str = "", thinking: str = "", calls=None):
+        out = {"model": req.model, "created_at": rfc3339_utc(), "response": text}
+        if thinking:
+            out["thinking"] = thinking
+        out["done"] = True
         out["done_reason"] = metrics.pop("done_reason")
         if done.context is not None:
             out["context"] = done.context
@@ -135,17 +186,29 @@ async def generate(request):
 
 def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, overrides: dict | None = None):
     """Checks and prompt assembly shared by /api/chat and the OpenAI/Anthropic layers.
-    Returns (PromptSpec, Options); raises APIError with Ollama's texts."""
+    Returns (PromptSpec, Options); raises APIError with Ollama's texts. The PromptSpec carries
+    the effective `think` and the compiled `format` grammar; tool calls are parsed whenever
+    `tools` were given."""
     if "completion" not in spec.capabilities:
         raise APIError(400, f'"{req.model}" does not support chat')
     need = ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
     check_capabilities(spec, req.model, need, req.think)
-    _check_structured(req.format)
+    grammar = structured_grammar(req.format)
     opts = resolve_options(state, spec, req.options, overrides)
     messages = list(spec.messages) + [m.for_template() for m in req.messages]
     if spec.system and req.messages[0].role != "system":
         messages.insert(0, {"role": "system", "content": spec.system})
-    return PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate), opts
+    return PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate,
+                      think=effective_think(spec, req.think), grammar=grammar), opts
+
+
+def chat_message(text: str, thinking: str = "", calls: list | None = None) -> dict:
+    message = {"role": "assistant", "content": text}
+    if thinking:
+        message["thinking"] = thinking
+    if calls:
+        message["tool_calls"] = calls
+    return message
 
 
 @bp.post("/api/chat")
@@ -169,13 +232,13 @@ async def chat(request):
         return json_body(await _load_or_unload(state, spec, req, shape))
     prompt, opts = prepare_chat(state, spec, req)
 
-    def chunk(text):
+    def chunk(text, thinking="", calls=None):
         return {"model": req.model, "created_at": rfc3339_utc(),
-                "message": {"role": "assistant", "content": text}, "done": False}
+                "message": chat_message(text, thinking, calls), "done": False}
 
-    def final(done: DoneEvent, metrics: dict, text: str = ""):
+    def final(done: DoneEvent, metrics: dict, text: str = "", thinking: str = "", calls=None):
         out = {"model": req.model, "created_at": rfc3339_utc(),
-               "message": {"role": "assistant", "content": text}, "done": True}
+               "message": chat_message(text, thinking, calls), "done": True}
         out["done_reason"] = metrics.pop("done_reason")
         out.update(metrics)
         return out

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..store import ModelName, Store, media
+from .fim import FimFormat, fim_format_in_text
+from .thinking import template_supports_thinking
 
 
 class ModelNotFoundError(LookupError):
@@ -24,7 +28,11 @@ class ModelSpec:
     model_info: dict = field(default_factory=dict)
     tensors: list = field(default_factory=list)
     chat_template: str | None = None
+    # The TEMPLATE layer; for HF code models without one, the Go FIM template derived from their
+    # tokens (go_template_derived), so /api/show shows `.Suffix` and Continue turns FIM on.
     go_template: str | None = None
+    go_template_derived: bool = False
+    fim: FimFormat | None = None
     system: str | None = None
     params: dict = field(default_factory=dict)
     messages: list = field(default_factory=list)
@@ -80,19 +88,43 @@ def _json_or(text: str | None, default):
         return default
 
 
-def derive_capabilities(kind: str, chat_template: str | None, go_template: str | None) -> list[str]:
+_TOOLS_IN_JINJA = re.compile(r"\btools\b|\btool_calls?\b")
+
+
+def derive_capabilities(kind: str, chat_template: str | None, go_template: str | None,
+                        fim: bool = False) -> list[str]:
+    """Ollama's rules (§5.5) on what we hold: the Jinja template decides tools and thinking
+    (our parsers cover every template that renders tools), the tokenizer's FIM tokens insert."""
     if kind == "embedding":
         return ["embedding"]
     caps = ["completion"]
     jinja = chat_template or ""
     go = go_template or ""
-    if "tools" in jinja or "tool_call" in jinja or ".Tools" in go:
+    if _TOOLS_IN_JINJA.search(jinja) or ".Tools" in go:
         caps.append("tools")
-    if ".Suffix" in go:
+    if fim or ".Suffix" in go:
         caps.append("insert")
-    if ("<think>" in jinja and "</think>" in jinja) or ".Thinking" in go:
+    if template_supports_thinking(jinja) or ".Thinking" in go:
         caps.append("thinking")
     return caps
+
+
+@functools.lru_cache(maxsize=256)
+def _fim_in_blobs(paths: tuple[Path, ...]) -> FimFormat | None:
+    # Blobs are content-addressed, so what a path holds never changes: cache per digest path.
+    texts = []
+    for p in paths:
+        try:
+            texts.append(p.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+    return fim_format_in_text(texts)
+
+
+def _fim_format(store: Store, stored) -> FimFormat | None:
+    paths = tuple(store.blob_path(l.digest) for l in stored.manifest.layers
+                  if l.name in ("tokenizer.json", "tokenizer_config.json", "added_tokens.json"))
+    return _fim_in_blobs(paths) if paths else None
 
 
 def load_spec(store: Store, name: ModelName) -> ModelSpec:
@@ -104,13 +136,23 @@ def load_spec(store: Store, name: ModelName) -> ModelSpec:
     tensors = _json_or(_file_layer_text(store, stored, "gguf_tensors.json"), [])
     tok_cfg = _json_or(_file_layer_text(store, stored, "tokenizer_config.json"), {})
     chat_template = tok_cfg.get("chat_template")
+    all_templates = chat_template
     if isinstance(chat_template, list):  # named templates: use the default one
+        all_templates = "\n".join(str(t.get("template") or "") for t in chat_template if isinstance(t, dict))
         chat_template = next((t.get("template") for t in chat_template if t.get("name") == "default"), None)
+    if not chat_template:  # newer checkpoints keep it in its own file, which transformers reads too
+        chat_template = _file_layer_text(store, stored, "chat_template.jinja") or _json_or(
+            _file_layer_text(store, stored, "chat_template.json"), {}).get("chat_template")
+        all_templates = chat_template
     is_embedding = "embedding" in (config.get("capabilities") or []) or any(
         k.endswith(".pooling_type") for k in model_info
     )
     kind = "embedding" if is_embedding else "llm"
     go_template = stored.read_layer_text(media.TEMPLATE)
+    fim = _fim_format(store, stored) if kind == "llm" else None
+    derived = False
+    if fim is not None and not go_template:
+        go_template, derived = fim.go_template, True
     licenses = [store.blob_path(l.digest).read_text(encoding="utf-8") for l in stored.layers_by_type(media.LICENSE)]
     return ModelSpec(
         name=stored.name,
@@ -123,11 +165,15 @@ def load_spec(store: Store, name: ModelName) -> ModelSpec:
         tensors=tensors,
         chat_template=chat_template,
         go_template=go_template,
+        go_template_derived=derived,
+        fim=fim,
         system=stored.read_layer_text(media.SYSTEM),
         params=_json_or(stored.read_layer_text(media.PARAMS), {}),
         messages=_json_or(stored.read_layer_text(media.MESSAGES), []),
         licenses=licenses,
-        capabilities=derive_capabilities(kind, chat_template, go_template),
+        # transformers renders tools with a named "tool_use" template when there is one
+        capabilities=derive_capabilities(kind, all_templates if isinstance(all_templates, str) else None,
+                                         go_template, fim is not None),
         modified_at=stored.modified_at,
         size=stored.size,
     )

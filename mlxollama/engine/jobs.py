@@ -82,6 +82,9 @@ class PromptSpec:
     context: list[int] | None = None  # generate's deprecated token round-trip
     truncate: bool = True
     return_context: bool = False
+    think: bool | str | None = None  # after Ollama's defaulting: None only for non-thinking models
+    fim: tuple[str, str] | None = None  # (prefix, suffix): fill-in-the-middle from tokenizer tokens
+    grammar: str | None = None  # llguidance grammar from `format`; constrains the answer
 
 
 class GenerationJob(Job):

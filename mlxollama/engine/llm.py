@@ -17,13 +17,19 @@ from mlx.utils import tree_flatten
 from mlx_lm import stream_generate
 from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer
 from mlx_lm.utils import load as mlx_lm_load
 
 from ..options import Options
-from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, TextEvent
+from .fim import fim_format_for, fim_stop_ids
+from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
 from .prompt import build_prompt_tokens
-from .sampling import make_request_processors, make_request_sampler, token_logprobs
+from .reply import Piece, ReplyParser
+from .sampling import make_request_processors, make_request_sampler, token_bytes, token_logprobs
 from .stops import StopMatcher
+from .structured import FormatError, GrammarProcessor, ThinkGate, _LazyGrammarTokenizer
+from .thinking import ThinkingParser, infer_think_tags, prompt_opens_thinking
+from .tools import ToolCallParser, infer_tool_format
 
 log = logging.getLogger("mlxollama.engine")
 
@@ -85,7 +91,7 @@ class EngineSettings:
 class _Active:
     job: GenerationJob
     detokenizer: object
-    stops: StopMatcher
+    reply: ReplyParser
     prompt_len: int
     cached: int
     started: int
@@ -111,7 +117,16 @@ class LoadedLLM:
         self.prompt_cache = LRUPromptCache(
             max_size=self.settings.prompt_cache_entries, max_bytes=self.settings.prompt_cache_bytes
         )
-        self.stop_sequences = StopSequences([(t,) for t in self.tokenizer.eos_token_ids])
+        self.eos_ids = sorted(self.tokenizer.eos_token_ids)
+        self.stop_sequences = StopSequences([(t,) for t in self.eos_ids])
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # named templates (e.g. "default" and "tool_use")
+            template = "\n".join(str(t) for t in template.values())
+        self.chat_template = template if isinstance(template, str) else None
+        self.think_tags = infer_think_tags(self.tokenizer, self.chat_template)
+        self.tool_format = infer_tool_format(self.tokenizer, self.chat_template)
+        self.fim_format = fim_format_for(self.tokenizer)
+        self._grammar_tokenizer = _LazyGrammarTokenizer()
         # Created on the engine thread, so generation and its synchronisation share one stream.
         self.stream = mx.default_stream(mx.default_device())
         self.batch: BatchGenerator | None = None
@@ -174,8 +189,15 @@ class LoadedLLM:
         if max_tokens <= 0:
             job.emit(DoneEvent("length", len(prompt), time.perf_counter_ns() - started, 0, 0, context))
             return
+        reply, gate = self._reply_parser(job.prompt, opts, prompt)
+        processors = make_request_processors(opts)
+        if job.prompt.grammar:
+            processors.append(self._grammar_processor(job.prompt.grammar, gate))
+        stop_ids = list(self.eos_ids)
+        if job.prompt.fim is not None and self.fim_format is not None:
+            stop_ids += fim_stop_ids(self.tokenizer, self.fim_format)
         if not self.batchable:
-            self._generate_alone(job, prompt, max_tokens, started, context)
+            self._generate_alone(job, prompt, max_tokens, started, context, reply, processors, set(stop_ids))
             return
 
         cache, rest = self.prompt_cache.fetch_nearest_cache(self.model_key, prompt)
@@ -189,24 +211,63 @@ class LoadedLLM:
             else:
                 cache, rest = None, prompt
         cached = len(prompt) - len(rest)
+        stops = self.stop_sequences if len(stop_ids) == len(self.eos_ids) else StopSequences([(t,) for t in stop_ids])
         (uid,) = self._generator().insert(
             [rest],
             max_tokens=[max_tokens],
             caches=[cache],
             all_tokens=[prompt[:cached]],
             samplers=[make_request_sampler(opts)],
-            logits_processors=[make_request_processors(opts)],
-            stop_sequences=[self.stop_sequences],
+            logits_processors=[processors],
+            stop_sequences=[stops],
         )
         self.active[uid] = _Active(
             job=job,
-            detokenizer=self.tokenizer.detokenizer,
-            stops=StopMatcher(opts.stop),
+            detokenizer=self._detokenizer(),
+            reply=reply,
             prompt_len=len(prompt),
             cached=cached,
             started=started,
             context=context,
         )
+
+    def _detokenizer(self):
+        """mlx-lm's streaming detokenizers drop a leading space from the first token, which is
+        right for a whole text but wrong for a continuation: a completion (or an indented FIM
+        middle) must keep it, as Ollama's does. A non-empty start turns that trimming off."""
+        d = self.tokenizer.detokenizer
+        if isinstance(d, (BPEStreamingDetokenizer, SPMStreamingDetokenizer)):
+            d.text, d.offset = "\x00", 1
+        return d
+
+    def _reply_parser(self, spec: PromptSpec, opts: Options, prompt: list[int]):
+        """Stop strings, reasoning and tool-call splitting for one request; plus, when the
+        request also has a grammar, the gate that holds it back while the model reasons."""
+        thinking = gate = None
+        tags = self.think_tags
+        if tags is not None and spec.fim is None:
+            tail = self.tokenizer.decode(prompt[-16:])
+            opened = prompt_opens_thinking(tail, tags)
+            # think:false still separates reasoning the template forces open anyway (as Ollama
+            # does for gpt-oss); otherwise it leaves the output alone, as Ollama does.
+            if spec.think not in (None, False) or opened:
+                thinking = ThinkingParser(*tags, opened=opened)
+                if spec.grammar:
+                    open_ids = self.tokenizer.encode(tags[0], add_special_tokens=False)[:1]
+                    gate = ThinkGate(self._decode_token, tags[1], open_ids, opened)
+        tools = ToolCallParser(self.tool_format, spec.tools) if spec.tools else None
+        return ReplyParser(StopMatcher(opts.stop), thinking, tools), gate
+
+    def _decode_token(self, tid: int) -> str:
+        return token_bytes(self.tokenizer, tid).decode("utf-8", errors="ignore")
+
+    def _grammar_processor(self, grammar: str, gate) -> GrammarProcessor:
+        n_vocab = getattr(getattr(self.model, "args", None), "vocab_size", None) or len(self.tokenizer)
+        try:
+            gtok = self._grammar_tokenizer.get(self.tokenizer, int(n_vocab), self.eos_ids)
+            return GrammarProcessor(gtok, grammar, gate)
+        except FormatError as e:
+            raise EngineError(f"invalid format: {e}", 500) from e
 
     # -- stepping ------------------------------------------------------------------------------
 
@@ -244,14 +305,14 @@ class LoadedLLM:
                         token_logprobs(self.tokenizer, r.logprobs, r.token, a.job.top_logprobs))
             if r.finish_reason is not None:
                 a.detokenizer.finalize()
-            text = a.stops.feed(a.detokenizer.last_segment)
-            if text or (a.pending_logprobs and not a.stops.stopped):
-                a.job.emit(TextEvent(text, a.pending_logprobs or None))
+            piece = a.reply.feed(a.detokenizer.last_segment)
+            if piece or (a.pending_logprobs and not a.reply.stopped):
+                a.job.emit(_event(piece, a.pending_logprobs))
                 a.pending_logprobs = []
             if r.finish_reason is not None:
                 self.prompt_cache.insert_cache(self.model_key, list(r.all_tokens), r.prompt_cache)
                 self._finish(r.uid, r.finish_reason)
-            elif a.stops.stopped:
+            elif a.reply.stopped:
                 saved = self.batch.remove([r.uid], return_prompt_caches=True)
                 for cache, tokens in saved.values():
                     self.prompt_cache.insert_cache(self.model_key, list(tokens), cache)
@@ -266,9 +327,9 @@ class LoadedLLM:
 
     def _finish(self, uid: int, reason: str) -> None:
         a = self.active.pop(uid)
-        tail = a.stops.flush()
+        tail = a.reply.finish()
         if tail:
-            a.job.emit(TextEvent(tail))
+            a.job.emit(_event(tail, None))
         ended = time.perf_counter_ns()
         first = a.first_token_at or ended
         a.job.emit(DoneEvent(
@@ -314,39 +375,48 @@ class LoadedLLM:
     # -- models that cannot batch --------------------------------------------------------------
 
     def _generate_alone(self, job: GenerationJob, prompt: list[int], max_tokens: int, started: int,
-                        context: list[int] | None) -> None:
+                        context: list[int] | None, reply: ReplyParser, processors: list,
+                        stop_ids: set[int]) -> None:
         opts = job.options
-        stops = StopMatcher(opts.stop)
+        detokenizer = self._detokenizer()
         first_token_at = None
         count = 0
-        reason = "stop"
+        reason = "length"
         gen = stream_generate(self.model, self.tokenizer, mx.array(prompt), max_tokens=max_tokens,
-                              sampler=make_request_sampler(opts), logits_processors=make_request_processors(opts))
+                              sampler=make_request_sampler(opts), logits_processors=processors)
         try:
             for resp in gen:
                 first_token_at = first_token_at or time.perf_counter_ns()
                 if job.cancelled:
                     return
                 logprobs = None
-                if resp.token not in self.tokenizer.eos_token_ids:
+                end = resp.token in stop_ids
+                if not end:
+                    detokenizer.add_token(resp.token)
                     count += 1
                     if context is not None:
                         context.append(int(resp.token))
                     if job.want_logprobs:
                         logprobs = [token_logprobs(self.tokenizer, resp.logprobs, resp.token, job.top_logprobs)]
-                text = stops.feed(resp.text)
-                if text or logprobs:
-                    job.emit(TextEvent(text, logprobs))
-                if stops.stopped:
+                if end or resp.finish_reason:
+                    detokenizer.finalize()
+                piece = reply.feed(detokenizer.last_segment)
+                if piece or logprobs:
+                    job.emit(_event(piece, logprobs))
+                if end or reply.stopped:
                     reason = "stop"
                     break
                 if resp.finish_reason:
                     reason = resp.finish_reason
         finally:
             gen.close()
-        tail = stops.flush()
+        tail = reply.finish()
         if tail:
-            job.emit(TextEvent(tail))
+            job.emit(_event(tail, None))
         ended = time.perf_counter_ns()
         first_token_at = first_token_at or ended
         job.emit(DoneEvent(reason, len(prompt), first_token_at - started, count, ended - first_token_at, context))
+
+
+def _event(piece: Piece, logprobs: list | None) -> TextEvent:
+    return TextEvent(piece.content, logprobs or None, piece.thinking, piece.tool_calls or None)

@@ -5,7 +5,9 @@ Works on the tokenizer only (no MLX), so it is cheap to test.
 
 from __future__ import annotations
 
+from .fim import fim_format_for, fim_tokens
 from .jobs import EngineError, PromptSpec
+from .thinking import template_kwargs_for
 
 
 def to_template_message(m: dict) -> dict:
@@ -21,13 +23,14 @@ def to_template_message(m: dict) -> dict:
     return out
 
 
-def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None, think=None) -> str:
     msgs = [to_template_message(m) for m in messages]
     if not getattr(tokenizer, "has_chat_template", False):
         # Ollama's fallback template is {{ .Prompt }}: the text goes in as it is.
         return "\n\n".join(m["content"] for m in msgs)
     prefill = bool(msgs) and msgs[-1]["role"] == "assistant"
     kwargs = {"tools": tools} if tools else {}
+    kwargs.update(template_kwargs_for(think))
     try:
         return tokenizer.apply_chat_template(
             msgs,
@@ -44,25 +47,31 @@ def encode(tokenizer, text: str, *, special: bool) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=special))
 
 
-def _truncate_messages(tokenizer, messages, tools, num_ctx) -> list[int]:
+def _truncate_messages(tokenizer, messages, tools, think, num_ctx) -> list[int]:
     """Drop the oldest non-system messages until the prompt fits; the last message always stays."""
     for k in range(len(messages)):
         kept = [m for m in messages[:k] if m.get("role") == "system"] + messages[k:]
-        tokens = encode(tokenizer, render_chat(tokenizer, kept, tools), special=False)
+        tokens = encode(tokenizer, render_chat(tokenizer, kept, tools, think), special=False)
         if len(tokens) < num_ctx or k == len(messages) - 1:
             return tokens
     return []
 
 
 def build_prompt_tokens(tokenizer, spec: PromptSpec, num_ctx: int) -> list[int]:
-    if spec.raw_prompt is not None:
+    if spec.fim is not None:
+        fmt = fim_format_for(tokenizer)
+        if fmt is None:
+            raise EngineError("this model has no fill-in-the-middle tokens", 400)
+        limit = num_ctx - 1 - len(spec.context or []) if spec.truncate else None
+        tokens = fim_tokens(tokenizer, fmt, *spec.fim, limit=limit)
+    elif spec.raw_prompt is not None:
         tokens = encode(tokenizer, spec.raw_prompt, special=not spec.context)
     else:
         messages = spec.messages or []
-        text = render_chat(tokenizer, messages, spec.tools)
+        text = render_chat(tokenizer, messages, spec.tools, spec.think)
         tokens = encode(tokenizer, text, special=False)
         if len(tokens) >= num_ctx and spec.truncate and len(messages) > 1:
-            tokens = _truncate_messages(tokenizer, messages, spec.tools, num_ctx)
+            tokens = _truncate_messages(tokenizer, messages, spec.tools, spec.think, num_ctx)
     if spec.context:
         tokens = list(spec.context) + tokens
     if len(tokens) >= num_ctx:
