@@ -352,3 +352,29 @@ def test_official_client_blob_create_copy_delete(server, files):
     with pytest.raises(ollama.ResponseError) as e:
         client.create(model="broken", from_="client-made", template="{{ if }}")
     assert e.value.status_code == 400 and e.value.error.startswith("template error: ")
+
+
+# --- convert_path (what `mlxollama convert` runs, no server) ----------------------------------
+
+
+def test_convert_path_gguf_checkpoint_and_errors(files, tmp_path):
+    from mlxollama.convert.create import ManageError, convert_path
+
+    store = Store(tmp_path / "models")
+    events: list[dict] = []
+    stored = convert_path(files.f16, "conv-mx", quantize="mxfp4", store=store, emit=events.append)
+    statuses = [e["status"] for e in events]
+    assert statuses[:3] == ["parsing GGUF", "converting to mlx", "quantizing F16 model to MXFP4"]
+    assert json.loads(stored.read_named_text("config.json"))["quantization"] == {
+        "group_size": 32, "bits": 4, "mode": "mxfp4"}
+    assert stored.read_config()["file_type"] == "MXFP4"
+
+    stored = convert_path(files.hf, "conv-hf", store=store)
+    cfg = stored.read_config()
+    assert (cfg["model_format"], cfg["model_family"], cfg["file_type"]) == ("mlx", "llama", "F16")
+    assert cfg["context_length"] == 2048 and cfg["embedding_length"] == 256
+    with pytest.raises(ManageError, match="no such file or directory"):
+        convert_path(tmp_path / "missing", "x", store=store)
+    with pytest.raises(ManageError, match="unsupported quantization type Q3"):
+        convert_path(files.f16, "x", quantize="q3", store=store)
+    assert sorted(m.name.display_shortest() for m in store.list_models()) == ["conv-hf:latest", "conv-mx:latest"]

@@ -86,6 +86,7 @@ def server(tmp_path_factory, registry, hub, ollama_store):
     srv = LiveServer(root / "models", root / "server.log", env={
         "MLXOLLAMA_REGISTRY": registry.url, "OLLAMA_MODELS": str(ollama_store),
         "HF_ENDPOINT": hub.url, "HF_HOME": str(root / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+        "OLLAMA_NOPRUNE": "",  # replaced layers are pruned, as by default
     })
     yield srv
     srv.stop()
@@ -185,6 +186,18 @@ def test_repull_is_up_to_date_without_downloads(http, store, registry):
     assert store.get_manifest("tiny").raw == raw
     r = http.post("/api/pull", json={"name": "tiny", "stream": False})  # ollama-js sends `name`
     assert (r.status_code, r.json()) == (200, {"status": "success"})
+
+
+def test_repull_of_a_changed_model_removes_unused_layers(http, store, registry, weights):
+    layers = [(MODEL, weights.gguf(0, QT.Q8_0)), (TEMPLATE, b"{{ .Prompt }} v1")]
+    registry.add_model("library/evolving", "latest", layers, OLLAMA_CONFIG)
+    assert pull(http, "evolving")[-1] == {"status": "success"}
+    old = store.get_manifest("evolving").layers_by_type(media.TEMPLATE)[0].digest
+    registry.add_model("library/evolving", "latest", [layers[0], (TEMPLATE, b"{{ .Prompt }} v2")], OLLAMA_CONFIG)
+    statuses = [l["status"] for l in pull(http, "evolving")]
+    assert statuses[-3:] == ["writing manifest", "removing unused layers", "success"]
+    assert not store.has_blob(old)
+    assert store.get_manifest("evolving").read_layer_text(media.TEMPLATE) == "{{ .Prompt }} v2"
 
 
 def test_pull_errors(http, registry, store):
