@@ -42,7 +42,7 @@ def test_model_system_is_used_only_without_a_system_message():
 
 def test_response_is_appended_to_templates_without_it():
     t = "{{ .System }} {{ .Prompt }}"
-    assert "response" not in template_vars(t)
+    assert "response" in template_vars(t)  # appended, as Ollama's Vars() reports
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
     assert render_messages(t, msgs) == " ab c"
 
@@ -132,3 +132,100 @@ def test_generate_render_keeps_its_single_turn_contract():
     assert render(CHATML_LEGACY, prompt="P") == "<|im_start|>user\nP<|im_end|>\n<|im_start|>assistant\n"
     # a messages-style template given to /api/generate renders the prompt as one user message
     assert render("{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}", system="S", prompt="P") == "<system>S<user>P"
+
+
+# Cases from Ollama's own template tests (template_test.go): same inputs, same expected outputs.
+_HELLO = [{"role": "user", "content": "Hello friend!"}, {"role": "assistant", "content": "Hello human!"},
+          {"role": "user", "content": "What is your name?"}]
+_MISTRAL = [
+    "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}[/INST] ",
+    "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}[/INST] {{ .Response }}",
+    "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}\n{{- range .Messages }}\n"
+    '{{- if eq .Role "user" }}{{ .Content }}[/INST] {{ else if eq .Role "assistant" }}{{ .Content }}[INST] {{ end }}\n'
+    "{{- end }}",
+]
+
+
+@pytest.mark.parametrize("template", _MISTRAL)
+def test_ollama_cases_mistral(template):
+    assert render_messages(template, _HELLO) == "[INST] Hello friend![/INST] Hello human![INST] What is your name?[/INST] "
+    system = [{"role": "system", "content": "You are a helpful assistant!"}]
+    assert render_messages(template, system + _HELLO) == (
+        "[INST] You are a helpful assistant!\n\nHello friend![/INST] Hello human![INST] What is your name?[/INST] ")
+
+
+@pytest.mark.parametrize("template", [
+    "[INST] {{ .Prompt }}[/INST] ",
+    "[INST] {{ .Prompt }}[/INST] {{ .Response }}",
+    '\n{{- range $i, $m := .Messages }}\n{{- if eq .Role "user" }}[INST] {{ .Content }}[/INST] '
+    '{{ else if eq .Role "assistant" }}{{ .Content }}{{ end }}\n{{- end }}',
+])
+def test_ollama_cases_assistant_prefill(template):
+    msgs = _HELLO + [{"role": "assistant", "content": "My name is Ollama and I"}]
+    assert render_messages(template, msgs) == (
+        "[INST] Hello friend![/INST] Hello human![INST] What is your name?[/INST] My name is Ollama and I")
+
+
+def test_ollama_cases_suffix_and_vars():
+    t = "{{- if .Suffix }}<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>\n{{- else }}{{ .Prompt }}\n{{- end }}"
+    assert render_messages(t, [{"role": "user", "content": "hello"}]) == "hello"
+    assert render_messages(t, [], prompt="def add(", suffix="return x") == "<PRE> def add( <SUF>return x <MID>"
+    assert template_vars("{{ .Prompt }}") == ["prompt", "response"]
+    assert template_vars("{{ with .Tools }}{{ . }}{{ end }} {{ .System }} {{ .Prompt }}") == [
+        "prompt", "response", "system", "tools"]
+    assert template_vars("{{ range .Messages }}{{ .Role }} {{ .Content }}{{ end }}") == ["content", "messages", "role"]
+
+
+# The constructs of the qwen3 library template: an outer variable assigned inside range, `$.` access,
+# think flags, tools printed as JSON, tool calls and results.
+QWEN3_LIKE = """{{- $lastUserIdx := -1 -}}
+{{- range $idx, $msg := .Messages -}}
+{{- if eq $msg.Role "user" }}{{ $lastUserIdx = $idx }}{{ end -}}
+{{- end }}
+{{- if or .System .Tools }}<|im_start|>system
+{{ if .System }}{{ .System }}{{ end }}
+{{- if .Tools }}
+<tools>
+{{- range .Tools }}
+{"type": "function", "function": {{ .Function }}}
+{{- end }}
+</tools>
+{{- end }}<|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}
+{{- if and $.IsThinkSet (eq $i $lastUserIdx) }}{{ if $.Think }} /think{{ else }} /no_think{{ end }}{{ end }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ if .Content }}{{ .Content }}{{ else if .ToolCalls }}{{ range .ToolCalls }}<tool_call>{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}</tool_call>{{ end }}{{ end }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- else if eq .Role "tool" }}<|im_start|>user
+<tool_response>{{ .Content }}</tool_response><|im_end|>
+{{ end }}
+{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
+{{ end }}
+{{- end }}"""
+
+
+def test_qwen3_style_template():
+    tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {
+        "type": "object", "properties": {"x": {"type": "integer"}}}}}]
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
+        {"role": "tool", "content": "r"},
+        {"role": "user", "content": "q2"},
+    ]
+    assert render_messages(QWEN3_LIKE, msgs, tools=tools, think=False) == (
+        '<|im_start|>system\nS\n<tools>\n{"type": "function", "function": {"name":"f","description":"d",'
+        '"parameters":{"type":"object","properties":{"x":{"type":"integer"}}}}}\n</tools><|im_end|>\n'
+        "<|im_start|>user\nq1<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>{"name": "f", "arguments": {"x":1}}</tool_call><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>r</tool_response><|im_end|>\n"
+        "<|im_start|>user\nq2 /no_think<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # think unset: no marker; no tools and no system: no system turn
+    assert render_messages(QWEN3_LIKE, [{"role": "user", "content": "hi"}]) == (
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")

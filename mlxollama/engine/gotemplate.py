@@ -884,6 +884,7 @@ class Template:
         if "messages" not in self.vars and "response" not in self.vars:
             # Ollama appends {{ .Response }} to templates that have neither.
             self.nodes = [*self.nodes, _Node("action", len(source), pipe=_Pipe([], False, [[("field", ["Response"])]], len(source)))]
+            self.vars = sorted({*self.vars, "response"})
 
     @property
     def messages_style(self) -> bool:
