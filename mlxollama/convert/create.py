@@ -486,12 +486,9 @@ def parse_create_request(body: dict) -> CreateRequest:
     if not isinstance(name_text, str):
         raise ManageError("json: cannot unmarshal into Go struct field CreateRequest.model of type string", 400)
     if not body.get("from") and body.get("files") is None:
+        # The old `path` field (a Modelfile on the server) is not read: it would let any client
+        # have the server parse, and echo back, files it can read.
         text = body.get("modelfile") or ""
-        if not text and body.get("path"):
-            try:
-                text = Path(str(body["path"])).expanduser().read_text()
-            except OSError as e:
-                raise ManageError(f"error reading modelfile: {e}", 400) from e
         if isinstance(text, str) and text:
             try:
                 fields = to_create_fields(parse(text))
