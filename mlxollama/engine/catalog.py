@@ -94,7 +94,8 @@ _TOOLS_IN_JINJA = re.compile(r"\btools\b|\btool_calls?\b")
 def derive_capabilities(kind: str, chat_template: str | None, go_template: str | None,
                         fim: bool = False) -> list[str]:
     """Ollama's rules (§5.5) on what we hold: the Jinja template decides tools and thinking
-    (our parsers cover every template that renders tools), the tokenizer's FIM tokens insert."""
+    (our parsers cover every template that renders tools); `.Suffix` in the Go template decides
+    insert, and for HF code models that template is derived from their FIM tokens."""
     if kind == "embedding":
         return ["embedding"]
     caps = ["completion"]
@@ -173,7 +174,7 @@ def load_spec(store: Store, name: ModelName) -> ModelSpec:
         licenses=licenses,
         # transformers renders tools with a named "tool_use" template when there is one
         capabilities=derive_capabilities(kind, all_templates if isinstance(all_templates, str) else None,
-                                         go_template, fim is not None),
+                                         go_template),
         modified_at=stored.modified_at,
         size=stored.size,
     )

@@ -267,7 +267,7 @@ class LoadedLLM:
             gtok = self._grammar_tokenizer.get(self.tokenizer, int(n_vocab), self.eos_ids)
             return GrammarProcessor(gtok, grammar, gate)
         except FormatError as e:
-            raise EngineError(f"invalid format: {e}", 500) from e
+            raise EngineError(f"structured outputs: {e}", 500) from e
 
     # -- stepping ------------------------------------------------------------------------------
 

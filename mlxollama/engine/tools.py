@@ -169,6 +169,7 @@ class ToolCallParser:
         self.in_call = False
         self.done = False  # bare JSON: decided that this output is plain content
         self.count = 0
+        self.eat_space = False
 
     def _finish_calls(self, calls: list[dict]) -> list[dict]:
         out = []
@@ -205,6 +206,15 @@ class ToolCallParser:
     def _tagged(self, final: bool) -> tuple[str, list[dict]]:
         start, end = self.fmt.start, self.fmt.end
         content, calls = [], []
+
+        def emit(piece: str) -> None:
+            # Whitespace right after a call (between calls, or before EOS) is not an answer.
+            if self.count:
+                if self.eat_space:
+                    piece = piece.lstrip()
+                self.eat_space = self.eat_space and not piece
+            content.append(piece)
+
         while True:
             if not self.in_call:
                 i = self.buffer.find(start)
@@ -212,9 +222,9 @@ class ToolCallParser:
                     hold = 0 if final else _overlap(self.buffer, start)
                     piece = self.buffer[: len(self.buffer) - hold]
                     self.buffer = self.buffer[len(piece):]
-                    content.append(piece)
+                    emit(piece)
                     break
-                content.append(self.buffer[:i])
+                emit(self.buffer[:i])
                 self.buffer = self.buffer[i + len(start):]
                 self.in_call = True
             # Without an end marker (Mistral) the calls run to the end of the output.
@@ -222,25 +232,20 @@ class ToolCallParser:
             if j < 0 and not final:
                 break
             body = self.buffer if j < 0 else self.buffer[:j]
-            if not end:
-                # Several [TOOL_CALLS] markers: each one starts another call.
-                bodies = body.split(start)
-            else:
-                bodies = [body]
+            # Several start markers in one unterminated run: each one starts another call.
+            bodies = body.split(start) if not end else [body]
             self.buffer = "" if j < 0 else self.buffer[j + len(end):]
             self.in_call = False
             for b in bodies:
                 try:
                     calls.extend(self._finish_calls(self._parse_body(b)))
+                    self.eat_space = True
                 except ToolParseError:
                     # Not a call after all: show the text rather than lose it.
-                    content.append(start + b + (end if j >= 0 else ""))
+                    emit(start + b + (end if j >= 0 else ""))
             if j < 0:
                 break
-        text = "".join(content)
-        if (calls or self.count) and not text.strip():
-            text = ""  # whitespace between or after calls is not an answer
-        return text, calls
+        return "".join(content), calls
 
     # -- bare JSON ---------------------------------------------------------------------------
 
