@@ -1,0 +1,612 @@
+"""OpenAI-compatible endpoints (reference §6): chat completions, completions, embeddings, models.
+
+A translation layer, as in Ollama: each request becomes the native request object and runs through
+the same preparation and engine as /api/chat, /api/generate and /api/embed; native results are
+reshaped into OpenAI's JSON and SSE chunks. Errors keep the native status and text inside OpenAI's
+envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import json
+import random
+import struct
+import time
+
+from sanic import Blueprint
+
+from ..engine.jobs import DoneEvent, ErrorEvent, TextEvent
+from . import embed as native_embed
+from . import generate as native_generate
+from . import sse
+from .errors import APIError, dumps, json_body
+from .generate import prepare_chat
+from .protocol import ChatRequest, Fields, Message, parse_body
+from .service import Generation, start_generation
+from .state import state_of
+
+bp = Blueprint("openai")
+
+FINGERPRINT = "fp_ollama"
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+def error_body(status: int, message: str) -> dict:
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def openai_error(status: int, message: str):
+    return json_body(error_body(status, message), status)
+
+
+def openai_errors(handler):
+    """Native APIErrors (raised before any byte is written) leave in OpenAI's envelope."""
+
+    @functools.wraps(handler)
+    async def wrapped(request, *args, **kwargs):
+        try:
+            return await handler(request, *args, **kwargs)
+        except APIError as e:
+            return openai_error(e.status, e.message)
+
+    return wrapped
+
+
+# --- request fields --------------------------------------------------------------------------
+
+def go_type(value) -> str:
+    """Go's %T of a decoded JSON value, which Ollama's conversion errors print."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return "map[string]interface {}"
+
+
+class OpenAIFields(Fields):
+    """Typed reads failing with gin's binding text, plus the optional numbers OpenAI uses."""
+
+    def float(self, key: str) -> float | None:
+        v = self.body.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self._fail(key, v, "float64")
+        return float(v)
+
+    def maybe_int(self, key: str) -> int | None:
+        return None if self.body.get(key) is None else self.int(key)
+
+
+def sampling_options(f: OpenAIFields, *, completion: bool) -> dict:
+    """OpenAI sampling fields as native options, with Ollama's defaults: temperature and top_p
+    are 1.0 when absent (overriding the Modelfile), as OpenAI's own defaults are."""
+    opts: dict = {}
+    stop = f.body.get("stop")
+    if isinstance(stop, str):
+        opts["stop"] = [stop]
+    elif isinstance(stop, list):
+        if completion:
+            for s in stop:
+                if not isinstance(s, str):
+                    raise APIError(400, f"invalid type for 'stop' field: {go_type(s)}")
+        opts["stop"] = [s for s in stop if isinstance(s, str)]
+    max_tokens = f.maybe_int("max_tokens")
+    if max_tokens is None and not completion:
+        # Ollama reads only max_tokens; newer SDKs send max_completion_tokens instead.
+        max_tokens = f.maybe_int("max_completion_tokens")
+    if max_tokens is not None:
+        opts["num_predict"] = max_tokens
+    temperature = f.float("temperature")
+    opts["temperature"] = 1.0 if temperature is None else temperature
+    seed = f.maybe_int("seed")
+    if seed is not None:
+        opts["seed"] = seed
+    for key in ("frequency_penalty", "presence_penalty"):
+        value = f.float(key)
+        if value is not None:
+            opts[key] = value
+        elif completion:
+            opts[key] = 0.0
+    top_p = f.float("top_p")
+    opts["top_p"] = top_p if top_p is not None and not (completion and top_p == 0) else 1.0
+    return opts
+
+
+_IMAGE_PREFIXES = ("data:;base64,",) + tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp"))
+
+
+def decode_image_url(url: str) -> bytes:
+    if url.startswith(("http://", "https://")):
+        raise APIError(400, "image URLs are not currently supported, please use base64 encoded data instead")
+    prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
+    if prefix is None:
+        raise APIError(400, "invalid image input")
+    try:
+        return base64.b64decode(url[len(prefix):], validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise APIError(400, "invalid image input") from e
+
+
+def _content_parts(parts: list) -> tuple[str, list[bytes]]:
+    """Ollama turns each part into its own message and its Go templates then merge same-role
+    neighbours with a blank line; the Jinja templates used here do not merge, so the parts are
+    joined into one message the same way up front."""
+    texts, images = [], []
+    for part in parts:
+        if not isinstance(part, dict):
+            raise APIError(400, "invalid message format")
+        kind = part.get("type")
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise APIError(400, "invalid message format")
+            texts.append(part["text"])
+        elif kind == "image_url":
+            url = part.get("image_url")
+            if isinstance(url, dict):
+                url = url.get("url")
+            if not isinstance(url, str):
+                raise APIError(400, "invalid message format")
+            images.append(decode_image_url(url))
+        elif kind == "input_audio":
+            audio = part.get("input_audio")
+            if not isinstance(audio, dict):
+                raise APIError(400, "invalid input_audio format")
+            if not isinstance(audio.get("data"), str):
+                raise APIError(400, "invalid input_audio format: missing data")
+            try:
+                images.append(base64.b64decode(audio["data"], validate=True))
+            except (binascii.Error, ValueError) as e:
+                raise APIError(400, f"invalid input_audio base64 data: {e}") from e
+        else:
+            raise APIError(400, "invalid message format")
+    return "\n\n".join(texts), images
+
+
+def _tool_calls_in(raw: list) -> list[dict]:
+    calls = []
+    for tc in raw:
+        if not isinstance(tc, dict):
+            raise APIError(400, f"json: cannot unmarshal {go_type(tc)} into Go struct field Message.messages.tool_calls of type openai.ToolCall")
+        fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
+        args = fn.get("arguments")
+        if not isinstance(args, dict):
+            try:
+                args = json.loads(args) if isinstance(args, str) else None
+            except json.JSONDecodeError:
+                args = None
+            if not isinstance(args, dict):
+                raise APIError(400, "invalid tool call arguments")
+        call = {"function": {"name": fn.get("name") or "", "arguments": args}}
+        if tc.get("id"):
+            call["id"] = tc["id"]
+        calls.append(call)
+    return calls
+
+
+def _tool_name_for(raw_messages: list, call_id: str) -> str:
+    for m in reversed(raw_messages):  # the last call with that id wins, as in Ollama
+        for tc in (m.get("tool_calls") or []) if isinstance(m, dict) else []:
+            if isinstance(tc, dict) and tc.get("id") == call_id:
+                return (tc.get("function") or {}).get("name") or ""
+    return ""
+
+
+def convert_messages(raw: list) -> list[Message]:
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise APIError(400, f"json: cannot unmarshal {go_type(item)} into Go struct field ChatCompletionRequest.messages of type openai.Message")
+        f = OpenAIFields(item, "Message")
+        role = f.str("role").lower()
+        content = item.get("content")
+        raw_calls = f.list("tool_calls", "[]openai.ToolCall")
+        tool_call_id = f.str("tool_call_id")
+        tool_name = ""
+        if role == "tool":
+            tool_name = f.str("name") or (_tool_name_for(raw, tool_call_id) if tool_call_id else "")
+        if isinstance(content, str):
+            text, images = content, []
+        elif isinstance(content, list):
+            text, images = _content_parts(content)
+        elif raw_calls is None:  # content may only be missing on a tool-calling turn
+            raise APIError(400, f"invalid message content type: {go_type(content)}")
+        else:
+            text, images = "", []
+        out.append(Message(role=role, content=text, thinking=f.str("reasoning"), images=images,
+                           tool_calls=_tool_calls_in(raw_calls or []), tool_name=tool_name,
+                           tool_call_id=tool_call_id))
+    return out
+
+
+def response_format(rf: dict | None):
+    if not rf:
+        return None
+    kind = str(rf.get("type") or "").strip().lower()
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema" and isinstance(rf.get("json_schema"), dict):
+        return rf["json_schema"].get("schema")
+    return None
+
+
+_EFFORT = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "max": "max",
+           "xhigh": "max", "ultra": "max"}
+
+
+def think_from_effort(f: OpenAIFields):
+    reasoning = f.obj("reasoning", "openai.Reasoning")
+    if reasoning is not None:  # the object wins over reasoning_effort, even with no effort in it
+        effort = reasoning.get("effort") or ""
+        if not isinstance(effort, str):
+            raise APIError(400, f"json: cannot unmarshal {go_type(effort)} into Go struct field Reasoning.reasoning.effort of type string")
+    else:
+        effort = f.str("reasoning_effort")
+    if not effort:
+        return None
+    if effort not in _EFFORT:
+        raise APIError(400, f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", "medium", '
+                            '"high", "xhigh", "ultra", "max", or "none")')
+    return _EFFORT[effort]
+
+
+def chat_request(body: dict) -> tuple[ChatRequest, dict, bool]:
+    """(native request, OpenAI sampling overrides, include_usage)."""
+    f = OpenAIFields(body, "ChatCompletionRequest")
+    raw_messages = f.list("messages", "[]openai.Message") or []
+    if not raw_messages:
+        raise APIError(400, "[] is too short - 'messages'")
+    stream_options = f.obj("stream_options", "openai.StreamOptions") or {}
+    top_logprobs = f.int("top_logprobs")
+    req = ChatRequest(
+        model=f.str("model"),
+        messages=convert_messages(raw_messages),
+        tools=f.list("tools", "[]api.Tool") or None,  # tool_choice is ignored, as by Ollama
+        stream=f.bool("stream"),  # OpenAI semantics: off unless asked
+        format=response_format(f.obj("response_format", "openai.ResponseFormat")),
+        think=think_from_effort(f),
+        logprobs=bool(f.bool("logprobs")),
+        top_logprobs=top_logprobs,
+    )
+    if not 0 <= top_logprobs <= 20:
+        raise APIError(400, "top_logprobs must be between 0 and 20")
+    return req, sampling_options(f, completion=False), bool(stream_options.get("include_usage"))
+
+
+# --- response shapes -------------------------------------------------------------------------
+
+def openai_logprobs(entries: list[dict]) -> list[dict]:
+    """Native entries already have OpenAI's token/logprob/bytes; OpenAI always carries
+    `bytes` and `top_logprobs`, which the native API omits when empty."""
+    out = []
+    for e in entries:
+        item = {"token": e.get("token", ""), "logprob": e.get("logprob", 0.0), "bytes": e.get("bytes")}
+        item["top_logprobs"] = [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
+                                for t in e.get("top_logprobs") or []]
+        out.append(item)
+    return out
+
+
+class ToolCallNumbering:
+    """Native tool calls as OpenAI's: arguments as JSON text, a type, an id and a stream-wide index."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def convert(self, calls: list[dict]) -> list[dict]:
+        out = []
+        for tc in calls:
+            fn = tc.get("function") or {}
+            index = fn.get("index", self.count)
+            self.count += 1
+            out.append({"id": tc.get("id") or sse.call_id(), "index": index, "type": "function",
+                        "function": {"name": fn.get("name", ""), "arguments": dumps(fn.get("arguments") or {})}})
+        return out
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+class ChatWriter:
+    """Engine events → chat.completion or a chat.completion.chunk stream (Ollama ≥ 0.32.6 layout:
+    role only in the first delta, one `created` for the stream, a separate empty-delta finish chunk)."""
+
+    def __init__(self, model: str, include_usage: bool):
+        self.id = f"chatcmpl-{random.randrange(999)}"
+        self.model = model
+        self.include_usage = include_usage
+        self.created = int(time.time())
+        self.calls = ToolCallNumbering()
+
+    def _chunk(self, choices: list, **extra) -> dict:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "system_fingerprint": FINGERPRINT, "choices": choices, **extra}
+
+    def _delta_chunks(self, ev: TextEvent, first: bool) -> list[dict]:
+        calls = self.calls.convert(ev.tool_calls) if ev.tool_calls else []
+        role = {"role": "assistant"} if first else {}
+        logprobs = {"logprobs": {"content": openai_logprobs(ev.logprobs)}} if ev.logprobs else {}
+        if ev.thinking and (ev.text or calls):
+            # OpenAI deltas carry reasoning or content, never both: split into two chunks.
+            return [
+                self._chunk([{"index": 0, "delta": {**role, "reasoning": ev.thinking}, "finish_reason": None, **logprobs}]),
+                self._chunk([{"index": 0, "delta": {"content": ev.text, **({"tool_calls": calls} if calls else {})},
+                              "finish_reason": None}]),
+            ]
+        delta = {**role, "content": ev.text}
+        if ev.thinking:
+            delta["reasoning"] = ev.thinking
+        if calls:
+            delta["tool_calls"] = calls
+        return [self._chunk([{"index": 0, "delta": delta, "finish_reason": None, **logprobs}])]
+
+    async def stream(self, response, gen: Generation, event) -> None:
+        first, tool_sent = True, False
+        while True:
+            if isinstance(event, TextEvent):
+                if event.text or event.thinking or event.tool_calls or event.logprobs:
+                    for chunk in self._delta_chunks(event, first):
+                        await response.send(sse.data(chunk))
+                    first = False
+                    tool_sent = tool_sent or bool(event.tool_calls)
+            elif isinstance(event, DoneEvent):
+                if first:  # an empty completion still opens with the role
+                    await response.send(sse.data(self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                                "finish_reason": None}])))
+                reason = event.done_reason or "stop"
+                if reason == "stop" and tool_sent:
+                    reason = "tool_calls"
+                await response.send(sse.data(self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])))
+                if self.include_usage:
+                    m = gen.metrics()
+                    await response.send(sse.data(self._chunk([], usage=usage(m.prompt_eval_count, m.eval_count))))
+                await response.send(sse.DONE)
+                break
+            else:
+                # Ollama feeds a mid-stream error through its chunk converter and loses the text;
+                # an error object is what the OpenAI SDKs raise on.
+                await response.send(sse.data(error_body(event.status, event.message)))
+                break
+            event = await gen.next_event()
+        await response.eof()
+
+    async def collect(self, gen: Generation, event):
+        text, thinking, calls, logprobs = [], [], [], []
+        while isinstance(event, TextEvent):
+            text.append(event.text)
+            thinking.append(event.thinking)
+            calls.extend(event.tool_calls or [])
+            logprobs.extend(event.logprobs or [])
+            event = await gen.next_event()
+        if isinstance(event, ErrorEvent):
+            return openai_error(event.status, event.message)
+        message: dict = {"role": "assistant", "content": "".join(text)}
+        if any(thinking):
+            message["reasoning"] = "".join(thinking)
+        if calls:
+            message["tool_calls"] = self.calls.convert(calls)
+        reason = event.done_reason or None
+        if reason == "stop" and calls:
+            reason = "tool_calls"
+        choice = {"index": 0, "message": message, "finish_reason": reason}
+        if logprobs:
+            choice["logprobs"] = {"content": openai_logprobs(logprobs)}
+        m = gen.metrics()
+        return json_body({"id": self.id, "object": "chat.completion", "created": int(time.time()), "model": self.model,
+                          "system_fingerprint": FINGERPRINT, "choices": [choice],
+                          "usage": usage(m.prompt_eval_count, m.eval_count)})
+
+
+# --- /v1/chat/completions --------------------------------------------------------------------
+
+@bp.post("/v1/chat/completions")
+@openai_errors
+async def chat_completions(request):
+    started = time.perf_counter_ns()
+    state = state_of(request)
+    req, overrides, include_usage = chat_request(parse_body(request.body))
+    if not req.model:
+        raise APIError(400, "model is required")
+    spec = await state.lookup(req.model, not_found="model '{name}' not found")
+    prompt, opts = prepare_chat(state, spec, req, overrides)
+    gen = await start_generation(state, spec, prompt, opts, keep_alive=None, started=started,
+                                 logprobs=req.logprobs, top_logprobs=req.top_logprobs)
+    writer = ChatWriter(req.model, include_usage)
+    try:
+        event = await gen.next_event()
+        if isinstance(event, ErrorEvent):
+            return openai_error(event.status, event.message)
+        if not req.stream:
+            return await writer.collect(gen, event)
+        await writer.stream(await sse.open_stream(request), gen, event)
+    finally:
+        gen.close()
+
+
+# --- /v1/completions -------------------------------------------------------------------------
+
+class NativeCall:
+    """Ollama's middleware model for /v1/completions: the native /api/generate handler runs on a
+    rewritten body and every NDJSON line it writes is handed to `on_line` instead. Prompt
+    templating, FIM (`suffix`), load replies and error texts therefore stay exactly native."""
+
+    def __init__(self, request, body: dict, on_line):
+        self._request = request
+        self.body = dumps(body).encode()
+        self._on_line = on_line
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)
+
+    async def respond(self, *args, **kwargs):
+        return self
+
+    async def send(self, text: str) -> None:
+        for line in text.splitlines():
+            if line.strip():
+                await self._on_line(json.loads(line))
+
+    async def eof(self) -> None:
+        pass
+
+
+def legacy_logprobs(entries: list[dict], offset: int) -> tuple[dict, int]:
+    """Native entries in the legacy completions shape (parallel lists)."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for e in entries:
+        out["tokens"].append(e.get("token", ""))
+        out["token_logprobs"].append(e.get("logprob", 0.0))
+        out["top_logprobs"].append({t.get("token", ""): t.get("logprob", 0.0) for t in e.get("top_logprobs") or []})
+        out["text_offset"].append(offset)
+        offset += len(e.get("token", ""))
+    return out, offset
+
+
+class CompletionWriter:
+    def __init__(self, request, model: str, include_usage: bool):
+        self.request = request
+        self.id = f"cmpl-{random.randrange(999)}"
+        self.model = model
+        self.include_usage = include_usage
+        self.response = None
+        self.offset = 0
+
+    def _choice(self, native: dict) -> dict:
+        choice = {"text": native.get("response", ""), "index": 0, "finish_reason": native.get("done_reason") or None}
+        if native.get("logprobs"):
+            # Ollama requests them but drops them here; the legacy shape is what OpenAI clients read.
+            choice["logprobs"], self.offset = legacy_logprobs(native["logprobs"], self.offset)
+        return choice
+
+    def completion(self, native: dict) -> dict:
+        return {"id": self.id, "object": "text_completion", "created": int(time.time()), "model": self.model,
+                "system_fingerprint": FINGERPRINT, "choices": [self._choice(native)],
+                "usage": usage(native.get("prompt_eval_count", 0), native.get("eval_count", 0))}
+
+    async def line(self, native: dict) -> None:
+        """One native stream line → one SSE chunk (Ollama's mapping, `created` = now per chunk)."""
+        if self.response is None:
+            self.response = await sse.open_stream(self.request)
+        if "error" in native:
+            await self.response.send(sse.data(error_body(500, native["error"])))
+            return
+        chunk = {"id": self.id, "object": "text_completion", "created": int(time.time()),
+                 "choices": [self._choice(native)], "model": self.model, "system_fingerprint": FINGERPRINT}
+        if self.include_usage:  # Ollama puts zero usage on every chunk and the real one last
+            chunk["usage"] = usage(0, 0)
+        await self.response.send(sse.data(chunk))
+        if native.get("done"):
+            if self.include_usage:
+                chunk["choices"] = []
+                chunk["usage"] = usage(native.get("prompt_eval_count", 0), native.get("eval_count", 0))
+                await self.response.send(sse.data(chunk))
+            await self.response.send(sse.DONE)
+
+
+def completion_request(body: dict) -> tuple[dict, bool, bool]:
+    """(native /api/generate body, stream, include_usage)."""
+    f = OpenAIFields(body, "CompletionRequest")
+    stream = bool(f.bool("stream"))
+    stream_options = f.obj("stream_options", "openai.StreamOptions") or {}
+    native = {"model": f.str("model"), "prompt": f.str("prompt"), "suffix": f.str("suffix"), "stream": stream,
+              "options": sampling_options(f, completion=True)}
+    logprobs = f.maybe_int("logprobs")
+    if logprobs is not None and logprobs > 0:
+        native["logprobs"] = True
+        native["top_logprobs"] = logprobs
+    return native, stream, bool(stream_options.get("include_usage"))
+
+
+@bp.post("/v1/completions")
+@openai_errors
+async def completions(request):
+    native, stream, include_usage = completion_request(parse_body(request.body))
+    writer = CompletionWriter(request, native["model"], include_usage)
+    result = await native_generate.generate(NativeCall(request, native, writer.line))
+    if result is None:  # the native handler streamed through writer.line
+        if writer.response is not None:
+            await writer.response.eof()
+        return None
+    payload = json.loads(result.body)
+    if result.status != 200:
+        return openai_error(result.status, payload.get("error", ""))
+    if not stream:
+        return json_body(writer.completion(payload))
+    await writer.line(payload)  # a one-object native reply (a load) is a one-chunk stream
+    await writer.response.eof()
+
+
+# --- /v1/embeddings --------------------------------------------------------------------------
+
+def _base64_floats(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+@bp.post("/v1/embeddings")
+@openai_errors
+async def embeddings(request):
+    state = state_of(request)
+    body = parse_body(request.body)
+    f = OpenAIFields(body, "EmbedRequest")
+    model = f.str("model")
+    dimensions = f.int("dimensions")
+    encoding = f.str("encoding_format")
+    if encoding and encoding.lower() not in ("float", "base64"):
+        raise APIError(400, f"Invalid value for 'encoding_format' = {encoding}. Supported values: ['float', 'base64'].")
+    raw = body.get("input")
+    if raw == "":
+        raw = [""]
+    if raw is None or raw == []:
+        raise APIError(400, "invalid input")
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list) and all(isinstance(t, str) for t in raw):
+        texts = list(raw)
+    else:  # token arrays are not supported, as in Ollama
+        raise APIError(400, "invalid input type")
+    if not model:
+        raise APIError(404, "model '' not found")
+    spec = await state.lookup(model, not_found=native_embed.NOT_FOUND)
+    result, _ = await native_embed._embed(state, spec, texts, truncate=True, normalize=True, dimensions=dimensions,
+                                          keep_alive=None, options=None)
+    as_base64 = encoding.lower() == "base64"
+    data = [{"object": "embedding", "embedding": _base64_floats(v) if as_base64 else v, "index": i}
+            for i, v in enumerate(result.vectors)]
+    n = result.prompt_eval_count
+    return json_body({"object": "list", "data": data, "model": model,
+                      "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+
+# --- /v1/models ------------------------------------------------------------------------------
+
+@bp.get("/v1/models")
+@openai_errors
+async def list_models(request):
+    stored = await asyncio.to_thread(state_of(request).store.list_models)
+    data = [{"id": s.name.display_shortest(), "object": "model", "created": int(s.modified_at),
+             "owned_by": s.name.namespace} for s in stored]
+    # Ollama serialises an empty list as null (a Go nil slice); clients are written for that.
+    return json_body({"object": "list", "data": data or None})
+
+
+@bp.get("/v1/models/<model:path>")
+@openai_errors
+async def retrieve_model(request, model: str):
+    # `path` takes the rest of the URL, so `hf.co/org/repo:tag` and `user/model` work (Ollama's
+    # one-segment route cannot address them).
+    spec = await state_of(request).lookup(model, not_found="model '{short}' not found")
+    return json_body({"id": model, "object": "model", "created": int(spec.modified_at), "owned_by": spec.name.namespace})
