@@ -21,6 +21,7 @@ import pytest
 from mlxollama.engine import llm as llm_module
 from mlxollama.engine.catalog import derive_capabilities
 from mlxollama.engine.fim import FIM_FORMATS, fim_format_for, fim_format_in_text, fim_tokens
+from mlxollama.engine.harmony import HarmonyParser
 from mlxollama.engine.jobs import DoneEvent, GenerationJob, PromptSpec, TextEvent
 from mlxollama.engine.structured import FormatError, closed_objects, format_grammar
 from mlxollama.engine.thinking import ThinkingParser, template_think_tags
@@ -29,7 +30,8 @@ from mlxollama.options import Options
 from mlxollama.store import Store
 
 from .conftest import package_tiny
-from .tinytemplates import FAMILIES, LLAMA31_TEMPLATE, QWEN3_TEMPLATE, QWEN25_TEMPLATE, R1_TEMPLATE, build_family_model
+from .tinytemplates import (FAMILIES, GPTOSS_TEMPLATE, LLAMA31_TEMPLATE, QWEN3_TEMPLATE, QWEN25_TEMPLATE, R1_TEMPLATE,
+                            build_family_model)
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the weather in a city",
@@ -137,6 +139,26 @@ def test_mlx_lm_parsers_are_used_where_they_cover_the_family():
     assert infer_tool_format(object(), LLAMA31_TEMPLATE) is BARE_JSON
 
 
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_harmony_channels(size):
+    """gpt-oss: analysis is reasoning, final the answer, a to=functions.X message a call."""
+    text = ("<|channel|>analysis<|message|>Need the weather.<|end|>"
+            "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>"
+            '{"city": "Tokyo"}<|call|>')
+    p = HarmonyParser(TOOLS)
+    parts = chunked(lambda t: p.feed(t), text, size) + [p.flush()]
+    assert "".join(c for c, _, _ in parts) == ""
+    assert "".join(t for _, t, _ in parts) == "Need the weather."
+    assert fn([c for _, _, cs in parts for c in cs]) == [(0, "get_weather", {"city": "Tokyo"})]
+    p = HarmonyParser()
+    parts = chunked(lambda t: p.feed(t), "<|channel|>analysis<|message|>hm<|end|><|start|>assistant<|channel|>final"
+                                         "<|message|>Hi there<|return|>", size) + [p.flush()]
+    assert ("".join(c for c, _, _ in parts), "".join(t for _, t, _ in parts)) == ("Hi there", "hm")
+    # output that never uses the format is still shown
+    p = HarmonyParser()
+    assert p.feed("plain") == ("", "", []) and p.flush() == ("plain", "", [])
+
+
 # --- capabilities, FIM tables, formats ----------------------------------------------------------
 
 def test_capabilities_follow_templates_and_tokens():
@@ -144,6 +166,7 @@ def test_capabilities_follow_templates_and_tokens():
     assert derive_capabilities("llm", QWEN3_TEMPLATE, None) == ["completion", "tools", "thinking"]
     assert derive_capabilities("llm", LLAMA31_TEMPLATE, None) == ["completion", "tools"]
     assert derive_capabilities("llm", R1_TEMPLATE, None) == ["completion", "thinking"]
+    assert derive_capabilities("llm", GPTOSS_TEMPLATE, None) == ["completion", "tools", "thinking"]
     assert derive_capabilities("llm", None, None, fim=True) == ["completion", "insert"]
     assert derive_capabilities("llm", "{{ messages }}", "{{ .Prompt }}") == ["completion"]
     assert derive_capabilities("embedding", QWEN3_TEMPLATE, None) == ["embedding"]
@@ -379,6 +402,28 @@ def test_engine_think_false_and_preopened_thinking(engines, monkeypatch):
     assert joined(events)[:2] == ("Hi!", "hmm")
 
 
+def test_engine_harmony_reasoning_calls_and_format(engines, monkeypatch):
+    eng = engines("gptoss")
+    msgs = [{"role": "user", "content": "weather in Tokyo?"}]
+    pieces = ["<|channel|>", "analysis", "<|message|>", "Need weather.", "<|end|>", "<|start|>", "assistant to=functions.",
+              "get_weather", "<|channel|>", "commentary json", "<|message|>", '{"city": "Tokyo"}', "<|call|>"]
+    events = run_engine(eng, PromptSpec(messages=msgs, tools=TOOLS, think=False), scripted(eng, pieces), monkeypatch)
+    content, thinking, calls = joined(events)
+    assert (content, thinking) == ("", "Need weather.")
+    assert fn(calls) == [(0, "get_weather", {"city": "Tokyo"})]
+    # with `format`, the grammar starts at the final channel's message
+    header = iter(script_ids(eng, ["<|channel|>", "analysis", "<|message|>", "ok", "<|end|>", "<|start|>",
+                                   "assistant", "<|channel|>", "final", "<|message|>"]))
+    sampler = lambda logprobs: next((mx.array([t], dtype=mx.uint32) for t in header),  # noqa: E731
+                                    mx.argmax(logprobs, axis=-1).astype(mx.uint32))
+    schema = SCHEMAS[2]
+    events = run_engine(eng, PromptSpec(messages=msgs, think=True, grammar=format_grammar(schema)), sampler,
+                        monkeypatch, num_predict=300)
+    content, thinking, _ = joined(events)
+    assert thinking == "ok"
+    validate(json.loads(content), schema)
+
+
 def test_engine_stop_strings_cut_before_parsing(engines, monkeypatch):
     eng = engines("qwen3")
     events = run_engine(eng, PromptSpec(messages=[{"role": "user", "content": "x"}], think=True),
@@ -456,6 +501,7 @@ def test_show_capabilities_and_fim_template(http, fam_models):
     assert caps["qwen3"] == ["completion", "tools", "insert", "thinking"]
     assert caps["llama31"] == ["completion", "tools"]
     assert caps["r1"] == ["completion", "thinking"]
+    assert caps["gptoss"] == ["completion", "tools", "thinking"]
     assert caps["starcoder"] == ["completion", "insert"]
     # Continue reads /api/show with {"name": ...} and turns FIM on when the template has .Suffix
     show = http.post("/api/show", json={"name": fam_models["starcoder"]}).json()

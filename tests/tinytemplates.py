@@ -125,6 +125,29 @@ LLAMA31_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 
+# gpt-oss: harmony channels; reasoning_effort sets the level.
+GPTOSS_TEMPLATE = (
+    "{{- '<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+    "Reasoning: ' + (reasoning_effort if reasoning_effort is defined else 'medium') + '\n\n"
+    "# Valid channels: analysis, commentary, final. Channel must be included for every message.' }}"
+    "{%- if tools %}{{- \"\nCalls to these tools must go to the commentary channel: 'functions'.\" }}{%- endif %}"
+    "{{- '<|end|>' }}"
+    "{%- if tools %}{{- '<|start|>developer<|message|># Tools\n\n## functions\n\nnamespace functions {\n' }}"
+    "{%- for t in tools %}{{- '// ' + (t.function.description or '') + '\ntype ' + t.function.name + ' = (_: ' }}"
+    "{{- t.function.parameters | tojson }}{{- ') => any;\n' }}{%- endfor %}"
+    "{{- '} // namespace functions<|end|>' }}{%- endif %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'user' %}{{- '<|start|>user<|message|>' + m.content + '<|end|>' }}"
+    "{%- elif m.role == 'assistant' and m.tool_calls %}"
+    "{%- for tc in m.tool_calls %}{{- '<|start|>assistant to=functions.' + tc.function.name + "
+    "'<|channel|>commentary json<|message|>' }}{{- tc.function.arguments | tojson }}{{- '<|call|>' }}{%- endfor %}"
+    "{%- elif m.role == 'assistant' %}{{- '<|start|>assistant<|channel|>final<|message|>' + m.content + '<|end|>' }}"
+    "{%- elif m.role == 'tool' %}{{- '<|start|>functions.' + m.name + ' to=assistant<|channel|>commentary<|message|>' }}"
+    "{{- m.content | tojson }}{{- '<|end|>' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start|>assistant' }}{%- endif %}"
+)
+
 QWEN_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
                "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
 QWEN_TEXT_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]  # special: false
@@ -138,6 +161,7 @@ class Family:
     eos: str
     bos: str | None = None
     text_tokens: list[str] = field(default_factory=list)  # added tokens that decode as text
+    more_eos: list[str] = field(default_factory=list)  # generation_config's other end tokens
 
     @property
     def all_tokens(self) -> list[str]:
@@ -153,6 +177,9 @@ FAMILIES = {
     "llama31": Family("llama31", LLAMA31_TEMPLATE,
                       ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                        "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"], "<|eot_id|>", bos="<|begin_of_text|>"),
+    "gptoss": Family("gptoss", GPTOSS_TEMPLATE,
+                     ["<|endoftext|>", "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",
+                      "<|return|>", "<|call|>"], "<|return|>", more_eos=["<|call|>"]),
     # StarCoder2 base: no chat template, FIM tokens.
     "starcoder": Family("starcoder", None, ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>",
                                             "<fim_pad>", "<file_sep>"], "<|endoftext|>"),
@@ -211,7 +238,8 @@ def build_family_model(out: Path, family: str | Family, *, seed: int = 0, hidden
         "model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers,
         "intermediate_size": hidden * 2, "num_attention_heads": 4, "num_key_value_heads": 2,
         "rms_norm_eps": 1e-5, "vocab_size": vocab_size, "rope_theta": 10000.0,
-        "max_position_embeddings": context, "tie_word_embeddings": False, "eos_token_id": eos,
+        "max_position_embeddings": context, "tie_word_embeddings": False,
+        "eos_token_id": [eos] + [vocab[t] for t in fam.more_eos] if fam.more_eos else eos,
     }
     if fam.bos:
         config["bos_token_id"] = vocab[fam.bos]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..store import ModelName, Store, media
 from .fim import FimFormat, fim_format_in_text
+from .harmony import is_harmony_template
 from .thinking import template_supports_thinking
 
 
@@ -105,7 +106,7 @@ def derive_capabilities(kind: str, chat_template: str | None, go_template: str |
         caps.append("tools")
     if fim or ".Suffix" in go:
         caps.append("insert")
-    if template_supports_thinking(jinja) or ".Thinking" in go:
+    if template_supports_thinking(jinja) or is_harmony_template(jinja) or ".Thinking" in go:
         caps.append("thinking")
     return caps
 

@@ -22,6 +22,7 @@ from mlx_lm.utils import load as mlx_lm_load
 
 from ..options import Options
 from .fim import fim_format_for, fim_stop_ids
+from .harmony import FINAL_HEADER, HarmonyParser, is_harmony_template
 from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
 from .prompt import build_prompt_tokens
 from .reply import Piece, ReplyParser
@@ -123,6 +124,7 @@ class LoadedLLM:
         if isinstance(template, dict):  # named templates (e.g. "default" and "tool_use")
             template = "\n".join(str(t) for t in template.values())
         self.chat_template = template if isinstance(template, str) else None
+        self.harmony = is_harmony_template(self.chat_template)
         self.think_tags = infer_think_tags(self.tokenizer, self.chat_template)
         self.tool_format = infer_tool_format(self.tokenizer, self.chat_template)
         self.fim_format = fim_format_for(self.tokenizer)
@@ -244,6 +246,12 @@ class LoadedLLM:
         """Stop strings, reasoning and tool-call splitting for one request; plus, when the
         request also has a grammar, the gate that holds it back while the model reasons."""
         thinking = gate = None
+        if self.harmony and spec.fim is None and spec.raw_prompt is None:
+            # gpt-oss reasons whatever `think` says; Ollama reports it as thinking all the same.
+            if spec.grammar:
+                open_ids = self.tokenizer.encode("<|channel|>", add_special_tokens=False)[:1]
+                gate = ThinkGate(self._decode_token, FINAL_HEADER, open_ids, opened=False)
+            return ReplyParser(StopMatcher(opts.stop), harmony=HarmonyParser(spec.tools)), gate
         tags = self.think_tags
         if tags is not None and spec.fim is None:
             tail = self.tokenizer.decode(prompt[-16:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .harmony import HarmonyParser
 from .stops import StopMatcher
 from .thinking import ThinkingParser
 from .tools import ToolCallParser
@@ -25,16 +26,19 @@ class Piece:
 
 class ReplyParser:
     def __init__(self, stops: StopMatcher, thinking: ThinkingParser | None = None,
-                 tools: ToolCallParser | None = None):
+                 tools: ToolCallParser | None = None, harmony: HarmonyParser | None = None):
         self.stops = stops
         self.thinking = thinking
         self.tools = tools
+        self.harmony = harmony  # gpt-oss: its channels carry reasoning and tool calls both
 
     @property
     def stopped(self) -> bool:
         return self.stops.stopped
 
     def _split(self, text: str, final: bool) -> Piece:
+        if self.harmony is not None:
+            return Piece(*self.harmony.feed(text, final=final))
         thinking = ""
         if self.thinking is not None:
             thinking, text = self.thinking.add(text)
