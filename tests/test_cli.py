@@ -250,7 +250,9 @@ def test_list_prints_ollamas_columns(env, http, short_model):
     col = lines[0].index("ID")
     assert all(line[col:col + 12] == rows[line.split()[0]][1] for line in lines[1:])
     r2 = cli(env, "ls", "tiny-s")
-    assert [row[0] for row in table_rows(r2.stdout)[1:]] == ["tiny-sys:latest"]
+    listed = [row[0] for row in table_rows(r2.stdout)[1:]]
+    assert "tiny-sys:latest" in listed and "tiny:latest" not in listed
+    assert sorted(listed) == sorted(n for n in tags if n.startswith("tiny-s"))
 
 
 def test_ps_and_stop(env, http, short_model):
