@@ -245,7 +245,7 @@ def test_list_prints_ollamas_columns(env, http, short_model):
         name_, id_, size, modified = rows[name]
         assert id_ == tags[name]["digest"][:12] and re.fullmatch(r"[0-9a-f]{12}", id_)
         assert size == human_bytes(tags[name]["size"]) and re.fullmatch(r"\d+(\.\d)? (B|KB|MB|GB)", size)
-        assert re.fullmatch(r"(\d+ seconds|Less than a second|About a minute|\d+ minutes) ago", modified)
+        assert re.fullmatch(r"(\d+ seconds?|Less than a second|About a minute|\d+ minutes) ago", modified)
     # columns line up: every ID starts where the header's ID does
     col = lines[0].index("ID")
     assert all(line[col:col + 12] == rows[line.split()[0]][1] for line in lines[1:])
