@@ -292,6 +292,10 @@ def test_reasoning_effort_maps_to_thinking(request, server, client, http, script
     assert msg.model_extra["reasoning"].strip() == THINKING  # `reasoning`, not `reasoning_content`
     off = client.chat.completions.create(model="scripted-think", messages=messages, reasoning_effort="none")
     assert off.choices[0].message.content == THOUGHTFUL_ANSWER and "reasoning" not in off.choices[0].message.model_extra
+    # `reasoning: {effort}` (the Responses-style object) wins over `reasoning_effort`, as in Ollama
+    obj = client.chat.completions.create(model="scripted-think", messages=messages, reasoning_effort="high",
+                                         extra_body={"reasoning": {"effort": "none"}})
+    assert "reasoning" not in obj.choices[0].message.model_extra
     events = sse_events(chat(http, model="scripted-think", messages=messages, stream=True))
     deltas = [e["choices"][0]["delta"] for e in events[:-2]]
     reasoning = "".join(d.get("reasoning", "") for d in deltas)
@@ -417,16 +421,23 @@ def test_models_list_and_retrieve(client, http):
                             "param": None, "code": None}
 
 
-def test_retrieve_names_with_slashes(http):
+def test_retrieve_names_with_slashes(http, client):
     for name, owner in (("someone/tiny-copy:v1", "someone"), ("hf.co/org/tiny-gguf:Q4", "org")):
         assert http.post("/api/copy", json={"source": TINY, "destination": name}).status_code == 200
         try:
-            r = http.get(f"/v1/models/{name}")
-            assert r.status_code == 200, r.text
-            assert r.json()["id"] == name and r.json()["owned_by"] == owner
+            for path in (f"/v1/models/{name}", "/v1/models/" + name.replace("/", "%2F").replace(":", "%3A")):
+                r = http.get(path)
+                assert r.status_code == 200, r.text
+                assert r.json()["id"] == name and r.json()["owned_by"] == owner
+            assert client.models.retrieve(name).id == name
             assert name in [m["id"] for m in http.get("/v1/models").json()["data"]]
         finally:
             http.request("DELETE", "/api/delete", json={"model": name})
+
+
+def test_models_trailing_slash(http):
+    assert http.get("/v1/models/").json()["object"] == "list"
+    assert http.get("/v1/models/tiny/").json()["id"] == "tiny"
 
 
 def test_models_list_is_null_when_store_is_empty(tmp_path):

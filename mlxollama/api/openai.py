@@ -16,6 +16,7 @@ import json
 import random
 import struct
 import time
+from urllib.parse import unquote
 
 from sanic import Blueprint
 
@@ -607,6 +608,9 @@ async def list_models(request):
 @openai_errors
 async def retrieve_model(request, model: str):
     # `path` takes the rest of the URL, so `hf.co/org/repo:tag` and `user/model` work (Ollama's
-    # one-segment route cannot address them).
+    # one-segment route cannot address them); SDKs may percent-encode the name.
+    model = unquote(model).strip("/")
+    if not model:  # `/v1/models/`: Ollama redirects it to the list
+        return await list_models(request)
     spec = await state_of(request).lookup(model, not_found="model '{short}' not found")
     return json_body({"id": model, "object": "model", "created": int(spec.modified_at), "owned_by": spec.name.namespace})
