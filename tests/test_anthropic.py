@@ -143,6 +143,8 @@ def test_end_turn(client, scripted):
     ({"messages": []}, 400, "invalid_request_error", "messages is required"),
     ({"temperature": "warm"}, 400, "invalid_request_error",
      "json: cannot unmarshal string into Go struct field MessagesRequest.temperature of type float64"),
+    ({"stop_sequences": ["ok", 7]}, 400, "invalid_request_error",
+     "json: cannot unmarshal number into Go struct field MessagesRequest.stop_sequences of type string"),
     ({"tools": [WEATHER]}, 400, "invalid_request_error", "registry.ollama.ai/library/tiny:latest does not support tools"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}]}]},
      400, "invalid_request_error", "invalid image source type: url. Only base64 images are supported."),

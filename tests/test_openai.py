@@ -198,6 +198,8 @@ PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
     ({"temperature": "hot"}, 400, "invalid_request_error",
      "json: cannot unmarshal string into Go struct field ChatCompletionRequest.temperature of type float64"),
     ({"tools": [WEATHER_TOOL]}, 400, "invalid_request_error", "registry.ollama.ai/library/tiny:latest does not support tools"),
+    ({"tools": ["get_weather"]}, 400, "invalid_request_error",
+     "json: cannot unmarshal string into Go struct field ChatCompletionRequest.tools of type api.Tool"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG}}]}]}, 400,
      "invalid_request_error", "registry.ollama.ai/library/tiny:latest does not support vision"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "https://x.test/a.png"}]}]}, 400,

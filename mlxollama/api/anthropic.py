@@ -190,8 +190,9 @@ class MessagesRequest:
         if f.maybe_int("top_k") is not None:
             self.overrides["top_k"] = f.int("top_k")
         stops = f.list("stop_sequences", "[]string") or []
-        if not all(isinstance(s, str) for s in stops):
-            raise APIError(400, "json: cannot unmarshal number into Go struct field MessagesRequest.stop_sequences of type string")
+        for s in stops:
+            if not isinstance(s, str):
+                f._fail("stop_sequences", s, "string")
         # Matched here rather than in the engine: Anthropic reports which sequence stopped the
         # answer, and the engine's done_reason cannot tell a stop string from the end token.
         self.stop_sequences = [s for s in stops if s]

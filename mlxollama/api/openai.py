@@ -263,6 +263,14 @@ def think_from_effort(f: OpenAIFields):
     return _EFFORT[effort]
 
 
+def _tools(f: OpenAIFields) -> list[dict]:
+    tools = f.list("tools", "[]api.Tool") or []
+    for t in tools:
+        if not isinstance(t, dict):
+            f._fail("tools", t, "api.Tool")
+    return tools
+
+
 def chat_request(body: dict) -> tuple[ChatRequest, dict, bool]:
     """(native request, OpenAI sampling overrides, include_usage)."""
     f = OpenAIFields(body, "ChatCompletionRequest")
@@ -274,7 +282,7 @@ def chat_request(body: dict) -> tuple[ChatRequest, dict, bool]:
     req = ChatRequest(
         model=f.str("model"),
         messages=convert_messages(raw_messages),
-        tools=f.list("tools", "[]api.Tool") or None,  # tool_choice is ignored, as by Ollama
+        tools=_tools(f) or None,  # tool_choice is ignored, as by Ollama
         stream=f.bool("stream"),  # OpenAI semantics: off unless asked
         format=response_format(f.obj("response_format", "openai.ResponseFormat")),
         think=think_from_effort(f),
