@@ -85,15 +85,22 @@ JSON_TEMPLATE = (
 )
 JSON_SCRIPTS = {"<|json|>": [JSON_ANSWER]}
 
+# Qwen's fill-in-the-middle tokens make the engine see a FIM model ("insert" capability); the
+# prompt then ends with <|fim_middle|>.
+FIM_MIDDLE = "    return a + b\n"
+FIM_SCRIPTS = {"<|fim_middle|>": [FIM_MIDDLE]}
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>")
+
 MODELS = {
-    "scripted-tools:latest": (TOOLS_TEMPLATE, TOOLS_SCRIPTS),
-    "scripted-think:latest": (THINK_TEMPLATE, THINK_SCRIPTS),
-    "scripted-json:latest": (JSON_TEMPLATE, JSON_SCRIPTS),
+    "scripted-tools:latest": (TOOLS_TEMPLATE, TOOLS_SCRIPTS, ()),
+    "scripted-think:latest": (THINK_TEMPLATE, THINK_SCRIPTS, ()),
+    "scripted-json:latest": (JSON_TEMPLATE, JSON_SCRIPTS, ()),
+    "scripted-fim:latest": (JSON_TEMPLATE.replace("<|json|>", "<|fim_middle|>"), FIM_SCRIPTS, FIM_TOKENS),
 }
 
 
-def build_scripted_model(out: Path, template: str, scripts: dict[str, list[str]], hidden: int = 64,
-                         context: int = 32768) -> Path:
+def build_scripted_model(out: Path, template: str, scripts: dict[str, list[str]], specials: tuple[str, ...] = (),
+                         hidden: int = 64, context: int = 32768) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
@@ -103,7 +110,7 @@ def build_scripted_model(out: Path, template: str, scripts: dict[str, list[str]]
     build_tokenizer(out)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     pieces = sorted({p for chain in scripts.values() for p in chain})
-    tok.add_special_tokens([AddedToken(t, normalized=False) for t in scripts])
+    tok.add_special_tokens([AddedToken(t, normalized=False) for t in (*scripts, *specials)])
     # Plain added tokens decode to their text, so the pieces reach the output as written.
     tok.add_tokens([AddedToken(p, normalized=False, special=False) for p in pieces])
     tok.save(str(out / "tokenizer.json"))
@@ -154,9 +161,9 @@ def build_scripted_model(out: Path, template: str, scripts: dict[str, list[str]]
 def ensure_scripted_models(models_dir: Path, work: Path) -> None:
     """Adds the scripted models to the session store (the live server reads it per request)."""
     store = Store(models_dir)
-    for name, (template, scripts) in MODELS.items():
+    for name, (template, scripts, specials) in MODELS.items():
         if store.resolve(ModelName.parse(name)) is None:
-            model_dir = build_scripted_model(work / name.split(":")[0], template, scripts)
+            model_dir = build_scripted_model(work / name.split(":")[0], template, scripts, specials)
             package_tiny(store, name, model_dir)
 
 
