@@ -196,6 +196,22 @@ def test_fim_prompt_tokens(tmp_path):
     assert text.startswith("<fim_prefix>") and "def f():<fim_suffix>\n    return 1" in text and text.endswith("<fim_middle>")
 
 
+@pytest.mark.parametrize("fmt", FIM_FORMATS, ids=lambda f: f.name)
+def test_fim_token_order_per_family(tmp_path, fmt):
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+    from .tinytemplates import Family, build_tokenizer
+
+    build_tokenizer(tmp_path, Family(fmt.name, None, ["<eos>", *fmt.tokens, *fmt.stops], "<eos>"))
+    tok = load_tokenizer(tmp_path)
+    assert fim_format_for(tok) is fmt
+    text = tok.decode(fim_tokens(tok, fmt, "PRE", "SUF"))
+    if fmt.middle is None:  # Codestral: suffix first, the model continues the prefix
+        assert text == f"{fmt.suffix}SUF{fmt.prefix}PRE"
+    else:
+        assert text == f"{fmt.prefix}PRE{fmt.suffix}SUF{fmt.middle}"
+
+
 def test_format_errors_and_closed_objects():
     with pytest.raises(FormatError):
         format_grammar({"type": "nonsense"})
@@ -663,3 +679,70 @@ def test_official_client_tools_think_format(server, fam_models):
     parts = list(client.chat(model=model, messages=[{"role": "user", "content": "hi"}], think=True, stream=True,
                              options=opts))
     assert parts[-1].done
+
+
+# --- end to end on scripted models (tests/scriptedmodel.py: next token = f(last token)) ------------
+
+@pytest.fixture(scope="module")
+def scripted_models(models_dir, tmp_path_factory):
+    from .scriptedmodel import ensure_scripted_models
+
+    ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
+
+
+def test_scripted_tool_call_streams_whole_and_gathers(http, server, scripted_models):
+    from .scriptedmodel import WEATHER_ARGS, WEATHER_TOOL
+
+    body = {"model": "scripted-tools", "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+            "tools": [WEATHER_TOOL], "options": {"temperature": 0}}
+    lines = ndjson(http.post("/api/chat", json=body))
+    with_calls = [line for line in lines if line["message"].get("tool_calls")]
+    assert len(with_calls) == 1 and not with_calls[0]["done"] and with_calls[0]["message"]["content"] == ""
+    (call,) = with_calls[0]["message"]["tool_calls"]
+    assert call["function"] == {"index": 0, "name": "get_weather", "arguments": WEATHER_ARGS}
+    assert call["id"].startswith("call_")
+    assert "".join(line["message"]["content"] for line in lines) == ""  # no call text in content
+    assert lines[-1]["done"] and lines[-1]["done_reason"] == "stop"
+    whole = http.post("/api/chat", json={**body, "stream": False}).json()
+    assert whole["message"]["content"] == "" and whole["message"]["tool_calls"][0]["function"]["arguments"] == WEATHER_ARGS
+    # the official client, and the follow-up turn with the result
+    client = ollama.Client(host=server.url)
+    r = client.chat(model="scripted-tools", messages=body["messages"], tools=[WEATHER_TOOL], options={"temperature": 0})
+    (tc,) = r.message.tool_calls
+    assert tc.function.name == "get_weather" and dict(tc.function.arguments) == WEATHER_ARGS
+    follow = body["messages"] + [r.message, {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
+    r2 = client.chat(model="scripted-tools", messages=follow, tools=[WEATHER_TOOL], options={"temperature": 0})
+    assert r2.message.content and not r2.message.tool_calls
+
+
+def test_scripted_thinking_streams_and_switches_off(http, server, scripted_models):
+    from .scriptedmodel import THINKING, THOUGHTFUL_ANSWER
+
+    msgs = [{"role": "user", "content": "hi"}]
+    lines = ndjson(http.post("/api/chat", json={"model": "scripted-think", "messages": msgs}))  # think absent: on
+    thinking = "".join(line["message"].get("thinking", "") for line in lines)
+    content = "".join(line["message"]["content"] for line in lines)
+    assert (thinking, content) == (THINKING + "\n", THOUGHTFUL_ANSWER)
+    first_content = next(i for i, line in enumerate(lines) if line["message"]["content"])
+    assert all("thinking" not in line["message"] for line in lines[first_content + 1:])
+    client = ollama.Client(host=server.url)
+    r = client.chat(model="scripted-think", messages=msgs, think=True)
+    assert (r.message.thinking, r.message.content) == (THINKING + "\n", THOUGHTFUL_ANSWER)
+    r = client.chat(model="scripted-think", messages=msgs, think=False)
+    assert (r.message.thinking, r.message.content) == (None, THOUGHTFUL_ANSWER)
+    g = http.post("/api/generate", json={"model": "scripted-think", "prompt": "hi", "stream": False}).json()
+    assert (g["thinking"], g["response"]) == (THINKING + "\n", THOUGHTFUL_ANSWER)
+
+
+def test_scripted_json_and_fim(http, server, scripted_models):
+    from .scriptedmodel import FIM_MIDDLE, JSON_ANSWER
+
+    r = ollama.Client(host=server.url).chat(model="scripted-json", messages=[{"role": "user", "content": "hi"}],
+                                            format="json")
+    assert json.loads(r.message.content) == json.loads(JSON_ANSWER)
+    # Continue's autocomplete request; the middle keeps its leading indentation
+    assert ".Suffix" in http.post("/api/show", json={"name": "scripted-fim"}).json()["template"]
+    body = {"model": "scripted-fim", "prompt": "def add(a, b):\n", "suffix": "\nprint(add(1, 2))\n", "keep_alive": 1800,
+            "options": {"temperature": 0.01, "num_predict": 16}}
+    lines = ndjson(http.post("/api/generate", json=body))
+    assert lines[-1]["done"] and "".join(line["response"] for line in lines) == FIM_MIDDLE
