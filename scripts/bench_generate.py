@@ -54,10 +54,10 @@ def bench_raw(model_dir: Path, text: str, decode: int, runs: int, apply_policy: 
     if apply_policy:
         apply_backend_dtype(model)
         mx.eval(model.parameters())
-    tokens = tokenizer.encode(text, add_special_tokens=False)
     prefill, dec = [], []
     for i in range(runs + 1):
         last = None
+        tokens = tokenizer.encode(f"Run {i}. {text}", add_special_tokens=False)
         for resp in stream_generate(model, tokenizer, mx.array(tokens), max_tokens=decode, sampler=make_sampler(0.0)):
             last = resp
         if i == 0:
@@ -68,11 +68,12 @@ def bench_raw(model_dir: Path, text: str, decode: int, runs: int, apply_policy: 
 
 
 def bench_server(url: str, model: str, text: str, decode: int, runs: int) -> dict:
-    body = {"model": model, "prompt": text, "raw": True, "stream": True, "keep_alive": -1,
-            "options": {"temperature": 0, "num_predict": decode, "repeat_penalty": 1.0}}
     prefill, dec, counts = [], [], []
     with httpx.Client(timeout=600) as c:
         for i in range(runs + 1):
+            # a different start each run, so the prompt cache cannot serve it
+            body = {"model": model, "prompt": f"Run {i}. {text}", "raw": True, "stream": True, "keep_alive": -1,
+                    "options": {"temperature": 0, "num_predict": decode, "repeat_penalty": 1.0}}
             final = None
             with c.stream("POST", url + "/api/generate", json=body) as r:
                 for line in r.iter_lines():

@@ -6,10 +6,10 @@ import time
 
 from sanic import Blueprint
 
-from ..engine.jobs import EmbedJob, EmbedResult, EngineError, ErrorEvent
+from ..engine.jobs import EmbedJob, ErrorEvent
 from .errors import APIError, json_body
 from .protocol import Fields, parse_body
-from .service import resolve_options
+from .service import acquire_runner, resolve_options
 from .state import ServerState, state_of
 
 bp = Blueprint("embed")
@@ -20,12 +20,7 @@ NOT_FOUND = 'model "{name}" not found, try pulling it first'
 async def _embed(state: ServerState, spec, texts, *, truncate, normalize, dimensions, keep_alive, options,
                  error_status: int | None = None):
     opts = resolve_options(state, spec, options)
-    load_started = time.perf_counter_ns()
-    try:
-        runner = await state.scheduler.acquire(spec, keep_alive, opts.num_ctx)
-    except EngineError as e:
-        raise APIError(e.status, e.message) from e
-    load_ns = time.perf_counter_ns() - load_started
+    runner, load_ns = await acquire_runner(state, spec, keep_alive, opts.num_ctx)
     try:
         if not texts:
             return None, load_ns

@@ -85,15 +85,20 @@ class Generation:
             self.state.scheduler.release(self.runner)
 
 
+async def acquire_runner(state: ServerState, spec: ModelSpec, keep_alive: int | None, num_ctx: int):
+    """Load or reuse the model: (runner, load duration in ns). The caller must release the runner."""
+    load_started = time.perf_counter_ns()
+    try:
+        runner = await state.scheduler.acquire(spec, keep_alive, num_ctx)
+    except EngineError as e:
+        raise APIError(e.status, e.message) from e
+    return runner, time.perf_counter_ns() - load_started
+
+
 async def start_generation(state: ServerState, spec: ModelSpec, prompt: PromptSpec, opts: Options, *,
                            keep_alive: int | None, started: int, logprobs: bool = False,
                            top_logprobs: int = 0) -> Generation:
-    load_started = time.perf_counter_ns()
-    try:
-        runner = await state.scheduler.acquire(spec, keep_alive, opts.num_ctx)
-    except EngineError as e:
-        raise APIError(e.status, e.message) from e
-    load_ns = time.perf_counter_ns() - load_started
+    runner, load_ns = await acquire_runner(state, spec, keep_alive, opts.num_ctx)
     job = GenerationJob(prompt, opts, logprobs=logprobs, top_logprobs=top_logprobs)
     runner.submit(job)
     return Generation(state, runner, job, started, load_ns)

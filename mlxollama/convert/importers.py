@@ -7,6 +7,22 @@ import tempfile
 from pathlib import Path
 
 from ..store import ModelName, Store, build_config_blob, format_parameter_size
+from .package import package_model_dir
+
+
+def store_converted(store: Store, name: ModelName, model_dir: Path, result, *, capabilities=None, **layers):
+    """Package a converter's output folder, with the config blob built from its result
+    (every converter's result has architecture, parameter_count, file_type and lengths)."""
+    config = build_config_blob(
+        model_format="mlx",
+        model_family=result.architecture,
+        model_type=format_parameter_size(result.parameter_count),
+        file_type=result.file_type,
+        capabilities=capabilities,
+        context_length=result.context_length,
+        embedding_length=result.embedding_length,
+    )
+    return package_model_dir(store, name, model_dir, config=config, **layers)
 
 
 def import_gguf_model(store: Store, name: ModelName, gguf_path: Path, **layers):
@@ -14,18 +30,7 @@ def import_gguf_model(store: Store, name: ModelName, gguf_path: Path, **layers):
 
     with tempfile.TemporaryDirectory(prefix="mlxollama-gguf-") as tmp:
         result = import_gguf(gguf_path, Path(tmp))
-        config = build_config_blob(
-            model_format="mlx",
-            model_family=result.architecture,
-            model_type=format_parameter_size(result.parameter_count),
-            file_type=result.file_type,
-            capabilities=None,
-            context_length=result.context_length,
-            embedding_length=result.embedding_length,
-        )
-        from .package import package_model_dir
-
-        return package_model_dir(store, name, Path(tmp), config=config, **layers)
+        return store_converted(store, name, Path(tmp), result, **layers)
 
 
 def import_hf_model(store: Store, name: ModelName, src_dir: Path, *, quantize: str | None = "4bit", **layers):
@@ -50,18 +55,7 @@ def import_hf_model(store: Store, name: ModelName, src_dir: Path, *, quantize: s
                 result = convert_hf_checkpoint(src_dir, out, quantize=quantize)
         else:
             result = convert_hf_checkpoint(src_dir, out, quantize=quantize)
-        config = build_config_blob(
-            model_format="mlx",
-            model_family=result.architecture,
-            model_type=format_parameter_size(result.parameter_count),
-            file_type=result.file_type,
-            capabilities=None,
-            context_length=result.context_length,
-            embedding_length=result.embedding_length,
-        )
-        from .package import package_model_dir
-
-        return package_model_dir(store, name, out, config=config, **layers)
+        return store_converted(store, name, out, result, **layers)
 
 
 def import_sentence_transformers(store: Store, name: ModelName, folder: Path, **layers):
@@ -69,15 +63,4 @@ def import_sentence_transformers(store: Store, name: ModelName, folder: Path, **
 
     with tempfile.TemporaryDirectory(prefix="mlxollama-st-") as tmp:
         result = convert_sentence_transformers(folder, Path(tmp))
-        config = build_config_blob(
-            model_format="mlx",
-            model_family=result.architecture,
-            model_type=format_parameter_size(result.parameter_count),
-            file_type=result.file_type,
-            capabilities=["embedding"],
-            context_length=result.context_length,
-            embedding_length=result.embedding_length,
-        )
-        from .package import package_model_dir
-
-        return package_model_dir(store, name, Path(tmp), config=config, **layers)
+        return store_converted(store, name, Path(tmp), result, capabilities=["embedding"], **layers)
