@@ -8,7 +8,6 @@ that header, as Ollama's parser does. Plain Python, no MLX.
 
 from __future__ import annotations
 
-import json
 import re
 
 from .tools import ToolParseError, _arguments, new_call_id
@@ -60,7 +59,7 @@ class HarmonyParser:
 
     LOOK, HEADER, BODY = range(3)
 
-    def __init__(self, tools: list[dict] | None = None):
+    def __init__(self):
         self.acc = ""
         self.state = self.HEADER
         self.header = "assistant"  # the prompt's implicit `<|start|>assistant`

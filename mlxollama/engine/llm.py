@@ -28,7 +28,7 @@ from .prompt import build_prompt_tokens
 from .reply import Piece, ReplyParser
 from .sampling import make_request_processors, make_request_sampler, token_bytes, token_logprobs
 from .stops import StopMatcher
-from .structured import FormatError, GrammarProcessor, ThinkGate, _LazyGrammarTokenizer
+from .structured import FormatError, GrammarProcessor, LazyGrammarTokenizer, ThinkGate
 from .thinking import ThinkingParser, infer_think_tags, prompt_opens_thinking
 from .tools import ToolCallParser, infer_tool_format
 
@@ -128,7 +128,7 @@ class LoadedLLM:
         self.think_tags = infer_think_tags(self.tokenizer, self.chat_template)
         self.tool_format = infer_tool_format(self.tokenizer, self.chat_template)
         self.fim_format = fim_format_for(self.tokenizer)
-        self._grammar_tokenizer = _LazyGrammarTokenizer()
+        self._grammar_tokenizer = LazyGrammarTokenizer()
         # Created on the engine thread, so generation and its synchronisation share one stream.
         self.stream = mx.default_stream(mx.default_device())
         self.batch: BatchGenerator | None = None
@@ -251,7 +251,7 @@ class LoadedLLM:
             if spec.grammar:
                 open_ids = self.tokenizer.encode("<|channel|>", add_special_tokens=False)[:1]
                 gate = ThinkGate(self._decode_token, FINAL_HEADER, open_ids, opened=False)
-            return ReplyParser(StopMatcher(opts.stop), harmony=HarmonyParser(spec.tools)), gate
+            return ReplyParser(StopMatcher(opts.stop), harmony=HarmonyParser()), gate
         tags = self.think_tags
         if tags is not None and spec.fim is None:
             tail = self.tokenizer.decode(prompt[-16:])

@@ -87,7 +87,7 @@ class GrammarTokenizer:
         self.n_vocab = n_vocab
 
 
-class _LazyGrammarTokenizer:
+class LazyGrammarTokenizer:
     def __init__(self):
         self._lock = threading.Lock()
         self._value: GrammarTokenizer | None = None

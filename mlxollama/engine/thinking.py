@@ -11,6 +11,7 @@ THINK_TAGS = [
     ("<longcat_think>", "</longcat_think>"),
     ("<|think:start|>", "<|think:end|>"),
     ("<|channel>thought", "<channel|>"),  # Gemma 4
+    ("[THINK]", "[/THINK]"),  # Magistral
     ("<|open|>think<|sep|>", "<|close|>think<|sep|>"),
 ]
 

@@ -18,8 +18,11 @@ PYTHON_TAG = "<|python_tag|>"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
-def new_call_id() -> str:
-    """Ollama's form: call_ plus 8 random [a-z0-9]."""
+def new_call_id(mistral: bool = False) -> str:
+    """Ollama's form: call_ plus 8 random [a-z0-9]. Mistral's templates reject any id in the
+    history that is not exactly 9 alphanumerics, so its calls get ids of that shape."""
+    if mistral:
+        return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(9))
     return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
@@ -174,7 +177,7 @@ class ToolCallParser:
     def _finish_calls(self, calls: list[dict]) -> list[dict]:
         out = []
         for c in calls:
-            out.append({"id": c.get("id") or new_call_id(),
+            out.append({"id": c.get("id") or new_call_id(self.fmt.source == "mistral"),
                         "function": {"index": self.count, "name": c["name"], "arguments": c["arguments"]}})
             self.count += 1
         return out
