@@ -158,7 +158,7 @@ async def generate(request):
             messages.extend(spec.messages)
         messages.append({"role": "user", "content": req.prompt})
         prompt = PromptSpec(messages=messages, context=req.context, truncate=req.truncate, return_context=True,
-                            think=think)
+                            think=think, go_template=own_template(spec))
     prompt.grammar = grammar
 
     def chunk(text, thinking="", calls=None):
@@ -199,7 +199,13 @@ def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, override
     if spec.system and req.messages[0].role != "system":
         messages.insert(0, {"role": "system", "content": spec.system})
     return PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate,
-                      think=effective_think(spec, req.think), grammar=grammar), opts
+                      think=effective_think(spec, req.think), grammar=grammar,
+                      go_template=own_template(spec)), opts
+
+
+def own_template(spec: ModelSpec) -> str | None:
+    """The model's TEMPLATE layer, when it has one of its own (not one we derived for FIM)."""
+    return None if spec.go_template_derived else spec.go_template
 
 
 def chat_message(text: str, thinking: str = "", calls: list | None = None) -> dict:

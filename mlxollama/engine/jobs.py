@@ -85,6 +85,9 @@ class PromptSpec:
     think: bool | str | None = None  # after Ollama's defaulting: None only for non-thinking models
     fim: tuple[str, str] | None = None  # (prefix, suffix): fill-in-the-middle from tokenizer tokens
     grammar: str | None = None  # llguidance grammar from `format`; constrains the answer
+    # The model's own Ollama TEMPLATE layer: rendered instead of the Jinja chat template, as
+    # Ollama prefers it (OLLAMA_GO_TEMPLATE defaults to true).
+    go_template: str | None = None
 
 
 class GenerationJob(Job):

@@ -23,7 +23,21 @@ def to_template_message(m: dict) -> dict:
     return out
 
 
-def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None, think=None) -> str:
+def render_go(template: str, messages: list[dict], tools: list[dict] | None, think) -> str:
+    from .gotemplate import TemplateError, render_messages
+
+    level = think if isinstance(think, str) else ""
+    try:
+        return render_messages(template, messages, None, tools=tools,
+                               think=None if think is None else bool(think), think_level=level)
+    except TemplateError as e:
+        raise EngineError(f"template error: {e}", 400) from e
+
+
+def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None, think=None,
+                go_template: str | None = None) -> str:
+    if go_template:
+        return render_go(go_template, messages, tools, think)
     msgs = [to_template_message(m) for m in messages]
     if not getattr(tokenizer, "has_chat_template", False):
         # Ollama's fallback template is {{ .Prompt }}: the text goes in as it is.
@@ -47,11 +61,11 @@ def encode(tokenizer, text: str, *, special: bool) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=special))
 
 
-def _truncate_messages(tokenizer, messages, tools, think, num_ctx) -> list[int]:
+def _truncate_messages(tokenizer, messages, tools, think, num_ctx, go_template=None) -> list[int]:
     """Drop the oldest non-system messages until the prompt fits; the last message always stays."""
     for k in range(len(messages)):
         kept = [m for m in messages[:k] if m.get("role") == "system"] + messages[k:]
-        tokens = encode(tokenizer, render_chat(tokenizer, kept, tools, think), special=False)
+        tokens = encode(tokenizer, render_chat(tokenizer, kept, tools, think, go_template), special=False)
         if len(tokens) < num_ctx or k == len(messages) - 1:
             return tokens
     return []
@@ -68,10 +82,10 @@ def build_prompt_tokens(tokenizer, spec: PromptSpec, num_ctx: int) -> list[int]:
         tokens = encode(tokenizer, spec.raw_prompt, special=not spec.context)
     else:
         messages = spec.messages or []
-        text = render_chat(tokenizer, messages, spec.tools, spec.think)
+        text = render_chat(tokenizer, messages, spec.tools, spec.think, spec.go_template)
         tokens = encode(tokenizer, text, special=False)
         if len(tokens) >= num_ctx and spec.truncate and len(messages) > 1:
-            tokens = _truncate_messages(tokenizer, messages, spec.tools, spec.think, num_ctx)
+            tokens = _truncate_messages(tokenizer, messages, spec.tools, spec.think, num_ctx, spec.go_template)
     if spec.context:
         tokens = list(spec.context) + tokens
     if len(tokens) >= num_ctx:
