@@ -41,6 +41,14 @@ def parse_host(value: str | None) -> tuple[str, str, int]:
     return scheme, host, port
 
 
+def total_memory() -> int:
+    """Physical memory in bytes (unified memory on Apple Silicon); 0 where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def parse_bool(value: str | None) -> bool:
     """Go ParseBool, with Ollama's twist: an unparseable non-empty value counts as true."""
     v = _clean(value)
@@ -76,6 +84,9 @@ class Config:
     max_loaded_models: int = 0
     reported_version: str = DEFAULT_REPORTED_VERSION
     noprune: bool = False
+    # Loaded models may use this much before idle ones are evicted; three quarters of the
+    # machine leaves room for the OS and for KV caches that grow during generation.
+    memory_budget: int = field(default_factory=lambda: int(0.75 * total_memory()) or (1 << 62))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -98,4 +109,5 @@ class Config:
             max_loaded_models=parse_uint(env.get("OLLAMA_MAX_LOADED_MODELS"), 0),
             reported_version=_clean(env.get("MLXOLLAMA_REPORTED_VERSION")) or DEFAULT_REPORTED_VERSION,
             noprune=parse_bool(env.get("OLLAMA_NOPRUNE")),
+            memory_budget=parse_uint(env.get("MLXOLLAMA_MEMORY_BUDGET"), 0) or int(0.75 * total_memory()) or (1 << 62),
         )

@@ -1,4 +1,4 @@
-"""Encoder throughput (sentences/s) in-process, no HTTP; optionally vs sentence-transformers.
+"""Encoder throughput (sentences/s) through /api/embed and in-process, next to sentence-transformers.
 
   .venv/bin/python scripts/bench_encoder.py [--model DIR] [--st-python /tmp/refvenv/bin/python]
                                             [--openblas auto|PATH]
@@ -86,6 +86,33 @@ def bench_st(model_dir: str, budget_s: float) -> dict[str, float]:
             for s in SIZES}
 
 
+def bench_api(model_dir: str, budget_s: float) -> dict[str, float]:
+    """The same requests through a live server's /api/embed, on the bundled model imported into
+    a throw-away store (model_dir is not used: the server serves what the store holds)."""
+    import tempfile
+
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from mlxollama.convert.bundled import BUNDLED, EMBED_MODEL, import_source
+    from mlxollama.store import Store
+    from tests.liveserver import LiveServer
+
+    texts = corpus(512)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        import_source(Store(models), next(b for b in BUNDLED if b.name == EMBED_MODEL))
+        server = LiveServer(models, Path(tmp) / "server.log")
+        try:
+            with httpx.Client(timeout=600) as c:
+                def call(batch):
+                    c.post(server.url + "/api/embed", json={"model": EMBED_MODEL, "input": batch}).raise_for_status()
+
+                return {str(s): _rate(call, texts, s, budget_s) for s in SIZES}
+        finally:
+            server.stop()
+
+
 def find_openblas() -> str | None:
     for pattern in ("/usr/lib/*/openblas-pthread/libopenblas.so.0", "/usr/lib/*/libopenblas.so.0",
                     "/usr/lib64/libopenblas*.so.0", "/opt/homebrew/opt/openblas/lib/libopenblas.dylib"):
@@ -112,12 +139,12 @@ def main() -> int:
     ap.add_argument("--st-python", help="interpreter with sentence-transformers (e.g. /tmp/refvenv/bin/python)")
     ap.add_argument("--openblas", help="'auto' or a libopenblas path: compare LD_PRELOAD vs none")
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per cell, roughly")
-    ap.add_argument("--child", choices=("mlx", "st"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("mlx", "st", "api"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     model = args.model or bundled_model()
 
     if args.child:
-        fn = bench_mlx if args.child == "mlx" else bench_st
+        fn = {"mlx": bench_mlx, "st": bench_st, "api": bench_api}[args.child]
         print(json.dumps(fn(model, args.budget)))
         return 0
 
@@ -125,16 +152,19 @@ def main() -> int:
     if args.openblas:
         lib = find_openblas() if args.openblas == "auto" else args.openblas
         base_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        cols["/api/embed"] = _child("api", model, args.budget, base_env)
         cols["mlx"] = _child("mlx", model, args.budget, base_env)
         if lib:
             env = dict(base_env, LD_PRELOAD=lib, OPENBLAS_NUM_THREADS="1")
+            cols["/api/embed+openblas"] = _child("api", model, args.budget, env)
             cols["mlx+openblas(1t)"] = _child("mlx", model, args.budget, env)
         else:
             print("no system OpenBLAS found (apt-get install libopenblas0-pthread); "
                   "skipping the preload column")
     else:
-        label = "mlx" + ("+LD_PRELOAD" if os.environ.get("LD_PRELOAD") else "")
-        cols[label] = bench_mlx(model, args.budget)
+        suffix = "+LD_PRELOAD" if os.environ.get("LD_PRELOAD") else ""
+        cols["/api/embed" + suffix] = bench_api(model, args.budget)
+        cols["mlx" + suffix] = bench_mlx(model, args.budget)
 
     if importlib.util.find_spec("sentence_transformers") is not None:
         cols["sentence-transformers"] = bench_st(model, args.budget)

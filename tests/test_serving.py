@@ -141,3 +141,24 @@ def test_queue_full_returns_503(small_queue_server):
             break
         time.sleep(0.2)
     assert r.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def tight_memory_server(models_dir, tmp_path_factory):
+    # A one-byte budget: any second model must push out the idle first one.
+    srv = LiveServer(models_dir, tmp_path_factory.mktemp("logs-mem") / "server.log",
+                     env={"MLXOLLAMA_MEMORY_BUDGET": "1"})
+    yield srv
+    srv.stop()
+
+
+def test_loading_over_the_memory_budget_evicts_the_idle_model(tight_memory_server):
+    url = tight_memory_server.url
+
+    def loaded():
+        return [m["name"] for m in httpx.get(url + "/api/ps", timeout=30).json()["models"]]
+
+    assert httpx.post(url + "/api/generate", json={"model": TINY}, timeout=60).json()["done_reason"] == "load"
+    assert loaded() == [TINY]
+    assert httpx.post(url + "/api/generate", json={"model": "tiny-sys"}, timeout=60).json()["done_reason"] == "load"
+    assert loaded() == ["tiny-sys:latest"]

@@ -42,7 +42,7 @@ class Scheduler:
                 await asyncio.shield(runner.stopped)
                 runner = None
             if runner is None:
-                await self._make_room()
+                await self._make_room(spec.size)
                 model_dir = await asyncio.to_thread(spec.materialize, self.run_dir)
                 runner = ModelRunner(spec, model_dir, self._keep_alive(keep_alive_ns), num_ctx, self.config.num_parallel)
                 self.runners[spec.digest_hex] = runner
@@ -102,11 +102,16 @@ class Scheduler:
         log.info("unloading %s", runner.spec.short_name)
         runner.stop()
 
-    async def _make_room(self) -> None:
-        while len(self.runners) >= self.max_loaded:
+    def _over_budget(self, incoming_bytes: int) -> bool:
+        used = sum(r.size or r.spec.size for r in self.runners.values())
+        return bool(self.runners) and used + incoming_bytes > self.config.memory_budget
+
+    async def _make_room(self, incoming_bytes: int) -> None:
+        """Evict idle models, least remaining keep-alive first, while the count limit or the
+        memory budget would be exceeded; when every loaded model is busy, wait for one."""
+        while len(self.runners) >= self.max_loaded or self._over_budget(incoming_bytes):
             idle = [r for r in self.runners.values() if r.active == 0]
             if not idle:
-                # Everything is busy: wait for one to finish rather than fail.
                 await asyncio.sleep(0.05)
                 continue
             victim = min(idle, key=lambda r: r.expires_at)
