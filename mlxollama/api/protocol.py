@@ -199,6 +199,27 @@ def check_format(value) -> None:
     raise APIError(500, f'invalid format: {json.dumps(json.dumps(value))}; expected "json" or a valid JSON Schema object')
 
 
+def _generation_fields(f: Fields, body: dict) -> dict:
+    """The fields /api/generate and /api/chat share."""
+    return dict(
+        stream=f.bool("stream", True),
+        format=body.get("format"),
+        options=f.obj("options"),
+        keep_alive=f.keep_alive(),
+        keep_alive_given=body.get("keep_alive") is not None,
+        think=f.think(),
+        logprobs=f.bool("logprobs"),
+        top_logprobs=f.int("top_logprobs"),
+        truncate=f.bool("truncate", True),
+    )
+
+
+def _checked(req):
+    if not 0 <= req.top_logprobs <= 20:
+        raise APIError(400, "top_logprobs must be between 0 and 20")
+    return req
+
+
 @dataclass
 class GenerateRequest:
     model: str
@@ -225,28 +246,17 @@ class GenerateRequest:
         context = f.list("context", "[]int")
         if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
             raise APIError(400, "json: cannot unmarshal value into Go struct field GenerateRequest.context of type int")
-        req = cls(
+        return _checked(cls(
             model=f.model(),
             prompt=f.str("prompt"),
             suffix=f.str("suffix"),
             system=f.str("system"),
             template=f.str("template"),
             context=context,
-            stream=f.bool("stream", True),
             raw=f.bool("raw"),
-            format=body.get("format"),
             images=f.images(),
-            options=f.obj("options"),
-            keep_alive=f.keep_alive(),
-            keep_alive_given=body.get("keep_alive") is not None,
-            think=f.think(),
-            logprobs=f.bool("logprobs"),
-            top_logprobs=f.int("top_logprobs"),
-            truncate=f.bool("truncate", True),
-        )
-        if not 0 <= req.top_logprobs <= 20:
-            raise APIError(400, "top_logprobs must be between 0 and 20")
-        return req
+            **_generation_fields(f, body),
+        ))
 
 
 @dataclass
@@ -267,20 +277,9 @@ class ChatRequest:
     @classmethod
     def parse(cls, body: dict) -> "ChatRequest":
         f = Fields(body, "ChatRequest")
-        req = cls(
+        return _checked(cls(
             model=f.model(),
             messages=parse_messages(f),
             tools=f.list("tools", "api.Tools"),
-            stream=f.bool("stream", True),
-            format=body.get("format"),
-            options=f.obj("options"),
-            keep_alive=f.keep_alive(),
-            keep_alive_given=body.get("keep_alive") is not None,
-            think=f.think(),
-            logprobs=f.bool("logprobs"),
-            top_logprobs=f.int("top_logprobs"),
-            truncate=f.bool("truncate", True),
-        )
-        if not 0 <= req.top_logprobs <= 20:
-            raise APIError(400, "top_logprobs must be between 0 and 20")
-        return req
+            **_generation_fields(f, body),
+        ))
