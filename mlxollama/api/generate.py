@@ -10,12 +10,12 @@ from sanic import Blueprint
 from ..engine.catalog import ModelSpec
 from ..engine.gotemplate import TemplateError
 from ..engine.gotemplate import render as render_go_template
-from ..engine.jobs import DoneEvent, EngineError, ErrorEvent, PromptSpec, TextEvent
+from ..engine.jobs import DoneEvent, ErrorEvent, PromptSpec, TextEvent
 from ..engine.structured import FormatError, format_grammar
 from ..timefmt import rfc3339_utc
 from .errors import APIError, dumps, error_response, json_body
 from .protocol import ChatRequest, GenerateRequest, check_format, parse_body
-from .service import Generation, check_capabilities, resolve_options, start_generation
+from .service import Generation, acquire_runner, check_capabilities, resolve_options, start_generation
 from .state import ServerState, state_of
 
 bp = Blueprint("generate")
@@ -97,10 +97,7 @@ async def _load_or_unload(state: ServerState, spec: ModelSpec, req, shape) -> di
     if req.keep_alive_given and req.keep_alive == 0:
         await state.scheduler.unload(spec)
         return shape("unload")
-    try:
-        runner = await state.scheduler.acquire(spec, req.keep_alive, state.config.context_length)
-    except EngineError as e:
-        raise APIError(e.status, e.message) from e
+    runner, _ = await acquire_runner(state, spec, req.keep_alive, state.config.context_length)
     state.scheduler.release(runner)
     return shape("load")
 
