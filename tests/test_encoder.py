@@ -181,6 +181,10 @@ def test_unsupported_model_type(tmp_path):
         convert_sentence_transformers(src, tmp_path / "out")
     with pytest.raises(UnsupportedEncoder, match="gpt_neox"):
         EncoderModel.load(src)
+    (tmp_path / "u").mkdir()
+    unknown = _fake_folder(tmp_path / "u", "no_such_arch")
+    with pytest.raises(UnsupportedEncoder, match="no_such_arch"):
+        convert_sentence_transformers(unknown, tmp_path / "out2")
 
 
 def test_bad_folders(tmp_path):

@@ -11,6 +11,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..engine.encoder import (
+    SUPPORTED_MODEL_TYPES,
     BertEncoder,
     UnsupportedEncoder,
     check_weights,
@@ -63,6 +64,10 @@ def convert_sentence_transformers(src_dir: Path, out_dir: Path) -> EncoderImport
         hint = " (only PyTorch .bin weights; convert them to safetensors first)" if any(
             src_dir.glob("*.bin")) else ""
         raise EncoderImportError(f"{src_dir}: no *.safetensors weights{hint}")
+
+    model_type = _model_type(src_dir)
+    if is_decoder_embedder(model_type):
+        return _convert_decoder(src_dir, out_dir)
 
     # UnsupportedEncoder (naming the architecture) passes through untouched.
     try:
@@ -137,6 +142,63 @@ def convert_sentence_transformers(src_dir: Path, out_dir: Path) -> EncoderImport
         file_type=file_type,
         files=files,
         max_length=max_length,
+        pooling=pooling.mode,
+        normalize=pooling.normalize,
+        model_info=model_info,
+    )
+
+
+def _model_type(src_dir: Path) -> str:
+    try:
+        return str(json.loads((src_dir / "config.json").read_text()).get("model_type", ""))
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise EncoderImportError(f"{src_dir}: malformed config.json ({e!r})") from e
+
+
+def is_decoder_embedder(model_type: str) -> bool:
+    """A decoder architecture mlx-lm runs (Qwen3-Embedding style): pooled over its hidden states."""
+    if not model_type or model_type in SUPPORTED_MODEL_TYPES:
+        return False
+    from mlx_lm.utils import _get_classes
+
+    try:
+        _get_classes({"model_type": model_type})
+    except ValueError:
+        return False
+    return True
+
+
+def _convert_decoder(src_dir: Path, out_dir: Path) -> EncoderImport:
+    """Weights through mlx-lm's converter (unquantized: embeddings are sensitive to it), plus the
+    folder's pooling, so the same EmbeddingModel interface serves it."""
+    from .hf import UnsupportedCheckpoint, convert_hf_checkpoint
+
+    pooling = read_pooling(src_dir)
+    try:
+        result = convert_hf_checkpoint(src_dir, out_dir, quantize=None)
+    except UnsupportedCheckpoint as e:
+        raise UnsupportedEncoder(f"{_model_type(src_dir)!r} embedding model: {e}") from e
+    files = list(result.files)
+    for rel in _pooling_config_paths(src_dir):
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src_dir / rel, out_dir / rel)
+        files.append(rel)
+    (out_dir / "pooling.json").write_text(json.dumps({"mode": pooling.mode, "normalize": pooling.normalize}) + "\n")
+    files.append("pooling.json")
+    info_path = out_dir / "model_info.json"
+    model_info = json.loads(info_path.read_text())
+    arch = result.architecture
+    model_info[f"{arch}.pooling_type"] = pooling.ollama_pooling_type
+    model_info[f"{arch}.normalize_embeddings"] = pooling.normalize
+    info_path.write_text(json.dumps(model_info, indent=2) + "\n")
+    return EncoderImport(
+        architecture=arch,
+        parameter_count=result.parameter_count,
+        context_length=result.context_length,
+        embedding_length=result.embedding_length,
+        file_type=result.file_type,
+        files=files,
+        max_length=result.context_length,
         pooling=pooling.mode,
         normalize=pooling.normalize,
         model_info=model_info,
