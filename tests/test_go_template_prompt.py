@@ -44,5 +44,10 @@ def test_legacy_template_renders_generate(http):
     assert gen["prompt_eval_count"] == raw["prompt_eval_count"]
 
 
-def test_show_returns_the_go_template(http):
-    assert http.post("/api/show", json={"model": "tiny-gotmpl"}).json()["template"] == TEMPLATE
+def test_show_returns_the_go_template_and_parent(http):
+    show = http.post("/api/show", json={"model": "tiny-gotmpl"}).json()
+    assert show["template"] == TEMPLATE
+    assert show["details"]["parent_model"] == "tiny:latest"
+    # listings keep parent_model empty, as Ollama's do
+    tags = {m["name"]: m for m in http.get("/api/tags").json()["models"]}
+    assert tags["tiny-gotmpl:latest"]["details"]["parent_model"] == ""

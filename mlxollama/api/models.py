@@ -129,7 +129,7 @@ async def show(request):
         out["template"] = template
     if system:
         out["system"] = system
-    out["details"] = spec.details()
+    out["details"] = spec.details(parent=spec.parent_model)
     if spec.messages:
         out["messages"] = spec.messages
     info = dict(spec.model_info)

@@ -58,6 +58,11 @@ class ModelSpec:
     def embedding_length(self) -> int:
         return int(self.config.get("embedding_length") or self.model_info.get(f"{self.family}.embedding_length") or 0)
 
+    @property
+    def parent_model(self) -> str:
+        """The model this one was created from (the `from` its layers carry), as /api/show reports it."""
+        return next((l.from_ for l in self.stored.manifest.layers if l.from_), "")
+
     def details(self, parent: str = "") -> dict:
         families = self.config.get("model_families") or ([self.family] if self.family else None)
         return {
