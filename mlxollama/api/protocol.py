@@ -199,9 +199,25 @@ def check_format(value) -> None:
     raise APIError(500, f'invalid format: {json.dumps(json.dumps(value))}; expected "json" or a valid JSON Schema object')
 
 
-def _generation_fields(f: Fields, body: dict) -> dict:
+@dataclass(kw_only=True)
+class _GenerationRequest:
     """The fields /api/generate and /api/chat share."""
+
+    model: str
+    stream: bool = True
+    format: Any = None
+    options: dict | None = None
+    keep_alive: int | None = None
+    keep_alive_given: bool = False
+    think: bool | str | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool = True
+
+
+def _generation_fields(f: Fields, body: dict) -> dict:
     return dict(
+        model=f.model(),
         stream=f.bool("stream", True),
         format=body.get("format"),
         options=f.obj("options"),
@@ -220,25 +236,15 @@ def _checked(req):
     return req
 
 
-@dataclass
-class GenerateRequest:
-    model: str
+@dataclass(kw_only=True)
+class GenerateRequest(_GenerationRequest):
     prompt: str = ""
     suffix: str = ""
     system: str = ""
     template: str = ""
     context: list[int] | None = None
-    stream: bool = True
     raw: bool = False
-    format: Any = None
     images: list[bytes] = field(default_factory=list)
-    options: dict | None = None
-    keep_alive: int | None = None
-    keep_alive_given: bool = False
-    think: bool | str | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    truncate: bool = True
 
     @classmethod
     def parse(cls, body: dict) -> "GenerateRequest":
@@ -247,7 +253,6 @@ class GenerateRequest:
         if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
             raise APIError(400, "json: cannot unmarshal value into Go struct field GenerateRequest.context of type int")
         return _checked(cls(
-            model=f.model(),
             prompt=f.str("prompt"),
             suffix=f.str("suffix"),
             system=f.str("system"),
@@ -259,26 +264,15 @@ class GenerateRequest:
         ))
 
 
-@dataclass
-class ChatRequest:
-    model: str
+@dataclass(kw_only=True)
+class ChatRequest(_GenerationRequest):
     messages: list[Message] = field(default_factory=list)
     tools: list[dict] | None = None
-    stream: bool = True
-    format: Any = None
-    options: dict | None = None
-    keep_alive: int | None = None
-    keep_alive_given: bool = False
-    think: bool | str | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    truncate: bool = True
 
     @classmethod
     def parse(cls, body: dict) -> "ChatRequest":
         f = Fields(body, "ChatRequest")
         return _checked(cls(
-            model=f.model(),
             messages=parse_messages(f),
             tools=f.list("tools", "api.Tools"),
             **_generation_fields(f, body),
