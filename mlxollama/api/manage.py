@@ -124,17 +124,25 @@ async def pull_model(state: ServerState, name: ModelName, insecure: bool, job: J
         await registry.pull_registry(store, name, insecure=insecure, emit=job.emit, noprune=noprune)
 
 
-@bp.post("/api/pull")
-async def pull(request):
-    state = state_of(request)
-    f = Fields(parse_body(request.body), "PullRequest")
+def _registry_request(request, struct: str, *, required: bool = False) -> tuple[ModelName, bool, bool]:
+    """(name, insecure, stream) of a pull or push; push answers an empty name with `model is required`,
+    pull with `invalid model name`, as Ollama does."""
+    f = Fields(parse_body(request.body), struct)
     text = f.model()
+    if required and not text:
+        raise APIError(400, "model is required")
     insecure = bool(f.bool("insecure"))
     stream = f.bool("stream", True) is not False
     try:
-        name = ModelName.parse(text)
+        return ModelName.parse(text), insecure, stream
     except InvalidName:
         raise APIError(400, "invalid model name") from None
+
+
+@bp.post("/api/pull")
+async def pull(request):
+    state = state_of(request)
+    name, insecure, stream = _registry_request(request, "PullRequest")
 
     async def work(job: Job) -> None:
         await pull_model(state, name, insecure, job)
@@ -147,16 +155,7 @@ async def push(request):
     from ..convert.registry import push_registry
 
     state = state_of(request)
-    f = Fields(parse_body(request.body), "PushRequest")
-    text = f.model()
-    if not text:
-        raise APIError(400, "model is required")
-    insecure = bool(f.bool("insecure"))
-    stream = f.bool("stream", True) is not False
-    try:
-        name = ModelName.parse(text)
-    except InvalidName:
-        raise APIError(400, "invalid model name") from None
+    name, insecure, stream = _registry_request(request, "PushRequest", required=True)
 
     async def work(job: Job) -> None:
         await push_registry(state.store, name, insecure=insecure, emit=job.emit)
