@@ -60,18 +60,12 @@ async def _run(request, gen: Generation, chunk, final, stream: bool, want_logpro
         if isinstance(event, ErrorEvent):
             return error_response(event.status, event.message)
         if not stream:
-            pieces, thinking, calls, logprobs = [], [], [], []
-            while isinstance(event, TextEvent):
-                pieces.append(event.text)
-                thinking.append(event.thinking)
-                calls.extend(event.tool_calls or [])
-                logprobs.extend(event.logprobs or [])
-                event = await gen.next_event()
-            if isinstance(event, ErrorEvent):
-                return error_response(event.status, event.message)
-            out = final(event, gen.metrics().ollama_fields(), "".join(pieces), "".join(thinking), calls)
+            whole = await gen.collect(event)
+            if isinstance(whole.end, ErrorEvent):
+                return error_response(whole.end.status, whole.end.message)
+            out = final(whole.end, gen.metrics().ollama_fields(), whole.text, whole.thinking, whole.tool_calls)
             if want_logprobs:
-                out["logprobs"] = logprobs
+                out["logprobs"] = whole.logprobs
             return json_body(out)
         response = await request.respond(content_type="application/x-ndjson")
         while True:

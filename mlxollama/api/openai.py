@@ -394,18 +394,13 @@ class ChatWriter:
         await response.eof()
 
     async def collect(self, gen: Generation, event):
-        text, thinking, calls, logprobs = [], [], [], []
-        while isinstance(event, TextEvent):
-            text.append(event.text)
-            thinking.append(event.thinking)
-            calls.extend(event.tool_calls or [])
-            logprobs.extend(event.logprobs or [])
-            event = await gen.next_event()
+        whole = await gen.collect(event)
+        event, calls, logprobs = whole.end, whole.tool_calls, whole.logprobs
         if isinstance(event, ErrorEvent):
             return openai_error(event.status, event.message)
-        message: dict = {"role": "assistant", "content": "".join(text)}
-        if any(thinking):
-            message["reasoning"] = "".join(thinking)
+        message: dict = {"role": "assistant", "content": whole.text}
+        if whole.thinking:
+            message["reasoning"] = whole.thinking
         if calls:
             message["tool_calls"] = self.calls.convert(calls)
         reason = event.done_reason or None

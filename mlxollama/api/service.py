@@ -54,6 +54,17 @@ class Metrics:
         return {"done_reason": self.done_reason, **out}
 
 
+@dataclass
+class Collected:
+    """A whole answer gathered for a non-streamed reply; `end` is the DoneEvent or ErrorEvent."""
+
+    text: str
+    thinking: str
+    tool_calls: list
+    logprobs: list
+    end: DoneEvent | ErrorEvent
+
+
 class Generation:
     """A running generation: iterate its events, always close() it."""
 
@@ -71,6 +82,17 @@ class Generation:
         if isinstance(event, DoneEvent):
             self.done = event
         return event
+
+    async def collect(self, event) -> Collected:
+        """Gather the rest of the answer, starting from an already received event."""
+        text, thinking, calls, logprobs = [], [], [], []
+        while isinstance(event, TextEvent):
+            text.append(event.text)
+            thinking.append(event.thinking)
+            calls.extend(event.tool_calls or [])
+            logprobs.extend(event.logprobs or [])
+            event = await self.next_event()
+        return Collected("".join(text), "".join(thinking), calls, logprobs, event)
 
     def metrics(self) -> Metrics:
         d = self.done
