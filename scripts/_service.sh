@@ -67,7 +67,7 @@ write_file() {
 
 server_url() {
   (cd "$ROOT" && OLLAMA_HOST="${OLLAMA_HOST:-}" "$(helper_python)" -c \
-    'from mlxollama.cli_client import server_url; print(server_url())')
+    'from mlxollama.cli.client import server_url; print(server_url())')
 }
 
 # Poll GET / until the server answers 200 (proxies bypassed: this is a local check).

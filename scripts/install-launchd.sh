@@ -33,7 +33,7 @@ render() {  # render darwin|linux TEMPLATE
     MLXOLLAMA_SVC_LABEL="$LABEL" MLXOLLAMA_SVC_PYTHON="$VENV_PY" MLXOLLAMA_SVC_ROOT="$ROOT" \
     MLXOLLAMA_SVC_OLLAMA_HOST="$HOST_VAL" MLXOLLAMA_SVC_MODELS="$MODELS_VAL" \
     MLXOLLAMA_SVC_KEEP_ALIVE="$KEEP_VAL" MLXOLLAMA_SVC_PATH="$PATH_VAL" MLXOLLAMA_SVC_LOG_DIR="$LOG_DIR" \
-    "$(helper_python)" -m mlxollama.cli_service render "$1" "$2")
+    "$(helper_python)" -m mlxollama.cli.service render "$1" "$2")
 }
 
 # 1. the virtual environment the service runs from

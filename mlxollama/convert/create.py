@@ -534,7 +534,7 @@ def looks_like_path(value: str) -> bool:
 
 
 def check_template(template: str) -> None:
-    from ..engine.gotemplate import TemplateError, parse
+    from ..template.gotemplate import TemplateError, parse
 
     try:
         parse(template)

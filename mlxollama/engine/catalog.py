@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..store import ModelName, Store, media
 from .fim import FimFormat, fim_format_in_text
-from .harmony import is_harmony_template
-from .thinking import template_supports_thinking
+from ..parsers.harmony import is_harmony_template
+from ..parsers.thinking import template_supports_thinking
 
 
 class ModelNotFoundError(LookupError):

@@ -22,15 +22,15 @@ from mlx_lm.utils import load as mlx_lm_load
 
 from ..options import Options
 from .fim import fim_format_for, fim_stop_ids
-from .harmony import FINAL_HEADER, HarmonyParser, is_harmony_template
+from ..parsers.harmony import FINAL_HEADER, HarmonyParser, is_harmony_template
 from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
 from .prompt import build_prompt_tokens
-from .reply import Piece, ReplyParser
+from ..parsers.reply import Piece, ReplyParser
 from .sampling import make_request_processors, make_request_sampler, token_bytes, token_logprobs
-from .stops import StopMatcher
+from ..parsers.stops import StopMatcher
 from .structured import FormatError, GrammarProcessor, LazyGrammarTokenizer, ThinkGate
-from .thinking import ThinkingParser, infer_think_tags, prompt_opens_thinking
-from .tools import ToolCallParser, infer_tool_format
+from ..parsers.thinking import ThinkingParser, infer_think_tags, prompt_opens_thinking
+from ..parsers.tools import ToolCallParser, infer_tool_format
 
 log = logging.getLogger("mlxollama.engine")
 

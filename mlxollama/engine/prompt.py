@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .fim import fim_format_for, fim_tokens
 from .jobs import EngineError, PromptSpec
-from .thinking import template_kwargs_for
+from ..parsers.thinking import template_kwargs_for
 
 
 def to_template_message(m: dict) -> dict:
@@ -24,7 +24,7 @@ def to_template_message(m: dict) -> dict:
 
 
 def render_go(template: str, messages: list[dict], tools: list[dict] | None, think) -> str:
-    from .gotemplate import TemplateError, render_messages
+    from ..template.ollama import TemplateError, render_messages
 
     level = think if isinstance(think, str) else ""
     try:

@@ -14,7 +14,7 @@ from mlxollama.api.anthropic import MessageWriter
 from mlxollama.api.service import Metrics
 from mlxollama.engine.jobs import DoneEvent, TextEvent
 
-from .scriptedmodel import (REPLY, THINKING, THOUGHTFUL_ANSWER, TOOL_ANSWER, WEATHER_ARGS, WEATHER_TOOL,
+from ..support.scriptedmodel import (REPLY, THINKING, THOUGHTFUL_ANSWER, TOOL_ANSWER, WEATHER_ARGS, WEATHER_TOOL,
                             ensure_scripted_models, native_gap)
 
 TINY = "tiny:latest"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mlxollama.store import ModelName, Store
 
-from .conftest import package_tiny
+from .store import package_tiny
 from .tinymodels import build_tokenizer
 
 EOS = "<|im_end|>"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import ollama
 
-from . import cli_client
-from .cli_client import CLIError
-from .cli_format import Progress, char_width, summary_lines, text_width
-from .cli_modelfile import ModelfileError, typed_parameter
+from . import client
+from .client import CLIError
+from .format import char_width, summary_lines, text_width
+from .progress import Progress
+from .modelfile import ModelfileError, typed_parameter
 
 GREY, BOLD, RESET = "\033[90m", "\033[1m", "\033[0m"
 
@@ -236,12 +237,12 @@ def chat(c: ollama.Client, opts: RunOptions) -> dict | None:
 
 def show_or_pull(c: ollama.Client, model: str, insecure: bool = False) -> dict:
     try:
-        return cli_client.raw_show(c, model)
+        return client.raw_show(c, model)
     except ollama.ResponseError as e:
         if e.status_code != 404:
             raise
         missing = e
-    from .cli import pull_with_progress  # the pull UI lives with the pull command
+    from .progress import pull_with_progress
 
     try:
         pull_with_progress(c, model, insecure)
@@ -249,7 +250,7 @@ def show_or_pull(c: ollama.Client, model: str, insecure: bool = False) -> dict:
         if e.status_code in (404, 405) and str(e.error).endswith(("page not found", "method not allowed")):
             raise missing from None  # a server without /api/pull: "model not found" says it best
         raise
-    return cli_client.raw_show(c, model)
+    return client.raw_show(c, model)
 
 
 def load_model(c: ollama.Client, opts: RunOptions) -> None:
@@ -378,7 +379,7 @@ class LineReader:
 
 
 def _show_info_text(resp: dict) -> str:
-    from .cli import render_show_info
+    from .show import render_show_info
 
     return render_show_info(resp, verbose=False)
 
@@ -432,7 +433,7 @@ def _interactive(c: ollama.Client, opts: RunOptions, reader: LineReader) -> int:
                 multiline = "prompt"
                 reader.alt = True
         elif line.startswith("/list"):
-            from .cli import print_list
+            from .show import print_list
 
             print_list(c, line.split()[1:2])
             continue
@@ -586,7 +587,7 @@ def _show(c: ollama.Client, opts: RunOptions, what: str) -> None:
     extra = {"system": opts.system} if opts.system else {}
     if opts.options:
         extra["options"] = opts.options
-    resp = cli_client.raw_show(c, opts.model, **extra)
+    resp = client.raw_show(c, opts.model, **extra)
     if what == "info":
         sys.stderr.write(_show_info_text(resp))
     elif what == "license":
@@ -626,7 +627,7 @@ def _go_value(v) -> str:
 def _load(c: ollama.Client, opts: RunOptions, model: str) -> None:
     print(f"Loading model '{model}'")
     try:
-        info = cli_client.raw_show(c, model)
+        info = client.raw_show(c, model)
     except ollama.ResponseError as e:
         if e.status_code == 404 or "not found" in str(e.error):
             print(f"Couldn't find model '{model}'")

@@ -14,7 +14,7 @@ from mlx_lm.utils import load
 from mlxollama.convert.importers import import_sentence_transformers
 from mlxollama.store import ModelName, Store
 
-from .tinyhf import build_hf_checkpoint
+from ..support.tinyhf import build_hf_checkpoint
 
 NAME = "tiny-qwen3-embed:latest"
 TEXTS = ["what is the capital of France?", "def add(a, b): return a + b", "Grüße aus Köln 🙂"]

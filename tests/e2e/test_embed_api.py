@@ -13,7 +13,7 @@ import numpy as np
 import ollama
 import pytest
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "embed_reference.json").read_text())
+FIXTURE = json.loads((Path(__file__).parents[1] / "support" / "fixtures" / "embed_reference.json").read_text())
 
 
 @pytest.fixture(scope="module")

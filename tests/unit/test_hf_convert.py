@@ -28,8 +28,8 @@ from mlxollama.convert.hf import (
 from mlxollama.convert.importers import import_hf_model
 from mlxollama.store import ModelName, Store
 
-from . import tinyhf as th
-from .tinymodels import CHATML_TEMPLATE
+from ..support import tinyhf as th
+from ..support.tinymodels import CHATML_TEMPLATE
 
 ARCHS = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral", "phi3"]
 QUANTS = {None: None, "4bit": (4, 64, "affine"), "8bit": (8, 64, "affine"), "mxfp4": (4, 32, "mxfp4")}

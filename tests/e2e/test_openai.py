@@ -20,8 +20,8 @@ from mlxollama.api.openai import ChatWriter
 from mlxollama.api.service import Metrics
 from mlxollama.engine.jobs import DoneEvent, ErrorEvent, TextEvent
 
-from .liveserver import LiveServer
-from .scriptedmodel import (FIM_MIDDLE, JSON_ANSWER, REPLY, THINKING, THOUGHTFUL_ANSWER, TOOL_ANSWER, WEATHER_ARGS, WEATHER_TOOL,
+from ..support.liveserver import LiveServer
+from ..support.scriptedmodel import (FIM_MIDDLE, JSON_ANSWER, REPLY, THINKING, THOUGHTFUL_ANSWER, TOOL_ANSWER, WEATHER_ARGS, WEATHER_TOOL,
                             ensure_scripted_models, native_gap)
 
 TINY = "tiny:latest"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .convert.modelfile import Command, ModelfileError, format_parameter, parse
+from ..convert.modelfile import Command, ModelfileError, format_parameter, parse
 
 __all__ = ["Command", "ModelfileError", "parse", "typed_parameter", "to_create_request"]
 

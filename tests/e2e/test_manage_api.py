@@ -13,8 +13,8 @@ import pytest
 
 from mlxollama.store import Store, media
 
-from .liveserver import LiveServer
-from .tinygguf import build_lora_adapter, build_tiny_files
+from ..support.liveserver import LiveServer
+from ..support.tinygguf import build_lora_adapter, build_tiny_files
 
 HEX64 = re.compile(r"^sha256:[0-9a-f]{64}$")
 ZERO_DIGEST = "sha256:" + "0" * 64

@@ -3,7 +3,7 @@
 Only the standard library is imported at module level, so the install script can render a
 template with any Python 3 even before the virtual environment exists (for --dry-run).
 
-    python -m mlxollama.cli_service render darwin|linux TEMPLATE   (values from MLXOLLAMA_SVC_* variables)
+    python -m mlxollama.cli.service render darwin|linux TEMPLATE   (values from MLXOLLAMA_SVC_* variables)
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ def _main_render(argv: list[str]) -> int:
 
 
 def _checkout_root() -> Path | None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "scripts" / "install-launchd.sh").is_file() else None
 
 
 def _answers(timeout: float = 2.0) -> str | None:
-    from .cli_client import server_url
+    from .client import server_url
 
     import httpx
 

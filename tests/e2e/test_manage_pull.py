@@ -18,12 +18,12 @@ from gguf import GGMLQuantizationType as QT
 
 from mlxollama.store import Store, media
 
-from .fakehub import FakeHub
-from .fakeregistry import FakeRegistry
-from .ggufwriter import write_gguf
-from .liveserver import LiveServer
-from .tinygguf import OLLAMA_CONFIG, TEMPLATE, PARAMS, LICENSE, MODEL, snapshot_tree, write_ollama_store
-from .tinyhf import build_hf_checkpoint
+from ..support.fakehub import FakeHub
+from ..support.fakeregistry import FakeRegistry
+from ..support.ggufwriter import write_gguf
+from ..support.liveserver import LiveServer
+from ..support.tinygguf import OLLAMA_CONFIG, TEMPLATE, PARAMS, LICENSE, MODEL, snapshot_tree, write_ollama_store
+from ..support.tinyhf import build_hf_checkpoint
 
 GO_TEMPLATE = "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
 

@@ -1,11 +1,12 @@
-"""Ollama Go templates (mlxollama.engine.gotemplate): Go text/template semantics for what real
+"""Ollama Go templates (mlxollama.template.gotemplate): Go text/template semantics for what real
 Modelfile TEMPLATEs use, and Ollama's two execution styles (messages / legacy per-turn)."""
 
 from __future__ import annotations
 
 import pytest
 
-from mlxollama.engine.gotemplate import TemplateError, parse, render, render_messages, template_vars
+from mlxollama.template.gotemplate import TemplateError, parse, template_vars
+from mlxollama.template.ollama import render, render_messages
 
 CHATML_LEGACY = (
     "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"

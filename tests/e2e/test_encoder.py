@@ -25,7 +25,7 @@ from mlxollama.engine.encoder import (
     UnsupportedEncoder,
 )
 
-FIXTURE = Path(__file__).parent / "fixtures" / "embed_reference.json"
+FIXTURE = Path(__file__).parents[1] / "support" / "fixtures" / "embed_reference.json"
 
 
 def _bundled_model() -> Path | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .config import parse_host
+from ..config import parse_host
 
 # httpx and ollama are imported inside the functions: server_url() must work with a bare Python,
 # because the service scripts call it before (or without) the virtual environment.

@@ -15,23 +15,25 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
+from .progress import ProgressUI, progress_stream, pull_with_progress
+from .show import digest_id, print_list, processor_column, render_show_info
 
 
 # --- server-side commands -------------------------------------------------------------------
 
 
 def _cmd_serve(args) -> int:
-    from .server import serve
+    from ..server import serve
 
     serve()
     return 0
 
 
 def _cmd_import_defaults(args) -> int:
-    from .config import Config
-    from .convert.bundled import ensure_bundled
-    from .store import Store
+    from ..config import Config
+    from ..convert.bundled import ensure_bundled
+    from ..store import Store
 
     config = Config.from_env()
     config.models_dir.mkdir(parents=True, exist_ok=True)
@@ -43,241 +45,12 @@ def _cmd_import_defaults(args) -> int:
 
 
 def _client():
-    from .cli_client import client
+    from .client import client
 
     return client()
 
 
-def _digest_id(digest: str | None) -> str:
-    d = (digest or "").removeprefix("sha256:")
-    return d[:12]
-
-
-def print_list(c, filters: list[str] | None = None) -> None:
-    from .cli_format import human_bytes, human_time, table
-
-    rows = []
-    for m in c.list().models:
-        name = m.model or ""
-        if filters and not name.lower().startswith(filters[0].lower()):
-            continue
-        rows.append([name, _digest_id(m.digest), human_bytes(m.size or 0), human_time(m.modified_at, "Never")])
-    sys.stdout.write(table(rows, header=["NAME", "ID", "SIZE", "MODIFIED"]))
-
-
-def _processor(size: int, vram: int) -> str:
-    if vram == 0:
-        return "100% CPU"
-    if vram == size:
-        return "100% GPU"
-    if vram > size or size == 0:
-        return "Unknown"
-    cpu = round((size - vram) / size * 100)
-    return f"{cpu}%/{100 - cpu}% CPU/GPU"
-
-
-def _go_number(v) -> str:
-    """A JSON number as Go prints a float64 with %g (shortest digits, exponent from 1e6 on)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    d = Decimal(repr(float(v))).normalize()
-    sign, digits, exp = d.as_tuple()
-    if not isinstance(exp, int):  # nan/inf
-        return str(v)
-    ds = "".join(map(str, digits)) or "0"
-    e10 = len(ds) + exp - 1
-    neg = "-" if sign else ""
-    if e10 < -4 or e10 >= 6:
-        mant = ds[0] + ("." + ds[1:] if len(ds) > 1 else "")
-        return f"{neg}{mant}e{'-' if e10 < 0 else '+'}{abs(e10):02d}"
-    return neg + format(abs(d), "f")
-
-
-def _go_any(v) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (int, float)):
-        return _go_number(v)
-    if v is None:
-        return "<nil>"
-    if isinstance(v, list):
-        return "[" + " ".join(_go_any(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "map[" + " ".join(f"{k}:{_go_any(x)}" for k, x in sorted(v.items())) + "]"
-    return str(v)
-
-
-def _metadata_value(v) -> str:
-    if isinstance(v, list):
-        from .cli_format import text_width
-
-        # as many items as fit in about ten columns, then a count of the rest
-        shown, width = 0, 1
-        for i, item in enumerate(v):
-            w = text_width(_go_any(item)) + (2 if i else 0)
-            if width + w > 10 and i > 0:
-                break
-            width += w
-            shown += 1
-        if shown < len(v):
-            return "[" + " ".join(_go_any(x) for x in v[:shown]) + f" ...+{len(v) - shown} more]"
-        return _go_any(v)
-    if isinstance(v, (bool, int, float)):
-        return _go_number(v)
-    if isinstance(v, str):
-        return v
-    return type(v).__name__
-
-
-def _head(text: str, n: int) -> list[list[str]]:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    rows = [["", ln] for ln in lines[:n]]
-    if len(lines) > n:
-        rows.append(["", "..."])
-    return rows
-
-
-def render_show_info(resp: dict, verbose: bool = False) -> str:
-    """The sectioned report `ollama show MODEL` prints."""
-    from .cli_format import human_number, table
-
-    out: list[str] = []
-
-    def section(header: str, rows: list[list[str]], width: int = 30) -> None:
-        out.append(f"  {header}\n")
-        out.append(table(rows, col_width=width))
-        out.append("\n")
-
-    details = resp.get("details") or {}
-    info = resp.get("model_info")
-    rows = []
-    if resp.get("remote_host"):
-        rows += [["", "Remote model", resp.get("remote_model", "")], ["", "Remote URL", resp["remote_host"]]]
-    if info is not None:
-        arch = info.get("general.architecture")
-        arch = arch if isinstance(arch, str) else ""
-        if arch:
-            rows.append(["", "architecture", arch])
-        params = details.get("parameter_size") or ""
-        if not params and isinstance(info.get("general.parameter_count"), (int, float)):
-            params = human_number(int(info["general.parameter_count"]))
-        if params:
-            rows.append(["", "parameters", params])
-        for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
-            v = info.get(f"{arch}.{key}")
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                rows.append(["", label, format(Decimal(repr(v)).normalize(), "f")])
-    else:
-        rows += [["", "architecture", details.get("family", "")], ["", "parameters", details.get("parameter_size", "")]]
-    rows.append(["", "quantization", details.get("quantization_level", "")])
-    if resp.get("requires"):
-        rows.append(["", "requires", resp["requires"]])
-    section("Model", rows)
-
-    if resp.get("capabilities"):
-        section("Capabilities", [["", cap] for cap in resp["capabilities"]])
-
-    proj = resp.get("projector_info")
-    if proj:
-        rows = []
-        arch = proj.get("general.architecture") or ""
-        if arch:
-            rows.append(["", "architecture", arch])
-        if isinstance(proj.get("general.parameter_count"), (int, float)):
-            rows.append(["", "parameters", human_number(int(proj["general.parameter_count"]))])
-        for suffix, label in (("embedding_length", "embedding length"), ("projection_dim", "dimensions")):
-            for modality in ("vision", "audio"):
-                v = proj.get(f"{arch}.{modality}.{suffix}")
-                if isinstance(v, (int, float)):
-                    rows.append(["", label, _go_number(v)])
-                    break
-        section("Projector", rows)
-
-    if resp.get("parameters"):
-        section("Parameters", [[""] + line.split() for line in resp["parameters"].splitlines() if line])
-
-    if info is not None and verbose:
-        section("Metadata", [["", k, _metadata_value(info[k])] for k in sorted(info)])
-
-    if resp.get("tensors") and verbose:
-        section("Tensors", [["", t.get("name", ""), t.get("type", ""), _go_any(t.get("shape", []))]
-                            for t in resp["tensors"]])
-
-    if resp.get("system"):
-        section("System", _head(resp["system"], 2), width=100)
-    if resp.get("license"):
-        section("License", _head(resp["license"], 2), width=100)
-    return "".join(out)
-
-
 # --- progress for pull / push / create ------------------------------------------------------
-
-
-def pull_with_progress(c, name: str, insecure: bool = False) -> None:
-    from .cli_format import Bar, Progress
-
-    p = Progress(sys.stderr)
-    bars: dict[str, Bar] = {}
-    status = None
-    try:
-        for r in c.pull(name, insecure=insecure, stream=True):
-            if r.digest:
-                # the first message for a layer (nothing downloaded yet) only announces it
-                if not r.completed:
-                    continue
-                p.stop_spinners()
-                bar = bars.get(r.digest)
-                if bar is None:
-                    short = r.digest.removeprefix("sha256:").strip()[:12]
-                    bar = bars[r.digest] = Bar(f"pulling {short}:", r.total or 0, r.completed)
-                    p.add(bar)
-                bar.set(r.completed)
-            elif r.status != status:
-                status = r.status
-                p.spinner(status or "")
-    finally:
-        p.stop()
-
-
-class _ProgressUI:
-    """Push, create and convert: a bar per digest (even before any bytes), a spinner per status."""
-
-    def __init__(self, default_verb: str):
-        from .cli_format import Progress
-
-        self.verb = default_verb
-        self.p = Progress(sys.stderr)
-        self.bars: dict = {}
-        self.status = None
-
-    def __call__(self, r) -> None:
-        from .cli_format import Bar
-
-        get = r.get if isinstance(r, dict) else (lambda k: getattr(r, k, None))
-        digest, status = get("digest"), get("status")
-        if digest:
-            self.p.stop_spinners()
-            bar = self.bars.get(digest)
-            if bar is None:
-                msg = status or f"{self.verb} {digest.removeprefix('sha256:')[:12]}..."
-                bar = self.bars[digest] = Bar(msg, get("total") or 0, get("completed") or 0)
-                self.p.add(bar)
-            bar.set(get("completed") or 0)
-        elif status != self.status:
-            self.status = status
-            self.p.spinner(status or "")
-
-    def stop(self) -> None:
-        self.p.stop()
-
-
-def _progress_stream(responses, default_verb: str) -> None:
-    ui = _ProgressUI(default_verb)
-    try:
-        for r in responses:
-            ui(r)
-    finally:
-        ui.stop()
 
 
 # --- client commands ------------------------------------------------------------------------
@@ -289,7 +62,7 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_ps(args) -> int:
-    from .cli_format import human_bytes, human_time, table
+    from .format import human_bytes, human_time, table
 
     rows = []
     now = datetime.now(timezone.utc)
@@ -302,14 +75,14 @@ def _cmd_ps(args) -> int:
             exp = exp.replace(tzinfo=timezone.utc)
         until = "Stopping..." if exp is not None and exp < now else human_time(exp, "Never", now=now)
         size, vram = int(m.size or 0), int(m.size_vram or 0)
-        rows.append([name, _digest_id(m.digest), human_bytes(size), _processor(size, vram),
+        rows.append([name, digest_id(m.digest), human_bytes(size), processor_column(size, vram),
                      str(m.context_length or 0), until])
     sys.stdout.write(table(rows, header=["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]))
     return 0
 
 
 def _cmd_show(args) -> int:
-    from .cli_client import CLIError, raw_show
+    from .client import CLIError, raw_show
 
     chosen = [f for f in ("license", "modelfile", "parameters", "system", "template") if getattr(args, f)]
     if len(chosen) > 1:
@@ -327,7 +100,7 @@ def _cmd_show(args) -> int:
 
 
 def _unload(c, model: str) -> None:
-    from .cli_client import raw_show
+    from .client import raw_show
 
     raw_show(c, model)  # a missing model fails here with "not found", before anything else
     c.generate(model=model, prompt="", keep_alive=0)
@@ -336,7 +109,7 @@ def _unload(c, model: str) -> None:
 def _cmd_stop(args) -> int:
     import ollama
 
-    from .cli_client import CLIError
+    from .client import CLIError
 
     try:
         _unload(_client(), args.model)
@@ -374,7 +147,7 @@ def _cmd_pull(args) -> int:
 
 
 def _cmd_push(args) -> int:
-    _progress_stream(_client().push(args.model, insecure=args.insecure, stream=True), "pushing")
+    progress_stream(_client().push(args.model, insecure=args.insecure, stream=True), "pushing")
     print(f"\nYou can find your model at:\n\n\t{args.model}")
     return 0
 
@@ -401,8 +174,8 @@ def _upload_blob(c, path: Path) -> str:
 
 
 def _cmd_create(args) -> int:
-    from . import cli_modelfile
-    from .cli_client import CLIError
+    from . import modelfile
+    from .client import CLIError
 
     path = Path(args.file or "Modelfile").expanduser()
     try:
@@ -413,10 +186,10 @@ def _cmd_create(args) -> int:
         raise CLIError("no Modelfile or safetensors files found") from None
     c = _client()
     try:
-        commands = cli_modelfile.parse(text)
-        req, warnings = cli_modelfile.to_create_request(commands, path.resolve().parent,
+        commands = modelfile.parse(text)
+        req, warnings = modelfile.to_create_request(commands, path.resolve().parent,
                                                         lambda p: _upload_blob(c, p))
-    except cli_modelfile.ModelfileError as e:
+    except modelfile.ModelfileError as e:
         raise CLIError(str(e)) from None
     for w in warnings:
         print(w)
@@ -433,14 +206,14 @@ def _cmd_create(args) -> int:
         stream = c._request(ollama.ProgressResponse, "POST", "/api/create", json=body, stream=True)
     else:
         stream = c.create(model=args.name, quantize=args.quantize, stream=True, **kwargs)
-    _progress_stream(stream, "pulling")
+    progress_stream(stream, "pulling")
     return 0
 
 
 def _cmd_run(args) -> int:
-    from . import cli_run
-    from .cli_client import CLIError, client
-    from .durations import DurationError, parse_go_duration
+    from . import interactive as session
+    from .client import CLIError, client
+    from ..durations import DurationError, parse_go_duration
 
     think = None
     explicit = args.think or args.think_value is not None
@@ -462,7 +235,7 @@ def _cmd_run(args) -> int:
         except DurationError as e:
             raise CLIError(str(e)) from None
 
-    opts = cli_run.RunOptions(model=args.model, format=args.format or "", think=think, think_explicit=explicit,
+    opts = session.RunOptions(model=args.model, format=args.format or "", think=think, think_explicit=explicit,
                               hide_thinking=args.hidethinking, keep_alive=args.keepalive or None,
                               verbose=args.verbose, wordwrap=not args.nowordwrap, insecure=args.insecure)
     prompts = list(args.prompt)
@@ -479,10 +252,10 @@ def _cmd_run(args) -> int:
         interactive = False
 
     c = client()
-    info = cli_run.show_or_pull(c, args.model, args.insecure)
+    info = session.show_or_pull(c, args.model, args.insecure)
     opts.parent_model = (info.get("details") or {}).get("parent_model", "")
     opts.loaded_messages = list(info.get("messages") or [])
-    cli_run.infer_think(info, opts)
+    session.infer_think(info, opts)
 
     if "embedding" in (info.get("capabilities") or []):
         if not prompt:
@@ -495,19 +268,19 @@ def _cmd_run(args) -> int:
         return 0
 
     if interactive:
-        cli_run.load_model(c, opts)
-        cli_run.print_baked_messages(opts)
-        return cli_run.interactive(c, opts)
-    return cli_run.generate(c, opts, prompt)
+        session.load_model(c, opts)
+        session.print_baked_messages(opts)
+        return session.interactive(c, opts)
+    return session.generate(c, opts, prompt)
 
 
 # --- service --------------------------------------------------------------------------------
 
 
 def _cmd_service(args) -> int:
-    from . import cli_service
+    from . import service
 
-    return cli_service.run(args.action, dry_run=args.dry_run, skip_import=args.skip_import)
+    return service.run(args.action, dry_run=args.dry_run, skip_import=args.skip_import)
 
 
 # --- convert (registered only when the converter module is present) --------------------------
@@ -524,14 +297,14 @@ def _convert_available() -> bool:
 
 def _cmd_convert(args) -> int:
     """Runs the conversion in this process, straight into the store (no server needed)."""
-    from .cli_client import CLIError
-    from .config import Config
-    from .convert.create import ManageError, convert_path
-    from .store import Store
+    from .client import CLIError
+    from ..config import Config
+    from ..convert.create import ManageError, convert_path
+    from ..store import Store
 
     config = Config.from_env()
     config.models_dir.mkdir(parents=True, exist_ok=True)
-    ui = _ProgressUI("converting")
+    ui = ProgressUI("converting")
     try:
         convert_path(args.path, args.name, quantize=args.quantize, store=Store(config.models_dir), emit=ui,
                      noprune=config.noprune)
@@ -675,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     except Exception as exc:  # noqa: BLE001 - everything ends as one line unless debugging
-        from .cli_client import error_message
+        from .client import error_message
 
         msg = error_message(exc)
         if msg is None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from .scriptedmodel import TOOL_ANSWER, READ_ARGS, REPLY, ensure_scripted_models, native_gap
+from ..support.scriptedmodel import TOOL_ANSWER, READ_ARGS, REPLY, ensure_scripted_models, native_gap
 
 CN_VERSION = "1.5.47"
-NODE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "node"
+NODE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "node"
 _OFFLINE = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "ENETUNREACH", "network")
 
 

@@ -13,14 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlxollama.cli_format import Bar, go_duration, human_bytes, human_number, human_time, summary_lines, table
+from mlxollama.cli.format import go_duration, human_bytes, human_number, human_time, summary_lines, table
+from mlxollama.cli.progress import Bar
 from mlxollama.store import Store
 
-from .conftest import package_tiny
-from .liveserver import free_port
-from .tinymodels import build_tiny_llama
+from ..support.store import package_tiny
+from ..support.liveserver import free_port
+from ..support.tinymodels import build_tiny_llama
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHORT = "tiny-cli:latest"  # tiny with a small num_predict, so a one-shot run ends at once
 NOT_RUNNING = "Error: could not connect to mlxollama server, is it running?\n"
 
@@ -116,7 +117,7 @@ def test_table_and_progress_bar_layout():
 def test_pull_progress_lines_without_a_terminal(capsys):
     from types import SimpleNamespace
 
-    from mlxollama.cli import pull_with_progress
+    from mlxollama.cli.progress import pull_with_progress
 
     def r(status, digest=None, total=None, completed=None):
         return SimpleNamespace(status=status, digest=digest, total=total, completed=completed)
@@ -351,7 +352,7 @@ def test_create_from_a_modelfile(env, http, tmp_path):
 def test_pull_and_run_pulls_a_missing_model(env, http, models_dir, short_model):
     if endpoint_missing(http, "POST", "/api/pull"):
         pytest.skip("the server has no /api/pull yet (404/405)")
-    fakeregistry = pytest.importorskip("tests.fakeregistry", reason="no loopback registry helper in this checkout")
+    from ..support import fakeregistry
     # the registry serves tiny-cli's own manifest and blobs under another name
     stored = Store(models_dir).get_manifest(short_model)
     reg = fakeregistry.FakeRegistry()
@@ -385,7 +386,7 @@ def test_pull_and_run_pulls_a_missing_model(env, http, models_dir, short_model):
 def test_push_progress_and_result(capsys, monkeypatch):
     from types import SimpleNamespace
 
-    from mlxollama import cli as cli_mod
+    from mlxollama.cli import commands as cli_mod
 
     digest = "sha256:" + "ef" * 32
 
@@ -446,7 +447,7 @@ def test_version_and_usage_errors(env):
 
 
 def test_server_url_follows_ollama_host_rules(monkeypatch):
-    from mlxollama.cli_client import server_url
+    from mlxollama.cli.client import server_url
 
     cases = {
         "": "http://127.0.0.1:11434", "0.0.0.0": "http://127.0.0.1:11434", ":5000": "http://127.0.0.1:5000",

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from .liveserver import LiveServer
+from ..support.liveserver import LiveServer
 
 TINY = "tiny:latest"
 PROMPTS = [f"request number {i}: tell me about {w}" for i, w in

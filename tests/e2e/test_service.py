@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mlxollama.cli_service import LABEL, render
+from mlxollama.cli.service import LABEL, render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "scripts" / "install-launchd.sh"
 UNINSTALL = ROOT / "scripts" / "uninstall-launchd.sh"
 VENV_PY = str(ROOT / ".venv" / "bin" / "python")
@@ -179,7 +179,7 @@ def test_install_and_uninstall_with_launchctl(sandbox, server):
 
 
 def test_install_fails_clearly_when_the_server_never_answers(sandbox):
-    from .liveserver import free_port
+    from ..support.liveserver import free_port
 
     tmp_path, home, env = sandbox
     env.update(OLLAMA_HOST=f"127.0.0.1:{free_port()}", MLXOLLAMA_SERVICE_WAIT="1")

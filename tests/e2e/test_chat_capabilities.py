@@ -21,16 +21,16 @@ import pytest
 from mlxollama.engine import llm as llm_module
 from mlxollama.engine.catalog import derive_capabilities
 from mlxollama.engine.fim import FIM_FORMATS, fim_format_for, fim_format_in_text, fim_tokens
-from mlxollama.engine.harmony import HarmonyParser
+from mlxollama.parsers.harmony import HarmonyParser
 from mlxollama.engine.jobs import DoneEvent, GenerationJob, PromptSpec, TextEvent
 from mlxollama.engine.structured import FormatError, closed_objects, format_grammar
-from mlxollama.engine.thinking import ThinkingParser, template_think_tags
-from mlxollama.engine.tools import BARE_JSON, HERMES, ToolCallParser, ToolFormat, infer_tool_format
+from mlxollama.parsers.thinking import ThinkingParser, template_think_tags
+from mlxollama.parsers.tools import BARE_JSON, HERMES, ToolCallParser, ToolFormat, infer_tool_format
 from mlxollama.options import Options
 from mlxollama.store import Store
 
-from .conftest import package_tiny
-from .tinytemplates import (FAMILIES, GPTOSS_TEMPLATE, LLAMA31_TEMPLATE, QWEN3_TEMPLATE, QWEN25_TEMPLATE, R1_TEMPLATE,
+from ..support.store import package_tiny
+from ..support.tinytemplates import (FAMILIES, GPTOSS_TEMPLATE, LLAMA31_TEMPLATE, QWEN3_TEMPLATE, QWEN25_TEMPLATE, R1_TEMPLATE,
                             build_family_model)
 
 WEATHER = {"type": "function", "function": {
@@ -201,7 +201,7 @@ def test_fim_prompt_tokens(tmp_path):
 def test_fim_token_order_per_family(tmp_path, fmt):
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
-    from .tinytemplates import Family, build_tokenizer
+    from ..support.tinytemplates import Family, build_tokenizer
 
     build_tokenizer(tmp_path, Family(fmt.name, None, ["<eos>", *fmt.tokens, *fmt.stops], "<eos>"))
     tok = load_tokenizer(tmp_path)
@@ -686,13 +686,13 @@ def test_official_client_tools_think_format(server, fam_models):
 
 @pytest.fixture(scope="module")
 def scripted_models(models_dir, tmp_path_factory):
-    from .scriptedmodel import ensure_scripted_models
+    from ..support.scriptedmodel import ensure_scripted_models
 
     ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
 
 
 def test_scripted_tool_call_streams_whole_and_gathers(http, server, scripted_models):
-    from .scriptedmodel import WEATHER_ARGS, WEATHER_TOOL
+    from ..support.scriptedmodel import WEATHER_ARGS, WEATHER_TOOL
 
     body = {"model": "scripted-tools", "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
             "tools": [WEATHER_TOOL], "options": {"temperature": 0}}
@@ -717,7 +717,7 @@ def test_scripted_tool_call_streams_whole_and_gathers(http, server, scripted_mod
 
 
 def test_scripted_thinking_streams_and_switches_off(http, server, scripted_models):
-    from .scriptedmodel import THINKING, THOUGHTFUL_ANSWER
+    from ..support.scriptedmodel import THINKING, THOUGHTFUL_ANSWER
 
     msgs = [{"role": "user", "content": "hi"}]
     lines = ndjson(http.post("/api/chat", json={"model": "scripted-think", "messages": msgs}))  # think absent: on
@@ -736,7 +736,7 @@ def test_scripted_thinking_streams_and_switches_off(http, server, scripted_model
 
 
 def test_scripted_json_and_fim(http, server, scripted_models):
-    from .scriptedmodel import FIM_MIDDLE, JSON_ANSWER
+    from ..support.scriptedmodel import FIM_MIDDLE, JSON_ANSWER
 
     r = ollama.Client(host=server.url).chat(model="scripted-json", messages=[{"role": "user", "content": "hi"}],
                                             format="json")

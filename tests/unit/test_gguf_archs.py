@@ -29,8 +29,8 @@ from mlxollama.convert.gguf import (
     SUPPORTED_GGUF_ARCHITECTURES, UnsupportedGGUF, gguf_architecture_supported, import_gguf,
 )
 
-from . import tinyhf as th
-from .ggufwriter import GGUF_ARCH, write_gguf
+from ..support import tinyhf as th
+from ..support.ggufwriter import GGUF_ARCH, write_gguf
 
 ARCHS = list(th.CONFIGS)
 QTYPES = [QT.F16, QT.Q8_0, QT.Q4_K]
