@@ -16,6 +16,7 @@ import time
 
 from sanic import Blueprint
 
+from ..errors import StatusError
 from ..engine.jobs import DoneEvent, ErrorEvent, TextEvent
 from ..parsers.stops import StopMatcher
 from . import sse
@@ -46,7 +47,7 @@ def anthropic_errors(handler):
     async def wrapped(request, *args, **kwargs):
         try:
             return await handler(request, *args, **kwargs)
-        except APIError as e:
+        except StatusError as e:
             return anthropic_error(e.status, e.message)
 
     return wrapped
@@ -56,13 +57,13 @@ def anthropic_errors(handler):
 
 def _image(source) -> bytes:
     if not isinstance(source, dict):
-        raise APIError(400, "invalid image source")
+        raise APIError("invalid image source", 400)
     if source.get("type") != "base64":
-        raise APIError(400, f"invalid image source type: {source.get('type') or ''}. Only base64 images are supported.")
+        raise APIError(f"invalid image source type: {source.get('type') or ''}. Only base64 images are supported.", 400)
     try:
         return base64.b64decode(source.get("data") or "", validate=True)
     except (binascii.Error, ValueError) as e:
-        raise APIError(400, f"invalid base64 image data: {e}") from e
+        raise APIError(f"invalid base64 image data: {e}", 400) from e
 
 
 def _tool_result_content(content) -> tuple[str, list[bytes]]:
@@ -85,7 +86,7 @@ def _blocks(content) -> list[dict]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
-        raise APIError(400, f"json: cannot unmarshal {go_type(content)} into Go struct field MessageParam.messages.content of type []anthropic.ContentBlock")
+        raise APIError(f"json: cannot unmarshal {go_type(content)} into Go struct field MessageParam.messages.content of type []anthropic.ContentBlock", 400)
     return content
 
 
@@ -102,9 +103,9 @@ def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
             images.append(_image(block.get("source")))
         elif kind == "tool_use":
             if not block.get("id"):
-                raise APIError(400, "tool_use block missing required 'id' field")
+                raise APIError("tool_use block missing required 'id' field", 400)
             if not block.get("name"):
-                raise APIError(400, "tool_use block missing required 'name' field")
+                raise APIError("tool_use block missing required 'name' field", 400)
             tool_names[block["id"]] = block["name"]
             calls.append({"id": block["id"], "function": {"name": block["name"], "arguments": block.get("input") or {}}})
         elif kind == "tool_result":
@@ -126,13 +127,13 @@ def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
 
 def _tool(raw) -> dict | None:
     if not isinstance(raw, dict):
-        raise APIError(400, f"json: cannot unmarshal {go_type(raw)} into Go struct field MessagesRequest.tools of type anthropic.Tool")
+        raise APIError(f"json: cannot unmarshal {go_type(raw)} into Go struct field MessagesRequest.tools of type anthropic.Tool", 400)
     if str(raw.get("type") or "").startswith("web_search"):
         return None  # Ollama runs these through ollama.com; a local server cannot search
     schema = raw.get("input_schema")
     if schema is not None and not isinstance(schema, dict):
-        raise APIError(400, f'invalid input_schema for tool "{raw.get("name", "")}": json: cannot unmarshal '
-                            f"{go_type(schema)} into Go value of type api.ToolFunctionParameters")
+        raise APIError(f'invalid input_schema for tool "{raw.get("name", "")}": json: cannot unmarshal '
+                            f"{go_type(schema)} into Go value of type api.ToolFunctionParameters", 400)
     return {"type": "function", "function": {"name": raw.get("name") or "", "description": raw.get("description") or "",
                                              "parameters": schema or {}}}
 
@@ -166,11 +167,11 @@ class MessagesRequest:
         raw_messages = f.list("messages", "[]anthropic.MessageParam") or []
         self.stream = bool(f.bool("stream"))
         if not self.model:
-            raise APIError(400, "model is required")
+            raise APIError("model is required", 400)
         if max_tokens <= 0:
-            raise APIError(400, "max_tokens is required and must be positive")
+            raise APIError("max_tokens is required and must be positive", 400)
         if not raw_messages:
-            raise APIError(400, "messages is required")
+            raise APIError("messages is required", 400)
         messages: list[Message] = []
         system = body.get("system")
         if isinstance(system, list):
@@ -180,7 +181,7 @@ class MessagesRequest:
         tool_names: dict[str, str] = {}
         for raw in raw_messages:
             if not isinstance(raw, dict):
-                raise APIError(400, f"json: cannot unmarshal {go_type(raw)} into Go struct field MessagesRequest.messages of type anthropic.MessageParam")
+                raise APIError(f"json: cannot unmarshal {go_type(raw)} into Go struct field MessagesRequest.messages of type anthropic.MessageParam", 400)
             messages.extend(convert_message(raw, tool_names))
         self.overrides: dict = {"num_predict": max_tokens}
         for key, option in (("temperature", "temperature"), ("top_p", "top_p")):

@@ -11,7 +11,8 @@ import socket
 from sanic import Request, Sanic, response
 from sanic.exceptions import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, SanicException
 
-from .errors import APIError, error_response, plain
+from ..errors import StatusError
+from .errors import error_response, plain
 from .state import ServerState
 
 log = logging.getLogger("mlxollama.api")
@@ -121,8 +122,8 @@ def create_app(state: ServerState, name: str = "mlxollama") -> Sanic:
         if origin and resp is not None:
             resp.headers["Access-Control-Allow-Origin"] = origin
 
-    @app.exception(APIError)
-    async def api_error(request, exc: APIError):
+    @app.exception(StatusError)
+    async def status_error(request, exc: StatusError):
         return error_response(exc.status, exc.message)
 
     @app.exception(NotFound)

@@ -31,7 +31,7 @@ async def _embed(state: ServerState, spec, texts, *, truncate, normalize, dimens
         finally:
             job.cancel()
         if isinstance(result, ErrorEvent):
-            raise APIError(error_status or result.status, result.message)
+            raise APIError(result.message, error_status or result.status)
         return result, load_ns
     finally:
         state.scheduler.release(runner)
@@ -45,7 +45,7 @@ async def embed(request):
     f = Fields(body, "EmbedRequest")
     model = f.model()
     if not model:
-        raise APIError(404, "model '' not found")
+        raise APIError("model '' not found", 404)
     raw_input = body.get("input")
     if raw_input is None or raw_input == "":
         texts: list[str] = []
@@ -54,7 +54,7 @@ async def embed(request):
     elif isinstance(raw_input, list) and all(isinstance(t, str) for t in raw_input):
         texts = list(raw_input)
     else:
-        raise APIError(400, "invalid input type")
+        raise APIError("invalid input type", 400)
     truncate = f.bool("truncate", True)
     dimensions = f.int("dimensions")
     keep_alive = f.keep_alive()
@@ -76,7 +76,7 @@ async def embeddings(request):
     f = Fields(parse_body(request.body), "EmbeddingRequest")
     model = f.model()
     if not model:
-        raise APIError(400, "model is required")
+        raise APIError("model is required", 400)
     prompt = f.str("prompt")
     keep_alive = f.keep_alive()
     options = f.obj("options")

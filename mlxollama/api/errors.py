@@ -6,12 +6,11 @@ import json
 
 from sanic import response
 
+from ..errors import StatusError
 
-class APIError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+class APIError(StatusError):
+    """A request refused at the API boundary, before any engine work."""
 
 
 def json_body(data, status: int = 200) -> response.HTTPResponse:

@@ -27,7 +27,7 @@ def structured_grammar(fmt) -> str | None:
     try:
         return format_grammar(fmt)
     except FormatError as e:
-        raise APIError(500, f'invalid format: {json.dumps(json.dumps(fmt))}; expected "json" or a valid JSON Schema object') from e
+        raise APIError(f'invalid format: {json.dumps(json.dumps(fmt))}; expected "json" or a valid JSON Schema object', 500) from e
 
 
 _check_structured = structured_grammar  # the name other API layers imported before
@@ -102,7 +102,7 @@ async def generate(request):
     state = state_of(request)
     req = GenerateRequest.parse(parse_body(request.body))
     if not req.model:
-        raise APIError(404, "model '' not found")
+        raise APIError("model '' not found", 404)
     spec = await state.lookup(req.model, not_found="model '{name}' not found")
 
     def shape(reason):
@@ -111,7 +111,7 @@ async def generate(request):
     if not req.prompt and req.keep_alive_given and req.keep_alive == 0:
         return json_body(await _load_or_unload(state, spec, req, shape))
     if req.raw and (req.template or req.system or req.context):
-        raise APIError(400, "raw mode does not support template, system, or context")
+        raise APIError("raw mode does not support template, system, or context", 400)
     need = ["completion"] + (["insert"] if req.suffix else []) + (["vision"] if req.images else [])
     check_capabilities(spec, req.model, need, req.think)
     if not req.prompt:
@@ -131,13 +131,13 @@ async def generate(request):
             try:
                 text = render_go_template(spec.go_template or "", prompt=req.prompt, suffix=req.suffix)
             except TemplateError as e:
-                raise APIError(500, f"template error: {e}") from e
+                raise APIError(f"template error: {e}", 500) from e
             prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True)
     elif req.template:
         try:
             text = render_go_template(req.template, system=req.system or spec.system or "", prompt=req.prompt)
         except TemplateError as e:
-            raise APIError(400, f"template error: {e}") from e
+            raise APIError(f"template error: {e}", 400) from e
         prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True,
                             think=think)
     else:
@@ -181,7 +181,7 @@ def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, override
     the effective `think` and the compiled `format` grammar; tool calls are parsed whenever
     `tools` were given."""
     if "completion" not in spec.capabilities:
-        raise APIError(400, f'"{req.model}" does not support chat')
+        raise APIError(f'"{req.model}" does not support chat', 400)
     need = ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
     check_capabilities(spec, req.model, need, req.think)
     grammar = structured_grammar(req.format)
@@ -214,7 +214,7 @@ async def chat(request):
     state = state_of(request)
     req = ChatRequest.parse(parse_body(request.body))
     if not req.model:
-        raise APIError(400, "model is required")
+        raise APIError("model is required", 400)
     spec = await state.lookup(req.model, not_found="model '{name}' not found")
 
     def shape(reason):
@@ -225,7 +225,7 @@ async def chat(request):
         if req.keep_alive_given and req.keep_alive == 0:
             return json_body(await _load_or_unload(state, spec, req, shape))
         if "completion" not in spec.capabilities:
-            raise APIError(400, f'"{req.model}" does not support chat')
+            raise APIError(f'"{req.model}" does not support chat', 400)
         return json_body(await _load_or_unload(state, spec, req, shape))
     prompt, opts = prepare_chat(state, spec, req)
 

@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from sanic import Blueprint, response
 
+from ..errors import StatusError
 from ..convert.create import ManageError, create_model, looks_like_path, parse_create_request
 from ..store import DigestMismatch, InvalidDigest, InvalidName, ModelName, validate_digest
 from .errors import APIError, dumps, error_response, json_body
@@ -56,7 +57,7 @@ class Job:
             self.emit({"status": "success"})
         except JobCancelled:
             pass
-        except (ManageError, APIError) as e:
+        except StatusError as e:
             self._put({"error": e.message, "_status": e.status})
         except Exception as e:  # noqa: BLE001 - reported to the client like Ollama's free-text 500s
             log.exception("management operation failed")
@@ -130,13 +131,13 @@ def _registry_request(request, struct: str, *, required: bool = False) -> tuple[
     f = Fields(parse_body(request.body), struct)
     text = f.model()
     if required and not text:
-        raise APIError(400, "model is required")
+        raise APIError("model is required", 400)
     insecure = bool(f.bool("insecure"))
     stream = f.bool("stream", True) is not False
     try:
         return ModelName.parse(text), insecure, stream
     except InvalidName:
-        raise APIError(400, "invalid model name") from None
+        raise APIError("invalid model name", 400) from None
 
 
 @bp.post("/api/pull")
@@ -171,13 +172,10 @@ async def create(request):
     state = state_of(request)
     body = parse_body(request.body)
     stream = Fields(body, "CreateRequest").bool("stream", True) is not False
-    try:
-        req = parse_create_request(body)
-    except ManageError as e:
-        raise APIError(e.status, e.message) from e
+    req = parse_create_request(body)
     for rel, digest in {**(req.files or {}), **(req.adapters or {})}.items():
         if not state.store.has_blob(digest):  # a request error, before anything streams (as in Ollama)
-            raise APIError(400, f"blob not found for {rel} (digest {digest})")
+            raise APIError(f"blob not found for {rel} (digest {digest})", 400)
 
     async def work(job: Job) -> None:
         if req.from_ and not looks_like_path(req.from_):
@@ -200,7 +198,7 @@ def _blob_digest(raw: str) -> str:
     try:
         return validate_digest(raw)
     except InvalidDigest:
-        raise APIError(400, "invalid digest format") from None
+        raise APIError("invalid digest format", 400) from None
 
 
 @bp.route("/api/blobs/<digest>", methods=["HEAD"])
@@ -235,7 +233,7 @@ async def post_blob(request, digest: str):
             await asyncio.to_thread(writer.write, b"".join(batch))
         await asyncio.to_thread(writer.commit)
     except DigestMismatch as e:
-        raise APIError(400, str(e)) from e
+        raise APIError(str(e), 400) from e
     finally:
         writer.__exit__(None)  # deletes the temp file unless committed
     return response.empty(status=201)
@@ -256,17 +254,17 @@ async def copy(request):
     try:
         src = ModelName.parse(src_text)
     except InvalidName:
-        raise APIError(400, f"source {_go_quote(src_text)} is invalid") from None
+        raise APIError(f"source {_go_quote(src_text)} is invalid", 400) from None
     try:
         dst = ModelName.parse(dst_text)
     except InvalidName:
-        raise APIError(400, f"destination {_go_quote(dst_text)} is invalid") from None
+        raise APIError(f"destination {_go_quote(dst_text)} is invalid", 400) from None
     if store.resolve(src) is None:
-        raise APIError(404, f"model {_go_quote(src_text)} not found")
+        raise APIError(f"model {_go_quote(src_text)} not found", 404)
     try:
         await asyncio.to_thread(store.copy, src, dst)
     except LookupError:
-        raise APIError(404, f"model {_go_quote(src_text)} not found") from None
+        raise APIError(f"model {_go_quote(src_text)} not found", 404) from None
     return response.empty(status=200)
 
 
@@ -277,17 +275,17 @@ async def delete(request):
     f = Fields(parse_body(request.body), "DeleteRequest")
     text = f.model()
     if not text:
-        raise APIError(400, "model is required")
+        raise APIError("model is required", 400)
     try:
         name = ModelName.parse(text)
     except InvalidName:
-        raise APIError(400, f"name {_go_quote(text)} is invalid") from None
+        raise APIError(f"name {_go_quote(text)} is invalid", 400) from None
     spec = await state.lookup(text, not_found="model '{name}' not found")
     await state.scheduler.unload(spec)
     try:
         await asyncio.to_thread(store.delete, name)
     except LookupError:
-        raise APIError(404, f"model '{text}' not found") from None
+        raise APIError(f"model '{text}' not found", 404) from None
     # The linked run folder of this manifest is stale unless a copy still has the same digest.
     if not any(m.digest_hex == spec.digest_hex for m in await asyncio.to_thread(store.list_models)):
         shutil.rmtree(state.run_dir / spec.digest_hex, ignore_errors=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from sanic import Blueprint, response
+from sanic import Blueprint
 
 from ..engine.catalog import ModelSpec, load_spec
 from ..options import format_parameters
@@ -112,7 +112,7 @@ async def show(request):
     f = Fields(parse_body(request.body), "ShowRequest")
     name = f.model()
     if not name:
-        raise APIError(400, "model is required")
+        raise APIError("model is required", 400)
     verbose = f.bool("verbose")
     system_override = f.str("system")
     extra_options = f.obj("options") or {}

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from sanic import Blueprint
 
+from ..errors import StatusError
 from ..engine.jobs import DoneEvent, ErrorEvent, TextEvent
 from . import embed as native_embed
 from . import generate as native_generate
@@ -47,13 +48,13 @@ def openai_error(status: int, message: str):
 
 
 def openai_errors(handler):
-    """Native APIErrors (raised before any byte is written) leave in OpenAI's envelope."""
+    """Status errors raised before any byte is written leave in OpenAI's envelope."""
 
     @functools.wraps(handler)
     async def wrapped(request, *args, **kwargs):
         try:
             return await handler(request, *args, **kwargs)
-        except APIError as e:
+        except StatusError as e:
             return openai_error(e.status, e.message)
 
     return wrapped
@@ -102,7 +103,7 @@ def sampling_options(f: OpenAIFields, *, completion: bool) -> dict:
         if completion:
             for s in stop:
                 if not isinstance(s, str):
-                    raise APIError(400, f"invalid type for 'stop' field: {go_type(s)}")
+                    raise APIError(f"invalid type for 'stop' field: {go_type(s)}", 400)
         opts["stop"] = [s for s in stop if isinstance(s, str)]
     max_tokens = f.maybe_int("max_tokens")
     if max_tokens is None and not completion:
@@ -131,14 +132,14 @@ _IMAGE_PREFIXES = ("data:;base64,",) + tuple(f"data:image/{t};base64," for t in 
 
 def decode_image_url(url: str) -> bytes:
     if url.startswith(("http://", "https://")):
-        raise APIError(400, "image URLs are not currently supported, please use base64 encoded data instead")
+        raise APIError("image URLs are not currently supported, please use base64 encoded data instead", 400)
     prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
     if prefix is None:
-        raise APIError(400, "invalid image input")
+        raise APIError("invalid image input", 400)
     try:
         return base64.b64decode(url[len(prefix):], validate=True)
     except (binascii.Error, ValueError) as e:
-        raise APIError(400, "invalid image input") from e
+        raise APIError("invalid image input", 400) from e
 
 
 def _content_parts(parts: list) -> tuple[str, list[bytes]]:
@@ -148,31 +149,31 @@ def _content_parts(parts: list) -> tuple[str, list[bytes]]:
     texts, images = [], []
     for part in parts:
         if not isinstance(part, dict):
-            raise APIError(400, "invalid message format")
+            raise APIError("invalid message format", 400)
         kind = part.get("type")
         if kind == "text":
             if not isinstance(part.get("text"), str):
-                raise APIError(400, "invalid message format")
+                raise APIError("invalid message format", 400)
             texts.append(part["text"])
         elif kind == "image_url":
             url = part.get("image_url")
             if isinstance(url, dict):
                 url = url.get("url")
             if not isinstance(url, str):
-                raise APIError(400, "invalid message format")
+                raise APIError("invalid message format", 400)
             images.append(decode_image_url(url))
         elif kind == "input_audio":
             audio = part.get("input_audio")
             if not isinstance(audio, dict):
-                raise APIError(400, "invalid input_audio format")
+                raise APIError("invalid input_audio format", 400)
             if not isinstance(audio.get("data"), str):
-                raise APIError(400, "invalid input_audio format: missing data")
+                raise APIError("invalid input_audio format: missing data", 400)
             try:
                 images.append(base64.b64decode(audio["data"], validate=True))
             except (binascii.Error, ValueError) as e:
-                raise APIError(400, f"invalid input_audio base64 data: {e}") from e
+                raise APIError(f"invalid input_audio base64 data: {e}", 400) from e
         else:
-            raise APIError(400, "invalid message format")
+            raise APIError("invalid message format", 400)
     return "\n\n".join(texts), images
 
 
@@ -180,7 +181,7 @@ def _tool_calls_in(raw: list) -> list[dict]:
     calls = []
     for tc in raw:
         if not isinstance(tc, dict):
-            raise APIError(400, f"json: cannot unmarshal {go_type(tc)} into Go struct field Message.messages.tool_calls of type openai.ToolCall")
+            raise APIError(f"json: cannot unmarshal {go_type(tc)} into Go struct field Message.messages.tool_calls of type openai.ToolCall", 400)
         fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
         args = fn.get("arguments")
         if not isinstance(args, dict):
@@ -189,7 +190,7 @@ def _tool_calls_in(raw: list) -> list[dict]:
             except json.JSONDecodeError:
                 args = None
             if not isinstance(args, dict):
-                raise APIError(400, "invalid tool call arguments")
+                raise APIError("invalid tool call arguments", 400)
         call = {"function": {"name": fn.get("name") or "", "arguments": args}}
         if tc.get("id"):
             call["id"] = tc["id"]
@@ -209,7 +210,7 @@ def convert_messages(raw: list) -> list[Message]:
     out = []
     for item in raw:
         if not isinstance(item, dict):
-            raise APIError(400, f"json: cannot unmarshal {go_type(item)} into Go struct field ChatCompletionRequest.messages of type openai.Message")
+            raise APIError(f"json: cannot unmarshal {go_type(item)} into Go struct field ChatCompletionRequest.messages of type openai.Message", 400)
         f = OpenAIFields(item, "Message")
         role = f.str("role").lower()
         content = item.get("content")
@@ -223,7 +224,7 @@ def convert_messages(raw: list) -> list[Message]:
         elif isinstance(content, list):
             text, images = _content_parts(content)
         elif raw_calls is None:  # content may only be missing on a tool-calling turn
-            raise APIError(400, f"invalid message content type: {go_type(content)}")
+            raise APIError(f"invalid message content type: {go_type(content)}", 400)
         else:
             text, images = "", []
         out.append(Message(role=role, content=text, thinking=f.str("reasoning"), images=images,
@@ -252,14 +253,14 @@ def think_from_effort(f: OpenAIFields):
     if reasoning is not None:  # the object wins over reasoning_effort, even with no effort in it
         effort = reasoning.get("effort") or ""
         if not isinstance(effort, str):
-            raise APIError(400, f"json: cannot unmarshal {go_type(effort)} into Go struct field Reasoning.reasoning.effort of type string")
+            raise APIError(f"json: cannot unmarshal {go_type(effort)} into Go struct field Reasoning.reasoning.effort of type string", 400)
     else:
         effort = f.str("reasoning_effort")
     if not effort:
         return None
     if effort not in _EFFORT:
-        raise APIError(400, f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", "medium", '
-                            '"high", "xhigh", "ultra", "max", or "none")')
+        raise APIError(f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", "medium", '
+                            '"high", "xhigh", "ultra", "max", or "none")', 400)
     return _EFFORT[effort]
 
 
@@ -276,7 +277,7 @@ def chat_request(body: dict) -> tuple[ChatRequest, dict, bool]:
     f = OpenAIFields(body, "ChatCompletionRequest")
     raw_messages = f.list("messages", "[]openai.Message") or []
     if not raw_messages:
-        raise APIError(400, "[] is too short - 'messages'")
+        raise APIError("[] is too short - 'messages'", 400)
     stream_options = f.obj("stream_options", "openai.StreamOptions") or {}
     top_logprobs = f.int("top_logprobs")
     req = ChatRequest(
@@ -290,7 +291,7 @@ def chat_request(body: dict) -> tuple[ChatRequest, dict, bool]:
         top_logprobs=top_logprobs,
     )
     if not 0 <= top_logprobs <= 20:
-        raise APIError(400, "top_logprobs must be between 0 and 20")
+        raise APIError("top_logprobs must be between 0 and 20", 400)
     return req, sampling_options(f, completion=False), bool(stream_options.get("include_usage"))
 
 
@@ -424,7 +425,7 @@ async def chat_completions(request):
     state = state_of(request)
     req, overrides, include_usage = chat_request(parse_body(request.body))
     if not req.model:
-        raise APIError(400, "model is required")
+        raise APIError("model is required", 400)
     spec = await state.lookup(req.model, not_found="model '{name}' not found")
     prompt, opts = prepare_chat(state, spec, req, overrides)
     gen = await start_generation(state, spec, prompt, opts, keep_alive=None, started=started,
@@ -570,20 +571,20 @@ async def embeddings(request):
     dimensions = f.int("dimensions")
     encoding = f.str("encoding_format")
     if encoding and encoding.lower() not in ("float", "base64"):
-        raise APIError(400, f"Invalid value for 'encoding_format' = {encoding}. Supported values: ['float', 'base64'].")
+        raise APIError(f"Invalid value for 'encoding_format' = {encoding}. Supported values: ['float', 'base64'].", 400)
     raw = body.get("input")
     if raw == "":
         raw = [""]
     if raw is None or raw == []:
-        raise APIError(400, "invalid input")
+        raise APIError("invalid input", 400)
     if isinstance(raw, str):
         texts = [raw]
     elif isinstance(raw, list) and all(isinstance(t, str) for t in raw):
         texts = list(raw)
     else:  # token arrays are not supported, as in Ollama
-        raise APIError(400, "invalid input type")
+        raise APIError("invalid input type", 400)
     if not model:
-        raise APIError(404, "model '' not found")
+        raise APIError("model '' not found", 404)
     spec = await state.lookup(model, not_found=native_embed.NOT_FOUND)
     result, _ = await native_embed._embed(state, spec, texts, truncate=True, normalize=True, dimensions=dimensions,
                                           keep_alive=None, options=None)

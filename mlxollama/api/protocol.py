@@ -25,20 +25,20 @@ def _json_type(value) -> str:
 
 def parse_body(raw: bytes) -> dict:
     if not raw or not raw.strip():
-        raise APIError(400, "missing request body")
+        raise APIError("missing request body", 400)
     try:
         body = json.loads(raw)
     except json.JSONDecodeError as e:
         if e.pos >= len(e.doc.rstrip()):
-            raise APIError(400, "unexpected EOF") from e
+            raise APIError("unexpected EOF", 400) from e
         ch = e.doc[e.pos] if e.pos < len(e.doc) else ""
-        raise APIError(400, f"invalid character {ch!r} looking for beginning of value") from e
+        raise APIError(f"invalid character {ch!r} looking for beginning of value", 400) from e
     except UnicodeDecodeError as e:
-        raise APIError(400, "invalid UTF-8 in request body") from e
+        raise APIError("invalid UTF-8 in request body", 400) from e
     if body is None:
         return {}
     if not isinstance(body, dict):
-        raise APIError(400, f"json: cannot unmarshal {_json_type(body)} into Go value of type api.Request")
+        raise APIError(f"json: cannot unmarshal {_json_type(body)} into Go value of type api.Request", 400)
     return body
 
 
@@ -51,8 +51,8 @@ class Fields:
 
     def _fail(self, key: str, value, go_type: str):
         raise APIError(
-            400,
             f"json: cannot unmarshal {_json_type(value)} into Go struct field {self.struct}.{key} of type {go_type}",
+            400,
         )
 
     def str(self, key: str, default: str = "") -> str:
@@ -103,7 +103,7 @@ class Fields:
         try:
             return parse_keep_alive(self.body.get("keep_alive"))
         except DurationError as e:
-            raise APIError(400, str(e)) from e
+            raise APIError(str(e), 400) from e
 
     def think(self) -> bool | str | None:
         v = self.body.get("think")
@@ -112,7 +112,7 @@ class Fields:
         if isinstance(v, str) and v in THINK_LEVELS:
             return v
         if isinstance(v, str):
-            raise APIError(400, f'invalid think value: "{v}" (must be "high", "medium", "low", "max", true, or false)')
+            raise APIError(f'invalid think value: "{v}" (must be "high", "medium", "low", "max", true, or false)', 400)
         self._fail("think", v, "api.ThinkValue")
 
     def images(self, key: str = "images", struct_field: str | None = None) -> list[bytes]:
@@ -128,7 +128,7 @@ def decode_image(img, fields: Fields, key: str) -> bytes:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:
         bad = next((i for i, c in enumerate(data) if not (c.isalnum() or c in "+/=")), len(data))
-        raise APIError(400, f"illegal base64 data at input byte {bad}") from e
+        raise APIError(f"illegal base64 data at input byte {bad}", 400) from e
 
 
 @dataclass
@@ -151,19 +151,19 @@ class Message:
 
 def _tool_call(raw, struct: str) -> dict:
     if not isinstance(raw, dict):
-        raise APIError(400, f"json: cannot unmarshal {_json_type(raw)} into Go struct field {struct}.tool_calls of type api.ToolCall")
+        raise APIError(f"json: cannot unmarshal {_json_type(raw)} into Go struct field {struct}.tool_calls of type api.ToolCall", 400)
     fn = raw.get("function") or {}
     if not isinstance(fn, dict):
-        raise APIError(400, f"json: cannot unmarshal {_json_type(fn)} into Go struct field ToolCall.function of type api.ToolCallFunction")
+        raise APIError(f"json: cannot unmarshal {_json_type(fn)} into Go struct field ToolCall.function of type api.ToolCallFunction", 400)
     args = fn.get("arguments", {})
     if isinstance(args, str):
         # Lenient where Ollama is strict: OpenAI-style histories carry arguments as JSON text.
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
-            raise APIError(400, "json: cannot unmarshal string into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments") from e
+            raise APIError("json: cannot unmarshal string into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments", 400) from e
     if not isinstance(args, dict):
-        raise APIError(400, f"json: cannot unmarshal {_json_type(args)} into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments")
+        raise APIError(f"json: cannot unmarshal {_json_type(args)} into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments", 400)
     call = {"function": {"name": fn.get("name", ""), "arguments": args}}
     if "index" in fn:
         call["function"]["index"] = fn["index"]
@@ -177,7 +177,7 @@ def parse_messages(fields: Fields) -> list[Message]:
     out = []
     for item in raw:
         if not isinstance(item, dict):
-            raise APIError(400, f"json: cannot unmarshal {_json_type(item)} into Go struct field ChatRequest.messages of type api.Message")
+            raise APIError(f"json: cannot unmarshal {_json_type(item)} into Go struct field ChatRequest.messages of type api.Message", 400)
         f = Fields(item, "Message")
         out.append(
             Message(
@@ -196,7 +196,7 @@ def parse_messages(fields: Fields) -> list[Message]:
 def check_format(value) -> None:
     if value is None or value == "" or value == "json" or isinstance(value, dict):
         return
-    raise APIError(500, f'invalid format: {json.dumps(json.dumps(value))}; expected "json" or a valid JSON Schema object')
+    raise APIError(f'invalid format: {json.dumps(json.dumps(value))}; expected "json" or a valid JSON Schema object', 500)
 
 
 @dataclass(kw_only=True)
@@ -232,7 +232,7 @@ def _generation_fields(f: Fields, body: dict) -> dict:
 
 def _checked(req):
     if not 0 <= req.top_logprobs <= 20:
-        raise APIError(400, "top_logprobs must be between 0 and 20")
+        raise APIError("top_logprobs must be between 0 and 20", 400)
     return req
 
 
@@ -251,7 +251,7 @@ class GenerateRequest(_GenerationRequest):
         f = Fields(body, "GenerateRequest")
         context = f.list("context", "[]int")
         if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
-            raise APIError(400, "json: cannot unmarshal value into Go struct field GenerateRequest.context of type int")
+            raise APIError("json: cannot unmarshal value into Go struct field GenerateRequest.context of type int", 400)
         return _checked(cls(
             prompt=f.str("prompt"),
             suffix=f.str("suffix"),

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from ..engine.catalog import ModelSpec
-from ..engine.jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
+from ..engine.jobs import DoneEvent, ErrorEvent, GenerationJob, PromptSpec, TextEvent
 from ..options import Options, OptionTypeError, validate_options
 from .errors import APIError
 from .state import ServerState
@@ -18,12 +18,12 @@ from .state import ServerState
 def check_capabilities(spec: ModelSpec, requested: str, need: list[str], think) -> None:
     """Ollama's capability errors: generate/chat/thinking by requested name, others by full name."""
     if "completion" in need and "completion" not in spec.capabilities:
-        raise APIError(400, f'"{requested}" does not support generate')
+        raise APIError(f'"{requested}" does not support generate', 400)
     missing = [c for c in need if c != "completion" and c not in spec.capabilities]
     if missing:
-        raise APIError(400, f"{spec.name.display_full()} does not support " + "\n".join(missing))
+        raise APIError(f"{spec.name.display_full()} does not support " + "\n".join(missing), 400)
     if think not in (None, False) and "thinking" not in spec.capabilities:
-        raise APIError(400, f'"{requested}" does not support thinking')
+        raise APIError(f'"{requested}" does not support thinking', 400)
 
 
 def resolve_options(state: ServerState, spec: ModelSpec, raw: dict | None, overrides: dict | None = None) -> Options:
@@ -32,7 +32,7 @@ def resolve_options(state: ServerState, spec: ModelSpec, raw: dict | None, overr
         request_opts = validate_options(raw)
         opts = Options.merged(spec.params, request_opts, overrides, num_ctx=state.config.context_length)
     except OptionTypeError as e:
-        raise APIError(500, str(e)) from e
+        raise APIError(str(e), 500) from e
     opts.num_ctx = max(opts.num_ctx, 4)
     if spec.context_length:
         opts.num_ctx = min(opts.num_ctx, spec.context_length)
@@ -110,10 +110,7 @@ class Generation:
 async def acquire_runner(state: ServerState, spec: ModelSpec, keep_alive: int | None, num_ctx: int):
     """Load or reuse the model: (runner, load duration in ns). The caller must release the runner."""
     load_started = time.perf_counter_ns()
-    try:
-        runner = await state.scheduler.acquire(spec, keep_alive, num_ctx)
-    except EngineError as e:
-        raise APIError(e.status, e.message) from e
+    runner = await state.scheduler.acquire(spec, keep_alive, num_ctx)
     return runner, time.perf_counter_ns() - load_started
 
 

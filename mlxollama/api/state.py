@@ -25,11 +25,11 @@ class ServerState:
         try:
             parsed = ModelName.parse(name)
         except InvalidName as e:
-            raise APIError(invalid_status, "invalid model name") from e
+            raise APIError("invalid model name", invalid_status) from e
         try:
             return await asyncio.to_thread(load_spec, self.store, parsed)
         except ModelNotFoundError as e:
-            raise APIError(404, not_found.format(name=name, short=parsed.display_shortest())) from e
+            raise APIError(not_found.format(name=name, short=parsed.display_shortest()), 404) from e
 
 
 def state_of(request) -> ServerState:

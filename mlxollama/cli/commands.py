@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
-from decimal import Decimal
 from pathlib import Path
 
 from .. import __version__

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import sys
-import threading
-import time
 import unicodedata
 from datetime import datetime, timezone
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
 import threading
 import time
 
-from .format import go_duration, human_bytes, text_width
+from .format import go_duration, human_bytes
 
 
 SPINNER_FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
+from ..errors import StatusError
 from ..store import (
     InvalidName,
     Layer,
@@ -45,13 +46,8 @@ SOURCE_KEY = "mlxollama_source_digest"
 TEXT_LAYER_TYPES = frozenset({media.TEMPLATE, media.PROMPT, media.SYSTEM, media.PARAMS, media.MESSAGES, media.LICENSE})
 
 
-class ManageError(Exception):
-    """A failure with the status Ollama gives it (used as the HTTP status when nothing was streamed yet)."""
-
-    def __init__(self, message: str, status: int = 500):
-        super().__init__(message)
-        self.message = message
-        self.status = status
+class ManageError(StatusError):
+    """A model-management failure (used as the HTTP status when nothing was streamed yet)."""
 
 
 def _noop(_: dict) -> None:

@@ -13,7 +13,6 @@ What the repository holds decides the rest:
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 import threading

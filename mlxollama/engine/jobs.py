@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import StatusError
 from ..options import Options
 
 
@@ -41,11 +42,8 @@ class ErrorEvent:
     status: int = 500
 
 
-class EngineError(Exception):
-    def __init__(self, message: str, status: int = 500):
-        super().__init__(message)
-        self.message = message
-        self.status = status
+class EngineError(StatusError):
+    """A failure on a model's thread: loading, prompt building, generation."""
 
 
 class Job:
