@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -541,7 +542,8 @@ def _field(obj: Any, name: str) -> Any:
             if isinstance(k, str) and k.lower().replace("_", "") == low:
                 return v
         return None
-    return getattr(obj, name, None)
+    # Go evaluates fields of maps and structs only; a Python attribute (`.Prompt.upper`) is no field.
+    raise TemplateError(f"can't evaluate field {name} in type {_go_type(obj)}")
 
 
 class _Break(Exception):
@@ -618,11 +620,26 @@ def _printf(fmt: str, *args: Any) -> str:
     return "".join(out)
 
 
+# Bounds on one execution, so a hostile per-request template (`{{ range 4000 }}` nested) ends in a
+# template error instead of holding a thread for minutes: far above what real chat templates use
+# over a long conversation with tools.
+MAX_STEPS = 2_000_000
+MAX_OUTPUT_CHARS = 64 << 20
+
+
 class _Exec:
     def __init__(self, src: str, data: Any):
         self.src = src
         self.out: list[str] = []
         self.vars: list[dict[str, Any]] = [{"$": data}]
+        self.steps = 0
+        self.size = 0
+
+    def _count(self, text: str = "") -> None:
+        self.steps += 1
+        self.size += len(text)
+        if self.steps > MAX_STEPS or self.size > MAX_OUTPUT_CHARS:
+            raise TemplateError("template execution exceeded its limit")
 
     def lookup(self, name: str) -> Any:
         for scope in reversed(self.vars):
@@ -641,11 +658,16 @@ class _Exec:
         for node in nodes:
             k = node.kind
             if k == "text":
+                self._count(node.text)
                 self.out.append(node.text)
             elif k == "action":
                 value = self.pipe(node.pipe, dot)
                 if not node.pipe.decl:
-                    self.out.append(_to_text(value))
+                    text = _to_text(value)
+                    self._count(text)
+                    self.out.append(text)
+                else:
+                    self._count()
             elif k == "if":
                 self.vars.append({})
                 try:
@@ -691,6 +713,7 @@ class _Exec:
                 self.run(node.orelse, dot)
                 return
             for key, elem in items:
+                self._count()
                 scope = self.vars[-1]
                 scope.clear()
                 if len(pipe.decl) == 1:
@@ -900,6 +923,8 @@ class Template:
             raise TemplateError(msg if msg.startswith("template:") else f"template: :{1}: executing: {msg}") from e
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise TemplateError(f"template: executing: {e}") from e
+        except RecursionError as e:
+            raise TemplateError("template: executing: nested too deeply") from e
         return "".join(ex.out)
 
     def cut_after_response(self) -> list[_Node]:
@@ -953,16 +978,22 @@ def _identifiers(nodes: list[_Node]) -> list[str]:
 
 
 _CACHE: dict[str, Template] = {}
+_CACHE_LOCK = threading.Lock()  # templates are parsed on model threads and worker threads at once
 
 
 def parse(template: str) -> Template:
     """Parse (cached); raises TemplateError with Go-like wording."""
-    t = _CACHE.get(template)
+    with _CACHE_LOCK:
+        t = _CACHE.get(template)
     if t is None:
-        t = Template(template)
-        if len(_CACHE) > 64:
-            _CACHE.clear()
-        _CACHE[template] = t
+        try:
+            t = Template(template)
+        except RecursionError as e:
+            raise TemplateError("template: nested too deeply") from e
+        with _CACHE_LOCK:
+            if len(_CACHE) > 64:
+                _CACHE.clear()
+            _CACHE[template] = t
     return t
 
 
