@@ -24,6 +24,9 @@ _DEFAULT_ORIGINS = [
     for port in ("", ":*")
 ] + ["app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
 
+# Large enough for several high-resolution images in base64 and agent-sized prompts.
+MAX_JSON_BODY = 512 << 20
+
 _ALLOW_HEADERS = (
     "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, OpenAI-Beta, x-stainless-arch, "
     "x-stainless-async, x-stainless-custom-poll-interval, x-stainless-helper-method, x-stainless-lang, "
@@ -77,7 +80,9 @@ def _host_allowed(host_header: str) -> bool:
 
 def create_app(state: ServerState, name: str = "mlxollama") -> Sanic:
     app = Sanic(name, request_class=OllamaRequest)
-    app.config.REQUEST_MAX_SIZE = 2**40  # blob uploads are large; handlers check sizes themselves
+    # JSON bodies are read whole before parsing: bound them (413). Blob uploads stream to disk and
+    # Sanic lifts the limit for streaming handlers.
+    app.config.REQUEST_MAX_SIZE = MAX_JSON_BODY
     app.config.RESPONSE_TIMEOUT = 7 * 24 * 3600  # generation on a slow machine may take a long time
     app.config.REQUEST_TIMEOUT = 3600
     app.config.KEEP_ALIVE_TIMEOUT = 30

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,18 +25,79 @@ def _json_type(value) -> str:
     return _JSON_TYPE.get(type(value), "value")
 
 
+# Go's decoder stops at this depth ("exceeded max depth"); Python's would recurse until it fails.
+MAX_JSON_DEPTH = 10000
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _reject_constant(name: str):
+    # NaN and Infinity are not JSON: Go's decoder refuses them where Python's accepts them.
+    raise APIError(f"invalid character {name[0]!r} looking for beginning of value", 400)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise APIError(f"json: cannot unmarshal number {text} into Go value of type float64", 400)
+    return value
+
+
+def _nesting_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than `limit` (a linear scan, before decoding)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def _replace_lone_surrogates(value):
+    """Go turns invalid UTF-16 escapes (a lone \\ud800) into U+FFFD; Python keeps them, and they
+    cannot be encoded later."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def parse_body(raw: bytes) -> dict:
     if not raw or not raw.strip():
         raise APIError("missing request body", 400)
+    # Go's decoder replaces invalid UTF-8 with U+FFFD rather than refusing the request.
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, (bytes, bytearray)) else raw
+    if _nesting_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise APIError("exceeded max depth", 400)
     try:
-        body = json.loads(raw)
+        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as e:
         if e.pos >= len(e.doc.rstrip()):
             raise APIError("unexpected EOF", 400) from e
         ch = e.doc[e.pos] if e.pos < len(e.doc) else ""
         raise APIError(f"invalid character {ch!r} looking for beginning of value", 400) from e
-    except UnicodeDecodeError as e:
-        raise APIError("invalid UTF-8 in request body", 400) from e
+    except RecursionError as e:
+        raise APIError("exceeded max depth", 400) from e
+    if _SURROGATE_ESCAPE.search(text):  # only escapes can carry a surrogate into the decoded body
+        body = _replace_lone_surrogates(body)
     if body is None:
         return {}
     if not isinstance(body, dict):

@@ -24,6 +24,8 @@ from .store import (
     ModelNotFound,
     Store,
     StoreError,
+    is_orphaned_temp,
+    owned_temp_prefix,
     StoredManifest,
     StoreLock,
     atomic_write_bytes,
@@ -36,6 +38,8 @@ from .store import (
 
 __all__ = [
     "media",
+    "is_orphaned_temp",
+    "owned_temp_prefix",
     "DEFAULT_HOST",
     "DEFAULT_NAMESPACE",
     "DEFAULT_TAG",

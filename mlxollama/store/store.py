@@ -38,6 +38,30 @@ DIR_MODE = 0o755
 FILE_MODE = 0o644
 # Temp files start with '.', so they can never parse as a model name or blob.
 TMP_PREFIX = ".tmp-mlxollama-"
+_OWNED_TMP_RE = re.compile(r"\.tmp-mlxollama-(?:work-)?p(\d+)-")
+
+
+def owned_temp_prefix(prefix: str = TMP_PREFIX) -> str:
+    """Temp names carry the writing process's id, so the next start-up can tell the leftovers of a
+    killed server (remove now) from files another live process is still writing (leave)."""
+    return f"{prefix}p{os.getpid()}-"
+
+
+def is_orphaned_temp(name: str) -> bool:
+    """True for a temp file or folder whose writing process no longer runs."""
+    m = _OWNED_TMP_RE.match(name)
+    if not m:
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False
+    return False
 LOCK_NAME = ".mlxollama-store.lock"
 
 _DIGEST_RE = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
@@ -297,7 +321,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via same-dir temp + fsync + os.replace, so readers never see a partial file."""
     path = Path(path)
     _makedirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=owned_temp_prefix())
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -441,7 +465,7 @@ class BlobWriter:
         self.expected = validate_digest(expected_digest) if expected_digest is not None else None
         _makedirs(store.blobs_dir)
         # Registered before it exists, so a concurrent gc can never see it unprotected.
-        self.tmp_path = store.blobs_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        self.tmp_path = store.blobs_dir / f"{owned_temp_prefix()}{uuid.uuid4().hex}"
         store._active_tmp.add(self.tmp_path)
         try:
             fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
@@ -553,7 +577,7 @@ class Store:
             raise FileNotFoundError(str(path))
         if move or link_ok:
             self._ensure_dirs()
-            tmp = self.blobs_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+            tmp = self.blobs_dir / f"{owned_temp_prefix()}{uuid.uuid4().hex}"
             self._active_tmp.add(tmp)
             try:
                 try:
@@ -880,8 +904,8 @@ class Store:
                     if _unlink_quiet(p):
                         result.blobs.append(digest)
                 else:
-                    # temp files, `-partial` downloads, other junk
-                    if p in self._active_tmp or not old_enough(st):
+                    # temp files, `-partial` downloads, other junk; a killed writer's temp files at once
+                    if p in self._active_tmp or not (old_enough(st) or is_orphaned_temp(e.name)):
                         continue
                     if _unlink_quiet(p):
                         result.files.append(p)
@@ -896,7 +920,7 @@ class Store:
                         st = p.stat()
                     except OSError:
                         continue
-                    if old_enough(st) and _unlink_quiet(p):
+                    if (old_enough(st) or is_orphaned_temp(f)) and _unlink_quiet(p):
                         result.files.append(p)
 
             result.dirs = self._prune_empty_dirs()

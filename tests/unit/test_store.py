@@ -737,3 +737,27 @@ def test_materialize_concurrent(store, tmp_path):
     assert errors == [] and set(out) == {run / stored.digest_hex}
     assert os.listdir(run) == [stored.digest_hex]
     assert (run / stored.digest_hex / "tokenizer.json").read_text() == '{"version":"1.0"}'
+
+
+def test_gc_removes_a_killed_writers_temp_files_at_once_and_keeps_live_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from mlxollama.store import is_orphaned_temp, owned_temp_prefix
+
+    store = Store(tmp_path / "models")
+    store.blobs_dir.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = store.blobs_dir / f".tmp-mlxollama-p{dead.pid}-0123abcd"
+    orphan.write_bytes(b"x" * 1024)
+    live_parent = store.blobs_dir / f".tmp-mlxollama-p{os.getppid()}-4567"  # a process that still runs
+    live_parent.write_bytes(b"y")
+    mine = store.blobs_dir / f"{owned_temp_prefix()}89ab"
+    mine.write_bytes(b"z")
+    partial = store.blobs_dir / ("sha256-" + "cd" * 32 + "-partial")  # resumable: only by age
+    partial.write_bytes(b"p")
+    assert is_orphaned_temp(orphan.name) and not is_orphaned_temp(mine.name)
+    store.gc(min_age_seconds=3600)
+    assert not orphan.exists()
+    assert live_parent.exists() and mine.exists() and partial.exists()
