@@ -21,10 +21,9 @@ from ..engine.jobs import DoneEvent, ErrorEvent, TextEvent
 from ..parsers.stops import StopMatcher
 from . import sse
 from .errors import APIError, dumps, json_body
-from .generate import prepare_chat
 from .openai import OpenAIFields, go_type
 from .protocol import ChatRequest, Message, parse_body
-from .service import Generation, start_generation
+from .service import Generation, prepare_chat, start_generation
 from .state import state_of
 
 bp = Blueprint("anthropic")

@@ -11,33 +11,14 @@ from ..engine.catalog import ModelSpec
 from ..template.gotemplate import TemplateError
 from ..template.ollama import render as render_go_template
 from ..engine.jobs import DoneEvent, ErrorEvent, PromptSpec, TextEvent
-from ..engine.structured import FormatError, format_grammar
 from ..timefmt import rfc3339_utc
 from .errors import APIError, dumps, error_response, json_body
-from .protocol import ChatRequest, GenerateRequest, check_format, parse_body
-from .service import Generation, acquire_runner, check_capabilities, resolve_options, start_generation
+from .protocol import ChatRequest, GenerateRequest, parse_body
+from .service import (Generation, acquire_runner, check_capabilities, effective_think, own_template, prepare_chat,
+                      resolve_options, start_generation, structured_grammar)
 from .state import ServerState, state_of
 
 bp = Blueprint("generate")
-
-
-def structured_grammar(fmt) -> str | None:
-    """`format` checked with Ollama's 500 texts and compiled for constrained decoding."""
-    check_format(fmt)
-    try:
-        return format_grammar(fmt)
-    except FormatError as e:
-        raise APIError(f'invalid format: {json.dumps(json.dumps(fmt))}; expected "json" or a valid JSON Schema object', 500) from e
-
-
-_check_structured = structured_grammar  # the name other API layers imported before
-
-
-def effective_think(spec: ModelSpec, think):
-    """Ollama >= 0.12.4: a thinking model thinks unless told not to."""
-    if think is None and "thinking" in spec.capabilities:
-        return True
-    return think
 
 
 def _pieces(event: TextEvent):
@@ -173,30 +154,6 @@ async def generate(request):
     gen = await start_generation(state, spec, prompt, opts, keep_alive=req.keep_alive, started=started,
                                  logprobs=req.logprobs, top_logprobs=req.top_logprobs)
     return await _run(request, gen, chunk, final, req.stream, req.logprobs)
-
-
-def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, overrides: dict | None = None):
-    """Checks and prompt assembly shared by /api/chat and the OpenAI/Anthropic layers.
-    Returns (PromptSpec, Options); raises APIError with Ollama's texts. The PromptSpec carries
-    the effective `think` and the compiled `format` grammar; tool calls are parsed whenever
-    `tools` were given."""
-    if "completion" not in spec.capabilities:
-        raise APIError(f'"{req.model}" does not support chat', 400)
-    need = ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
-    check_capabilities(spec, req.model, need, req.think)
-    grammar = structured_grammar(req.format)
-    opts = resolve_options(state, spec, req.options, overrides)
-    messages = list(spec.messages) + [m.for_template() for m in req.messages]
-    if spec.system and req.messages[0].role != "system":
-        messages.insert(0, {"role": "system", "content": spec.system})
-    return PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate,
-                      think=effective_think(spec, req.think), grammar=grammar,
-                      go_template=own_template(spec)), opts
-
-
-def own_template(spec: ModelSpec) -> str | None:
-    """The model's TEMPLATE layer, when it has one of its own (not one we derived for FIM)."""
-    return None if spec.go_template_derived else spec.go_template
 
 
 def chat_message(text: str, thinking: str = "", calls: list | None = None) -> dict:

@@ -26,9 +26,8 @@ from . import embed as native_embed
 from . import generate as native_generate
 from . import sse
 from .errors import APIError, dumps, json_body
-from .generate import prepare_chat
 from .protocol import ChatRequest, Fields, Message, parse_body
-from .service import Generation, start_generation
+from .service import Generation, prepare_chat, start_generation
 from .state import state_of
 
 bp = Blueprint("openai")

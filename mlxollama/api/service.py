@@ -5,13 +5,16 @@ Native, OpenAI and Anthropic handlers differ only in how they shape requests and
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
 from ..engine.catalog import ModelSpec
 from ..engine.jobs import DoneEvent, ErrorEvent, GenerationJob, PromptSpec, TextEvent
+from ..engine.structured import FormatError, format_grammar
 from ..options import Options, OptionTypeError, validate_options
 from .errors import APIError
+from .protocol import ChatRequest, check_format
 from .state import ServerState
 
 
@@ -37,6 +40,46 @@ def resolve_options(state: ServerState, spec: ModelSpec, raw: dict | None, overr
     if spec.context_length:
         opts.num_ctx = min(opts.num_ctx, spec.context_length)
     return opts
+
+
+def structured_grammar(fmt) -> str | None:
+    """`format` checked with Ollama's 500 texts and compiled for constrained decoding."""
+    check_format(fmt)
+    try:
+        return format_grammar(fmt)
+    except FormatError as e:
+        raise APIError(f'invalid format: {json.dumps(json.dumps(fmt))}; expected "json" or a valid JSON Schema object', 500) from e
+
+
+def effective_think(spec: ModelSpec, think):
+    """Ollama >= 0.12.4: a thinking model thinks unless told not to."""
+    if think is None and "thinking" in spec.capabilities:
+        return True
+    return think
+
+
+def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, overrides: dict | None = None):
+    """Checks and prompt assembly shared by /api/chat and the OpenAI/Anthropic layers.
+    Returns (PromptSpec, Options); raises APIError with Ollama's texts. The PromptSpec carries
+    the effective `think` and the compiled `format` grammar; tool calls are parsed whenever
+    `tools` were given."""
+    if "completion" not in spec.capabilities:
+        raise APIError(f'"{req.model}" does not support chat', 400)
+    need = ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
+    check_capabilities(spec, req.model, need, req.think)
+    grammar = structured_grammar(req.format)
+    opts = resolve_options(state, spec, req.options, overrides)
+    messages = list(spec.messages) + [m.for_template() for m in req.messages]
+    if spec.system and req.messages[0].role != "system":
+        messages.insert(0, {"role": "system", "content": spec.system})
+    return PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate,
+                      think=effective_think(spec, req.think), grammar=grammar,
+                      go_template=own_template(spec)), opts
+
+
+def own_template(spec: ModelSpec) -> str | None:
+    """The model's TEMPLATE layer, when it has one of its own (not one we derived for FIM)."""
+    return None if spec.go_template_derived else spec.go_template
 
 
 @dataclass
