@@ -12,6 +12,7 @@ stored byte for byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -42,15 +43,34 @@ STALL_TIMEOUT = 30.0  # Ollama treats 30 s without bytes as a stall
 PROGRESS_INTERVAL = 0.06
 CHUNK = 1 << 20
 
-_blob_locks: dict[str, asyncio.Lock] = {}
+# One download (or conversion) per blob at a time; an entry lives only while someone holds or
+# waits for it, so a long-running server does not keep a lock per blob it ever pulled.
+_blob_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
 
-def _blob_lock(store: Store, key: str) -> asyncio.Lock:
+@contextlib.asynccontextmanager
+async def _blob_lock(store: Store, key: str):
     key = f"{store.root}|{key}"
-    lock = _blob_locks.get(key)
-    if lock is None:
-        lock = _blob_locks[key] = asyncio.Lock()
-    return lock
+    lock, users = _blob_locks.get(key, (None, 0))
+    lock = lock or asyncio.Lock()
+    _blob_locks[key] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = _blob_locks[key]
+        if users <= 1:
+            del _blob_locks[key]
+        else:
+            _blob_locks[key] = (lock, users - 1)
+
+
+def _write_and_close(f, data: bytes) -> None:
+    try:
+        if data:
+            f.write(data)
+    finally:
+        f.close()
 
 
 def _user_agent() -> str:
@@ -211,14 +231,25 @@ class Registry:
                         raise ManageError(f"{r.status_code}: {body}")
                     mode = "ab" if r.status_code == 206 and offset else "wb"
                     done = offset if mode == "ab" else 0
-                    with open(partial, mode) as f:
-                        async for chunk in r.aiter_raw():  # unbuffered: a cut keeps what arrived
-                            f.write(chunk)
+                    # File writes run on a worker thread, never on the event loop; what arrived is
+                    # written out even when the connection is cut, so a resume starts after it.
+                    f = await asyncio.to_thread(open, partial, mode)
+                    pending: list[bytes] = []
+                    pending_size = 0
+                    try:
+                        async for chunk in r.aiter_raw():
+                            pending.append(chunk)
+                            pending_size += len(chunk)
                             done += len(chunk)
+                            if pending_size >= CHUNK:
+                                data, pending, pending_size = b"".join(pending), [], 0
+                                await asyncio.to_thread(f.write, data)
                             now = time.monotonic()
                             if emit and now - last_emit >= PROGRESS_INTERVAL:
                                 last_emit = now
                                 emit(_progress(digest, total, min(done, total) if total else done))
+                    finally:
+                        await asyncio.to_thread(_write_and_close, f, b"".join(pending))
                     if not total or done >= total:
                         if emit:
                             emit(_progress(digest, total or done, total or done))
@@ -258,11 +289,14 @@ class Registry:
 
         async def body():
             sent = 0
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
+            f = await asyncio.to_thread(open, path, "rb")
+            try:
+                while chunk := await asyncio.to_thread(f.read, CHUNK):  # reads off the event loop
                     sent += len(chunk)
                     yield chunk
                     emit({"status": status, "digest": digest, "total": total, "completed": sent})
+            finally:
+                f.close()
 
         r = await self.send("PUT", f"{location}{sep}digest={digest}",
                             headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
