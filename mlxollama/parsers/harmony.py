@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from .holdback import held_back
 from .tools import ToolParseError, _arguments, new_call_id
 
 START, MESSAGE, CHANNEL, CONSTRAIN = "<|start|>", "<|message|>", "<|channel|>", "<|constrain|>"
@@ -21,17 +22,6 @@ FINAL_HEADER = "<|channel|>final<|message|>"
 def is_harmony_template(template: str | None) -> bool:
     t = template or ""
     return all(tag in t for tag in (START, MESSAGE, CHANNEL))
-
-
-def _hold(text: str, tags) -> int:
-    """Length of the longest suffix of text that could start one of tags."""
-    best = 0
-    for tag in tags:
-        for n in range(min(len(tag) - 1, len(text)), 0, -1):
-            if text.endswith(tag[:n]):
-                best = max(best, n)
-                break
-    return best
 
 
 def parse_header(raw: str) -> tuple[str, str, str]:
@@ -109,7 +99,7 @@ class HarmonyParser:
             if self.state == self.LOOK:
                 i = self.acc.find(START)
                 if i < 0:
-                    hold = 0 if final else _hold(self.acc, (START,))
+                    hold = 0 if final else held_back(self.acc, START)
                     stray, self.acc = self.acc[: len(self.acc) - hold], self.acc[len(self.acc) - hold:]
                     content.append(stray)
                     break
@@ -130,7 +120,7 @@ class HarmonyParser:
             if self.state == self.BODY:
                 cuts = [(self.acc.find(t), t) for t in ENDS if t in self.acc]
                 if not cuts:
-                    hold = 0 if final else _hold(self.acc, ENDS)
+                    hold = 0 if final else held_back(self.acc, ENDS)
                     self._emit(self.acc[: len(self.acc) - hold], content, thinking)
                     self.acc = self.acc[len(self.acc) - hold:]
                     if final:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .holdback import held_back
+
 
 class StopMatcher:
     def __init__(self, stops: list[str]):
@@ -21,13 +23,7 @@ class StopMatcher:
             self.stopped = True
             out, self.pending = self.pending[:cut], ""
             return out
-        hold = 0
-        for s in self.stops:
-            # the longest suffix of pending that is a proper prefix of a stop string
-            for n in range(min(len(s) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(s[:n]):
-                    hold = max(hold, n)
-                    break
+        hold = held_back(self.pending, self.stops)
         out = self.pending[: len(self.pending) - hold]
         self.pending = self.pending[len(out):]
         return out

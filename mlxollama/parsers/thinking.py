@@ -5,6 +5,8 @@ Plain Python (no MLX): a streaming splitter over generated text, plus the tag pa
 
 from __future__ import annotations
 
+from .holdback import held_back
+
 # Tag pairs in order of preference. A template that names both tags of a pair thinks that way.
 THINK_TAGS = [
     ("<think>", "</think>"),
@@ -61,14 +63,6 @@ def template_kwargs_for(think) -> dict:
     if isinstance(think, str):
         out["reasoning_effort"] = "high" if think == "max" else think
     return out
-
-
-def _overlap(text: str, tag: str) -> int:
-    """Length of the longest suffix of text that is a proper prefix of tag."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
 
 
 class ThinkingParser:
@@ -136,7 +130,7 @@ class ThinkingParser:
                 self.acc = ""
                 self.state = self.DONE if rest else self.EAT_AFTER_CLOSE
                 return thinking, rest, False
-            hold = _overlap(acc, self.close_tag)
+            hold = held_back(acc, self.close_tag)
             self.acc = acc[len(acc) - hold:] if hold else ""
             return acc[: len(acc) - hold], "", False
         if self.state == self.EAT_AFTER_CLOSE:

@@ -14,6 +14,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .holdback import held_back
+
 PYTHON_TAG = "<|python_tag|>"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -126,13 +128,6 @@ def _normalize(parsed) -> list[dict]:
     return calls
 
 
-def _overlap(text: str, tag: str) -> int:
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
-
-
 def _balanced_end(text: str) -> int:
     """Index just past the first complete {...} or [...] value at the start of text, or -1."""
     depth, in_str, esc = 0, False, False
@@ -222,7 +217,7 @@ class ToolCallParser:
             if not self.in_call:
                 i = self.buffer.find(start)
                 if i < 0:
-                    hold = 0 if final else _overlap(self.buffer, start)
+                    hold = 0 if final else held_back(self.buffer, start)
                     piece = self.buffer[: len(self.buffer) - hold]
                     self.buffer = self.buffer[len(piece):]
                     emit(piece)
