@@ -8,8 +8,34 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .encoder import SUPPORTED_MODEL_TYPES, EncoderModel, InputTooLong, read_pooling
+from .encoder import SUPPORTED_MODEL_TYPES, EncoderModel, InputTooLong, l2_normalize, pool, read_pooling
 from .jobs import EmbedJob, EmbedResult, EngineError, ErrorEvent
+
+
+def decoder_embeddings(inner, tokenizer, texts: list[str], *, limit: int, truncate: bool,
+                       mode: str = "mean") -> tuple[np.ndarray, int]:
+    """Pooled final hidden states of a decoder's inner model -> (float32 [len(texts), dim],
+    tokens processed). One text per forward pass: a causal model with last-token pooling would
+    need left padding and masks to batch, and embedding requests to decoders are rarely large.
+    Raises InputTooLong for a text over `limit` tokens when truncate is off."""
+    vectors, total = [], 0
+    for text in texts:
+        ids = list(tokenizer.encode(text, add_special_tokens=True))
+        if len(ids) > limit:
+            if not truncate:
+                raise InputTooLong()
+            ids = ids[:limit]
+        total += len(ids)
+        hidden = inner(mx.array([ids])).astype(mx.float32)
+        vectors.append(np.array(pool(hidden, mx.ones((1, len(ids)), mx.bool_), mode)[0]))
+    return np.stack(vectors).astype(np.float32), total
+
+
+def fit_vectors(vectors: np.ndarray, *, dimensions: int, normalize: bool) -> np.ndarray:
+    """`dimensions` (Matryoshka-style: the leading components), then unit length when asked."""
+    if 0 < dimensions < vectors.shape[1]:
+        vectors = vectors[:, :dimensions]
+    return l2_normalize(vectors) if normalize else vectors
 
 
 class DecoderEmbedder:
@@ -39,30 +65,9 @@ class DecoderEmbedder:
         return [len(self.tokenizer.encode(t)) for t in texts]
 
     def embed(self, texts: list[str], *, truncate: bool = True, normalize: bool = True, batch_size: int = 1):
-        # One text per forward pass: a causal model with last-token pooling would need left padding
-        # and masks to batch, and embedding requests to decoder embedders are rarely large.
-        vectors, total = [], 0
-        for text in texts:
-            ids = list(self.tokenizer.encode(text, add_special_tokens=True))
-            if len(ids) > self.max_length:
-                if not truncate:
-                    raise InputTooLong()
-                ids = ids[: self.max_length]
-            total += len(ids)
-            hidden = self.model.model(mx.array([ids]))[0].astype(mx.float32)
-            if self.mode == "lasttoken":
-                vec = hidden[-1]
-            elif self.mode == "cls":
-                vec = hidden[0]
-            elif self.mode == "max":
-                vec = mx.max(hidden, axis=0)
-            else:
-                vec = mx.mean(hidden, axis=0)
-            vectors.append(np.array(vec))
-        out = np.stack(vectors).astype(np.float32)
-        if normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        return out, total
+        out, total = decoder_embeddings(self.model.model, self.tokenizer, texts, limit=self.max_length,
+                                        truncate=truncate, mode=self.mode)
+        return (l2_normalize(out) if normalize else out), total
 
 
 def _is_encoder_folder(model_dir: Path) -> bool:
@@ -88,16 +93,14 @@ class LoadedEmbedder:
 
     def embed(self, job: EmbedJob) -> None:
         try:
-            vectors, tokens = self.encoder.embed(job.texts, truncate=job.truncate, normalize=job.normalize)
+            vectors, tokens = self.encoder.embed(job.texts, truncate=job.truncate, normalize=False)
         except InputTooLong as e:
             job.emit(ErrorEvent(str(e), 400))
             return
         if not np.all(np.isfinite(vectors)):
             job.emit(ErrorEvent("the model produced NaN or Inf values", 500))
             return
-        if 0 < job.dimensions < vectors.shape[1]:
-            # Matryoshka-style: keep the leading components and make them unit length again.
-            vectors = vectors[:, : job.dimensions]
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
+        # A shortened vector is made unit length again whatever was asked.
+        vectors = fit_vectors(vectors, dimensions=job.dimensions,
+                              normalize=job.normalize or 0 < job.dimensions < vectors.shape[1])
         job.emit(EmbedResult(vectors=vectors.astype(np.float32).tolist(), prompt_eval_count=tokens))

@@ -419,7 +419,8 @@ class BertEncoder(nn.Module):
 
 
 def pool(hidden: mx.array, keep: mx.array, mode: str) -> mx.array:
-    """sentence-transformers pooling over right-padded float32 hidden states."""
+    """sentence-transformers pooling over right-padded float32 hidden states [batch, width, dim];
+    `keep` marks the real tokens. The one pooling every embedding path uses."""
     m = keep.astype(hidden.dtype)[..., None]
     if mode == "cls":
         return hidden[:, 0]
@@ -435,9 +436,10 @@ def pool(hidden: mx.array, keep: mx.array, mode: str) -> mx.array:
     return summed / count
 
 
-def l2_normalize(x: mx.array) -> mx.array:
-    # Same epsilon as torch.nn.functional.normalize, which sentence-transformers uses.
-    return x / mx.maximum(mx.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, with torch.nn.functional.normalize's epsilon (what
+    sentence-transformers uses). The one normalisation every embedding path uses."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
 # --------------------------------------------------------------------------- batching
@@ -594,8 +596,5 @@ class EncoderModel:
             keep[r, :k] = True
         keep_mx = mx.array(keep)
         hidden = self.module(mx.array(ids), mx.array(types), keep_mx).astype(mx.float32)
-        vecs = pool(hidden, keep_mx, self.pooling.mode)
-        if normalize:
-            vecs = l2_normalize(vecs)
-        mx.eval(vecs)
-        return np.array(vecs)
+        vecs = np.array(pool(hidden, keep_mx, self.pooling.mode))
+        return l2_normalize(vecs) if normalize else vecs

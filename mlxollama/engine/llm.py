@@ -354,31 +354,20 @@ class LoadedLLM:
     def embed(self, job) -> None:
         """Ollama serves /api/embed with any model: a completion model gives its mean-pooled
         final hidden state (no embedding capability needed)."""
-        import numpy as np
-
+        from .embedder import decoder_embeddings, fit_vectors
+        from .encoder import InputTooLong
         from .jobs import EmbedResult
 
         inner = getattr(self.model, "model", None)
         if inner is None:
             raise EngineError("this model cannot produce embeddings", 400)
-        limit = job.num_ctx or 4096
-        vectors, total = [], 0
-        for text in job.texts:
-            tokens = list(self.tokenizer.encode(text, add_special_tokens=True))
-            if len(tokens) > limit:
-                if not job.truncate:
-                    raise EngineError("the input length exceeds the context length", 400)
-                tokens = tokens[:limit]
-            total += len(tokens)
-            hidden = inner(mx.array([tokens]))
-            vec = mx.mean(hidden[0].astype(mx.float32), axis=0)
-            vectors.append(np.array(vec))
-        out = np.stack(vectors)
-        if 0 < job.dimensions < out.shape[1]:
-            out = out[:, : job.dimensions]
-        if job.normalize:
-            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        job.emit(EmbedResult(vectors=out.astype(np.float32).tolist(), prompt_eval_count=total))
+        try:
+            out, total = decoder_embeddings(inner, self.tokenizer, job.texts, limit=job.num_ctx or 4096,
+                                            truncate=job.truncate)
+        except InputTooLong as e:
+            raise EngineError(str(e), 400) from e
+        out = fit_vectors(out, dimensions=job.dimensions, normalize=job.normalize)
+        job.emit(EmbedResult(vectors=out.tolist(), prompt_eval_count=total))
 
     # -- models that cannot batch --------------------------------------------------------------
 
