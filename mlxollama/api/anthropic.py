@@ -21,7 +21,7 @@ from ..engine.jobs import DoneEvent, ErrorEvent, TextEvent
 from ..parsers.stops import StopMatcher
 from . import sse
 from .errors import APIError, dumps, json_body
-from .openai import OpenAIFields, go_type
+from .openai_convert import OpenAIFields, go_type
 from .protocol import ChatRequest, Message, parse_body
 from .service import Generation, prepare_chat, start_generation
 from .state import state_of

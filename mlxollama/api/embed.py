@@ -17,8 +17,10 @@ bp = Blueprint("embed")
 NOT_FOUND = 'model "{name}" not found, try pulling it first'
 
 
-async def _embed(state: ServerState, spec, texts, *, truncate, normalize, dimensions, keep_alive, options,
-                 error_status: int | None = None):
+async def embed_texts(state: ServerState, spec, texts, *, truncate, normalize, dimensions, keep_alive, options,
+                      error_status: int | None = None):
+    """Embed texts with the model loaded (or kept loaded) -> (EmbedResult or None for no texts,
+    load duration in ns). The native endpoints and /v1/embeddings all run on this."""
     opts = resolve_options(state, spec, options)
     runner, load_ns = await acquire_runner(state, spec, keep_alive, opts.num_ctx)
     try:
@@ -60,8 +62,8 @@ async def embed(request):
     keep_alive = f.keep_alive()
     options = f.obj("options")
     spec = await state.lookup(model, not_found=NOT_FOUND)
-    result, load_ns = await _embed(state, spec, texts, truncate=truncate, normalize=True,
-                                   dimensions=dimensions, keep_alive=keep_alive, options=options)
+    result, load_ns = await embed_texts(state, spec, texts, truncate=truncate, normalize=True,
+                                        dimensions=dimensions, keep_alive=keep_alive, options=options)
     if result is None:
         return json_body({"model": model, "embeddings": []})
     out = {"model": model, "embeddings": result.vectors,
@@ -82,6 +84,6 @@ async def embeddings(request):
     options = f.obj("options")
     spec = await state.lookup(model, not_found=NOT_FOUND)
     # The legacy endpoint returns the raw pooled vector and never truncates (too long is a 500).
-    result, _ = await _embed(state, spec, [prompt] if prompt else [], truncate=False, normalize=False,
-                             dimensions=0, keep_alive=keep_alive, options=options, error_status=500)
+    result, _ = await embed_texts(state, spec, [prompt] if prompt else [], truncate=False, normalize=False,
+                                  dimensions=0, keep_alive=keep_alive, options=options, error_status=500)
     return json_body({"embedding": result.vectors[0] if result else []})

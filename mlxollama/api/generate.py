@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Awaitable, Callable
 
 from sanic import Blueprint
 
 from ..engine.catalog import ModelSpec
+from ..errors import StatusError
 from ..template.gotemplate import TemplateError
 from ..template.ollama import render as render_go_template
 from ..engine.jobs import DoneEvent, ErrorEvent, PromptSpec, TextEvent
 from ..timefmt import rfc3339_utc
-from .errors import APIError, dumps, error_response, json_body
+from .errors import APIError, dumps, json_body
 from .protocol import ChatRequest, GenerateRequest, parse_body
 from .service import (Generation, acquire_runner, check_capabilities, effective_think, own_template, prepare_chat,
                       resolve_options, start_generation, structured_grammar)
@@ -31,39 +32,65 @@ def _pieces(event: TextEvent):
         yield event.text, event.thinking, event.tool_calls, event.logprobs
 
 
-async def _run(request, gen: Generation, chunk, final, stream: bool, want_logprobs: bool):
-    """Write a generation as Ollama NDJSON (or one object for stream:false).
+# Where a streamed reply's objects go, one at a time: NDJSON lines for the native routes, SSE
+# chunks for /v1/completions.
+Emit = Callable[[dict], Awaitable[None]]
+
+
+class NDJSONStream:
+    """The native wire for a reply: one JSON object, or NDJSON lines on a response opened by the first."""
+
+    def __init__(self, request):
+        self.request = request
+        self.response = None
+
+    async def send(self, obj: dict) -> None:
+        if self.response is None:
+            self.response = await self.request.respond(content_type="application/x-ndjson")
+        await self.response.send(dumps(obj) + "\n")
+
+    async def reply(self, whole: dict | None):
+        """The handler's return: `whole` as one JSON object, or None after a stream (ended here)."""
+        if whole is not None:
+            return json_body(whole)
+        if self.response is not None:
+            await self.response.eof()
+        return None
+
+
+async def _run(gen: Generation, chunk, final, stream: bool, want_logprobs: bool, emit: Emit) -> dict | None:
+    """A generation as Ollama's objects: the one object for stream:false, else each stream object
+    through emit (None returned). An engine error before the first byte raises StatusError.
 
     chunk(text, thinking, tool_calls) and final(done, metrics, text, thinking, tool_calls) shape
     the objects for their endpoint."""
     try:
         event = await gen.next_event()
         if isinstance(event, ErrorEvent):
-            return error_response(event.status, event.message)
+            raise StatusError(event.message, event.status)
         if not stream:
             whole = await gen.collect(event)
             if isinstance(whole.end, ErrorEvent):
-                return error_response(whole.end.status, whole.end.message)
+                raise StatusError(whole.end.message, whole.end.status)
             out = final(whole.end, gen.metrics().ollama_fields(), whole.text, whole.thinking, whole.tool_calls)
             if want_logprobs:
                 out["logprobs"] = whole.logprobs
-            return json_body(out)
-        response = await request.respond(content_type="application/x-ndjson")
+            return out
         while True:
             if isinstance(event, TextEvent):
                 for text, thinking, calls, logprobs in _pieces(event):
                     piece = chunk(text, thinking, calls)
                     if logprobs:
                         piece["logprobs"] = logprobs
-                    await response.send(dumps(piece) + "\n")
+                    await emit(piece)
             elif isinstance(event, DoneEvent):
-                await response.send(dumps(final(event, gen.metrics().ollama_fields())) + "\n")
+                await emit(final(event, gen.metrics().ollama_fields()))
                 break
             else:
-                await response.send(dumps({"error": event.message}) + "\n")
+                await emit({"error": event.message})
                 break
             event = await gen.next_event()
-        await response.eof()
+        return None
     finally:
         gen.close()
 
@@ -80,8 +107,14 @@ async def _load_or_unload(state: ServerState, spec: ModelSpec, req, shape) -> di
 @bp.post("/api/generate")
 async def generate(request):
     started = time.perf_counter_ns()
-    state = state_of(request)
     req = GenerateRequest.parse(parse_body(request.body))
+    stream = NDJSONStream(request)
+    return await stream.reply(await generate_reply(state_of(request), req, started, stream.send))
+
+
+async def generate_reply(state: ServerState, req: GenerateRequest, started: int, emit: Emit) -> dict | None:
+    """/api/generate on a parsed request: the one reply object, or None once a stream has gone
+    through emit. Raises StatusError with Ollama's texts. /v1/completions runs on it too."""
     if not req.model:
         raise APIError("model '' not found", 404)
     spec = await state.lookup(req.model, not_found="model '{name}' not found")
@@ -90,13 +123,13 @@ async def generate(request):
         return {"model": req.model, "created_at": rfc3339_utc(), "response": "", "done": True, "done_reason": reason}
 
     if not req.prompt and req.keep_alive_given and req.keep_alive == 0:
-        return json_body(await _load_or_unload(state, spec, req, shape))
+        return await _load_or_unload(state, spec, req, shape)
     if req.raw and (req.template or req.system or req.context):
         raise APIError("raw mode does not support template, system, or context", 400)
     need = ["completion"] + (["insert"] if req.suffix else []) + (["vision"] if req.images else [])
     check_capabilities(spec, req.model, need, req.think)
     if not req.prompt:
-        return json_body(await _load_or_unload(state, spec, req, shape))
+        return await _load_or_unload(state, spec, req, shape)
     grammar = structured_grammar(req.format)
     think = effective_think(spec, req.think)
     opts = resolve_options(state, spec, req.options)
@@ -153,7 +186,7 @@ async def generate(request):
 
     gen = await start_generation(state, spec, prompt, opts, keep_alive=req.keep_alive, started=started,
                                  logprobs=req.logprobs, top_logprobs=req.top_logprobs)
-    return await _run(request, gen, chunk, final, req.stream, req.logprobs)
+    return await _run(gen, chunk, final, req.stream, req.logprobs, emit)
 
 
 def chat_message(text: str, thinking: str = "", calls: list | None = None) -> dict:
@@ -168,8 +201,13 @@ def chat_message(text: str, thinking: str = "", calls: list | None = None) -> di
 @bp.post("/api/chat")
 async def chat(request):
     started = time.perf_counter_ns()
-    state = state_of(request)
     req = ChatRequest.parse(parse_body(request.body))
+    stream = NDJSONStream(request)
+    return await stream.reply(await chat_reply(state_of(request), req, started, stream.send))
+
+
+async def chat_reply(state: ServerState, req: ChatRequest, started: int, emit: Emit) -> dict | None:
+    """/api/chat on a parsed request, shaped like generate_reply."""
     if not req.model:
         raise APIError("model is required", 400)
     spec = await state.lookup(req.model, not_found="model '{name}' not found")
@@ -180,10 +218,10 @@ async def chat(request):
 
     if not req.messages:
         if req.keep_alive_given and req.keep_alive == 0:
-            return json_body(await _load_or_unload(state, spec, req, shape))
+            return await _load_or_unload(state, spec, req, shape)
         if "completion" not in spec.capabilities:
             raise APIError(f'"{req.model}" does not support chat', 400)
-        return json_body(await _load_or_unload(state, spec, req, shape))
+        return await _load_or_unload(state, spec, req, shape)
     prompt, opts = prepare_chat(state, spec, req)
 
     def chunk(text, thinking="", calls=None):
@@ -199,4 +237,4 @@ async def chat(request):
 
     gen = await start_generation(state, spec, prompt, opts, keep_alive=req.keep_alive, started=started,
                                  logprobs=req.logprobs, top_logprobs=req.top_logprobs)
-    return await _run(request, gen, chunk, final, req.stream, req.logprobs)
+    return await _run(gen, chunk, final, req.stream, req.logprobs, emit)
