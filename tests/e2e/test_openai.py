@@ -559,3 +559,31 @@ def test_empty_completion_still_opens_with_the_role():
     out = stream_chunks(DoneEvent("length", 3, 0, 0, 0), include_usage=True)
     assert json.loads(out[0])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert json.loads(out[2])["usage"] == {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}
+
+
+# --- bounds ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_ctx64(http):
+    r = http.post("/api/create", json={"model": "tiny-ctx64", "from": TINY, "parameters": {"num_ctx": 64},
+                                       "stream": False})
+    assert r.status_code == 200, r.text
+    return "tiny-ctx64:latest"
+
+
+@pytest.mark.parametrize("max_tokens", [-1, -7])
+def test_negative_max_tokens_ends_at_the_context_window(http, tiny_ctx64, max_tokens):
+    """Ollama passes max_tokens through as num_predict, where a negative value means "until a
+    stop"; without context shifting that ends when the window is full, never later."""
+    r = chat(http, model=tiny_ctx64, max_tokens=max_tokens, temperature=0)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert 0 < body["usage"]["completion_tokens"]
+    assert body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"] == 64
+    r = http.post("/v1/completions", json={"model": tiny_ctx64, "prompt": "Once upon a time", "max_tokens": max_tokens,
+                                           "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"] == 64
