@@ -104,12 +104,17 @@ async def _load_or_unload(state: ServerState, spec: ModelSpec, req, shape) -> di
     return shape("load")
 
 
+async def _serve_native(request, parse, reply):
+    """A native route: parse the body, run the reply on it, write what it gives as NDJSON."""
+    started = time.perf_counter_ns()
+    req = parse(parse_body(request.body))
+    stream = NDJSONStream(request)
+    return await stream.reply(await reply(state_of(request), req, started, stream.send))
+
+
 @bp.post("/api/generate")
 async def generate(request):
-    started = time.perf_counter_ns()
-    req = GenerateRequest.parse(parse_body(request.body))
-    stream = NDJSONStream(request)
-    return await stream.reply(await generate_reply(state_of(request), req, started, stream.send))
+    return await _serve_native(request, GenerateRequest.parse, generate_reply)
 
 
 async def generate_reply(state: ServerState, req: GenerateRequest, started: int, emit: Emit) -> dict | None:
@@ -200,10 +205,7 @@ def chat_message(text: str, thinking: str = "", calls: list | None = None) -> di
 
 @bp.post("/api/chat")
 async def chat(request):
-    started = time.perf_counter_ns()
-    req = ChatRequest.parse(parse_body(request.body))
-    stream = NDJSONStream(request)
-    return await stream.reply(await chat_reply(state_of(request), req, started, stream.send))
+    return await _serve_native(request, ChatRequest.parse, chat_reply)
 
 
 async def chat_reply(state: ServerState, req: ChatRequest, started: int, emit: Emit) -> dict | None:
