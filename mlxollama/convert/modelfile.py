@@ -4,6 +4,8 @@ legacy `/api/create {"modelfile": ...}` request into the current JSON fields (§
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable
 
 from ..options import IGNORED_KEYS, _TYPES as OPTION_TYPES
 
@@ -180,11 +182,36 @@ def format_parameter(name: str, value: str):
     raise ModelfileError(f"unknown type {kind} for {name}")
 
 
-def to_create_fields(commands: list[Command]) -> dict:
-    """The current /api/create JSON fields a Modelfile stands for.
+# Ollama's client (parser.deprecatedParameters) warns about these and leaves them out of the request.
+DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
+                         "mirostat", "mirostat_tau", "mirostat_eta")
 
-    `FROM <name>` → from; `FROM @sha256:…` (the old CLI's uploaded blob) → files; `FROM <path>` →
-    from (create resolves server-side paths); `ADAPTER @sha256:…` → adapters; `stop` accumulates.
+
+@dataclass
+class ClientSide:
+    """`ollama create` on the client: FROM/ADAPTER naming a local file or folder is uploaded.
+
+    `upload(arg)` stores what `arg` names as blobs and returns {relative path: digest}, or None when
+    it names nothing local (FROM then names a model). `warn` receives what Ollama's client prints.
+    """
+
+    upload: Callable[[str], dict[str, str] | None]
+    warn: Callable[[str], None]
+
+
+def _uploaded_blob(arg: str, filename: str) -> dict[str, str] | None:
+    # `@sha256:...`: what older Ollama clients wrote for a blob they had uploaded
+    return {filename: arg[1:]} if arg.startswith("@") else None
+
+
+def to_create_fields(commands: list[Command], client: ClientSide | None = None) -> dict:
+    """The current /api/create JSON fields a Modelfile stands for (Ollama's Modelfile.CreateRequest).
+
+    The server (client=None) reads a legacy `modelfile` request: `FROM @sha256:…` → files, any other
+    FROM → from (create resolves server-side paths), `ADAPTER @sha256:…` → adapters, another ADAPTER
+    → adapter_path; DRAFT is refused and every ignored option key skipped. The client uploads local
+    files instead, warns about DRAFT and Ollama's deprecated parameters, and refuses an ADAPTER that
+    names nothing local. `stop` accumulates in both.
     """
     fields: dict = {}
     params: dict = {}
@@ -192,27 +219,35 @@ def to_create_fields(commands: list[Command]) -> dict:
     licenses: list[str] = []
     for c in commands:
         if c.name == "model":
-            if c.args.startswith("@"):
-                fields.setdefault("files", {})["model.gguf"] = c.args[1:]
-            else:
+            files = client.upload(c.args) if client else _uploaded_blob(c.args, "model.gguf")
+            if files is None:
                 fields["from"] = c.args
+            else:
+                fields.setdefault("files", {}).update(files)
         elif c.name == "adapter":
-            if c.args.startswith("@"):
-                fields["adapters"] = {"adapter.gguf": c.args[1:]}
+            files = client.upload(c.args) if client else _uploaded_blob(c.args, "adapter.gguf")
+            if files is not None:
+                fields["adapters"] = files
+            elif client:
+                raise ModelfileError(f"adapter {c.args}: no such file or directory")
             else:
                 fields["adapter_path"] = c.args
         elif c.name in ("template", "system", "renderer", "parser", "requires"):
             fields[c.name] = c.args
         elif c.name == "draft":
-            raise ModelfileError("DRAFT models are not supported")
+            if client is None:
+                raise ModelfileError("DRAFT models are not supported")
+            client.warn("warning: DRAFT is not supported and was ignored")
         elif c.name == "license":
             licenses.append(c.args)
         elif c.name == "message":
             role, _, content = c.args.partition(": ")
             messages.append({"role": role, "content": content})
+        elif client is None and c.name in IGNORED_KEYS:
+            continue
+        elif client is not None and c.name in DEPRECATED_PARAMETERS:
+            client.warn(f"warning: parameter {c.name} is deprecated")
         else:
-            if c.name in IGNORED_KEYS:
-                continue
             value = format_parameter(c.name, c.args)
             if isinstance(value, list) and isinstance(params.get(c.name), list):
                 params[c.name] = params[c.name] + value
@@ -227,8 +262,60 @@ def to_create_fields(commands: list[Command]) -> dict:
     return fields
 
 
+# ------------------------------------------------------------------------------ writing Modelfiles
+
+
 def quote(s: str) -> str:
-    """How Ollama writes a value back into a Modelfile."""
+    """How Ollama writes a value back into a Modelfile (parser.quote): quoted only when a bare
+    value would not parse back (a newline, or a space at either end)."""
     if "\n" in s or s.startswith(" ") or s.endswith(" "):
         return f'"""{s}"""' if '"' in s else f'"{s}"'
     return s
+
+
+def go_value(v) -> str:
+    """A parameter value as Go's %v prints it after a JSON round trip (numbers are float64 there)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return _go_float(float(v))
+    return str(v)
+
+
+def _go_float(f: float) -> str:
+    # strconv.FormatFloat(f, 'g', -1, 64): shortest digits, exponent form below 1e-4 or from 1e6 on.
+    if f != f:
+        return "NaN"
+    if f in (float("inf"), float("-inf")):
+        return "+Inf" if f > 0 else "-Inf"
+    if f == 0:
+        return "-0" if str(f).startswith("-") else "0"
+    sign, digits, exponent = Decimal(repr(f)).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    point = len(text) + exponent  # digits before the decimal point
+    minus = "-" if sign else ""
+    exp = point - 1
+    if exp < -4 or exp >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if point <= 0:
+        return f"{minus}0.{'0' * -point}{text}"
+    if point >= len(text):
+        return f"{minus}{text}{'0' * (point - len(text))}"
+    return f"{minus}{text[:point]}.{text[point:]}"
+
+
+def format_command(c: Command) -> str:
+    """One Modelfile line, as Ollama's parser.Command.String writes it."""
+    if c.name == "model":
+        return f"FROM {c.args}"
+    if c.name in ("license", "template", "system", "adapter", "renderer", "parser", "requires", "draft"):
+        return f"{c.name.upper()} {quote(c.args)}"
+    if c.name == "message":
+        role, _, content = c.args.partition(": ")
+        return f"MESSAGE {role} {quote(content)}"
+    return f"PARAMETER {c.name} {quote(c.args)}"
+
+
+def format_modelfile(commands: list[Command]) -> str:
+    return "".join(format_command(c) + "\n" for c in commands)
