@@ -1,10 +1,57 @@
-"""Server configuration from the environment, under Ollama's names where Ollama has one (reference §14)."""
+"""Every environment variable mlxollama reads, in one place (like Ollama's envconfig).
+
+No other module touches os.environ: the server reads its settings once, at start-up, into
+`Config`; the command line, the service helper and pull/import call the small functions below,
+which read the variable when called. Ollama's names and parsing rules where Ollama has the
+variable (reference §14); values are trimmed of spaces and quotes, as Ollama's `Var` does.
+
+Server (`Config.from_env`):
+
+| Variable | Default | Field: meaning |
+|---|---|---|
+| OLLAMA_HOST | 127.0.0.1:11434 | host, port: bind address, parsed like Ollama's |
+| MLXOLLAMA_MODELS | ~/.mlxollama/models | models_dir: our store |
+| OLLAMA_KEEP_ALIVE | 5m | keep_alive_ns: idle time before unload (duration or seconds; negative = forever) |
+| OLLAMA_ORIGINS | | origins: extra CORS origins, comma separated |
+| OLLAMA_CONTEXT_LENGTH | 4096 | context_length: default num_ctx |
+| OLLAMA_DEBUG | | debug: 0 info, 1 debug (1/true), 2 trace (as Ollama: 0/false and junk are off) |
+| OLLAMA_MAX_QUEUE | 512 | max_queue: pending requests before 503 |
+| OLLAMA_NUM_PARALLEL | 8 | num_parallel: sequences one model decodes together |
+| OLLAMA_MAX_LOADED_MODELS | 0 (scheduler's 3) | max_loaded_models: models resident at once |
+| OLLAMA_NOPRUNE | | noprune: keep unreferenced blobs and replaced layers |
+| MLXOLLAMA_REPORTED_VERSION | 0.13.0 | reported_version: what /api/version says |
+| MLXOLLAMA_MEMORY_BUDGET | 75% of memory | memory_budget: bytes loaded models may use |
+| MLXOLLAMA_PREFILL_STEP | 512 | prefill_step: prompt tokens per prefill step |
+| MLXOLLAMA_PROMPT_CACHE_ENTRIES | 16 | prompt_cache_entries: prompt (KV) caches kept |
+| MLXOLLAMA_PROMPT_CACHE_BYTES | 1 GiB | prompt_cache_bytes: bytes those caches may hold |
+| MLXOLLAMA_EXIT_WITH_PARENT | | `exit_with_parent()`: test harnesses; stop when the parent process goes |
+
+Pull and import (read at each use; the convert code runs without a Config):
+
+| OLLAMA_MODELS | ~/.ollama/models | `ollama_models_dir()`: Ollama's own store, read only |
+| MLXOLLAMA_REGISTRY | registry.ollama.ai | `registry_override()`: registry for names without a host |
+
+Command line and service:
+
+| OLLAMA_HOST | 127.0.0.1:11434 | `client_host()`: the server the CLI talks to |
+| OLLAMA_NOHISTORY | | `no_history()`: interactive mode keeps no history file |
+| OLLAMA_DEBUG | | `debug_level()`: the CLI shows tracebacks of unexpected errors |
+| MLXOLLAMA_SERVICE_OS | detected | `service_os_override()`: darwin or linux |
+| MLXOLLAMA_SVC_<KEY> | | `service_template_values()`: values the install script renders |
+| XDG_CONFIG_HOME | ~/.config | `xdg_config_home()`: where the systemd user unit lives |
+
+Read by others, not by this package: HF_ENDPOINT and HF_TOKEN (huggingface_hub), and the
+scripts' MLXOLLAMA_MLX_EXTRA, MLXOLLAMA_NO_OPENBLAS and MLXOLLAMA_SERVICE_WAIT.
+
+Only the standard library is imported here: the service scripts import this with a bare Python.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from .durations import MINUTE, parse_env_keep_alive
@@ -13,10 +60,20 @@ DEFAULT_PORT = 11434
 # /api/version must be a numeric semver >= 0.6.4 (VS Code Copilot parses it); this is the
 # Ollama release whose behaviour we follow.
 DEFAULT_REPORTED_VERSION = "0.13.0"
+# Sequences decoded together. Ollama defaults to 1; on MLX a batch step costs little more
+# than a single one on a GPU, so we batch by default (see docs/benchmarks.md).
+DEFAULT_NUM_PARALLEL = 8
+
+Env = Mapping[str, str]
 
 
 def _clean(value: str | None) -> str:
     return (value or "").strip().strip("\"'").strip()
+
+
+def _var(name: str, env: Env | None) -> str:
+    """One variable, trimmed like Ollama's envconfig.Var; `env` stands in for os.environ in tests."""
+    return _clean((os.environ if env is None else env).get(name))
 
 
 def parse_host(value: str | None) -> tuple[str, str, int]:
@@ -49,14 +106,29 @@ def total_memory() -> int:
         return 0
 
 
+_GO_TRUE = ("1", "t", "T", "true", "TRUE", "True")
+_GO_FALSE = ("0", "f", "F", "false", "FALSE", "False")
+
+
 def parse_bool(value: str | None) -> bool:
     """Go ParseBool, with Ollama's twist: an unparseable non-empty value counts as true."""
     v = _clean(value)
-    if not v:
-        return False
-    if v in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    return True
+    return bool(v) and v not in _GO_FALSE
+
+
+def parse_debug(value: str | None) -> int:
+    """OLLAMA_DEBUG as Ollama's LogLevel reads it: 0 info, 1 debug, 2 (or more) trace.
+
+    A Go boolean true is debug; otherwise a non-zero integer is that many levels below info;
+    false, 0 and anything unparseable leave logging at info.
+    """
+    v = _clean(value)
+    if v in _GO_TRUE:
+        return 1
+    try:
+        return max(0, int(v))
+    except ValueError:
+        return 0
 
 
 def parse_uint(value: str | None, default: int) -> int:
@@ -70,6 +142,12 @@ def parse_uint(value: str | None, default: int) -> int:
     return n if n >= 0 else default
 
 
+def default_memory_budget() -> int:
+    # Loaded models may use this much before idle ones are evicted; three quarters of the
+    # machine leaves room for the OS and for KV caches that grow during generation.
+    return int(0.75 * total_memory()) or (1 << 62)
+
+
 @dataclass
 class Config:
     host: str = "127.0.0.1"
@@ -80,34 +158,81 @@ class Config:
     context_length: int = 4096
     debug: int = 0
     max_queue: int = 512
-    num_parallel: int = 0  # 0: the engine's own default (it batches; see EngineSettings)
-    max_loaded_models: int = 0
+    num_parallel: int = DEFAULT_NUM_PARALLEL
+    max_loaded_models: int = 0  # 0: the scheduler's default
     reported_version: str = DEFAULT_REPORTED_VERSION
     noprune: bool = False
-    # Loaded models may use this much before idle ones are evicted; three quarters of the
-    # machine leaves room for the OS and for KV caches that grow during generation.
-    memory_budget: int = field(default_factory=lambda: int(0.75 * total_memory()) or (1 << 62))
+    memory_budget: int = field(default_factory=default_memory_budget)
+    prefill_step: int = 512
+    prompt_cache_entries: int = 16
+    prompt_cache_bytes: int = 1 << 30
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Config":
-        env = os.environ if env is None else env
-        _, host, port = parse_host(env.get("OLLAMA_HOST"))
-        models = _clean(env.get("MLXOLLAMA_MODELS"))
-        debug_raw = _clean(env.get("OLLAMA_DEBUG"))
-        debug = 2 if debug_raw == "2" else (1 if parse_bool(debug_raw) else 0)
-        origins = [o for o in (env.get("OLLAMA_ORIGINS") or "").split(",") if o]
+    def from_env(cls, env: Env | None = None) -> "Config":
+        def var(name: str) -> str:
+            return _var(name, env)
+
+        _, host, port = parse_host(var("OLLAMA_HOST"))
+        models = var("MLXOLLAMA_MODELS")
         return cls(
             host=host,
             port=port,
             models_dir=Path(models).expanduser() if models else Path.home() / ".mlxollama" / "models",
-            keep_alive_ns=parse_env_keep_alive(env.get("OLLAMA_KEEP_ALIVE")),
-            origins=origins,
-            context_length=parse_uint(env.get("OLLAMA_CONTEXT_LENGTH"), 4096) or 4096,
-            debug=debug,
-            max_queue=parse_uint(env.get("OLLAMA_MAX_QUEUE"), 512),
-            num_parallel=parse_uint(env.get("OLLAMA_NUM_PARALLEL"), 0),
-            max_loaded_models=parse_uint(env.get("OLLAMA_MAX_LOADED_MODELS"), 0),
-            reported_version=_clean(env.get("MLXOLLAMA_REPORTED_VERSION")) or DEFAULT_REPORTED_VERSION,
-            noprune=parse_bool(env.get("OLLAMA_NOPRUNE")),
-            memory_budget=parse_uint(env.get("MLXOLLAMA_MEMORY_BUDGET"), 0) or int(0.75 * total_memory()) or (1 << 62),
+            keep_alive_ns=parse_env_keep_alive(var("OLLAMA_KEEP_ALIVE")),
+            origins=[o for o in var("OLLAMA_ORIGINS").split(",") if o],
+            context_length=parse_uint(var("OLLAMA_CONTEXT_LENGTH"), 4096) or 4096,
+            debug=parse_debug(var("OLLAMA_DEBUG")),
+            max_queue=parse_uint(var("OLLAMA_MAX_QUEUE"), 512),
+            num_parallel=parse_uint(var("OLLAMA_NUM_PARALLEL"), 0) or DEFAULT_NUM_PARALLEL,
+            max_loaded_models=parse_uint(var("OLLAMA_MAX_LOADED_MODELS"), 0),
+            reported_version=var("MLXOLLAMA_REPORTED_VERSION") or DEFAULT_REPORTED_VERSION,
+            noprune=parse_bool(var("OLLAMA_NOPRUNE")),
+            memory_budget=parse_uint(var("MLXOLLAMA_MEMORY_BUDGET"), 0) or default_memory_budget(),
+            prefill_step=parse_uint(var("MLXOLLAMA_PREFILL_STEP"), 0) or 512,
+            prompt_cache_entries=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_ENTRIES"), 16),
+            prompt_cache_bytes=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_BYTES"), 1 << 30),
         )
+
+
+# --- read when called: start-up, pull/import, command line, service -----------------------------
+
+
+def exit_with_parent(env: Env | None = None) -> bool:
+    return parse_bool(_var("MLXOLLAMA_EXIT_WITH_PARENT", env))
+
+
+def ollama_models_dir(env: Env | None = None) -> Path:
+    configured = _var("OLLAMA_MODELS", env)
+    return Path(configured).expanduser() if configured else Path.home() / ".ollama" / "models"
+
+
+def registry_override(env: Env | None = None) -> str:
+    """MLXOLLAMA_REGISTRY without a trailing slash: a host[:port] or a full scheme://host; '' if unset."""
+    return _var("MLXOLLAMA_REGISTRY", env).rstrip("/")
+
+
+def client_host(env: Env | None = None) -> str:
+    return _var("OLLAMA_HOST", env)
+
+
+def no_history(env: Env | None = None) -> bool:
+    return parse_bool(_var("OLLAMA_NOHISTORY", env))
+
+
+def debug_level(env: Env | None = None) -> int:
+    return parse_debug(_var("OLLAMA_DEBUG", env))
+
+
+def service_os_override(env: Env | None = None) -> str:
+    return _var("MLXOLLAMA_SERVICE_OS", env).lower()
+
+
+def service_template_values(keys: Iterable[str], env: Env | None = None) -> dict[str, str]:
+    # Raw, not trimmed: a path may legitimately end in a space or hold quotes.
+    source = os.environ if env is None else env
+    return {k: source.get(f"MLXOLLAMA_SVC_{k}", "") for k in keys}
+
+
+def xdg_config_home(env: Env | None = None) -> Path:
+    configured = _var("XDG_CONFIG_HOME", env)
+    return Path(configured) if configured else Path.home() / ".config"

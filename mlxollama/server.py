@@ -9,7 +9,7 @@ import time
 
 from .api.app import create_app
 from .api.state import ServerState
-from .config import Config
+from .config import Config, exit_with_parent
 from .engine.scheduler import Scheduler
 from .store import Store
 
@@ -35,7 +35,7 @@ def _exit_with_parent() -> None:
 
 
 def serve(config: Config | None = None) -> None:
-    if os.environ.get("MLXOLLAMA_EXIT_WITH_PARENT"):
+    if exit_with_parent():
         _exit_with_parent()
     config = config or Config.from_env()
     logging.basicConfig(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-from ..config import parse_host
+from ..config import client_host, parse_host
 
 # httpx and ollama are imported inside the functions: server_url() must work with a bare Python,
 # because the service scripts call it before (or without) the virtual environment.
@@ -18,7 +16,7 @@ class CLIError(Exception):
 
 def server_url(value: str | None = None) -> str:
     """OLLAMA_HOST → the URL a client connects to, parsed by the same rules the server binds with."""
-    raw = os.environ.get("OLLAMA_HOST") if value is None else value
+    raw = client_host() if value is None else value
     raw = (raw or "").strip().strip("\"'").strip()
     scheme, host, port = parse_host(raw)
     # a bind-to-all address is not something to connect to; its loopback is

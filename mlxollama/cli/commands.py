@@ -447,11 +447,12 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     except Exception as exc:  # noqa: BLE001 - everything ends as one line unless debugging
+        from ..config import debug_level
         from .client import error_message
 
         msg = error_message(exc)
         if msg is None:
-            if os.environ.get("OLLAMA_DEBUG"):
+            if debug_level():
                 raise
             msg = f"{type(exc).__name__}: {exc}"
         print(f"Error: {msg}", file=sys.stderr)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 import ollama
 
+from ..config import no_history
 from . import client
 from .client import CLIError
 from .format import char_width, summary_lines, text_width
@@ -344,7 +344,7 @@ class LineReader:
     """input() with readline editing and a history file when the platform has readline."""
 
     def __init__(self):
-        self.history = not os.environ.get("OLLAMA_NOHISTORY")
+        self.history = not no_history()
         self.alt = False
         try:
             import readline  # noqa: F401 - importing it is what gives input() line editing

@@ -1,7 +1,8 @@
 """The background service: template rendering for scripts/install-launchd.sh, and `mlxollama service`.
 
-Only the standard library is imported at module level, so the install script can render a
-template with any Python 3 even before the virtual environment exists (for --dry-run).
+Only the standard library and mlxollama.config (itself standard library only) are imported at
+module level, so the install script can render a template with any Python 3 even before the
+virtual environment exists (for --dry-run).
 
     python -m mlxollama.cli.service render darwin|linux TEMPLATE   (values from MLXOLLAMA_SVC_* variables)
 """
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
+from ..config import service_os_override, service_template_values, xdg_config_home
+
 LABEL = "dev.mlxollama.server"
 UNIT = "mlxollama.service"
 KEYS = ("LABEL", "PYTHON", "ROOT", "OLLAMA_HOST", "MODELS", "KEEP_ALIVE", "PATH", "LOG_DIR")
@@ -22,8 +25,7 @@ KEYS = ("LABEL", "PYTHON", "ROOT", "OLLAMA_HOST", "MODELS", "KEEP_ALIVE", "PATH"
 
 def service_os() -> str:
     """darwin or linux; MLXOLLAMA_SERVICE_OS overrides so either path can be exercised anywhere."""
-    forced = os.environ.get("MLXOLLAMA_SERVICE_OS", "").strip().lower()
-    return forced or platform.system().lower()
+    return service_os_override() or platform.system().lower()
 
 
 def _systemd_quoted(value: str) -> str:
@@ -48,7 +50,7 @@ def render(template: str, values: dict[str, str], kind: str) -> str:
 
 def _main_render(argv: list[str]) -> int:
     kind, template = argv[0], Path(argv[1])
-    values = {k: os.environ.get(f"MLXOLLAMA_SVC_{k}", "") for k in KEYS}
+    values = service_template_values(KEYS)
     sys.stdout.write(render(template.read_text(encoding="utf-8"), values, kind))
     return 0
 
@@ -89,7 +91,7 @@ def status() -> int:
             pass
         print(f"logs: {home / 'Library' / 'Logs' / 'mlxollama' / 'server.log'}")
     elif kind == "linux":
-        unit = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "systemd" / "user" / UNIT
+        unit = xdg_config_home() / "systemd" / "user" / UNIT
         print(f"systemd user unit {UNIT}: {'installed at ' + str(unit) if unit.exists() else 'not installed'}")
         try:
             state = subprocess.run(["systemctl", "--user", "is-active", UNIT], capture_output=True, text=True)

@@ -8,16 +8,11 @@ locked or written there.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..config import ollama_models_dir
 from ..store import Layer, ModelName, Store, StoredManifest, media
 from .create import TEXT_LAYER_TYPES, Emit, ManageError, check_gguf_architecture, import_ollama_model
-
-
-def ollama_models_dir() -> Path:
-    configured = os.environ.get("OLLAMA_MODELS", "").strip()
-    return Path(configured).expanduser() if configured else Path.home() / ".ollama" / "models"
 
 
 def find(name: ModelName, root: Path | None = None) -> StoredManifest | None:

@@ -25,6 +25,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from .. import __version__
+from ..config import registry_override
 from ..store import DEFAULT_HOST, DigestMismatch, Layer, Manifest, ModelName, Store, media
 from .create import (
     TEXT_LAYER_TYPES,
@@ -36,7 +37,6 @@ from .create import (
     prune_unreferenced,
 )
 
-REGISTRY_ENV = "MLXOLLAMA_REGISTRY"
 MAX_RETRIES = 5
 RETRY_BASE_DELAY = 0.25  # seconds; doubles per retry
 STALL_TIMEOUT = 30.0  # Ollama treats 30 s without bytes as a stall
@@ -82,7 +82,7 @@ def registry_base(name: ModelName, insecure: bool) -> str:
     host = name.host
     scheme = "http" if insecure or name.insecure else "https"
     if host.lower() == DEFAULT_HOST:
-        configured = os.environ.get(REGISTRY_ENV, "").strip().rstrip("/")
+        configured = registry_override()
         if "://" in configured:
             return configured
         host = configured or DEFAULT_HOST

@@ -6,7 +6,6 @@ Everything here runs on the model's engine thread.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prom
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer
 from mlx_lm.utils import load as mlx_lm_load
 
+from ..config import DEFAULT_NUM_PARALLEL, Config
 from ..options import Options
 from .fim import fim_format_for, fim_stop_ids
 from ..parsers.harmony import FINAL_HEADER, HarmonyParser, is_harmony_template
@@ -62,29 +62,20 @@ def apply_backend_dtype(model: nn.Module) -> None:
     model.load_weights(updated, strict=False)
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, "") or default)
-    except ValueError:
-        return default
-
-
 @dataclass
 class EngineSettings:
-    # Sequences decoded together. Ollama defaults to 1; on MLX a batch step costs little more
-    # than a single one on a GPU, so we batch by default (see docs/benchmarks.md).
-    num_parallel: int = 8
+    num_parallel: int = DEFAULT_NUM_PARALLEL
     prefill_step: int = 512
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 1 << 30
 
     @classmethod
-    def from_env(cls, num_parallel: int | None = None) -> "EngineSettings":
+    def from_config(cls, config: Config) -> "EngineSettings":
         return cls(
-            num_parallel=num_parallel or _env_int("OLLAMA_NUM_PARALLEL", 8) or 8,
-            prefill_step=_env_int("MLXOLLAMA_PREFILL_STEP", 512),
-            prompt_cache_entries=_env_int("MLXOLLAMA_PROMPT_CACHE_ENTRIES", 16),
-            prompt_cache_bytes=_env_int("MLXOLLAMA_PROMPT_CACHE_BYTES", 1 << 30),
+            num_parallel=config.num_parallel,
+            prefill_step=config.prefill_step,
+            prompt_cache_entries=config.prompt_cache_entries,
+            prompt_cache_bytes=config.prompt_cache_bytes,
         )
 
 
@@ -106,7 +97,7 @@ class LoadedLLM:
     kind = "llm"
 
     def __init__(self, model_dir: Path, settings: EngineSettings | None = None):
-        self.settings = settings or EngineSettings.from_env()
+        self.settings = settings or EngineSettings()
         self.model, self.tokenizer = mlx_lm_load(str(model_dir))
         apply_backend_dtype(self.model)
         mx.eval(self.model.parameters())

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..config import Config
 from .catalog import ModelSpec
 from .jobs import EmbedJob, EngineError, ErrorEvent, GenerationJob, Job
 
@@ -18,20 +19,20 @@ log = logging.getLogger("mlxollama.engine")
 _STOP = object()
 
 
-def _load_state(spec: ModelSpec, model_dir: Path, num_parallel: int):
+def _load_state(spec: ModelSpec, model_dir: Path, config: Config):
     if spec.kind == "embedding":
         from .embedder import LoadedEmbedder
 
         return LoadedEmbedder(model_dir)
     from .llm import EngineSettings, LoadedLLM
 
-    return LoadedLLM(model_dir, EngineSettings.from_env(num_parallel or None))
+    return LoadedLLM(model_dir, EngineSettings.from_config(config))
 
 
 class ModelRunner:
-    def __init__(self, spec: ModelSpec, model_dir: Path, keep_alive_ns: int, num_ctx: int, num_parallel: int = 0):
+    def __init__(self, spec: ModelSpec, model_dir: Path, keep_alive_ns: int, num_ctx: int, config: Config):
         self.spec = spec
-        self.num_parallel = num_parallel
+        self.config = config
         self.model_dir = model_dir
         self.loop = asyncio.get_running_loop()
         self.loaded: asyncio.Future = self.loop.create_future()
@@ -95,7 +96,7 @@ class ModelRunner:
 
     def _main(self) -> None:
         try:
-            state = _load_state(self.spec, self.model_dir, self.num_parallel)
+            state = _load_state(self.spec, self.model_dir, self.config)
             self.size = state.memory_bytes(self.num_ctx)
             self.on_gpu = state.on_gpu
         except Exception as e:  # noqa: BLE001 - every load failure becomes the request's error

@@ -44,7 +44,7 @@ class Scheduler:
             if runner is None:
                 await self._make_room(spec.size)
                 model_dir = await asyncio.to_thread(spec.materialize, self.run_dir)
-                runner = ModelRunner(spec, model_dir, self._keep_alive(keep_alive_ns), num_ctx, self.config.num_parallel)
+                runner = ModelRunner(spec, model_dir, self._keep_alive(keep_alive_ns), num_ctx, self.config)
                 self.runners[spec.digest_hex] = runner
                 runner.start()
             elif keep_alive_ns is not None:
