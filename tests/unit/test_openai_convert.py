@@ -70,3 +70,14 @@ def test_embed_request_and_list():
     out = openai_convert.embedding_list("e", [[1.0, 0.5]], 3, as_base64=True)
     assert base64.b64decode(out["data"][0]["embedding"]) == b"\x00\x00\x80?\x00\x00\x00?"
     assert out["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+
+
+def test_conversion_module_holds_no_http_code():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(openai_convert.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m.split(".")[0] == "sanic"}
+    assert "request" not in {a.arg for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) for a in n.args.args}
