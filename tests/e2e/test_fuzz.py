@@ -214,8 +214,12 @@ def json_cases(draw, route: Route):
     return bound(route, body)
 
 
-def _positive_small(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TOKENS
+def _could_run_long(value) -> bool:
+    """A length cap the server would accept that lets a generation run past a few tokens."""
+    if value is None:
+        return True
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and not (isinstance(value, int) and 0 < value <= MAX_TOKENS)
 
 
 def bound(route: Route, body: dict) -> dict:
@@ -224,18 +228,13 @@ def bound(route: Route, body: dict) -> dict:
         options = body.get("options")
         if options is None:
             body["options"] = options = {}
-        if isinstance(options, dict):
-            value = options.get("num_predict")
-            if not isinstance(value, Raw) and (value is None or isinstance(value, (int, float))) \
-                    and not _positive_small(value):
-                options["num_predict"] = MAX_TOKENS
+        if isinstance(options, dict) and _could_run_long(options.get("num_predict")):
+            options["num_predict"] = MAX_TOKENS
     if route.path.startswith("/v1/") and route.path != "/v1/embeddings":
         for key in ("max_tokens", "max_completion_tokens"):
             value = body.get(key)
-            if key == "max_tokens" or value is not None:
-                if not isinstance(value, Raw) and (value is None or isinstance(value, (int, float))) \
-                        and not _positive_small(value):
-                    body[key] = MAX_TOKENS
+            if (key == "max_tokens" or value is not None) and _could_run_long(value):
+                body[key] = MAX_TOKENS
     return body
 
 
