@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 from collections.abc import Awaitable, Callable
 
@@ -148,13 +150,16 @@ async def generate_reply(state: ServerState, req: GenerateRequest, started: int,
                                 return_context=True)
         else:
             try:
-                text = render_go_template(spec.go_template or "", prompt=req.prompt, suffix=req.suffix)
+                # Templates run on a worker thread: a slow one must never stall the event loop.
+                text = await asyncio.to_thread(render_go_template, spec.go_template or "", prompt=req.prompt,
+                                               suffix=req.suffix)
             except TemplateError as e:
                 raise APIError(f"template error: {e}", 500) from e
             prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True)
     elif req.template:
         try:
-            text = render_go_template(req.template, system=req.system or spec.system or "", prompt=req.prompt)
+            text = await asyncio.to_thread(render_go_template, req.template, system=req.system or spec.system or "",
+                                           prompt=req.prompt)
         except TemplateError as e:
             raise APIError(f"template error: {e}", 400) from e
         prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True,

@@ -90,3 +90,14 @@ def test_an_abandoned_blob_upload_leaves_no_temp_file(server, models_dir):
         time.sleep(0.1)
     assert not ({p.name for p in blobs.iterdir()} - before), "a temp file outlived its upload"
     assert httpx.head(f"{server.url}/api/blobs/{digest}").status_code == 404
+
+
+@pytest.mark.parametrize("template, text", [
+    ("{{ .Prompt.upper }}", "can't evaluate field upper"),
+    ("{{ range 4000 }}{{ range 4000 }}{{ range 4000 }}x{{ end }}{{ end }}{{ end }}", "exceeded its limit"),
+])
+def test_a_hostile_request_template_is_a_400_and_the_server_keeps_answering(http, template, text):
+    r = http.post("/api/generate", json={"model": TINY, "prompt": "hi", "template": template, "stream": False})
+    assert r.status_code == 400, r.text
+    assert text in r.json()["error"] and "0x" not in r.text
+    assert http.get("/").status_code == 200
