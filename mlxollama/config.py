@@ -25,6 +25,7 @@ Server (`Config.from_env`):
 | MLXOLLAMA_PROMPT_CACHE_ENTRIES | 16 | prompt_cache_entries: prompt (KV) caches kept |
 | MLXOLLAMA_PROMPT_CACHE_BYTES | 1 GiB | prompt_cache_bytes: bytes those caches may hold |
 | MLXOLLAMA_EXIT_WITH_PARENT | | `exit_with_parent()`: test harnesses; stop when the parent process goes |
+| MLXOLLAMA_TEST_FAULT | | `fault_injection_enabled()`: tests only; a prompt holding `mlxollama-test-fault:<kind>` makes the engine fail (engine/llm.py) |
 
 Pull and import (read at each use; the convert code runs without a Config):
 
@@ -236,3 +237,8 @@ def service_template_values(keys: Iterable[str], env: Env | None = None) -> dict
 def xdg_config_home(env: Env | None = None) -> Path:
     configured = _var("XDG_CONFIG_HOME", env)
     return Path(configured) if configured else Path.home() / ".config"
+
+
+def fault_injection_enabled(env: Env | None = None) -> bool:
+    """Off by default: lets tests make a model's engine fail on demand (out of memory and the like)."""
+    return parse_bool(_var("MLXOLLAMA_TEST_FAULT", env))
