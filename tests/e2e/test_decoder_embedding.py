@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from mlx_lm.utils import load
 
-from mlxollama.convert.importers import import_sentence_transformers
-from mlxollama.store import ModelName, Store
+from mlxollama.convert.create import convert_path
+from mlxollama.store import Store
 
 from ..support.tinyhf import build_hf_checkpoint
 
@@ -37,7 +37,7 @@ def source(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(server, models_dir, source):
-    import_sentence_transformers(Store(models_dir), ModelName.parse(NAME), source)
+    convert_path(source, NAME, store=Store(models_dir))
     return server
 
 

@@ -11,7 +11,7 @@ from mlxollama.store import ModelName, Store, build_config_blob
 
 
 def package_tiny(store: Store, name: str, model_dir: Path, context_length: int | None = None, **layers):
-    from mlxollama.convert.package import package_model_dir
+    from mlxollama.convert.create import package_model_dir
 
     info = json.loads((model_dir / "model_info.json").read_text())
     config = build_config_blob(

@@ -25,7 +25,7 @@ import pytest
 from mlxollama.convert.hf import (
     QUANTIZE_CHOICES, UnsupportedCheckpoint, convert_hf_checkpoint, is_mlx_checkpoint,
 )
-from mlxollama.convert.importers import import_hf_model
+from mlxollama.convert.create import ManageError, convert_path
 from mlxollama.store import ModelName, Store
 
 from ..support import tinyhf as th
@@ -210,13 +210,14 @@ def test_is_mlx_checkpoint(tmp_path, checkpoints):
     assert is_mlx_checkpoint(tmp_path / "q8")  # config.json "quantization"
 
 
-def test_import_hf_model_into_store(tmp_path, checkpoints):
+def test_convert_path_into_store(tmp_path, checkpoints):
     hf_dir, src_logits, _ = checkpoints("gemma3")
     store = Store(tmp_path / "models")
-    name = ModelName.parse("tiny-gemma3:latest")
-    stored = import_hf_model(store, name, hf_dir)  # default: 4-bit
+    stored = convert_path(hf_dir, "tiny-gemma3", quantize="4bit", store=store)
+    assert stored.name == ModelName.parse("tiny-gemma3:latest")
     cfg = stored.read_config()
     assert cfg["model_format"] == "mlx" and cfg["model_family"] == "gemma3_text"
+    assert cfg["model_families"] == ["gemma3_text"]
     assert cfg["file_type"] == "4bit" and cfg["context_length"] == 32768
     names = {l.name for l in stored.manifest.layers}
     assert {"config.json", "model.safetensors", "tokenizer.json", "model_info.json"} <= names
@@ -224,26 +225,26 @@ def test_import_hf_model_into_store(tmp_path, checkpoints):
     assert mlx_cfg["quantization"]["bits"] == 4
 
 
-def test_import_mlx_checkpoint_as_is(tmp_path, checkpoints):
+def test_convert_path_takes_an_mlx_checkpoint_as_is(tmp_path, checkpoints):
     hf_dir = checkpoints("llama")[0]
     q4 = tmp_path / "mlx-4bit"
     convert_hf_checkpoint(hf_dir, q4, quantize="4bit")
     (q4 / "model_info.json").unlink()  # as an mlx-community repo comes
     (q4 / "README.md").write_text("# card")
     store = Store(tmp_path / "models")
-    for i, quantize in enumerate((None, "4bit")):  # same quantization as stored: nothing to do
-        stored = import_hf_model(store, ModelName.parse(f"m{i}:latest"), q4, quantize=quantize)
-        names = {l.name for l in stored.manifest.layers}
-        assert "README.md" not in names and "model_info.json" in names
-        weights = stored.manifest.layers[[l.name for l in stored.manifest.layers].index("model.safetensors")]
-        assert weights.digest == store.add_blob_from_path(q4 / "model.safetensors")[0]  # the same bytes
-        assert stored.read_config()["file_type"] == "4bit"
-        mi = json.loads(stored.read_named_text("model_info.json"))
-        assert mi["general.parameter_count"] == sum(v.size for v in th.load_hf_weights(hf_dir).values())
-    with pytest.raises(ValueError, match=REQUANT):
-        import_hf_model(store, ModelName.parse("m8:latest"), q4, quantize="8bit")
+    stored = convert_path(q4, "m0", store=store)
+    names = {l.name for l in stored.manifest.layers}
+    assert "README.md" not in names and "model_info.json" in names
+    weights = stored.manifest.layers[[l.name for l in stored.manifest.layers].index("model.safetensors")]
+    assert weights.digest == store.add_blob_from_path(q4 / "model.safetensors")[0]  # the same bytes
+    assert stored.read_config()["file_type"] == "4bit"
+    mi = json.loads(stored.read_named_text("model_info.json"))
+    assert mi["general.parameter_count"] == sum(v.size for v in th.load_hf_weights(hf_dir).values())
+    # a quantized model is not quantized again, as in Ollama
+    with pytest.raises(ManageError, match=REQUANT):
+        convert_path(q4, "m8", quantize="8bit", store=store)
     # an unquantized MLX folder is quantized on request
     plain = tmp_path / "mlx-bf16"
     convert_hf_checkpoint(hf_dir, plain, quantize=None)
-    stored = import_hf_model(store, ModelName.parse("m9:latest"), plain, quantize="8bit")
+    stored = convert_path(plain, "m9", quantize="8bit", store=store)
     assert stored.read_config()["file_type"] == "8bit"
