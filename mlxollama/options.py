@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
+
+from .errors import StatusError
 
 
 class OptionTypeError(ValueError):
     """A wrong option type; Ollama answers these with HTTP 500."""
+
+
+class OptionValueError(StatusError):
+    """A number Ollama's JSON decoder would never let through (NaN, ±Infinity): a 400."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 400)
 
 
 # Keys Ollama still accepts from older clients and ignores (reference §3.3).
@@ -52,22 +62,31 @@ class Options:
         kind = _TYPES.get(key)
         if kind is None or value is None:
             return  # unknown and deprecated keys are ignored, like Ollama
-        setattr(self, key, _coerce(key, kind, value))
+        setattr(self, key, _normalised(key, _coerce(key, kind, value)))
 
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# Go turns a JSON number into an int64 or a float32 option; we saturate at those ranges
+# instead of wrapping, so no value beyond them ever reaches MLX.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _coerce(key: str, kind: str, value):
+    if kind in ("integer", "float32") and _is_number(value) and not math.isfinite(value):
+        # Only reachable from Python callers or model params: the request decoder refuses these.
+        raise OptionValueError(f'invalid value for option "{key}": {value} is not a finite number')
     if kind == "integer":
         if not _is_number(value):
             raise OptionTypeError(f'option "{key}" must be of type integer')
-        return int(value)
+        return min(max(int(value), INT64_MIN), INT64_MAX)
     if kind == "float32":
         if not _is_number(value):
             raise OptionTypeError(f'option "{key}" must be of type float32')
-        return float(value)
+        return min(max(float(value), -FLOAT32_MAX), FLOAT32_MAX)
     if kind == "boolean":
         if not isinstance(value, bool):
             raise OptionTypeError(f'option "{key}" must be of type boolean')
@@ -82,9 +101,39 @@ def _coerce(key: str, kind: str, value):
 _PY_TO_KIND = {"float": "float32", "int": "integer", "bool": "boolean", "list[str]": "array"}
 _TYPES = {f.name: _PY_TO_KIND[f.type] for f in fields(Options)}
 
+# Largest context window we take: MLX indexes with 32-bit integers, and no cache could hold more.
+MAX_NUM_CTX = (1 << 31) - 1
+
+
+def _clamp(value, low, high):
+    return min(max(value, low), high)
+
+
+# Ranges the sampler and the engine need, clamped the way Ollama's sampler clamps them
+# (sample/samplers.go NewSampler: temperature >= 0, top_p and min_p within [0, 1]). Options
+# the MLX engine does not use (typical_p, num_batch, num_keep, num_thread, num_gpu, main_gpu)
+# are kept as given: they cannot reach MLX. top_k beyond the vocabulary is handled where the
+# vocabulary is known (engine/sampling.py); num_predict < 0 means "until the window is full".
+_RANGES = {
+    "temperature": lambda v: max(v, 0.0),
+    "top_p": lambda v: _clamp(v, 0.0, 1.0),
+    "min_p": lambda v: _clamp(v, 0.0, 1.0),
+    "top_k": lambda v: max(v, 0),
+    # -1 is the whole window (reference §3.1); other negatives mean the same rather than an error.
+    "repeat_last_n": lambda v: -1 if v < 0 else v,
+    "num_ctx": lambda v: _clamp(v, 4, MAX_NUM_CTX),  # Ollama clamps to >= 4 (reference §3.2)
+}
+
+
+def _normalised(key: str, value):
+    clamp = _RANGES.get(key)
+    return value if clamp is None else clamp(value)
+
 
 def validate_options(raw) -> dict:
-    """Check a request's options object and return it with values coerced; raises OptionTypeError."""
+    """Check a request's options object and return it with values coerced and clamped.
+
+    A wrong type raises OptionTypeError (Ollama's 500); a non-finite number OptionValueError (400)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -94,7 +143,7 @@ def validate_options(raw) -> dict:
         kind = _TYPES.get(key)
         if kind is None or value is None:
             continue
-        checked[key] = _coerce(key, kind, value)
+        checked[key] = _normalised(key, _coerce(key, kind, value))
     return checked
 
 

@@ -6,6 +6,8 @@ Everything here runs on the model's engine thread.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +21,12 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prom
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer
 from mlx_lm.utils import load as mlx_lm_load
 
-from ..config import DEFAULT_NUM_PARALLEL, Config
+from ..config import DEFAULT_NUM_PARALLEL, Config, fault_injection_enabled
 from ..options import Options
 from .fim import fim_format_for, fim_stop_ids
 from ..parsers.harmony import FINAL_HEADER, HarmonyParser, is_harmony_template
 from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
-from .prompt import build_prompt_tokens
+from .prompt import PromptCancelled, build_prompt_tokens
 from ..parsers.reply import Piece, ReplyParser
 from .sampling import make_request_processors, make_request_sampler, token_bytes, token_logprobs
 from ..parsers.stops import StopMatcher
@@ -110,6 +112,9 @@ class LoadedLLM:
             max_size=self.settings.prompt_cache_entries, max_bytes=self.settings.prompt_cache_bytes
         )
         self.eos_ids = sorted(self.tokenizer.eos_token_ids)
+        # Rows of the embedding (and width of the logits): the only token ids the model takes.
+        self.vocab_size = int(getattr(getattr(self.model, "args", None), "vocab_size", None) or len(self.tokenizer))
+        self.faults = fault_injection_enabled()
         self.stop_sequences = StopSequences([(t,) for t in self.eos_ids])
         template = getattr(self.tokenizer, "chat_template", None)
         if isinstance(template, dict):  # named templates (e.g. "default" and "tool_use")
@@ -171,10 +176,32 @@ class LoadedLLM:
     # -- admission -----------------------------------------------------------------------------
 
     def admit(self, job: GenerationJob) -> None:
-        """Tokenize and join the running batch (or run alone when the model cannot batch)."""
+        """Tokenize and join the running batch (or run alone when the model cannot batch).
+
+        A failure fails this request only, with a text free of internals; see _recover."""
+        try:
+            self._admit(job)
+        except PromptCancelled:
+            return  # the client went away while its prompt was being built
+        except EngineError:
+            raise
+        except Exception as e:  # noqa: BLE001 - keep serving the other requests
+            log.exception("admitting a request failed")
+            self._recover()
+            raise EngineError(_failure_text(e), 500) from e
+
+    def _check_context(self, context: list[int] | None) -> None:
+        """An id outside the embedding would index past it (a crash inside MLX)."""
+        for t in context or ():
+            if not 0 <= t < self.vocab_size:
+                raise EngineError(f"invalid context: token {t} is not in this model's vocabulary "
+                                  f"(0 to {self.vocab_size - 1})", 400)
+
+    def _admit(self, job: GenerationJob) -> None:
         opts: Options = job.options
         started = time.perf_counter_ns()
-        prompt = build_prompt_tokens(self.tokenizer, job.prompt, opts.num_ctx)
+        self._check_context(job.prompt.context)
+        prompt = build_prompt_tokens(self.tokenizer, job.prompt, opts.num_ctx, cancelled=lambda: job.cancelled)
         room = opts.num_ctx - len(prompt)
         # No context shifting: generation stops when the window is full ("length").
         max_tokens = room if opts.num_predict < 0 else min(opts.num_predict, room)
@@ -186,6 +213,8 @@ class LoadedLLM:
         processors = make_request_processors(opts)
         if job.prompt.grammar:
             processors.append(self._grammar_processor(job.prompt.grammar, gate))
+        if self.faults and (fault := _requested_fault(job.prompt)):
+            processors.append(fault)
         stop_ids = list(self.eos_ids)
         if job.prompt.fim is not None and self.fim_format is not None:
             stop_ids += fim_stop_ids(self.tokenizer, self.fim_format)
@@ -210,7 +239,7 @@ class LoadedLLM:
             max_tokens=[max_tokens],
             caches=[cache],
             all_tokens=[prompt[:cached]],
-            samplers=[make_request_sampler(opts)],
+            samplers=[make_request_sampler(opts, self.vocab_size)],
             logits_processors=[processors],
             stop_sequences=[stops],
         )
@@ -261,9 +290,8 @@ class LoadedLLM:
         return token_bytes(self.tokenizer, tid).decode("utf-8", errors="ignore")
 
     def _grammar_processor(self, grammar: str, gate) -> GrammarProcessor:
-        n_vocab = getattr(getattr(self.model, "args", None), "vocab_size", None) or len(self.tokenizer)
         try:
-            gtok = self._grammar_tokenizer.get(self.tokenizer, int(n_vocab), self.eos_ids)
+            gtok = self._grammar_tokenizer.get(self.tokenizer, self.vocab_size, self.eos_ids)
             return GrammarProcessor(gtok, grammar, gate)
         except FormatError as e:
             raise EngineError(f"structured outputs: {e}", 500) from e
@@ -272,20 +300,20 @@ class LoadedLLM:
 
     def step(self) -> None:
         """One decode step for the whole batch (plus a prompt chunk for newcomers)."""
-        self._drop_cancelled()
-        if not self.active:
-            return
         try:
+            self._drop_cancelled()
+            if not self.active:
+                return
             _, responses = self.batch.next()
+            self._deliver(responses)
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: fail this batch, keep serving
             log.exception("batch step failed")
             for a in self.active.values():
-                a.job.emit(ErrorEvent(f"generation failed: {e}", 500))
+                a.job.emit(ErrorEvent(_failure_text(e), 500))
             self.active.clear()
-            self.batch.close()
-            self.batch = None
-            mx.clear_cache()
-            return
+            self._recover()
+
+    def _deliver(self, responses) -> None:
         now = time.perf_counter_ns()
         for r in responses:
             a = self.active.get(r.uid)
@@ -316,6 +344,24 @@ class LoadedLLM:
                 for cache, tokens in saved.values():
                     self.prompt_cache.insert_cache(self.model_key, list(tokens), cache)
                 self._finish(r.uid, "stop")
+
+    def _recover(self) -> None:
+        """Leave nothing of a failed step behind for the next request.
+
+        The batch generator's caches and sequences may be half-updated, so it is dropped with
+        everything in it (its requests have failed; the next request starts a fresh one; the
+        prompt cache only ever hands out copies, so it holds nothing of the failed step). An
+        exception raised while mx.compile traces a function that captures mx.random.state
+        (mlx-lm's samplers do) leaves a placeholder in the global random state, after which
+        every random draw fails; a fresh seed replaces it."""
+        if self.batch is not None:
+            try:
+                self.batch.close()
+            except Exception:  # noqa: BLE001 - it is being thrown away
+                log.debug("closing a failed batch generator", exc_info=True)
+            self.batch = None
+        mx.random.seed(int.from_bytes(os.urandom(8), "little"))
+        mx.clear_cache()
 
     def _drop_cancelled(self) -> None:
         gone = [uid for uid, a in self.active.items() if a.job.cancelled]
@@ -371,7 +417,7 @@ class LoadedLLM:
         count = 0
         reason = "length"
         gen = stream_generate(self.model, self.tokenizer, mx.array(prompt), max_tokens=max_tokens,
-                              sampler=make_request_sampler(opts), logits_processors=processors)
+                              sampler=make_request_sampler(opts, self.vocab_size), logits_processors=processors)
         try:
             for resp in gen:
                 first_token_at = first_token_at or time.perf_counter_ns()
@@ -404,6 +450,48 @@ class LoadedLLM:
         ended = time.perf_counter_ns()
         first_token_at = first_token_at or ended
         job.emit(DoneEvent(reason, len(prompt), first_token_at - started, count, ended - first_token_at, context))
+
+
+def _failure_text(e: BaseException) -> str:
+    """What a client is told when generation fails: no Python or MLX internals (they are logged)."""
+    text = str(e).lower()
+    if isinstance(e, MemoryError) or any(w in text for w in ("memory", "malloc", "allocate")):
+        return "generation failed: out of memory"
+    return "generation failed: the model runner hit an internal error; check the server log for details"
+
+
+# --- fault injection (MLXOLLAMA_TEST_FAULT) ------------------------------------------------------
+# With the switch on, a prompt holding "mlxollama-test-fault:<kind>" gets a logits processor that
+# fails inside the batch step, as real failures do: "oom" runs out of memory, "error" raises,
+# "trace" raises while mx.compile traces a function that captures the global random state (how
+# an out-of-range sampler value used to poison every later request).
+
+_FAULT_MARK = re.compile(r"mlxollama-test-fault:(oom|error|trace)")
+
+
+def _requested_fault(spec: PromptSpec):
+    texts = [spec.raw_prompt or ""] + [str(m.get("content") or "") for m in spec.messages or ()]
+    found = next((m for m in map(_FAULT_MARK.search, texts) if m), None)
+    return None if found is None else _FAULTS[found.group(1)]
+
+
+def _fault_oom(tokens, logits):
+    raise MemoryError("test fault: could not allocate")
+
+
+def _fault_error(tokens, logits):
+    raise RuntimeError("test fault: a logits processor failed")
+
+
+def _fault_trace(tokens, logits):
+    def fail(x):
+        raise ValueError("test fault: raised while tracing")
+
+    mx.compile(fail, inputs=mx.random.state, outputs=mx.random.state)(logits)
+    return logits
+
+
+_FAULTS = {"oom": _fault_oom, "error": _fault_error, "trace": _fault_trace}
 
 
 def _event(piece: Piece, logprobs: list | None) -> TextEvent:

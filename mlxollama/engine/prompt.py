@@ -61,17 +61,44 @@ def encode(tokenizer, text: str, *, special: bool) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=special))
 
 
-def _truncate_messages(tokenizer, messages, tools, think, num_ctx, go_template=None) -> list[int]:
-    """Drop the oldest non-system messages until the prompt fits; the last message always stays."""
-    for k in range(len(messages)):
+class PromptCancelled(Exception):
+    """The request was cancelled (its client went away) while its prompt was being built."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _truncate_messages(tokenizer, messages, tools, think, num_ctx, go_template=None,
+                       cancelled=_never) -> list[int]:
+    """Drop the oldest non-system messages until the prompt fits; the last message always stays.
+
+    Finds the smallest k for which [system messages among messages[:k]] + messages[k:] fits,
+    by bisection: dropping more messages never makes the prompt longer, so the answer is the
+    one a scan from k = 0 would find, with O(log n) renders instead of O(n)."""
+
+    def render(k: int) -> list[int]:
+        if cancelled():
+            raise PromptCancelled()
         kept = [m for m in messages[:k] if m.get("role") == "system"] + messages[k:]
-        tokens = encode(tokenizer, render_chat(tokenizer, kept, tools, think, go_template), special=False)
-        if len(tokens) < num_ctx or k == len(messages) - 1:
-            return tokens
-    return []
+        return encode(tokenizer, render_chat(tokenizer, kept, tools, think, go_template), special=False)
+
+    last = len(messages) - 1
+    low, high = 0, last  # messages[last:] is the fallback whether it fits or not
+    fitting: dict[int, list[int]] = {}
+    while low < high:
+        mid = (low + high) // 2
+        tokens = render(mid)
+        if len(tokens) < num_ctx:
+            fitting[mid] = tokens
+            high = mid
+        else:
+            low = mid + 1
+    return fitting[low] if low in fitting else render(low)
 
 
-def build_prompt_tokens(tokenizer, spec: PromptSpec, num_ctx: int) -> list[int]:
+def build_prompt_tokens(tokenizer, spec: PromptSpec, num_ctx: int, cancelled=_never) -> list[int]:
+    """The prompt's token ids; `cancelled()` is polled between renders (raises PromptCancelled)."""
     if spec.fim is not None:
         fmt = fim_format_for(tokenizer)
         if fmt is None:
@@ -85,7 +112,8 @@ def build_prompt_tokens(tokenizer, spec: PromptSpec, num_ctx: int) -> list[int]:
         text = render_chat(tokenizer, messages, spec.tools, spec.think, spec.go_template)
         tokens = encode(tokenizer, text, special=False)
         if len(tokens) >= num_ctx and spec.truncate and len(messages) > 1:
-            tokens = _truncate_messages(tokenizer, messages, spec.tools, spec.think, num_ctx, spec.go_template)
+            tokens = _truncate_messages(tokenizer, messages, spec.tools, spec.think, num_ctx, spec.go_template,
+                                        cancelled)
     if spec.context:
         tokens = list(spec.context) + tokens
     if len(tokens) >= num_ctx:

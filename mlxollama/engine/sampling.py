@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors, make_sampler
@@ -11,33 +12,57 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logi
 from ..options import Options
 
 
-def _filters(opts: Options):
-    top_p = opts.top_p if 0 < opts.top_p < 1 else 0.0
-    out = []
-    if top_p:
-        out.append(lambda x: apply_top_p(x, top_p))
-    if opts.min_p:
-        out.append(lambda x: apply_min_p(x, opts.min_p, 1))
-    if opts.top_k > 0:
-        out.append(lambda x: apply_top_k(x, opts.top_k))
-    return out
+# Below this a temperature picks the most likely token anyway, and 1/temperature would
+# overflow float32 (logits * inf is NaN): such temperatures are greedy.
+MIN_TEMPERATURE = 1e-6
 
 
-def make_request_sampler(opts: Options):
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Sampling options in the ranges mlx-lm's compiled filters accept. Those filters raise
+    while being traced when a value is out of range, and an exception inside an mx.compile
+    trace that captures mx.random.state leaves a placeholder in the global random state: every
+    later random draw on the process then fails ("eval an array without a primitive")."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+
+    @classmethod
+    def of(cls, opts: Options, vocab_size: int) -> "SamplerSettings":
+        temperature = opts.temperature if opts.temperature >= MIN_TEMPERATURE else 0.0
+        # Ollama's topP keeps at least the most likely token, so top_p 0 is greedy; 1 disables it.
+        top_p = min(max(opts.top_p, 0.0), 1.0)
+        if top_p == 0.0:
+            temperature = 0.0
+        top_k = opts.top_k if 0 < opts.top_k < vocab_size else 0  # top_k >= vocabulary keeps all
+        min_p = min(max(opts.min_p, 0.0), 1.0)
+        return cls(temperature, top_k, top_p if top_p < 1.0 else 0.0, min_p)
+
+    def filters(self) -> list:
+        out = []
+        if self.top_p:
+            out.append(lambda x: apply_top_p(x, self.top_p))
+        if self.min_p:
+            out.append(lambda x: apply_min_p(x, self.min_p, 1))
+        if self.top_k:
+            out.append(lambda x: apply_top_k(x, self.top_k))
+        return out
+
+
+def make_request_sampler(opts: Options, vocab_size: int):
     """Greedy at temperature 0; a seeded sampler owns its own PRNG key so that concurrent
-    requests in one batch neither disturb each other nor depend on the global random state."""
-    if opts.temperature <= 0:
+    requests in one batch neither disturb each other nor depend on the global random state.
+    As in Ollama, only seed -1 means "random"; any other value (wrapped to 64 bits) is a seed."""
+    s = SamplerSettings.of(opts, vocab_size)
+    if s.temperature == 0:
         return make_sampler(0.0)
-    if opts.seed < 0:
-        return make_sampler(
-            temp=opts.temperature,
-            top_p=opts.top_p if 0 < opts.top_p < 1 else 0.0,
-            min_p=opts.min_p,
-            top_k=max(opts.top_k, 0),
-        )
-    filters = _filters(opts)
-    inv_temp = 1.0 / opts.temperature
-    state = {"key": mx.random.key(opts.seed)}
+    if opts.seed == -1:
+        return make_sampler(temp=s.temperature, top_p=s.top_p, min_p=s.min_p, top_k=s.top_k)
+    filters = s.filters()
+    inv_temp = 1.0 / s.temperature
+    state = {"key": mx.random.key(opts.seed % (1 << 64))}
 
     def seeded(logprobs: mx.array) -> mx.array:
         for f in filters:
@@ -49,9 +74,12 @@ def make_request_sampler(opts: Options):
 
 
 def make_request_processors(opts: Options) -> list:
-    window = opts.num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
+    # repeat_last_n < 0 is the whole window; never more than the window.
+    window = opts.num_ctx if opts.repeat_last_n < 0 else min(opts.repeat_last_n, opts.num_ctx)
+    # A penalty <= 0 has no meaning (dividing logits by it): it leaves the logits alone.
+    repeat = opts.repeat_penalty if window and opts.repeat_penalty > 0 and opts.repeat_penalty != 1.0 else None
     return make_logits_processors(
-        repetition_penalty=opts.repeat_penalty if window and opts.repeat_penalty != 1.0 else None,
+        repetition_penalty=repeat,
         repetition_context_size=window,
         presence_penalty=opts.presence_penalty or None,
         presence_context_size=window or 64,
