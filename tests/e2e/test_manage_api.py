@@ -341,7 +341,7 @@ def test_official_client_blob_create_copy_delete(server, files):
                                   parameters={"temperature": 0.1}, stream=True))
     assert progress[0].status == "parsing GGUF" and progress[-1].status == "success"
     assert client.create(model="client-made2", from_="client-made", system="Other.").status == "success"
-    assert 'SYSTEM """Other."""' in client.show("client-made2").modelfile
+    assert "\nSYSTEM Other.\n" in client.show("client-made2").modelfile  # quoted only when needed, as Ollama
     assert client.generate(model="client-made", prompt="hi", options={"num_predict": 2}).done
     assert client.copy("client-made", "client-copy").status == "success"
     assert {"client-made:latest", "client-made2:latest", "client-copy:latest"} <= {m.model for m in client.list().models}
