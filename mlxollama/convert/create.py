@@ -1,5 +1,9 @@
 """Building stored models: /api/create, the conversion steps pull shares, and `convert_path`.
 
+Every model we build comes through here: /api/create, `mlxollama convert` and the bundled models
+(`convert_path`), pulls (`convert_gguf`, `convert_checkpoint`, `import_ollama_model`) and test
+fixtures (`package_model_dir`). Each config blob comes from `model_config`.
+
 Everything here is synchronous (run it in a worker thread) and reports progress through an
 `emit(dict)` callback with Ollama's status objects. Weight conversions run one at a time
 (`CONVERT_LOCK`): each holds a whole model in memory.

@@ -248,3 +248,19 @@ def test_convert_path_takes_an_mlx_checkpoint_as_is(tmp_path, checkpoints):
     convert_hf_checkpoint(hf_dir, plain, quantize=None)
     stored = convert_path(plain, "m9", quantize="8bit", store=store)
     assert stored.read_config()["file_type"] == "8bit"
+
+
+def test_convert_path_takes_sentence_transformers_folders_as_embedding_models(tmp_path):
+    src = tmp_path / "st"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    mx.save_safetensors(str(src / "model.safetensors"), {"w": mx.zeros((2, 2))})
+    store = Store(tmp_path / "models")
+    with pytest.raises(ManageError) as e:
+        convert_path(src, "emb", quantize="q8_0", store=store)
+    assert (str(e.value), e.value.status) == ("quantization is not supported for embedding models", 400)
+    # the encoder converter's complaint, without the server's path in it
+    with pytest.raises(ManageError) as e:
+        convert_path(src, "emb", store=store)
+    assert e.value.status == 400 and str(e.value) == "tokenizer.json not found"
+    assert store.resolve(ModelName.parse("emb")) is None
