@@ -85,6 +85,7 @@ FORMATS = ["json", "", "xml", {"type": "object"}, {"type": "bogus"}, {"$ref": "#
            {"type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}},
            {"type": "string", "pattern": "(("}, {"type": "array", "minItems": 10**12}, {"enum": []},
            {"anyOf": []}, {"type": "integer", "minimum": Raw("1e400")}]
+KEEP_ALIVES = ["5m", "-1", "1h2x", "", " ", "-5m", "9999999999h", "1e400s", "0.5", "m", "5", 1e308, -1, Raw("1e400")]
 TOOLS = [[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
          [{"type": "function"}], [{"function": None}], [{"type": "function", "function": {"name": 1}}], ["x"]]
 
@@ -110,18 +111,19 @@ ROUTES = [
     Route("POST", "/api/generate", {"model": TINY, "prompt": "hi", "stream": False},
           ("model", "prompt", "suffix", "system", "template", "context", "stream", "raw", "format", "images",
            "keep_alive", "think", "logprobs", "top_logprobs", "truncate", "shift"), options=True,
-          extra={"format": FORMATS, "keep_alive": ["5m", "-1", "1h2x", "", "-5m", "9999999999h", 1e308],
+          extra={"format": FORMATS, "keep_alive": KEEP_ALIVES,
                  "context": [[1, 2, 3], [-1], [10**12], [Raw("NaN")]], "images": [["!!"], ["aGk="], [""]]}),
     Route("POST", "/api/chat", {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "stream": False},
           ("model", "messages", "tools", "format", "stream", "keep_alive", "think", "logprobs", "top_logprobs"),
           options=True, nested_list="messages", nested_fields=msg_fields(),
-          extra={"format": FORMATS, "tools": TOOLS, "role": ["system", "assistant", "tool", "bogus", ""],
+          extra={"format": FORMATS, "tools": TOOLS, "keep_alive": KEEP_ALIVES, "role": ["system", "assistant", "tool", "bogus", ""],
                  "messages": [[], [{}], [{"role": "user"}], [{"role": "assistant", "content": "x"}]]}),
     Route("POST", "/api/embed", {"model": TINY, "input": "hi"},
           ("model", "input", "truncate", "keep_alive", "dimensions"), options=True,
-          extra={"input": [[], [""], ["a", 1], [[1, 2]], "", ["x"] * 300], "dimensions": [0, -1, 10**9, 3]}),
+          extra={"input": [[], [""], ["a", 1], [[1, 2]], "", ["x"] * 300], "dimensions": [0, -1, 10**9, 3],
+                 "keep_alive": KEEP_ALIVES}),
     Route("POST", "/api/embeddings", {"model": TINY, "prompt": "hi"}, ("model", "prompt", "keep_alive"),
-          options=True),
+          options=True, extra={"keep_alive": KEEP_ALIVES, "prompt": ["", " "]}),
     Route("POST", "/api/show", {"model": TINY}, ("model", "verbose", "system", "template", "name")),
     Route("GET", "/api/tags", None),
     Route("GET", "/api/ps", None),
@@ -316,6 +318,8 @@ VALID_STATUS = {"/api/pull": 400, "/api/push": 400}
 
 def assert_still_serving(http: httpx.Client, path: str) -> None:
     method, body = VALID.get(path, ("GET", None))
+    if path == "/api/delete":  # something to delete
+        http.post("/api/copy", json={"source": TINY, "destination": "fuzz-valid-copy"}, timeout=REQUEST_TIMEOUT)
     r = http.request(method, path, json=body, timeout=REQUEST_TIMEOUT)
     assert r.status_code == VALID_STATUS.get(path, 200), f"{method} {path} after fuzzing: {r.status_code} {r.text}"
     r = http.post("/api/generate", json=VALID["/api/generate"][1], timeout=REQUEST_TIMEOUT)
