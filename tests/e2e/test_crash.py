@@ -154,7 +154,7 @@ def test_pull_killed_mid_download_resumes_from_its_bytes(crashable, registry):
     weights = max(manifest["layers"], key=lambda layer: layer["size"])
     partial = crashable.models / "blobs" / (weights["digest"].replace(":", "-") + "-partial")
     crashable.start()
-    registry.blob_delay = 0.03  # seconds per 64 KiB: the download is in flight for seconds
+    registry.blob_delay = 0.05  # seconds per 64 KiB: the 6 MB download takes about 5 s
     try:
         stream_in_background(crashable.srv.url, "/api/pull", {"model": "slow"})
         deadline = time.time() + 30
@@ -176,6 +176,25 @@ def test_pull_killed_mid_download_resumes_from_its_bytes(crashable, registry):
         "the pull after the restart started over instead of continuing from the partial download"
     assert not partial.exists() and store_problems(crashable.models) == []
     generate(http, "slow")
+
+
+@pytest.mark.parametrize("kill_at", ["pulling manifest", "pulling ", "verifying sha256 digest", "writing manifest"])
+def test_pull_killed_at_each_step_leaves_no_half_model(crashable, kill_at):
+    http = crashable.start()
+    seen = []
+    with http.stream("POST", "/api/pull", json={"model": "tiny"}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            seen.append(json.loads(line))
+            if seen[-1].get("status", "").startswith(kill_at):
+                break
+        crashable.kill()
+    http.close()
+    assert seen[-1].get("status", "").startswith(kill_at), seen
+    http = assert_whole_after_restart(crashable)
+    assert pull(http, "tiny") == {"status": "success"}
+    assert store_problems(crashable.models) == []
+    generate(http, TINY)
 
 
 # A quantizing create streams 13 lines: quantizing (2), verifying, 8 layers, writing manifest, success.
