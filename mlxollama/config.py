@@ -19,7 +19,7 @@ Server (`Config.from_env`):
 | OLLAMA_NUM_PARALLEL | 8 | num_parallel: sequences one model decodes together |
 | OLLAMA_MAX_LOADED_MODELS | 0 (scheduler's 3) | max_loaded_models: models resident at once |
 | OLLAMA_NOPRUNE | | noprune: keep unreferenced blobs and replaced layers |
-| MLXOLLAMA_REPORTED_VERSION | 0.13.0 | reported_version: what /api/version says |
+| MLXOLLAMA_REPORTED_VERSION | 0.14.0 | reported_version: what /api/version says |
 | MLXOLLAMA_MEMORY_BUDGET | 75% of memory | memory_budget: bytes loaded models may use |
 | MLXOLLAMA_PREFILL_STEP | 512 | prefill_step: prompt tokens per prefill step |
 | MLXOLLAMA_PROMPT_CACHE_ENTRIES | 16 | prompt_cache_entries: prompt (KV) caches kept |
@@ -58,9 +58,10 @@ from urllib.parse import urlsplit
 from .durations import MINUTE, parse_env_keep_alive
 
 DEFAULT_PORT = 11434
-# /api/version must be a numeric semver >= 0.6.4 (VS Code Copilot parses it); this is the
-# Ollama release whose behaviour we follow.
-DEFAULT_REPORTED_VERSION = "0.13.0"
+# /api/version must be a numeric semver >= 0.6.4 (VS Code Copilot parses it): the first Ollama
+# release whose API surface we serve whole. 0.14.0 added /v1/messages (Claude Code); Codex
+# refuses anything below 0.13.4, the first with /v1/responses (README "Coding agents").
+DEFAULT_REPORTED_VERSION = "0.14.0"
 # Sequences decoded together. Ollama defaults to 1; on MLX a batch step costs little more
 # than a single one on a GPU, so we batch by default (see docs/benchmarks.md).
 DEFAULT_NUM_PARALLEL = 8

@@ -23,7 +23,7 @@ def test_defaults_when_nothing_is_set():
     assert c.keep_alive_ns == 5 * MINUTE
     assert c.origins == [] and c.context_length == 4096 and c.debug == 0
     assert c.max_queue == 512 and c.num_parallel == 8 and c.max_loaded_models == 0
-    assert c.reported_version == "0.13.0" and c.noprune is False
+    assert c.reported_version == "0.14.0" and c.noprune is False
     assert c.memory_budget > 0
     assert (c.prefill_step, c.prompt_cache_entries, c.prompt_cache_bytes) == (512, 16, 1 << 30)
 
