@@ -199,7 +199,10 @@ def json_cases(draw, route: Route):
         elif kind == "name":
             body[draw(st.sampled_from(route.name_fields))] = draw(NAME_HOSTILE)
         elif kind == "unknown":
-            body[draw(st.sampled_from(UNKNOWN_FIELDS))] = draw(HOSTILE)
+            key = draw(st.sampled_from(UNKNOWN_FIELDS))
+            # Go matches keys without regard to case: a `MODEL` may be read as `model` one day.
+            near_name = key.strip().lower() in route.name_fields
+            body[key] = draw(NAME_HOSTILE if near_name else HOSTILE)
         elif kind == "drop" and body:
             body.pop(draw(st.sampled_from(sorted(body))))
         elif kind == "option":
