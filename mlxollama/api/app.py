@@ -91,7 +91,7 @@ def create_app(state: ServerState, name: str = "mlxollama") -> Sanic:
     allowed_origins = list(state.config.origins) + _DEFAULT_ORIGINS
     guard_host = _is_loopback(state.config.host)
 
-    from . import anthropic, embed, generate, manage, models, openai
+    from . import anthropic, embed, generate, manage, models, openai, responses
 
     app.blueprint(models.bp)
     app.blueprint(manage.bp)
@@ -99,6 +99,7 @@ def create_app(state: ServerState, name: str = "mlxollama") -> Sanic:
     app.blueprint(embed.bp)
     app.blueprint(openai.bp)
     app.blueprint(anthropic.bp)
+    app.blueprint(responses.bp)
 
     @app.on_request(priority=100)
     async def cors_and_host(request: Request):
