@@ -148,14 +148,41 @@ def _think(f: OpenAIFields):
     return effort if effort in ("low", "medium", "high", "max") else None
 
 
+def _content_length(content) -> int:
+    """Bytes of a system or message content as Ollama's countAnyContent counts them: text and
+    thinking of each block, whole JSON for tool_use and tool_result blocks."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content.encode())
+    if not isinstance(content, list):
+        return len(dumps(content).encode())
+    total = 0
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        for key in ("text", "thinking"):
+            if isinstance(block.get(key), str):
+                total += len(block[key].encode())
+        if block.get("type") in ("tool_use", "tool_result"):
+            total += len(dumps(block).encode())
+    return total
+
+
 def _estimate_tokens(body: dict) -> int:
-    """Ollama's len/4 guess, used where the real prompt count is not known yet (message_start)."""
-    chars = len(dumps(body.get("system") or ""))
-    for m in body.get("messages") or []:
+    """Ollama's len/4 guess (EstimateCountTokens): what count_tokens answers, and the input count
+    message_start reports before the real prompt count is known."""
+    total = _content_length(body.get("system"))
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    for m in messages:
         if isinstance(m, dict):
-            chars += len(str(m.get("role") or "")) + len(dumps(m.get("content") or ""))
-    chars += len(dumps(body.get("tools") or []))
-    return max(chars // 4, 1)
+            total += len(str(m.get("role") or "").encode()) + _content_length(m.get("content"))
+    for t in body.get("tools") if isinstance(body.get("tools"), list) else []:
+        if isinstance(t, dict):
+            total += sum(len(str(t.get(k) or "").encode()) for k in ("name", "description"))
+            total += len(dumps(t["input_schema"]).encode()) if t.get("input_schema") is not None else 0
+    tokens = total // 4
+    return 1 if tokens == 0 and (messages or body.get("system") is not None) else tokens
 
 
 class MessagesRequest:
@@ -387,3 +414,19 @@ async def messages(request):
         await response.eof()
     finally:
         gen.close()
+
+
+@bp.post("/v1/messages/count_tokens")
+@anthropic_errors
+async def count_tokens(request):
+    """Claude Code sizes its context with this. Ollama's own server has no such route (its Claude
+    Desktop gateway answers it with the len/4 estimate); the estimate is what we answer too, since
+    an exact count would need the model loaded."""
+    body = parse_body(request.body)
+    f = OpenAIFields(body, "CountTokensRequest")
+    model = f.str("model")
+    f.list("messages", "[]anthropic.MessageParam")
+    if not model:
+        raise APIError("model is required", 400)
+    await state_of(request).lookup(model, not_found="model '{name}' not found")
+    return json_body({"input_tokens": _estimate_tokens(body)})
