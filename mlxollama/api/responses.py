@@ -13,12 +13,12 @@ from sanic import Blueprint
 
 from ..engine.jobs import ErrorEvent, TextEvent
 from . import sse
+from .errors import APIError, json_body
 from .openai import openai_error, openai_errors
 from .protocol import parse_body
 from .responses_convert import ResponseBuilder, responses_request
 from .service import acquire_runner, prepare_chat, start_generation
 from .state import state_of
-from .errors import APIError, json_body
 
 bp = Blueprint("responses")
 
