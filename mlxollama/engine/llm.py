@@ -283,7 +283,10 @@ class LoadedLLM:
                 if spec.grammar:
                     open_ids = self.tokenizer.encode(tags[0], add_special_tokens=False)[:1]
                     gate = ThinkGate(self._decode_token, tags[1], open_ids, opened)
-        tools = ToolCallParser(self.tool_format, spec.tools) if spec.tools else None
+        fmt = self.tool_format
+        if not fmt.start and spec.go_template:  # the model's Ollama TEMPLATE names the tag (Ollama's parseTag)
+            fmt = infer_tool_format(None, spec.go_template)
+        tools = ToolCallParser(fmt, spec.tools) if spec.tools else None
         return ReplyParser(StopMatcher(opts.stop), thinking, tools), gate
 
     def _decode_token(self, tid: int) -> str:
