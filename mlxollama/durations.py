@@ -26,7 +26,7 @@ def parse_go_duration(text: str) -> int:
     original = text
     s = text
     sign = 1
-    if s[:1] in "+-":
+    if s and s[0] in "+-":
         sign = -1 if s[0] == "-" else 1
         s = s[1:]
     if s == "0":
@@ -59,7 +59,10 @@ def parse_keep_alive(value) -> int | None:
     if isinstance(value, bool):
         raise DurationError(f"Unsupported type: '{'bool'}'")
     if isinstance(value, (int, float)):
-        return FOREVER_NS if value < 0 else int(value * SECOND)
+        if value != value:  # NaN: Go's decoder never lets one through
+            raise DurationError("invalid keep_alive")
+        # Go converts to a 64-bit Duration; anything past that is as good as forever.
+        return FOREVER_NS if value < 0 or value * SECOND >= FOREVER_NS else int(value * SECOND)
     if isinstance(value, str):
         ns = parse_go_duration(value.strip())
         return FOREVER_NS if ns < 0 else ns

@@ -89,6 +89,18 @@ def _blocks(content) -> list[dict]:
     return content
 
 
+_JSON_KIND = {bool: "bool", int: "number", float: "number", list: "array", dict: "object"}
+
+
+def _text_field(block: dict, key: str) -> str:
+    """A content block's string field, refused like Go's decoder when it is another JSON type."""
+    value = block.get(key)
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise APIError(f"json: cannot unmarshal {_JSON_KIND.get(type(value), 'value')} into Go struct field "
+                   f"ContentBlock.messages.content.{key} of type string", 400)
+
+
 def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
     """One Anthropic message → native messages: tool results become `tool` messages (before the
     user's text, which answers them), everything else one message of the same role."""
@@ -97,24 +109,24 @@ def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
     for block in _blocks(raw.get("content")):
         kind = block.get("type")
         if kind == "text":
-            text.append(block.get("text") or "")
+            text.append(_text_field(block, "text"))
         elif kind == "image":
             images.append(_image(block.get("source")))
         elif kind == "tool_use":
-            if not block.get("id"):
+            if not _text_field(block, "id"):
                 raise APIError("tool_use block missing required 'id' field", 400)
-            if not block.get("name"):
+            if not _text_field(block, "name"):
                 raise APIError("tool_use block missing required 'name' field", 400)
             tool_names[block["id"]] = block["name"]
             calls.append({"id": block["id"], "function": {"name": block["name"], "arguments": block.get("input") or {}}})
         elif kind == "tool_result":
             content, result_images = _tool_result_content(block.get("content"))
-            call_id = block.get("tool_use_id") or ""
+            call_id = _text_field(block, "tool_use_id")
             # Ollama leaves tool_name empty here; templates that print the tool's name need it.
             results.append(Message(role="tool", content=content, images=result_images, tool_call_id=call_id,
                                    tool_name=tool_names.get(call_id, "")))
         elif kind == "thinking":
-            thinking = block.get("thinking") or ""
+            thinking = _text_field(block, "thinking")
         # redacted_thinking, documents and server tool blocks carry nothing a local model can use
     out = results if role == "user" else []
     if text or images or calls or thinking:

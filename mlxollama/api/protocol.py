@@ -70,14 +70,21 @@ def _nesting_depth_exceeds(text: str, limit: int) -> bool:
 
 def _replace_lone_surrogates(value):
     """Go turns invalid UTF-16 escapes (a lone \\ud800) into U+FFFD; Python keeps them, and they
-    cannot be encoded later."""
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_replace_lone_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
-    return value
+    cannot be encoded later. Iterative: bodies may nest up to MAX_JSON_DEPTH."""
+    root = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        container, key = stack.pop()
+        item = container[key]
+        if isinstance(item, str):
+            container[key] = _LONE_SURROGATE.sub("\ufffd", item)
+        elif isinstance(item, list):
+            stack.extend((item, i) for i in range(len(item)))
+        elif isinstance(item, dict):
+            fixed = {(_LONE_SURROGATE.sub("\ufffd", k) if isinstance(k, str) else k): v for k, v in item.items()}
+            container[key] = fixed
+            stack.extend((fixed, k) for k in fixed)
+    return root[0]
 
 
 def parse_body(raw: bytes) -> dict:

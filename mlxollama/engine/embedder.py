@@ -26,9 +26,16 @@ def decoder_embeddings(inner, tokenizer, texts: list[str], *, limit: int, trunca
                 raise InputTooLong()
             ids = ids[:limit]
         total += len(ids)
-        hidden = inner(mx.array([ids])).astype(mx.float32)
+        if not ids:
+            # An empty text with no special tokens to add has no hidden state to pool.
+            vectors.append(None)
+            continue
+        hidden = inner(mx.array([ids], dtype=mx.int32)).astype(mx.float32)
         vectors.append(np.array(pool(hidden, mx.ones((1, len(ids)), mx.bool_), mode)[0]))
-    return np.stack(vectors).astype(np.float32), total
+    dim = next((v.shape[0] for v in vectors if v is not None), None)
+    if dim is None:
+        dim = int(inner(mx.array([[0]], dtype=mx.int32)).shape[-1])
+    return np.stack([np.zeros(dim, np.float32) if v is None else v for v in vectors]).astype(np.float32), total
 
 
 def fit_vectors(vectors: np.ndarray, *, dimensions: int, normalize: bool) -> np.ndarray:

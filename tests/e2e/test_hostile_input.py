@@ -101,3 +101,30 @@ def test_a_hostile_request_template_is_a_400_and_the_server_keeps_answering(http
     assert r.status_code == 400, r.text
     assert text in r.json()["error"] and "0x" not in r.text
     assert http.get("/").status_code == 200
+
+
+def test_an_empty_keep_alive_string_is_go_s_duration_error(http):
+    for path in ("/api/generate", "/api/embed"):
+        r = http.post(path, json={"model": TINY, "prompt": "hi", "input": "hi", "keep_alive": ""})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == 'time: invalid duration ""'
+
+
+def test_empty_strings_embed_without_internals(http):
+    r = http.post("/api/embed", json={"model": TINY, "input": ["a", ""]})
+    assert r.status_code == 200, r.text
+    vectors = r.json()["embeddings"]
+    assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1])
+
+
+def test_anthropic_text_of_another_type_is_a_400(http):
+    r = http.post("/v1/messages", json={"model": TINY, "max_tokens": 2,
+                                        "messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]})
+    assert r.status_code == 400, r.text
+    assert "cannot unmarshal number" in r.text
+
+
+def test_a_lone_surrogate_inside_deep_nesting_is_fine(http):
+    body = '{"model": "%s", "s": "\\ud800", "n": %s"\\udfff"%s}' % (TINY, "[" * 600, "]" * 600)
+    r = post_raw(http, "/api/show", body)
+    assert r.status_code == 200, r.text
