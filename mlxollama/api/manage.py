@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 from sanic import Blueprint, response
 
 from ..errors import StatusError
-from ..convert.create import ManageError, create_model, looks_like_path, parse_create_request
+from ..convert.create import ManageError, create_model, parse_create_request, sweep_work_dirs
 from ..store import DigestMismatch, InvalidDigest, InvalidName, ModelName, validate_digest
 from .errors import APIError, dumps, error_response, json_body
 from .protocol import Fields, parse_body
@@ -167,18 +167,30 @@ async def push(request):
 # --------------------------------------------------------------------------------- create
 
 
+@bp.listener("before_server_start")
+async def sweep_work_folders(app, _loop) -> None:
+    # A server killed mid-create left its work folder behind; its pid names it as gone.
+    removed = await asyncio.to_thread(sweep_work_dirs, app.ctx.state.store)
+    if removed:
+        log.info("removed %d work folder(s) left by a stopped process", len(removed))
+
+
 @bp.post("/api/create")
 async def create(request):
     state = state_of(request)
     body = parse_body(request.body)
-    stream = Fields(body, "CreateRequest").bool("stream", True) is not False
+    fields = Fields(body, "CreateRequest")
+    stream = fields.bool("stream", True) is not False
+    fields.str("from")  # a non-string fails to decode, as in Go
     req = parse_create_request(body)
     for rel, digest in {**(req.files or {}), **(req.adapters or {})}.items():
         if not state.store.has_blob(digest):  # a request error, before anything streams (as in Ollama)
             raise APIError(f"blob not found for {rel} (digest {digest})", 400)
 
     async def work(job: Job) -> None:
-        if req.from_ and not looks_like_path(req.from_):
+        if req.from_:
+            # Always a model name, as in Ollama: a path is an invalid name and is never looked at, so
+            # the answer cannot tell whether it exists on the server.
             try:
                 base = ModelName.parse(req.from_)
             except InvalidName:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -33,12 +34,15 @@ from ..store import (
     StoredManifest,
     build_config_blob,
     format_parameter_size,
+    is_orphaned_temp,
     is_valid_digest,
     media,
+    owned_temp_prefix,
     validate_digest,
 )
 from .quantize import QUANTIZE_ERROR, QuantizeError, QuantSpec, parse_quantize, read_safetensors_header
 
+log = logging.getLogger("mlxollama.convert")
 Emit = Callable[[dict], None]
 CONVERT_LOCK = threading.Lock()
 WORK_PREFIX = ".tmp-mlxollama-work-"
@@ -74,10 +78,11 @@ def _sha256_file(path: Path) -> str:
 
 @contextmanager
 def work_dir(store: Store, kind: str = "convert") -> Iterator[Path]:
-    """A scratch folder inside the store root, so finished files move into blobs/ by rename."""
+    """A scratch folder inside the store root, so finished files move into blobs/ by rename. Its name
+    carries our pid, so a sweep can tell a killed process's folder from one still in use."""
     store.root.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_work_dirs(store)
-    path = store.root / f"{WORK_PREFIX}{kind}-{uuid.uuid4().hex}"
+    sweep_work_dirs(store)
+    path = store.root / f"{owned_temp_prefix(WORK_PREFIX)}{kind}-{uuid.uuid4().hex}"
     path.mkdir()
     try:
         yield path
@@ -85,20 +90,27 @@ def work_dir(store: Store, kind: str = "convert") -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _sweep_stale_work_dirs(store: Store, max_age: float = 24 * 3600) -> None:
-    # Left behind only by a crash; nothing live is a day old.
+def sweep_work_dirs(store: Store, max_age: float = 24 * 3600) -> list[Path]:
+    """Remove work folders a crash left behind: at once when the process that made them is gone,
+    else (folders without a pid, or a pid we cannot check) once they are a day old."""
     try:
         entries = list(os.scandir(store.root))
     except OSError:
-        return
+        return []
     now = time.time()
+    removed = []
     for e in entries:
-        if e.name.startswith(WORK_PREFIX) and e.is_dir(follow_symlinks=False):
-            try:
-                if now - e.stat().st_mtime > max_age:
-                    shutil.rmtree(e.path, ignore_errors=True)
-            except OSError:
-                pass
+        if not e.name.startswith(WORK_PREFIX):
+            continue
+        try:
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            if is_orphaned_temp(e.name) or now - e.stat(follow_symlinks=False).st_mtime > max_age:
+                shutil.rmtree(e.path, ignore_errors=True)
+                removed.append(Path(e.path))
+        except OSError:
+            pass
+    return removed
 
 
 # ------------------------------------------------------------------------------ layers
@@ -347,8 +359,9 @@ def convert_gguf(gguf_path: Path, work: Path, emit: Emit, *, quantize: QuantSpec
             result = import_gguf(gguf_path, out)
         except UnsupportedGGUF as e:
             raise ManageError(str(e), 400) from e
-        except ValueError as e:  # not a GGUF at all
-            raise ManageError(f"supplied file was not in GGUF format: {e}", 400) from e
+        except ValueError as e:  # not a GGUF at all: Ollama's text; the reader's detail may name a path
+            log.info("GGUF import failed: %s", e)
+            raise ManageError("supplied file was not in GGUF format", 400) from e
         model_dir, file_type = _transform(out, work, emit, quantize, adapter_dir)
     config = model_config(
         family=result.architecture, parameter_count=result.parameter_count,
@@ -492,12 +505,16 @@ def mlx_layers(stored: StoredManifest) -> list[Layer]:
 
 @dataclass
 class CreateRequest:
+    """What to build. `from_` only ever names a model and `files`/`adapters` name uploaded blobs, as
+    in Ollama; `local_source` (a file or folder on this machine) is for in-process callers only
+    (`convert_path`), never filled from a request: a client must not make the server read its files."""
+
     name: ModelName
     display: str
     from_: str = ""
     files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
-    adapter_path: str = ""
+    local_source: Path | None = None
     quantize: str = ""
     template: str | None = None
     system: str | None = None
@@ -549,6 +566,9 @@ def parse_create_request(body: dict) -> CreateRequest:
                 body.setdefault(k, v)
     files = _check_files(body.get("files"), "files")
     adapters = _check_files(body.get("adapters"), "adapters")
+    from_text = body.get("from") or ""
+    if not isinstance(from_text, str):
+        raise ManageError("json: cannot unmarshal into Go struct field CreateRequest.from of type string", 400)
     try:
         name = ModelName.parse(name_text)
     except InvalidName:
@@ -566,10 +586,9 @@ def parse_create_request(body: dict) -> CreateRequest:
     return CreateRequest(
         name=name,
         display=name_text,
-        from_=body.get("from") or "",
+        from_=from_text,
         files=files,
         adapters=adapters,
-        adapter_path=body.get("adapter_path") or "",
         quantize=quantize if isinstance(quantize, str) else "",
         template=body.get("template") if isinstance(body.get("template"), str) and body.get("template") else None,
         system=body.get("system") if isinstance(body.get("system"), str) and body.get("system") else None,
@@ -578,10 +597,6 @@ def parse_create_request(body: dict) -> CreateRequest:
                   for m in messages if isinstance(m, dict)] if messages else None,
         license=licenses,
     )
-
-
-def looks_like_path(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or (os.sep != "/" and value[1:3] == ":\\")
 
 
 def check_template(template: str) -> None:
@@ -659,17 +674,12 @@ def _adapter_source(store: Store, req: CreateRequest, work: Path) -> Path | None
         dest = work / "adapter"
         _stage(store, req.adapters, dest)
         return dest
-    if req.adapter_path:
-        path = Path(req.adapter_path).expanduser()
-        if not path.is_dir():
-            raise ManageError(f"adapter path {req.adapter_path} is not an mlx-lm adapter folder", 400)
-        return path
     return None
 
 
 def create_model(store: Store, req: CreateRequest, emit: Emit = _noop, *, noprune: bool = False) -> StoredManifest:
     """Build the model `req` describes. A `from` model must already be in the store (the API
-    layer pulls it first, as Ollama does)."""
+    layer pulls it first, as Ollama does); `from` is a model name even when it looks like a path."""
     try:
         spec = parse_quantize(req.quantize) if req.quantize else None
     except QuantizeError as e:
@@ -679,8 +689,8 @@ def create_model(store: Store, req: CreateRequest, emit: Emit = _noop, *, noprun
     with work_dir(store, "create") as work:
         adapter_dir = _adapter_source(store, req, work)
         base_params: dict | None = None
-        if req.from_ and looks_like_path(req.from_):
-            conv = _convert_local_path(store, Path(req.from_).expanduser(), work, emit, spec, adapter_dir)
+        if req.local_source is not None:
+            conv = _convert_local_path(store, req.local_source, work, emit, spec, adapter_dir)
             ls = LayerSet()
             ls.add_dir(store, conv.model_dir, move=conv.owned)
             config = conv.config
@@ -796,7 +806,7 @@ def convert_path(path: str | os.PathLike, name: str, quantize: str | None = None
         config = Config.from_env()
         config.models_dir.mkdir(parents=True, exist_ok=True)
         store = Store(config.models_dir)
-    req = CreateRequest(name=ModelName.parse(name), display=name, from_=str(Path(path).expanduser().absolute()),
+    req = CreateRequest(name=ModelName.parse(name), display=name, local_source=Path(path).expanduser().absolute(),
                         quantize=quantize or "", template=template, system=system)
     try:
         return create_model(store, req, emit or _noop, noprune=noprune)

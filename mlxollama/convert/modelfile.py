@@ -15,6 +15,9 @@ MESSAGE_ROLES = ("system", "user", "assistant")
 
 ERR_MISSING_FROM = "no FROM line"
 ERR_INVALID_ROLE = 'message role must be one of "system", "user", or "assistant"'
+# A create never reads a path a client names on the server: an ADAPTER must be an uploaded blob. One
+# text for every other argument, so the answer never tells whether such a path exists on the server.
+ERR_ADAPTER_REFERENCE = "invalid model reference"
 ERR_INVALID_COMMAND = ('command must be one of "from", "license", "template", "system", "adapter", "draft", '
                        '"renderer", "parser", "parameter", "message", or "requires"')
 
@@ -208,8 +211,9 @@ def to_create_fields(commands: list[Command], client: ClientSide | None = None) 
     """The current /api/create JSON fields a Modelfile stands for (Ollama's Modelfile.CreateRequest).
 
     The server (client=None) reads a legacy `modelfile` request: `FROM @sha256:…` → files, any other
-    FROM → from (create resolves server-side paths), `ADAPTER @sha256:…` → adapters, another ADAPTER
-    → adapter_path; DRAFT is refused and every ignored option key skipped. The client uploads local
+    FROM → from (a model name: a path there is an invalid name, as in Ollama, and never read),
+    `ADAPTER @sha256:…` → adapters, any other ADAPTER is refused (the server reads no paths a client
+    names); DRAFT is refused and every ignored option key skipped. The client uploads local
     files instead, warns about DRAFT and Ollama's deprecated parameters, and refuses an ADAPTER that
     names nothing local. `stop` accumulates in both.
     """
@@ -231,7 +235,7 @@ def to_create_fields(commands: list[Command], client: ClientSide | None = None) 
             elif client:
                 raise ModelfileError(f"adapter {c.args}: no such file or directory")
             else:
-                fields["adapter_path"] = c.args
+                raise ModelfileError(ERR_ADAPTER_REFERENCE)
         elif c.name in ("template", "system", "renderer", "parser", "requires"):
             fields[c.name] = c.args
         elif c.name == "draft":

@@ -158,7 +158,11 @@ def test_client_and_server_differ_only_where_ollama_does(tmp_path):
     assert warned == ["warning: DRAFT is not supported and was ignored", "warning: parameter mirostat is deprecated"]
     with pytest.raises(ModelfileError, match="unknown parameter 'tfs_z'"):
         to_create_fields(parse("FROM x\nPARAMETER tfs_z 1\n"), side)
-    # an ADAPTER the client cannot find is an error there; the server takes it as a server path
+    # an ADAPTER the client cannot find is an error there; the server reads no path a client names
+    # (only uploaded blobs), with one text that names no path
     with pytest.raises(ModelfileError, match="adapter missing: no such file or directory"):
         to_create_fields(parse("FROM x\nADAPTER missing\n"), side)
-    assert to_create_fields(parse("FROM x\nADAPTER /srv/lora\n")) == {"from": "x", "adapter_path": "/srv/lora"}
+    for arg in ("/srv/lora", "./lora", "lora"):
+        with pytest.raises(ModelfileError) as e:
+            to_create_fields(parse(f"FROM x\nADAPTER {arg}\n"))
+        assert str(e.value) == "invalid model reference"
