@@ -33,6 +33,12 @@ REQUEST_TIMEOUT = 60.0
 LEAKS = ("Traceback", 'File "', "site-packages", "/work/", ".py\"", "mlx.core", "object at 0x", "NoneType")
 
 
+# The client mistakes Ollama itself answers with 500 (reference §1.5 and §3: option type errors,
+# an invalid `format`, a quantize type it does not know): its status wins over "no 5xx".
+OLLAMA_500 = re.compile(r'"error":"(option \\"[^"\\]+\\" must be of type |invalid format: |'
+                        r'unsupported quantization type |quantization is only supported for )')
+
+
 @dataclass(frozen=True)
 class Raw:
     """JSON text sent verbatim: what json.dumps cannot produce (NaN, 1e400, \\ud800, deep nesting)."""
@@ -281,7 +287,7 @@ def probe(http: httpx.Client, method: str, path: str, content: bytes | None) -> 
             text, streamed_errors = read_reply(resp)
     except httpx.HTTPError as e:
         return f"no answer after {time.monotonic() - started:.1f}s ({type(e).__name__}: {e})"
-    if resp.status_code >= 500:
+    if resp.status_code >= 500 and not OLLAMA_500.search(text):
         return f"HTTP {resp.status_code}: {text[:300]}"
     leaked = [w for w in LEAKS if w in text]
     if leaked:
