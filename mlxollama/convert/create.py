@@ -687,28 +687,49 @@ def create_model(store: Store, req: CreateRequest, emit: Emit = _noop, *, noprun
     if req.template:
         check_template(req.template)
     with work_dir(store, "create") as work:
-        adapter_dir = _adapter_source(store, req, work)
-        base_params: dict | None = None
-        if req.local_source is not None:
-            conv = _convert_local_path(store, req.local_source, work, emit, spec, adapter_dir)
-            ls = LayerSet()
-            ls.add_dir(store, conv.model_dir, move=conv.owned)
-            config = conv.config
-        elif req.from_:
-            try:
-                base_name = ModelName.parse(req.from_)
-            except InvalidName:
-                raise ManageError("invalid model name", 400) from None
-            base = store.get_manifest(base_name)
-            if base is None:
-                raise ManageError(f"model '{req.from_}' not found", 404)
-            ls, config, base_params = _from_model(store, base, work, emit, spec, adapter_dir)
-        elif req.files is not None:
-            ls, config = _from_files(store, req.files, work, emit, spec, adapter_dir)
-        else:
-            raise ManageError("neither 'from' or 'files' was specified", 400)
-        _apply_modelfile_layers(store, ls, req, base_params)
-        return write_model(store, req.name, ls, config, emit, noprune=noprune)
+        try:
+            return _create_in(store, req, work, spec, emit, noprune)
+        except Exception as e:
+            # Converters name the files they fail on: keep the server's own folders out of the answer.
+            text = str(e)
+            scrubbed = _without_server_paths(text, work, store.root)
+            if scrubbed == text:
+                raise
+            log.info("create of %s failed: %s", req.display, text)
+            raise ManageError(scrubbed, e.status if isinstance(e, StatusError) else 500) from e
+
+
+def _without_server_paths(text: str, work: Path, root: Path) -> str:
+    # innermost first; a file keeps its own (uploaded) name
+    for folder, label in ((work / "src", "the uploaded files"), (work, "the work folder"), (root, "the store")):
+        text = text.replace(f"{folder}{os.sep}", "").replace(str(folder), label)
+    return text
+
+
+def _create_in(store: Store, req: CreateRequest, work: Path, spec: QuantSpec | None, emit: Emit,
+               noprune: bool) -> StoredManifest:
+    adapter_dir = _adapter_source(store, req, work)
+    base_params: dict | None = None
+    if req.local_source is not None:
+        conv = _convert_local_path(store, req.local_source, work, emit, spec, adapter_dir)
+        ls = LayerSet()
+        ls.add_dir(store, conv.model_dir, move=conv.owned)
+        config = conv.config
+    elif req.from_:
+        try:
+            base_name = ModelName.parse(req.from_)
+        except InvalidName:
+            raise ManageError("invalid model name", 400) from None
+        base = store.get_manifest(base_name)
+        if base is None:
+            raise ManageError(f"model '{req.from_}' not found", 404)
+        ls, config, base_params = _from_model(store, base, work, emit, spec, adapter_dir)
+    elif req.files is not None:
+        ls, config = _from_files(store, req.files, work, emit, spec, adapter_dir)
+    else:
+        raise ManageError("neither 'from' or 'files' was specified", 400)
+    _apply_modelfile_layers(store, ls, req, base_params)
+    return write_model(store, req.name, ls, config, emit, noprune=noprune)
 
 
 def _from_model(store: Store, base: StoredManifest, work: Path, emit: Emit, spec: QuantSpec | None,

@@ -6,6 +6,7 @@ and at the next create, those of a live process stay."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -138,6 +139,28 @@ def test_adapter_path_is_not_an_ollama_field(stage, http, paths):
                                            "stream": False})
         assert (r.status_code, r.json()) == (200, {"status": "success"})
         assert weights(name) == weights("tiny:latest")
+
+
+def test_conversion_errors_name_no_server_folder(stage, http):
+    """A broken upload fails with the converter's reason, but the store's and work folder's paths stay out."""
+
+    def upload(data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        assert http.post(f"/api/blobs/{digest}", content=data).status_code in (200, 201)
+        return digest
+
+    cases = [
+        ({"config.json": upload(b"{not json"), "model.safetensors": upload(b"x" * 16)}, 400,
+         "unreadable config.json in the uploaded files: "),
+        # the reader's own text (MLX's: it names the file it read) comes back, less the folders
+        ({"config.json": upload(b'{"model_type": "llama"}'), "model.safetensors": upload(b"\xff" * 64)}, 500, ""),
+        ({"m.gguf": upload(b"GGUF" + bytes(40))}, 400, "supplied file was not in GGUF format"),
+    ]
+    root = str(stage[0].models_dir)
+    for files, status, error in cases:
+        r = http.post("/api/create", json={"model": "broken", "files": files, "stream": False})
+        assert r.status_code == status and r.json()["error"].startswith(error), r.text
+        assert root not in r.text and WORK_PREFIX not in r.text
 
 
 # --- work folders of a killed create ------------------------------------------------------------
