@@ -194,3 +194,44 @@ def native_gap(url: str, feature: str) -> str | None:
         ok = r.status_code == 200 and works(r.json())
         _gaps[key] = None if ok else f"native /api/chat has no {feature} yet ({r.status_code}: {r.text[:200]})"
     return _gaps[key]
+
+
+# --- coding agents (Codex CLI, Claude Code) ----------------------------------------------------
+# Their requests carry ~50 KB of instructions and tools (about 32k tokens with the tiny
+# tokenizer), so this model has a 128k window and asks for it with PARAMETER num_ctx, as an
+# Ollama user would. Asked for the secret word, it calls the agent's own shell tool (Codex's
+# exec_command, Claude Code's Bash) to read notes.txt; once a tool result holding the word is in
+# the conversation it answers with it, so the answer proves the round trip.
+AGENT_CONTEXT = 131072
+AGENT_NOTES = "The secret word is banana.\n"
+AGENT_ANSWER = "The tool says the secret word is banana."
+AGENT_COMMAND = "cat notes.txt"
+AGENT_TEMPLATE = (
+    TOOLS_TEMPLATE.split("{%- if add_generation_prompt %}")[0]
+    # Claude Code puts a system message after the user's, so the question is the last user turn.
+    + "{%- set ns = namespace(found=false, asked='') %}"
+    "{%- for m in messages %}{%- if m.role == 'tool' and 'banana' in m.content %}{%- set ns.found = true %}{%- endif %}"
+    "{%- if m.role == 'user' %}{%- set ns.asked = m.content %}{%- endif %}{%- endfor %}"
+    "{%- set names = (tools or []) | map(attribute='function.name') | list %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{%- if ns.found %}<|found|>"
+    "{%- elif 'secret word' in ns.asked and 'exec_command' in names %}<|exec|>"
+    "{%- elif 'secret word' in ns.asked and 'Bash' in names %}<|bash|>"
+    "{%- else %}<|reply|>{%- endif %}{%- endif %}"
+)
+AGENT_SCRIPTS = {
+    "<|exec|>": ["<tool_call>\n" + json.dumps({"name": "exec_command", "arguments": {"cmd": AGENT_COMMAND}}) + "\n</tool_call>"],
+    "<|bash|>": ["<tool_call>\n" + json.dumps({"name": "Bash", "arguments": {
+        "command": AGENT_COMMAND, "description": "Read the notes"}}) + "\n</tool_call>"],
+    "<|found|>": [AGENT_ANSWER],
+    "<|reply|>": [REPLY],
+}
+AGENT_MODEL = "scripted-agent:latest"
+
+
+def ensure_agent_model(models_dir: Path, work: Path) -> str:
+    store = Store(models_dir)
+    if store.resolve(ModelName.parse(AGENT_MODEL)) is None:
+        model_dir = build_scripted_model(work / "scripted-agent", AGENT_TEMPLATE, AGENT_SCRIPTS, context=AGENT_CONTEXT)
+        package_tiny(store, AGENT_MODEL, model_dir, params={"num_ctx": AGENT_CONTEXT})
+    return AGENT_MODEL
