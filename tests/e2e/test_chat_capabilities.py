@@ -359,7 +359,7 @@ def run_engine(engine, spec: PromptSpec, sampler, monkeypatch, **options) -> lis
     """Admit one job and step the engine to the end, the sampler choosing every token."""
     async def go():
         if sampler is not None:
-            monkeypatch.setattr(llm_module, "make_request_sampler", lambda opts: sampler)
+            monkeypatch.setattr(llm_module, "make_request_sampler", lambda opts, vocab_size: sampler)
         opts = Options.merged({}, {"temperature": 0, "num_predict": 80, **options}, None, num_ctx=2048)
         job = GenerationJob(spec, opts, logprobs=True)
         engine.admit(job)
