@@ -318,6 +318,12 @@ def _cmd_convert(args) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 
+def _cmd_launch(args) -> int:
+    from .launch import launch
+
+    return launch(args.launch_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlxollama", description="Ollama-compatible model server on MLX, and its command line client",
@@ -396,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", required=True, help="Name for the new model (e.g. mymodel:latest)")
         p.add_argument("-q", "--quantize", help="Quantize to this level (e.g. q4_K_M, q8_0)")
         p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("launch", help="Start a coding agent (codex, claude) against this server")
+    p.add_argument("launch_args", nargs=argparse.REMAINDER, metavar="codex|claude [--model MODEL] [--print] [-- ARGS]")
+    p.set_defaults(func=_cmd_launch)
 
     p = sub.add_parser("service", help="Install, remove or inspect the background service (launchd/systemd)")
     p.add_argument("action", choices=["install", "uninstall", "status"])
