@@ -23,16 +23,16 @@ from mlx_lm.utils import load as mlx_lm_load
 
 from ..config import DEFAULT_NUM_PARALLEL, Config, fault_injection_enabled
 from ..options import Options
-from .fim import fim_format_for, fim_stop_ids
 from ..parsers.harmony import FINAL_HEADER, HarmonyParser, is_harmony_template
-from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
-from .prompt import PromptCancelled, build_prompt_tokens
 from ..parsers.reply import Piece, ReplyParser
-from .sampling import make_request_processors, make_request_sampler, token_bytes, token_logprobs
 from ..parsers.stops import StopMatcher
-from .structured import FormatError, GrammarProcessor, LazyGrammarTokenizer, ThinkGate
 from ..parsers.thinking import ThinkingParser, infer_think_tags, prompt_opens_thinking
 from ..parsers.tools import ToolCallParser, infer_tool_format
+from .fim import fim_format_for, fim_stop_ids
+from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
+from .prompt import PromptCancelled, build_prompt_tokens
+from .sampling import make_request_processors, make_request_sampler, token_bytes, token_logprobs
+from .structured import FormatError, GrammarProcessor, LazyGrammarTokenizer, ThinkGate
 
 log = logging.getLogger("mlxollama.engine")
 

@@ -5,9 +5,9 @@ Works on the tokenizer only (no MLX), so it is cheap to test.
 
 from __future__ import annotations
 
+from ..parsers.thinking import template_kwargs_for
 from .fim import fim_format_for, fim_tokens
 from .jobs import EngineError, PromptSpec
-from ..parsers.thinking import template_kwargs_for
 
 
 def to_template_message(m: dict) -> dict:

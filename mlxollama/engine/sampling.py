@@ -11,7 +11,6 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logi
 
 from ..options import Options
 
-
 # Below this a temperature picks the most likely token anyway, and 1/temperature would
 # overflow float32 (logits * inf is NaN): such temperatures are greedy.
 MIN_TEMPERATURE = 1e-6
