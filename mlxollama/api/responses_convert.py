@@ -195,7 +195,11 @@ def _expand_tool(tool, prefix: str = "") -> list[dict]:
     name = tool.get("name") if isinstance(tool.get("name"), str) else ""
     if kind == "namespace":
         inner = prefix + name + "." if name else prefix
-        return [t for member in tool.get("tools") or [] for t in _expand_tool(member, inner)]
+        members = tool.get("tools") or []
+        if not isinstance(members, list):
+            raise APIError(f"json: cannot unmarshal {_go_json_kind(members)} into Go struct field "
+                           "ResponsesTool.tools.tools of type []openai.ResponsesTool", 400)
+        return [t for member in members for t in _expand_tool(member, inner)]
     params = tool.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise APIError(f"json: cannot unmarshal {_go_json_kind(params)} into Go struct field "

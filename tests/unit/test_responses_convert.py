@@ -128,3 +128,8 @@ def test_conversion_module_holds_no_http_code():
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {m for m in imported if m.split(".")[0] == "sanic"}
+
+
+def test_namespace_members_must_be_a_list():
+    with pytest.raises(APIError, match=r"cannot unmarshal bool into Go struct field ResponsesTool.tools.tools"):
+        convert_tools([{"type": "namespace", "name": "n", "tools": True}])
