@@ -263,3 +263,27 @@ def test_anthropic_ignores_claude_code_fields(server, scripted):
         system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
         messages=[{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}])
     assert r.content[0].text == REPLY
+
+
+# --- engine failures -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def faulty(models_dir, tmp_path_factory):
+    from ..support.liveserver import LiveServer
+
+    srv = LiveServer(models_dir, tmp_path_factory.mktemp("faulty") / "server.log", env={"MLXOLLAMA_TEST_FAULT": "1"})
+    with httpx.Client(base_url=srv.url, timeout=120) as c:
+        yield c
+    srv.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_engine_failure_is_an_openai_error_without_internals(faulty, stream):
+    r = faulty.post("/v1/responses", json={"model": "tiny", "input": "please mlxollama-test-fault:oom now",
+                                           "max_output_tokens": 3, "stream": stream})
+    assert r.status_code == 500 and r.headers["content-type"].startswith("application/json")
+    error = r.json()["error"]
+    assert error["type"] == "api_error" and error["message"].startswith("generation failed: out of memory")
+    assert "Traceback" not in error["message"] and "/" not in error["message"]
+    ok = faulty.post("/v1/responses", json={"model": "tiny", "input": "still here?", "max_output_tokens": 2})
+    assert ok.status_code == 200 and ok.json()["status"] == "completed"
