@@ -13,7 +13,7 @@ import os
 import shlex
 import shutil
 
-from .client import CLIError, client, raw_show, server_url
+from .client import CLIError, client, is_connect_error, raw_show, server_url
 
 PROVIDER = "mlxollama"
 INSTALL = {"codex": "npm install -g @openai/codex", "claude": "npm install -g @anthropic-ai/claude-code"}
@@ -87,12 +87,9 @@ def launch(argv: list[str]) -> int:
             if not candidates:
                 raise CLIError("no local model supports tools; coding agents need one (pull one, or pass --model)")
             model = candidates[0]
-        if args.integration == "claude":
-            context = _context_of(c, model)
-    except CLIError:
-        raise
-    except Exception:
-        if not args.model:
+        context = _context_of(c, model)  # also: a model the server does not have fails here, not in the agent
+    except Exception as e:
+        if not (args.model and is_connect_error(e)):
             raise
         # --model given: the command can still be printed or started while the server is down
     if args.integration == "codex":

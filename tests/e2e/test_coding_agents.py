@@ -162,12 +162,12 @@ def test_launch_print_claude_picks_a_tools_model_and_its_window(server, agent_mo
     assert "tools" in show["capabilities"]
 
 
-def test_launch_refuses_unknown_agents_and_missing_binaries(server, tmp_path):
+def test_launch_refuses_unknown_agents_and_missing_binaries(server, agent_model, tmp_path):
     r = launch(server.url, "vim")
     assert r.returncode == 2 and "invalid choice: 'vim'" in r.stderr
     # A PATH without the agent on it (the interpreter is named by its full path).
     env = {**os.environ, "OLLAMA_HOST": server.url.removeprefix("http://"), "PATH": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "mlxollama.cli", "launch", "codex", "--model", "x"], env=env,
+    r = subprocess.run([sys.executable, "-m", "mlxollama.cli", "launch", "codex", "--model", agent_model], env=env,
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Error: codex is not installed: npm install -g @openai/codex" in r.stderr
 
@@ -188,3 +188,9 @@ def test_launch_claude_runs_claude_against_the_server(agents, server, agent_mode
                path=agents, home=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == REPLY
+
+
+def test_launch_refuses_a_model_the_server_lacks(server):
+    for agent in ("codex", "claude"):
+        r = launch(server.url, agent, "--model", "nope", "--print")
+        assert r.returncode == 1 and r.stderr.strip() == "Error: model 'nope:latest' not found", r.stderr
