@@ -8,7 +8,8 @@ import json
 import pytest
 
 from mlxollama.convert.bundled import (
-    BUNDLED, CHAT_MODEL, EMBED_MODEL, BundledSource, apply_library_layers, ensure_bundled, library_layers,
+    BUNDLED, CHAT_MODEL, EMBED_MODEL, BundledSource, LibraryLayers, apply_library_layers, ensure_bundled,
+    library_layers,
 )
 from mlxollama.engine.catalog import derive_capabilities, load_spec
 from mlxollama.parsers.tools import HERMES, ToolCallParser, infer_tool_format
@@ -145,7 +146,7 @@ def test_ensure_bundled_adds_library_layers_to_an_older_import(tmp_path):
 def test_ensure_bundled_keeps_a_users_own_template(tmp_path):
     store = Store(tmp_path / "models")
     name = _stored_plain_model(store, CHAT_MODEL, tmp_path)
-    apply_library_layers(store, name, type(SMOLLM2)(template="{{ .Prompt }}"))
+    apply_library_layers(store, name, LibraryLayers(template="{{ .Prompt }}"))
     ensure_bundled(store, lambda _: None, sources=[BundledSource(CHAT_MODEL, "x", "y", library="smollm2")])
     assert load_spec(store, name).go_template == "{{ .Prompt }}"
 
