@@ -40,6 +40,7 @@ Command line and service:
 | MLXOLLAMA_SERVICE_OS | detected | `service_os_override()`: darwin or linux |
 | MLXOLLAMA_SVC_<KEY> | | `service_template_values()`: values the install script renders |
 | XDG_CONFIG_HOME | ~/.config | `xdg_config_home()`: where the systemd user unit lives |
+| (all) | | `child_environment()`: passed on to the agent `mlxollama launch` starts |
 
 Read by others, not by this package: HF_ENDPOINT and HF_TOKEN (huggingface_hub), and the
 scripts' MLXOLLAMA_MLX_EXTRA, MLXOLLAMA_NO_OPENBLAS and MLXOLLAMA_SERVICE_WAIT.
@@ -238,6 +239,11 @@ def service_template_values(keys: Iterable[str], env: Env | None = None) -> dict
 def xdg_config_home(env: Env | None = None) -> Path:
     configured = _var("XDG_CONFIG_HOME", env)
     return Path(configured) if configured else Path.home() / ".config"
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a program `mlxollama launch` starts: ours, with its settings on top."""
+    return {**os.environ, **extra}
 
 
 def fault_injection_enabled(env: Env | None = None) -> bool:

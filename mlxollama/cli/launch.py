@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 
+from ..config import child_environment
 from .client import CLIError, client, is_connect_error, raw_show, server_url
 
 PROVIDER = "mlxollama"
@@ -106,5 +107,5 @@ def launch(argv: list[str]) -> int:
     binary = shutil.which(command[0])
     if binary is None:
         raise CLIError(f"{command[0]} is not installed: {INSTALL[args.integration]}")
-    os.execve(binary, command, {**os.environ, **env})
+    os.execve(binary, command, child_environment(env))
     return 0  # not reached
