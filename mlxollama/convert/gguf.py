@@ -13,6 +13,7 @@ plus a config builder, so more can be added without touching the conversion.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -386,12 +387,13 @@ class _Meta:
 
 @dataclass(frozen=True)
 class ArchSpec:
-    model_type: str  # mlx-lm model_type (the config builder may pick a variant)
-    layer_tensors: Mapping[str, str]  # "attn_q.weight" (after "blk.N.") -> "self_attn.q_proj.weight"
+    """What an architecture needs beyond llama.cpp's own naming table: the
+    config builder (GGUF metadata -> mlx-lm config.json) and the transforms
+    llama.cpp's converter applied to the Hugging Face tensors."""
+
     build_config: Callable[[_Meta, Mapping[str, Any]], dict[str, Any]]
-    # llama.cpp's converter permutes Q/K rows only for llama-arch models.
+    # llama.cpp's converter permutes Q/K rows for llama-style rope (LlamaModel and its subclasses).
     permute_qk: bool = False
-    global_tensors: Mapping[str, str] = field(default_factory=lambda: dict(_GLOBAL_TENSORS))
     # Present in the GGUF but carried by config.json instead of a weight.
     skip_tensors: frozenset[str] = frozenset({"rope_freqs.weight"})
     # llama.cpp's converter stores gemma RMSNorm weights as 1 + w (its graph
@@ -399,69 +401,77 @@ class ArchSpec:
     norm_shift: float = 0.0
 
 
-_GLOBAL_TENSORS = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
+_ARCH_ENUM = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
 
-_LLAMA_LAYER = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.bias": "self_attn.o_proj.bias",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-    "ffn_gate.bias": "mlp.gate_proj.bias",
-    "ffn_up.bias": "mlp.up_proj.bias",
-    "ffn_down.bias": "mlp.down_proj.bias",
-}
 
-_QWEN3_LAYER = {
-    **_LLAMA_LAYER,
-    "attn_q_norm.weight": "self_attn.q_norm.weight",
-    "attn_k_norm.weight": "self_attn.k_norm.weight",
-}
+@functools.lru_cache(maxsize=32)
+def _gguf_to_hf(arch: str, n_blocks: int) -> dict[str, tuple[str, ...]]:
+    """llama.cpp's naming table inverted: GGUF tensor base name ("blk.3.attn_q")
+    -> every Hugging Face module name the converter writes under it, for this
+    architecture (gguf-py's TensorNameMap, the converter's own table)."""
+    inverse: dict[str, list[str]] = {}
+    for hf_name, (_, gguf_name) in gguf.TensorNameMap(_ARCH_ENUM[arch], n_blocks).mapping.items():
+        inverse.setdefault(gguf_name, []).append(hf_name)
+    return {k: tuple(v) for k, v in inverse.items()}
 
-# Gemma 2/3 sandwich norms.  GGUF's "ffn_norm" is the *pre*-feed-forward norm
-# here, and "post_attention_norm" is a real post-norm, unlike llama's naming.
-_GEMMA2_LAYER = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "post_attention_norm.weight": "post_attention_layernorm.weight",
-    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
-    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
 
-_GEMMA3_LAYER = {
-    **_GEMMA2_LAYER,
-    "attn_q_norm.weight": "self_attn.q_norm.weight",
-    "attn_k_norm.weight": "self_attn.k_norm.weight",
-}
+def _mlx_parameter_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of mlx-lm's model class for ``config``.
+    MLX is lazy: building the module allocates nothing."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
 
-# mlx-lm's phi3 keeps the fused projections that llama.cpp also keeps
-# (attn_qkv = [q; k; v] rows, ffn_up = [gate; up] rows), so no split is needed.
-_PHI3_LAYER = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_qkv.weight": "self_attn.qkv_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_up.weight": "mlp.gate_up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
+    try:
+        model_cls, args_cls = _get_classes(dict(config))
+        model = model_cls(args_cls.from_dict(dict(config)))
+    except Exception as e:  # a config mlx-lm rejects is a GGUF we cannot import
+        log.warning("mlx-lm cannot build %s from the GGUF's config: %s", config.get("model_type"), e)
+        raise UnsupportedGGUF(f"{config.get('model_type')}: mlx-lm cannot build this configuration") from e
+    return {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+
+
+# Stacked expert tensors (llama.cpp's ffn_*_exps) -> mlx-lm's SwitchGLU, which
+# sits next to the router (ffn_gate_inp) in every mlx-lm MoE block.
+_EXPERT_PROJ = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
+
+
+def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
+                    params: Mapping[str, tuple[int, ...]], n_blocks: int) -> dict[str, str | None]:
+    """GGUF tensor name -> mlx-lm parameter name (None: not a weight), choosing
+    among the Hugging Face names llama.cpp accepts for it the one that
+    mlx-lm's model class has.  Every GGUF tensor must land on a parameter of
+    the same shape and every parameter must be filled, else the file is refused
+    by name rather than mis-loaded."""
+    inverse = _gguf_to_hf(arch, n_blocks)
+
+    def pick(base: str, suffix: str) -> list[str]:
+        return sorted({f"{hf}.{suffix}" for hf in inverse.get(base, ()) if f"{hf}.{suffix}" in params})
+
+    names: dict[str, str | None] = {}
+    for name, t in tensors.items():
+        if name in spec.skip_tensors:
+            names[name] = None
+            continue
+        base, _, suffix = name.rpartition(".")
+        found = pick(base, suffix)
+        kind = base.rpartition(".")[2]
+        if not found and kind in _EXPERT_PROJ:
+            router = pick(f"{base.rpartition('.')[0]}.ffn_gate_inp", "weight")
+            found = [f"{r.rsplit('.', 2)[0]}.switch_mlp.{_EXPERT_PROJ[kind]}.{suffix}" for r in router]
+            found = [f for f in found if f in params]
+        if len(found) != 1:
+            raise UnsupportedGGUF(f"tensor {name!r} has no mapping for architecture {arch!r}")
+        want, got = params[found[0]], tuple(int(x) for x in reversed(t.shape))
+        if [d for d in want if d != 1] != [d for d in got if d != 1]:
+            raise UnsupportedGGUF(f"tensor {name!r} has shape {list(got)}, mlx-lm expects {list(want)}")
+        names[name] = found[0]
+    missing = set(params) - set(names.values())
+    if "token_embd.weight" in tensors:
+        missing.discard("lm_head.weight")  # tied: models that always build lm_head drop it in sanitize
+    missing = sorted(missing)
+    if missing:
+        raise UnsupportedGGUF(f"{arch}: the GGUF lacks tensors mlx-lm needs ({', '.join(missing[:4])})")
+    return names
 
 
 def _llama3_rope_scaling(factors: np.ndarray, base: float, dims: int) -> dict[str, Any]:
@@ -547,6 +557,8 @@ def _llama_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {"model_type": "llama", **_common_config(m, tensors)}
     cfg["attention_bias"] = "blk.0.attn_q.bias" in tensors
     cfg["mlp_bias"] = "blk.0.ffn_gate.bias" in tensors
+    if m.int("expert_count"):
+        return _mixtral_config(cfg, m, tensors)
     return cfg
 
 
@@ -693,18 +705,115 @@ def _mistral3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _moe_counts(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Experts per layer and per token, plus the expert FFN width (from the
+    metadata, else from the stacked tensor's shape)."""
+    up = tensors.get("blk.0.ffn_up_exps.weight")
+    width = m.int("expert_feed_forward_length") or (int(up.shape[1]) if up is not None else None)
+    return {"num_experts_per_tok": m.int("expert_used_count"), "moe_intermediate_size": width}
+
+
+def _dense_only(cfg: dict[str, Any], arch: str, *keys: str) -> None:
+    for key in keys:
+        if cfg.pop(key, None):
+            raise UnsupportedGGUF(f"{arch}: {key.replace('_', ' ')} is not supported by mlx-lm's model")
+
+
+def _mixtral_config(cfg: dict[str, Any], m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Mixtral and other llama-MoE files: llama.cpp keeps the "llama" arch and
+    stacks the experts (w1/w3/w2 -> ffn_gate/up/down_exps)."""
+    _dense_only(cfg, "llama MoE", "head_dim", "attention_bias", "mlp_bias", "rope_scaling")
+    cfg.update(model_type="mixtral", num_local_experts=m.int("expert_count"),
+               num_experts_per_tok=m.int("expert_used_count"))
+    return cfg
+
+
+def _qwen2moe_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = {**_qwen2_config(m, tensors), "model_type": "qwen2_moe", "num_experts": m.int("expert_count"),
+           **_moe_counts(m, tensors)}
+    shexp = tensors.get("blk.0.ffn_up_shexp.weight")
+    cfg["shared_expert_intermediate_size"] = m.int("expert_shared_feed_forward_length") or (
+        int(shexp.shape[1]) if shexp is not None else None)
+    return cfg
+
+
+def _qwen3moe_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = {**_qwen3_config(m, tensors), "model_type": "qwen3_moe", "num_experts": m.int("expert_count"),
+           **_moe_counts(m, tensors)}
+    cfg["intermediate_size"] = cfg["intermediate_size"] or cfg["moe_intermediate_size"]
+    cfg["decoder_sparse_step"] = 1
+    # Dense layers are the ones without a router.
+    cfg["mlp_only_layers"] = [i for i in range(cfg["num_hidden_layers"])
+                              if f"blk.{i}.ffn_gate_inp.weight" not in tensors]
+    # llama.cpp's qwen3moe graph renormalises the top-k weights unless told otherwise.
+    cfg["norm_topk_prob"] = bool(m.get("expert_weights_norm", True))
+    return cfg
+
+
+def _granite_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Granite 3.x: llama layout with four scalar multipliers, which llama.cpp
+    stores as *_scale keys (its converter drops head_dim)."""
+    cfg = {**_llama_config(m, tensors), "model_type": "granite"}
+    if cfg.get("num_local_experts"):
+        raise UnsupportedGGUF("granite: mixture-of-experts granite files are not supported")
+    cfg.pop("head_dim", None)
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    cfg["logits_scaling"] = m.float("logit_scale", 1.0)
+    cfg["attention_multiplier"] = m.float("attention.scale", head_dim ** -0.5)
+    cfg["embedding_multiplier"] = m.float("embedding_scale", 1.0)
+    cfg["residual_multiplier"] = m.float("residual_scale", 1.0)
+    return cfg
+
+
+def _smollm3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    # llama.cpp hard-codes SmolLM3's NoPE layers (every 4th); the file says nothing.
+    return {**_llama_config(m, tensors), "model_type": "smollm3", "no_rope_layer_interval": 4}
+
+
+def _olmo2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    return {"model_type": "olmo2", **_common_config(m, tensors)}
+
+
+def _layer_norm_config(model_type: str, eps_key: str):
+    """Architectures with LayerNorm (not RMSNorm) and head size hidden / heads."""
+
+    def build(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = {"model_type": model_type, **_common_config(m, tensors)}
+        cfg.pop("rms_norm_eps")
+        _dense_only(cfg, m.arch, "head_dim", "rope_scaling")
+        cfg[eps_key] = m.float("attention.layer_norm_epsilon", 1e-5)
+        return cfg
+
+    return build
+
+
+def _cohere_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Command-R (llama.cpp "command-r"): parallel attention/MLP on one
+    LayerNorm, tied embeddings, logits times logit_scale; its interleaved rope
+    needs no Q/K permutation."""
+    cfg = _layer_norm_config("cohere", "layer_norm_eps")(m, tensors)
+    cfg["logit_scale"] = m.float("logit_scale", 1.0)
+    cfg["use_qk_norm"] = "blk.0.attn_q_norm.weight" in tensors
+    return cfg
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
-    # Mistral GGUFs (7B, Nemo, Small <= 3.x from older converters) use the llama architecture too.
-    "llama": ArchSpec("llama", _LLAMA_LAYER, _llama_config, permute_qk=True),
-    "mistral3": ArchSpec("llama", _LLAMA_LAYER, _mistral3_config, permute_qk=True),
-    "qwen2": ArchSpec("qwen2", _LLAMA_LAYER, _qwen2_config),
-    "qwen3": ArchSpec("qwen3", _QWEN3_LAYER, _qwen3_config),
-    "gemma2": ArchSpec("gemma2", _GEMMA2_LAYER, _gemma2_config,
-                       global_tensors={k: v for k, v in _GLOBAL_TENSORS.items() if k != "output.weight"},
-                       norm_shift=1.0),
-    "gemma3": ArchSpec("gemma3_text", _GEMMA3_LAYER, _gemma3_config, norm_shift=1.0),
-    "phi3": ArchSpec("phi3", _PHI3_LAYER, _phi3_config,
-                     skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),
+    # Mistral GGUFs (7B, Nemo, Small <= 3.x from older converters) and
+    # Mixtral (experts) use the llama architecture too.
+    "llama": ArchSpec(_llama_config, permute_qk=True),
+    "mistral3": ArchSpec(_mistral3_config, permute_qk=True),
+    "granite": ArchSpec(_granite_config, permute_qk=True),
+    "smollm3": ArchSpec(_smollm3_config, permute_qk=True),
+    "qwen2": ArchSpec(_qwen2_config),
+    "qwen2moe": ArchSpec(_qwen2moe_config),
+    "qwen3": ArchSpec(_qwen3_config),
+    "qwen3moe": ArchSpec(_qwen3moe_config),
+    "olmo2": ArchSpec(_olmo2_config),
+    "starcoder2": ArchSpec(_layer_norm_config("starcoder2", "norm_epsilon")),
+    "command-r": ArchSpec(_cohere_config),
+    "gemma2": ArchSpec(_gemma2_config, norm_shift=1.0),
+    "gemma3": ArchSpec(_gemma3_config, norm_shift=1.0),
+    "phi3": ArchSpec(_phi3_config, skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),
 }
 
 SUPPORTED_GGUF_ARCHITECTURES: frozenset[str] = frozenset(ARCHITECTURES)
@@ -714,17 +823,6 @@ def gguf_architecture_supported(arch: str) -> bool:
     """Whether ``general.architecture`` ``arch`` can be imported (cheap: pull
     checks it from the GGUF header before downloading the weights)."""
     return arch in ARCHITECTURES
-
-
-def _mlx_name(spec: ArchSpec, name: str) -> str | None:
-    if name in spec.skip_tensors:
-        return None
-    if name in spec.global_tensors:
-        return spec.global_tensors[name]
-    parts = name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in spec.layer_tensors:
-        return f"model.layers.{parts[1]}.{spec.layer_tensors[parts[2]]}"
-    raise UnsupportedGGUF(f"tensor {name!r} has no mapping for architecture {spec.model_type!r}")
 
 
 # --------------------------------------------------------------------------
@@ -789,7 +887,9 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     tensors = {t.name: t for t in reader.tensors}
     m = _Meta(meta, arch)
     config = spec.build_config(m, tensors)
-    names = {t.name: _mlx_name(spec, t.name) for t in reader.tensors}  # fails early on unknown tensors
+    # Fails early, before writing anything, on a tensor or shape mlx-lm has no place for.
+    params = _mlx_parameter_shapes(config)
+    names = tensor_name_map(arch, spec, tensors, params, config["num_hidden_layers"])
     n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
 
     out.mkdir(parents=True, exist_ok=True)
@@ -819,6 +919,9 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
             # (1 + w) - 1 is exact in float32 for |w| <= 1, so mlx-lm's 1 + w
             # reproduces the stored value bit for bit.
             conv.arrays["weight"] = conv.arrays["weight"].astype(np.float32) - np.float32(spec.norm_shift)
+        if conv.quant is None and conv.arrays["weight"].shape != params[name]:
+            # Same values, unit dimensions spelled differently (e.g. a (1, n) gate stored as (n,)).
+            conv.arrays["weight"] = conv.arrays["weight"].reshape(params[name])
         module = name.rsplit(".", 1)[0]
         suffix = name.rsplit(".", 1)[1]
         if conv.quant is not None:

@@ -21,7 +21,12 @@ from gguf import GGMLQuantizationType as QT
 from .tinyhf import load_hf_weights
 
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
-             "gemma3_text": "gemma3", "phi3": "phi3", "ministral3": "mistral3"}
+             "gemma3_text": "gemma3", "phi3": "phi3", "ministral3": "mistral3", "mixtral": "llama",
+             "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "granite": "granite", "olmo2": "olmo2",
+             "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r"}
+# Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
+_LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "smollm3"}
+_PERMUTED_ARCHS = {"llama", "mistral3", "granite", "smollm3"}
 _FILE_TYPE = {QT.F16: gguf.LlamaFileType.MOSTLY_F16, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
               QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_S, QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}
 
@@ -55,14 +60,32 @@ def quantize_q4_k(w: np.ndarray) -> np.ndarray:
 
 
 def _encode(w: np.ndarray, qtype: QT) -> tuple[np.ndarray, np.ndarray, QT]:
-    """(data to write, what llama.cpp decodes it to, the type used)."""
+    """(data to write, what llama.cpp decodes it to, the type used); rows are
+    the last axis (stacked experts: (experts, out, in))."""
     if qtype == QT.Q4_K and w.shape[-1] % 256:
         qtype = QT.Q5_0  # llama.cpp's fallback when rows do not fill 256-element super-blocks
     if qtype == QT.F16:
         data = w.astype(np.float16)
         return data, data.astype(np.float32), qtype
-    data = quantize_q4_k(w) if qtype == QT.Q4_K else gguf.quants.quantize(w, qtype)
-    return data, gguf.quants.dequantize(data, qtype).astype(np.float32).reshape(w.shape), qtype
+    rows = w.reshape(-1, w.shape[-1])
+    data = quantize_q4_k(rows) if qtype == QT.Q4_K else gguf.quants.quantize(rows, qtype)
+    decoded = gguf.quants.dequantize(data, qtype).astype(np.float32).reshape(w.shape)
+    return data.reshape(*w.shape[:-1], -1), decoded, qtype
+
+
+def _stack_experts(weights: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """llama.cpp's MoE converters stack the per-expert HF tensors
+    ("...experts.E.w1.weight") into one (experts, out, in) tensor named as
+    the merged HF name ("...experts.w1.weight"): merged -> per-expert names."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in weights:
+        parts = name.split(".")
+        if "experts" in parts:
+            i = parts.index("experts")
+            if i + 1 < len(parts) and parts[i + 1].isdigit():
+                merged = ".".join(parts[:i + 1] + parts[i + 2:])
+                groups.setdefault(merged, []).append((int(parts[i + 1]), name))
+    return {k: [n for _, n in sorted(v)] for k, v in groups.items()}
 
 
 def _llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -110,7 +133,11 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_head_count(n_head)
     w.add_head_count_kv(n_kv)
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if "rms_norm_eps" in cfg:
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    for key in ("norm_epsilon", "layer_norm_eps"):  # TextModel: LayerNorm architectures
+        if key in cfg:
+            w.add_layer_norm_eps(cfg[key])
     w.add_file_type(int(_FILE_TYPE[qtype]))
     if "head_dim" in cfg and mt != "phi3":
         w.add_key_length(head_dim)
@@ -119,7 +146,7 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     theta = cfg.get("rope_theta") or rope.get("rope_theta")
     if theta and mt != "gemma2":  # Gemma2Model writes no freq_base (llama.cpp's default 10000 applies)
         w.add_rope_freq_base(theta)
-    if mt in ("llama", "mistral", "ministral3"):
+    if mt in _LLAMA_FAMILY:
         w.add_vocab_size(cfg["vocab_size"])
         w.add_rope_dimension_count(head_dim)
     rope_type = rope.get("rope_type") or rope.get("type")
@@ -132,6 +159,21 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
         w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
         w.add_rope_scaling_yarn_beta_fast(rope["beta_fast"])
         w.add_rope_scaling_yarn_beta_slow(rope["beta_slow"])
+    if "num_local_experts" in cfg or "num_experts" in cfg:
+        w.add_expert_count(cfg.get("num_local_experts") or cfg["num_experts"])
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+    if "moe_intermediate_size" in cfg:
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    if "shared_expert_intermediate_size" in cfg:
+        w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+    if mt == "granite":  # the HF *_multiplier values under llama.cpp's *_scale keys
+        w.add_attention_scale(cfg["attention_multiplier"])
+        w.add_embedding_scale(cfg["embedding_multiplier"])
+        w.add_residual_scale(cfg["residual_multiplier"])
+        w.add_logit_scale(cfg["logits_scaling"])
+    if mt == "cohere":
+        w.add_logit_scale(cfg["logit_scale"])
+        w.add_rope_scaling_type(gguf.RopeScalingType.NONE)
     if mt == "ministral3":
         w.add_rope_scaling_yarn_log_mul(rope["mscale_all_dim"])
         w.add_attn_temperature_scale(rope["llama_4_scaling_beta"])
@@ -160,6 +202,9 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
     names = gguf.get_tensor_name_map(arch_enum, n_layer)
     reference: dict[str, np.ndarray] = {}
+    experts = _stack_experts(weights)
+    for merged, parts in experts.items():
+        weights[merged] = np.stack([weights.pop(p) for p in parts])
     for hf_name, t in weights.items():
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         assert name, hf_name
@@ -171,15 +216,22 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
             reference[hf_name] = t
             continue
         perm = None
-        if arch in ("llama", "mistral3") and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+        if arch in _PERMUTED_ARCHS and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = n_head if "q_proj" in hf_name else n_kv
             perm = _llamacpp_permute(np.arange(t.shape[0]), heads)
             t = t[perm]
-        data, decoded, used = _encode(t, qtype)
-        w.add_tensor(name, data, raw_dtype=None if used == QT.F16 else used)
+        if name.endswith("ffn_gate_inp.weight"):
+            used = QT.F32  # the converter keeps MoE routers in F32 whatever the output type
+            data = decoded = t.astype(np.float32)
+        else:
+            data, decoded, used = _encode(t, qtype)
+        w.add_tensor(name, data, raw_dtype=None if used in (QT.F16, QT.F32) else used)
         if perm is not None:
             decoded = decoded[np.argsort(perm)]
-        reference[hf_name] = decoded
+        if hf_name in experts:
+            reference.update(zip(experts[hf_name], decoded))
+        else:
+            reference[hf_name] = decoded
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -23,6 +23,7 @@ _BASE = {
     "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "vocab_size": VOCAB, "max_position_embeddings": 2048,
 }
+_NO_RMS = {k: v for k, v in _BASE.items() if k != "rms_norm_eps"}
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "llama": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **_BASE, "rms_norm_eps": 1e-5,
@@ -59,9 +60,50 @@ CONFIGS: dict[str, dict[str, Any]] = {
                    "rope_parameters": {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8,
                                        "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
                                        "llama_4_scaling_beta": 0.1, "rope_theta": 1000000.0}},
+    # Mixture-of-experts: 4 experts, 2 per token (GGUF: llama with experts, qwen2moe, qwen3moe).
+    "mixtral": {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", **_BASE, "num_local_experts": 4,
+                "num_experts_per_tok": 2, "rope_theta": 1000000.0, "tie_word_embeddings": False},
+    "qwen2_moe": {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", **_BASE, "num_experts": 4,
+                  "num_experts_per_tok": 2, "moe_intermediate_size": 128, "shared_expert_intermediate_size": 256,
+                  "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": False,
+                  "rope_theta": 1000000.0, "tie_word_embeddings": False},
+    "qwen3_moe": {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", **_BASE, "head_dim": 64,
+                  "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
+                  "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True,
+                  "rope_theta": 1000000.0, "tie_word_embeddings": False},
+    # Granite 3.x: the four multipliers set away from their neutral values.
+    "granite": {"architectures": ["GraniteForCausalLM"], "model_type": "granite", **_BASE, "rope_theta": 10000.0,
+                "logits_scaling": 4.0, "attention_multiplier": 0.0625, "embedding_multiplier": 6.0,
+                "residual_multiplier": 0.5, "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": True},
+    "olmo2": {"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", **_BASE, "rope_theta": 500000.0,
+              "attention_bias": False, "tie_word_embeddings": False},
+    # 4 layers: SmolLM3's last layer of every 4 runs without rope.
+    "smollm3": {"architectures": ["SmolLM3ForCausalLM"], "model_type": "smollm3", **_BASE, "num_hidden_layers": 4,
+                "rope_theta": 2000000.0, "no_rope_layer_interval": 4, "tie_word_embeddings": True},
+    # LayerNorm models (no rms_norm_eps).
+    "starcoder2": {"architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2", **_NO_RMS,
+                   "norm_epsilon": 1e-5, "rope_theta": 100000.0, "use_bias": True, "tie_word_embeddings": True},
+    "cohere": {"architectures": ["CohereForCausalLM"], "model_type": "cohere", **_NO_RMS, "layer_norm_eps": 1e-5,
+               "logit_scale": 0.25, "use_qk_norm": False, "rope_theta": 10000.0, "tie_word_embeddings": True},
 }
 
 _GEMMA = {"gemma2", "gemma3_text"}
+# mlx-lm stacks experts (switch_mlp); Hugging Face checkpoints hold one tensor per expert.
+_HF_EXPERT_NAMES = {"mixtral": {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}}
+
+
+def _hf_layout(model_type: str, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, w in weights.items():
+        if ".switch_mlp." not in name:
+            out[name] = w
+            continue
+        prefix, rest = name.split(".switch_mlp.")
+        proj, suffix = rest.split(".")
+        proj = _HF_EXPERT_NAMES.get(model_type, {}).get(proj, proj)
+        for e in range(w.shape[0]):
+            out[f"{prefix}.experts.{e}.{proj}.{suffix}"] = w[e]
+    return out
 
 
 # Output projections scaled up so the layers, not the token embedding, decide
@@ -109,7 +151,8 @@ def build_hf_checkpoint(out: Path, arch: str, *, seed: int = 0, dtype: str = "bf
     shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
     if config.get("tie_word_embeddings", True) or config["model_type"] == "gemma2":
         shapes.pop("lm_head.weight", None)  # tied: HF checkpoints carry no lm_head
-    weights = _random_weights(config["model_type"], shapes, np.random.default_rng(seed))
+    weights = _hf_layout(config["model_type"], _random_weights(config["model_type"], shapes,
+                                                               np.random.default_rng(seed)))
     arrays = {k: mx.array(v).astype(getattr(mx, dtype)) for k, v in weights.items()}
     if shard:  # two shards plus an index, as large HF repos come
         names = sorted(arrays)
@@ -145,7 +188,10 @@ def load_float32(model_dir: Path, weights: dict[str, np.ndarray] | None = None):
 
     model, _ = load_model(Path(model_dir))
     if weights is not None:
-        model.load_weights([(k, mx.array(v, dtype=mx.float32)) for k, v in weights.items()], strict=True)
+        arrays = {k: mx.array(v, dtype=mx.float32) for k, v in weights.items()}
+        if any(".experts." in k for k in arrays):  # per-expert HF tensors -> stacked, as load_model does
+            arrays = model.sanitize(arrays)
+        model.load_weights(list(arrays.items()), strict=True)
     set_quantized_param_dtype(model, mx.float32)
     return model
 

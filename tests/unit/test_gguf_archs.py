@@ -145,7 +145,11 @@ def test_gemma3_without_sliding_window(tmp_path, checkpoints):
 
 
 def test_supported_architectures():
-    assert SUPPORTED_GGUF_ARCHITECTURES == {"llama", "mistral3", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"}
+    assert SUPPORTED_GGUF_ARCHITECTURES == {
+        "llama", "mistral3", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe", "granite",
+        "olmo2", "smollm3", "starcoder2", "command-r"}
+    # every claimed architecture is exercised by test_import_matches_source
+    assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3"}
     assert all(gguf_architecture_supported(a) for a in SUPPORTED_GGUF_ARCHITECTURES)
     for arch in ("mamba", "gemma3n", "mistral4", "phi2", "", "LLAMA"):
         assert not gguf_architecture_supported(arch)
@@ -172,6 +176,9 @@ def test_unexpected_tensor_is_refused(tmp_path):
     w.add_block_count(1)
     w.add_embedding_length(256)
     w.add_head_count(4)
+    w.add_feed_forward_length(512)
+    w.add_context_length(2048)
+    w.add_tensor("token_embd.weight", np.zeros((384, 256), np.float16))
     w.add_tensor("blk.0.attn_q.weight", np.zeros((256, 256), np.float16))
     w.write_header_to_file()
     w.write_kv_data_to_file()
