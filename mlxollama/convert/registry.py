@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import platform
 import re
@@ -25,6 +26,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from .. import __version__
+from ..config import DEFAULT_REPORTED_VERSION
 from ..config import registry_override
 from ..store import DEFAULT_HOST, DigestMismatch, Layer, Manifest, ModelName, Store, media
 from .create import (
@@ -45,6 +47,8 @@ CHUNK = 1 << 20
 
 # One download (or conversion) per blob at a time; an entry lives only while someone holds or
 # waits for it, so a long-running server does not keep a lock per blob it ever pulled.
+log = logging.getLogger("mlxollama.registry")
+
 _blob_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
 
@@ -73,8 +77,23 @@ def _write_and_close(f, data: bytes) -> None:
         f.close()
 
 
+def network_failure(e: httpx.HTTPError) -> str:
+    """A transport error as Go's net/http words it, without Python's errno text."""
+    url = str(e.request.url) if getattr(e, "_request", None) is not None else ""
+    where = f'Get "{url}": ' if url else ""
+    text = str(e).lower()
+    if isinstance(e, httpx.TimeoutException):
+        return where + "i/o timeout"
+    if "name or service not known" in text or "nodename nor servname" in text or "no address" in text:
+        host = e.request.url.host if url else ""
+        return where + f"dial tcp: lookup {host}: no such host"
+    if "refused" in text:
+        return where + "dial tcp: connect: connection refused"
+    return where + "connection failed"
+
+
 def _user_agent() -> str:
-    return f"ollama/0.13.0 (mlxollama {__version__}; {platform.machine()} {platform.system().lower()})"
+    return f"ollama/{DEFAULT_REPORTED_VERSION} (mlxollama {__version__}; {platform.machine()} {platform.system().lower()})"
 
 
 def registry_base(name: ModelName, insecure: bool) -> str:
@@ -169,7 +188,8 @@ class Registry:
             r = await self.send("GET", self.url("manifests", self.name.tag),
                                 headers={"Accept": media.MANIFEST_V2})
         except httpx.HTTPError as e:
-            raise ManageError(f"pull model manifest: {e}") from e
+            log.info("pull model manifest %s: %r", self.name.display_shortest(), e)
+            raise ManageError(f"pull model manifest: {network_failure(e)}") from e
         if r.status_code == 404:
             raise ManageError("pull model manifest: file does not exist")
         if r.status_code >= 400:

@@ -128,3 +128,14 @@ def test_a_lone_surrogate_inside_deep_nesting_is_fine(http):
     body = '{"model": "%s", "s": "\\ud800", "n": %s"\\udfff"%s}' % (TINY, "[" * 600, "]" * 600)
     r = post_raw(http, "/api/show", body)
     assert r.status_code == 200, r.text
+
+
+def test_an_unreachable_registry_is_reported_without_python_internals(http):
+    from ..support.liveserver import free_port
+
+    r = http.post("/api/pull", json={"model": f"127.0.0.1:{free_port()}/library/nothing:latest",
+                                     "insecure": True, "stream": False})
+    assert r.status_code == 500, r.text
+    error = r.json()["error"]
+    assert error.startswith('pull model manifest: Get "http://127.0.0.1:'), error
+    assert "Errno" not in error and "[" not in error
