@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from ..config import Config
@@ -30,14 +31,16 @@ def _load_state(spec: ModelSpec, model_dir: Path, config: Config):
 
 
 class ModelRunner:
-    def __init__(self, spec: ModelSpec, model_dir: Path, keep_alive_ns: int, num_ctx: int, config: Config):
+    def __init__(self, spec: ModelSpec, run_dir: Path, keep_alive_ns: int, num_ctx: int, config: Config):
         self.spec = spec
         self.config = config
-        self.model_dir = model_dir
+        self.run_dir = run_dir
         self.loop = asyncio.get_running_loop()
         self.loaded: asyncio.Future = self.loop.create_future()
         self.stopped: asyncio.Future = self.loop.create_future()
         self._jobs: queue.Queue = queue.Queue()
+        # Submitted jobs whose requests may still be reading events: abort() ends them.
+        self._live: weakref.WeakSet[Job] = weakref.WeakSet()
         self.keep_alive_ns = keep_alive_ns
         self.num_ctx = num_ctx
         self.active = 0
@@ -52,11 +55,22 @@ class ModelRunner:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
+        self._live.add(job)
         self._jobs.put(job)
 
     def stop(self) -> None:
         self.unloading = True
         self._jobs.put(_STOP)
+
+    def abort(self, message: str) -> None:
+        """Server shutdown, on the event loop: a load still running fails its waiters, and every
+        request's job stops and reads `message` as its error (a stream ends with an error line)."""
+        if not self.loaded.done():
+            self.loaded.set_exception(EngineError(message, 503))
+            self.loaded.exception()  # retrieved: no "never retrieved" warning if nobody waits
+        for job in list(self._live):
+            job.cancel()
+            job.emit(ErrorEvent(message, 503))
 
     def _resolve(self, fut: asyncio.Future, result=None, error: BaseException | None = None) -> None:
         def done():
@@ -96,12 +110,15 @@ class ModelRunner:
 
     def _main(self) -> None:
         try:
-            state = _load_state(self.spec, self.model_dir, self.config)
+            model_dir = self.spec.materialize(self.run_dir)
+            state = _load_state(self.spec, model_dir, self.config)
             self.size = state.memory_bytes(self.num_ctx)
             self.on_gpu = state.on_gpu
         except Exception as e:  # noqa: BLE001 - every load failure becomes the request's error
             log.exception("loading %s failed", self.spec.short_name)
-            self._resolve(self.loaded, error=EngineError(f"failed to load model: {e}", 500))
+            # An OSError's text names server paths: the log has them, the client gets the reason.
+            reason = (e.strerror or type(e).__name__) if isinstance(e, OSError) else e
+            self._resolve(self.loaded, error=EngineError(f"failed to load model: {reason}", 500))
             self._resolve(self.stopped, True)
             return
         self._resolve(self.loaded, True)
@@ -126,7 +143,9 @@ class ModelRunner:
         try:
             import mlx.core as mx
 
+            # Work queued asynchronously must finish before the memory counts as given back.
+            mx.synchronize()
             mx.clear_cache()
         except Exception:  # noqa: BLE001
-            pass
+            log.exception("releasing %s's memory failed", self.spec.short_name)
         self._resolve(self.stopped, True)

@@ -101,14 +101,17 @@ def test_disconnect_frees_the_slot_for_the_next_request(server):
 @pytest.fixture(scope="module")
 def small_queue_server(models_dir, tmp_path_factory):
     srv = LiveServer(models_dir, tmp_path_factory.mktemp("logs-q") / "server.log",
-                     env={"OLLAMA_MAX_QUEUE": "2", "OLLAMA_NUM_PARALLEL": "2"})
+                     env={"OLLAMA_MAX_QUEUE": "1", "OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_NUM_PARALLEL": "2"})
     yield srv
     srv.stop()
 
 
 def test_queue_full_returns_503(small_queue_server):
+    """OLLAMA_MAX_QUEUE counts requests waiting for a model, as Ollama's does (the one being
+    placed plus that many behind it); running requests do not count."""
     url = small_queue_server.url
     body = {"model": "tiny-long", "prompt": "busy", "options": {"num_predict": 1 << 19, "num_ctx": 1 << 20}}
+    quick = {"model": TINY, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
     started = threading.Barrier(3)
     stop = threading.Event()
 
@@ -121,25 +124,28 @@ def test_queue_full_returns_503(small_queue_server):
                 if stop.is_set():
                     return
 
+    # Two running streams: more than OLLAMA_MAX_QUEUE, and not refused.
     holders = [threading.Thread(target=hold_a_slot) for _ in range(2)]
     for t in holders:
         t.start()
-    try:
-        started.wait(timeout=60)
-        r = httpx.post(url + "/api/generate", json={**body, "stream": False}, timeout=60)
-        assert r.status_code == 503
-        assert r.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
-    finally:
-        stop.set()
-        for t in holders:
-            t.join(60)
-    # capacity returns once the streams are gone
-    deadline = time.time() + 30
-    while True:
-        r = httpx.post(url + "/api/generate", json={**body, "stream": False, "options": {"num_predict": 1}}, timeout=60)
-        if r.status_code == 200 or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    with cf.ThreadPoolExecutor(2) as pool:
+        try:
+            started.wait(timeout=60)
+            # With one model allowed and tiny-long busy, requests for tiny wait: one being
+            # placed and one queued fit, a third is refused.
+            waiting = [pool.submit(httpx.post, url + "/api/generate", json=quick, timeout=120) for _ in range(2)]
+            time.sleep(1.5)
+            assert not any(f.done() for f in waiting)
+            r = httpx.post(url + "/api/generate", json=quick, timeout=60)
+            assert r.status_code == 503
+            assert r.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
+        finally:
+            stop.set()
+            for t in holders:
+                t.join(60)
+        # once the streams are gone, tiny-long is evicted and the waiting requests are served
+        assert [f.result().status_code for f in waiting] == [200, 200]
+    r = httpx.post(url + "/api/generate", json=quick, timeout=60)
     assert r.status_code == 200
 
 
