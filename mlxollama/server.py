@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 
@@ -12,6 +15,12 @@ from .api.state import ServerState
 from .config import Config, exit_with_parent
 from .engine.scheduler import Scheduler
 from .store import Store
+
+log = logging.getLogger("mlxollama")
+
+# SIGTERM/SIGINT: the process is gone within this long even if something hangs (launchd and
+# systemd wait a few seconds before a SIGKILL, which they would report as a crash).
+SHUTDOWN_DEADLINE_S = 4.5
 
 
 def build_state(config: Config) -> ServerState:
@@ -34,6 +43,44 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _exit_after(seconds: float) -> None:
+    def watch():
+        time.sleep(seconds)
+        log.warning("shutdown took longer than %.1fs, exiting now", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="shutdown-deadline", daemon=True).start()
+
+
+def _handle_stop_signals(app, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+    """First SIGTERM/SIGINT: refuse new work, end running streams with an error line, unload the
+    models, stop Sanic (exit 0). A second one exits at once.
+
+    Plain signal handlers rather than the loop's: they keep working while Sanic tears the loop
+    down, and Sanic's own (which wait 15 s on open streams) are not installed."""
+    stopping = False
+
+    async def stop(signame: str) -> None:
+        log.info("received %s, shutting down", signame)
+        try:
+            await state.scheduler.shutdown()
+        finally:
+            app.stop(terminate=False)
+
+    def on_signal(signum, _frame) -> None:
+        nonlocal stopping
+        if stopping:
+            os._exit(128 + signum)
+        stopping = True
+        _exit_after(SHUTDOWN_DEADLINE_S)
+        # Runs between bytecodes of whatever the main (loop) thread was doing: hand over to the loop.
+        loop.call_soon_threadsafe(lambda: loop.create_task(stop(signal.Signals(signum).name)))
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+
+
 def serve(config: Config | None = None) -> None:
     if exit_with_parent():
         _exit_with_parent()
@@ -48,9 +95,13 @@ def serve(config: Config | None = None) -> None:
         state.store.gc(min_age_seconds=3600)
     app = create_app(state)
 
+    @app.after_server_start
+    async def stop_signals(app, loop):
+        _handle_stop_signals(app, state, loop)
+
     @app.before_server_stop
     async def unload_models(app, _loop):
-        await state.scheduler.shutdown()
+        await state.scheduler.shutdown()  # already done when a signal stopped us
 
     logging.getLogger("mlxollama").info(
         "mlxollama listening on %s:%d, models in %s", config.host, config.port, config.models_dir
@@ -62,7 +113,15 @@ def serve(config: Config | None = None) -> None:
         access_log=bool(config.debug),
         motd=False,
         debug=False,
+        register_sys_signals=False,
     )
+    # Stopped: models unloaded, nothing left to save. An engine thread that used MLX runs MLX's
+    # per-thread clean-up as it ends, which needs the interpreter; if that overlaps Python's
+    # teardown, MLX aborts the process (SIGABRT). So leave without the teardown.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
