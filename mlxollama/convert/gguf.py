@@ -797,6 +797,33 @@ def _cohere_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _exaone_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """EXAONE 3.x: llama-like under GPT-2 style names (transformer.h.N...)."""
+    cfg = {"model_type": "exaone", **_common_config(m, tensors)}
+    rope_dims = m.int("rope.dimension_count")
+    if cfg.get("head_dim") or (rope_dims and rope_dims != cfg["hidden_size"] // cfg["num_attention_heads"]):
+        raise UnsupportedGGUF("exaone: partial rotary or a head size other than hidden/heads is not supported")
+    cfg.pop("head_dim", None)
+    cfg["num_layers"] = cfg["num_hidden_layers"]  # mlx-lm's exaone reads num_layers (HF's name)
+    cfg["layer_norm_epsilon"] = cfg.pop("rms_norm_eps")
+    cfg["attention_bias"] = "blk.0.attn_q.bias" in tensors
+    cfg["mlp_bias"] = "blk.0.ffn_up.bias" in tensors
+    return cfg
+
+
+def _glm4_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """GLM-4 (0414): fused gate/up (kept fused as ffn_up, like mlx-lm), sandwich
+    norms, partial rotary over rope.dimension_count of each head."""
+    cfg = {"model_type": "glm4", **_common_config(m, tensors)}
+    # _common_config took rope.dimension_count for the head size; in glm4 it is the rotated part.
+    head_dim = m.int("attention.key_length") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    rope_dims = m.int("rope.dimension_count") or head_dim // 2
+    cfg.update(head_dim=head_dim, partial_rotary_factor=rope_dims / head_dim,
+               attention_bias="blk.0.attn_q.bias" in tensors)
+    _dense_only(cfg, "glm4", "rope_scaling")
+    return cfg
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     # Mistral GGUFs (7B, Nemo, Small <= 3.x from older converters) and
     # Mixtral (experts) use the llama architecture too.
@@ -811,6 +838,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "olmo2": ArchSpec(_olmo2_config),
     "starcoder2": ArchSpec(_layer_norm_config("starcoder2", "norm_epsilon")),
     "command-r": ArchSpec(_cohere_config),
+    "exaone": ArchSpec(_exaone_config),
+    "glm4": ArchSpec(_glm4_config),
     "gemma2": ArchSpec(_gemma2_config, norm_shift=1.0),
     "gemma3": ArchSpec(_gemma3_config, norm_shift=1.0),
     "phi3": ArchSpec(_phi3_config, skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),

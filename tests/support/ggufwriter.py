@@ -23,7 +23,8 @@ from .tinyhf import load_hf_weights
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
              "gemma3_text": "gemma3", "phi3": "phi3", "ministral3": "mistral3", "mixtral": "llama",
              "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "granite": "granite", "olmo2": "olmo2",
-             "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r"}
+             "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r",
+             "exaone": "exaone", "glm4": "glm4"}
 # Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
 _LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "smollm3"}
 _PERMUTED_ARCHS = {"llama", "mistral3", "granite", "smollm3"}
@@ -121,7 +122,8 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     mt = cfg["model_type"]
     arch = gguf_arch or GGUF_ARCH[mt]
     weights = load_hf_weights(hf_dir)
-    n_layer, hidden, n_head = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"]
+    n_layer = cfg.get("num_hidden_layers") or cfg["num_layers"]  # exaone: num_layers
+    hidden, n_head = cfg["hidden_size"], cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads", n_head)
     head_dim = cfg.get("head_dim") or hidden // n_head
 
@@ -135,6 +137,11 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     w.add_head_count_kv(n_kv)
     if "rms_norm_eps" in cfg:
         w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if mt == "exaone":  # ExaoneModel: its RMSNorm epsilon under the rms key, full-head rope
+        w.add_layer_norm_rms_eps(cfg["layer_norm_epsilon"])
+        w.add_rope_dimension_count(head_dim)
+    if mt == "glm4":  # Glm4Model: the rotated part of each head
+        w.add_rope_dimension_count(int(head_dim * cfg["partial_rotary_factor"]))
     for key in ("norm_epsilon", "layer_norm_eps"):  # TextModel: LayerNorm architectures
         if key in cfg:
             w.add_layer_norm_eps(cfg[key])

@@ -85,6 +85,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
                    "norm_epsilon": 1e-5, "rope_theta": 100000.0, "use_bias": True, "tie_word_embeddings": True},
     "cohere": {"architectures": ["CohereForCausalLM"], "model_type": "cohere", **_NO_RMS, "layer_norm_eps": 1e-5,
                "logit_scale": 0.25, "use_qk_norm": False, "rope_theta": 10000.0, "tie_word_embeddings": True},
+    # EXAONE 3.x: GPT-2 style names, HF's num_layers / layer_norm_epsilon (RMSNorm).
+    "exaone": {"architectures": ["ExaoneForCausalLM"], "model_type": "exaone",
+               **{k: v for k, v in _NO_RMS.items() if k != "num_hidden_layers"}, "num_layers": 2,
+               "layer_norm_epsilon": 1e-5, "activation_function": "silu", "rope_theta": 10000.0,
+               "tie_word_embeddings": False},
+    # GLM-4-0414: half the head rotated, q/k/v biases, fused gate/up.
+    "glm4": {"architectures": ["Glm4ForCausalLM"], "model_type": "glm4", **_BASE, "head_dim": 64,
+             "partial_rotary_factor": 0.5, "attention_bias": True, "rope_theta": 10000.0,
+             "tie_word_embeddings": False},
 }
 
 _GEMMA = {"gemma2", "gemma3_text"}
