@@ -96,11 +96,11 @@ def serve(config: Config | None = None) -> None:
     app = create_app(state)
 
     @app.after_server_start
-    async def stop_signals(app, loop):
-        _handle_stop_signals(app, state, loop)
+    async def stop_signals(app):
+        _handle_stop_signals(app, state, asyncio.get_running_loop())
 
     @app.before_server_stop
-    async def unload_models(app, _loop):
+    async def unload_models(app):
         await state.scheduler.shutdown()  # already done when a signal stopped us
 
     logging.getLogger("mlxollama").info(
