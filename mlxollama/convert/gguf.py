@@ -351,6 +351,14 @@ def affine_quantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, n
     return q, scale, bias
 
 
+def _dequantized(t: Any) -> np.ndarray:
+    """Any GGUF tensor as float32 in numpy (C) order."""
+    qtype = QT(t.tensor_type)
+    w = np.asarray(t.data)
+    w = w.astype(np.float32) if qtype in (QT.F32, QT.F16) else _dequantize(t, qtype)
+    return w.reshape(tuple(int(x) for x in reversed(t.shape)))
+
+
 def _dequantize(t: Any, qtype: QT) -> np.ndarray:
     try:
         return gguf.quants.dequantize(np.asarray(t.data), qtype).astype(np.float32, copy=False)
@@ -399,6 +407,10 @@ class ArchSpec:
     # llama.cpp's converter stores gemma RMSNorm weights as 1 + w (its graph
     # multiplies by the stored value) while mlx-lm's gemma norms apply 1 + w.
     norm_shift: float = 0.0
+    # Tensors llama.cpp split that mlx-lm keeps whole: GGUF kind -> (the kinds
+    # it is rebuilt from, mlx-lm module, builder(config, *arrays) -> weight).
+    # Rebuilt from dequantized values, stored unquantized.
+    joined: Mapping[str, tuple[tuple[str, ...], str, Callable[..., np.ndarray]]] = field(default_factory=dict)
 
 
 _ARCH_ENUM = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -453,8 +465,13 @@ def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
             names[name] = None
             continue
         base, _, suffix = name.rpartition(".")
+        block, _, kind = base.rpartition(".")
+        joined = next((j for j in spec.joined.values() if kind in j[0]), None)
+        if joined is not None and block.startswith("blk."):
+            # Built once, from the last of its parts; its shape is checked when built.
+            names[name] = f"model.layers.{block[4:]}.{joined[1]}.{suffix}" if kind == joined[0][-1] else None
+            continue
         found = pick(base, suffix)
-        kind = base.rpartition(".")[2]
         if not found and kind in _EXPERT_PROJ:
             router = pick(f"{base.rpartition('.')[0]}.ffn_gate_inp", "weight")
             found = [f"{r.rsplit('.', 2)[0]}.switch_mlp.{_EXPERT_PROJ[kind]}.{suffix}" for r in router]
@@ -824,6 +841,54 @@ def _glm4_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _deepseek2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """DeepSeek-V2 / V2-Lite / Coder-V2 (MLA attention, shared + routed experts)."""
+    cfg = {"model_type": "deepseek_v2", **_common_config(m, tensors)}
+    cfg.pop("head_dim", None)  # the MLA head sizes below replace it
+    heads, rope_dims = cfg["num_attention_heads"], m.int("rope.dimension_count")
+    if m.int("attention.key_length_mla"):  # converters since 2025: MLA sizes in *_mla, kv_b split
+        qk_head, v_head = m.int("attention.key_length_mla"), m.int("attention.value_length_mla")
+    else:
+        qk_head, v_head = m.int("attention.key_length"), m.int("attention.value_length")
+    gating = m.int("expert_gating_func")
+    if gating not in (None, 0, 1):  # 1 = softmax; sigmoid routing is DeepSeek-V3's
+        raise UnsupportedGGUF(f"deepseek2: expert gating function {gating} is not supported by mlx-lm's deepseek_v2")
+    if m.get("expert_weights_norm"):
+        raise UnsupportedGGUF("deepseek2: normalised top-k expert weights are not supported by mlx-lm's deepseek_v2")
+    cfg.update(
+        num_key_value_heads=heads,  # MLA: llama.cpp writes 1 (MQA over the latent); mlx-lm has no such field
+        kv_lora_rank=m.int("attention.kv_lora_rank"), q_lora_rank=m.int("attention.q_lora_rank"),
+        qk_rope_head_dim=rope_dims, qk_nope_head_dim=qk_head - rope_dims, v_head_dim=v_head,
+        n_routed_experts=m.int("expert_count"), n_shared_experts=m.int("expert_shared_count"),
+        num_experts_per_tok=m.int("expert_used_count"), moe_intermediate_size=m.int("expert_feed_forward_length"),
+        first_k_dense_replace=m.int("leading_dense_block_count", 0),
+        routed_scaling_factor=m.float("expert_weights_scale", 1.0),
+        # llama.cpp routes greedily over all experts unless the file names expert groups.
+        topk_method="greedy", attention_bias="blk.0.attn_output.bias" in tensors)
+    groups, groups_used = m.int("expert_group_count"), m.int("expert_group_used_count")
+    if groups and groups > 1:
+        cfg.update(topk_method="group_limited_greedy", n_group=groups, topk_group=groups_used)
+    scaling = cfg.pop("rope_scaling", None) or {}
+    if scaling.get("type") not in (None, "yarn"):
+        raise UnsupportedGGUF(f"deepseek2: rope scaling {scaling.get('type')} is not supported")
+    scaling = {"type": "yarn", "factor": 1.0, **scaling}  # mlx-lm's deepseek_v2 always runs its yarn rope
+    log_mul = m.float("rope.scaling.yarn_log_multiplier")
+    if log_mul:
+        # The converter writes 0.1 * mscale_all_dim and llama.cpp's graph takes mscale equal to it.
+        scaling["mscale"] = scaling["mscale_all_dim"] = _f32(log_mul / 0.1)
+    cfg["rope_scaling"] = scaling
+    return cfg
+
+
+def _deepseek2_kv_b(cfg: Mapping[str, Any], k_b: np.ndarray, v_b: np.ndarray) -> np.ndarray:
+    """kv_b_proj from llama.cpp's split: k_b (heads, kv_lora, nope) holds each
+    head's key rows transposed, v_b (heads, v_head, kv_lora) its value rows."""
+    heads = cfg["num_attention_heads"]
+    k_rows = k_b.reshape(heads, cfg["kv_lora_rank"], cfg["qk_nope_head_dim"]).transpose(0, 2, 1)
+    v_rows = v_b.reshape(heads, cfg["v_head_dim"], cfg["kv_lora_rank"])
+    return np.concatenate([k_rows, v_rows], axis=1).reshape(-1, cfg["kv_lora_rank"])
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     # Mistral GGUFs (7B, Nemo, Small <= 3.x from older converters) and
     # Mixtral (experts) use the llama architecture too.
@@ -840,6 +905,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "command-r": ArchSpec(_cohere_config),
     "exaone": ArchSpec(_exaone_config),
     "glm4": ArchSpec(_glm4_config),
+    "deepseek2": ArchSpec(_deepseek2_config, joined={
+        "attn_v_b": (("attn_k_b", "attn_v_b"), "self_attn.kv_b_proj", _deepseek2_kv_b)}),
     "gemma2": ArchSpec(_gemma2_config, norm_shift=1.0),
     "gemma3": ArchSpec(_gemma3_config, norm_shift=1.0),
     "phi3": ArchSpec(_phi3_config, skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),
@@ -943,7 +1010,16 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
                 perm = n_head
             elif ".self_attn.k_proj." in name:
                 perm = n_kv
-        conv = convert_tensor(t, perm)
+        kind = t.name.split(".")[2] if t.name.startswith("blk.") else ""
+        if kind in spec.joined:
+            parts, _, build = spec.joined[kind]
+            block = t.name.split(".")[1]
+            w = build(config, *(_dequantized(tensors[f"blk.{block}.{p}.weight"]) for p in parts))
+            if w.shape != params[name]:
+                raise UnsupportedGGUF(f"{t.name}: rebuilt shape {list(w.shape)}, mlx-lm expects {list(params[name])}")
+            conv = _Tensor({"weight": _half_if_exact(w)[0]})
+        else:
+            conv = convert_tensor(t, perm)
         if spec.norm_shift and t.name.endswith("norm.weight"):
             # (1 + w) - 1 is exact in float32 for |w| <= 1, so mlx-lm's 1 + w
             # reproduces the stored value bit for bit.

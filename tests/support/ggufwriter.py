@@ -24,7 +24,7 @@ GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "q
              "gemma3_text": "gemma3", "phi3": "phi3", "ministral3": "mistral3", "mixtral": "llama",
              "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "granite": "granite", "olmo2": "olmo2",
              "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r",
-             "exaone": "exaone", "glm4": "glm4"}
+             "exaone": "exaone", "glm4": "glm4", "deepseek_v2": "deepseek2"}
 # Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
 _LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "smollm3"}
 _PERMUTED_ARCHS = {"llama", "mistral3", "granite", "smollm3"}
@@ -114,9 +114,12 @@ def _tokenizer_metadata(w: gguf.GGUFWriter, hf_dir: Path, cfg: dict) -> None:
         w.add_chat_template(tc["chat_template"])
 
 
-def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None) -> dict[str, np.ndarray]:
+def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None,
+               mla_legacy: bool = False) -> dict[str, np.ndarray]:
     """``gguf_arch``: write under another architecture name, e.g. "mistral3"
-    for a plain Mistral text model as llama.cpp's newer converter does."""
+    for a plain Mistral text model as llama.cpp's newer converter does.
+    ``mla_legacy``: deepseek2 as converters before 2025 wrote it (kv_b_proj
+    whole, MLA head sizes in key_length/value_length), as in Ollama's library."""
     hf_dir = Path(hf_dir)
     cfg = json.loads((hf_dir / "config.json").read_text())
     mt = cfg["model_type"]
@@ -134,7 +137,7 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     w.add_embedding_length(hidden)
     w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
+    w.add_head_count_kv(1 if mt == "deepseek_v2" and not mla_legacy else n_kv)  # MLA as MQA in llama.cpp
     if "rms_norm_eps" in cfg:
         w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     if mt == "exaone":  # ExaoneModel: its RMSNorm epsilon under the rms key, full-head rope
@@ -166,8 +169,9 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
         w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
         w.add_rope_scaling_yarn_beta_fast(rope["beta_fast"])
         w.add_rope_scaling_yarn_beta_slow(rope["beta_slow"])
-    if "num_local_experts" in cfg or "num_experts" in cfg:
-        w.add_expert_count(cfg.get("num_local_experts") or cfg["num_experts"])
+    n_experts = cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
+    if n_experts:
+        w.add_expert_count(n_experts)
         w.add_expert_used_count(cfg["num_experts_per_tok"])
     if "moe_intermediate_size" in cfg:
         w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
@@ -181,6 +185,26 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     if mt == "cohere":
         w.add_logit_scale(cfg["logit_scale"])
         w.add_rope_scaling_type(gguf.RopeScalingType.NONE)
+    if mt == "deepseek_v2":  # DeepseekV2Model: MLA as MQA over the latent, sizes in *_mla
+        kv_lora, rope_dims = cfg["kv_lora_rank"], cfg["qk_rope_head_dim"]
+        w.add_leading_dense_block_count(cfg["first_k_dense_replace"])
+        w.add_vocab_size(cfg["vocab_size"])
+        if cfg.get("q_lora_rank"):
+            w.add_q_lora_rank(cfg["q_lora_rank"])
+        w.add_kv_lora_rank(kv_lora)
+        if mla_legacy:
+            w.add_key_length(cfg["qk_nope_head_dim"] + rope_dims)
+            w.add_value_length(cfg["v_head_dim"])
+        else:
+            w.add_key_length(kv_lora + rope_dims)
+            w.add_value_length(kv_lora)
+            w.add_key_length_mla(cfg["qk_nope_head_dim"] + rope_dims)
+            w.add_value_length_mla(cfg["v_head_dim"])
+        w.add_expert_shared_count(cfg["n_shared_experts"])
+        w.add_expert_weights_scale(cfg["routed_scaling_factor"])
+        w.add_rope_dimension_count(rope_dims)
+        if rope.get("mscale_all_dim"):
+            w.add_rope_scaling_yarn_log_mul(0.1 * rope["mscale_all_dim"])
     if mt == "ministral3":
         w.add_rope_scaling_yarn_log_mul(rope["mscale_all_dim"])
         w.add_attn_temperature_scale(rope["llama_4_scaling_beta"])
@@ -210,6 +234,14 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     names = gguf.get_tensor_name_map(arch_enum, n_layer)
     reference: dict[str, np.ndarray] = {}
     experts = _stack_experts(weights)
+    # DeepseekV2Model splits kv_b_proj per head into k_b (transposed) and v_b.
+    kv_split: dict[str, tuple[str, str]] = {}
+    for hf_name in [k for k in weights if k.endswith("kv_b_proj.weight") and not mla_legacy]:
+        nope = cfg["qk_nope_head_dim"]
+        kv = weights.pop(hf_name).reshape(n_head, nope + cfg["v_head_dim"], -1)
+        kv_split[hf_name] = (hf_name.replace("kv_b_proj", "k_b_proj"), hf_name.replace("kv_b_proj", "v_b_proj"))
+        weights[kv_split[hf_name][0]] = np.ascontiguousarray(kv[:, :nope].transpose(0, 2, 1))
+        weights[kv_split[hf_name][1]] = np.ascontiguousarray(kv[:, nope:])
     for merged, parts in experts.items():
         weights[merged] = np.stack([weights.pop(p) for p in parts])
     for hf_name, t in weights.items():
@@ -239,6 +271,9 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
             reference.update(zip(experts[hf_name], decoded))
         else:
             reference[hf_name] = decoded
+    for hf_name, (k_b, v_b) in kv_split.items():
+        joined = np.concatenate([reference.pop(k_b).transpose(0, 2, 1), reference.pop(v_b)], axis=1)
+        reference[hf_name] = joined.reshape(-1, cfg["kv_lora_rank"])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

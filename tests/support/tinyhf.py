@@ -94,6 +94,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "glm4": {"architectures": ["Glm4ForCausalLM"], "model_type": "glm4", **_BASE, "head_dim": 64,
              "partial_rotary_factor": 0.5, "attention_bias": True, "rope_theta": 10000.0,
              "tie_word_embeddings": False},
+    # DeepSeek-V2-Lite-like: MLA (no q LoRA), 1 dense then MoE layers with a
+    # shared expert, yarn rope with mscale == mscale_all_dim; original context 8.
+    "deepseek_v2": {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", **_BASE,
+                    "num_key_value_heads": 4, "kv_lora_rank": 64, "q_lora_rank": None, "qk_rope_head_dim": 32,
+                    "qk_nope_head_dim": 32, "v_head_dim": 32, "n_routed_experts": 4, "n_shared_experts": 1,
+                    "num_experts_per_tok": 2, "moe_intermediate_size": 128, "first_k_dense_replace": 1,
+                    "moe_layer_freq": 1, "routed_scaling_factor": 2.0, "topk_method": "greedy",
+                    "max_position_embeddings": 32, "rope_theta": 10000.0, "tie_word_embeddings": False,
+                    "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
+                                     "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}},
 }
 
 _GEMMA = {"gemma2", "gemma3_text"}
