@@ -260,7 +260,7 @@ def _half_if_exact(*arrays: np.ndarray) -> list[np.ndarray]:
 @dataclass
 class _Tensor:
     arrays: dict[str, np.ndarray]  # suffix ("weight", "scales", "biases") -> array
-    quant: tuple[int, int] | None = None  # (bits, group_size)
+    quant: tuple[int, int] | tuple[int, int, str] | None = None  # (bits, group_size[, MLX mode])
 
 
 def _rows_permutation(rows: int, n_head: int) -> np.ndarray:
@@ -294,6 +294,15 @@ def convert_tensor(t: Any, perm_heads: int | None = None) -> _Tensor:
             if np.isfinite(w).all() and np.abs(w).max(initial=0.0) <= 65504.0:
                 w = w.astype(np.float16)
         return _Tensor({"weight": permute(np.ascontiguousarray(w))})
+
+    if qtype == QT.MXFP4:
+        # Same E8M0 scale and E2M1 codes as MLX's mxfp4 mode; only the nibble order differs.
+        blocks = np.ascontiguousarray(t.data).reshape(-1, gguf.GGML_QUANT_SIZES[qtype][1])
+        q = permute(_nibbles32(blocks[:, 1:]).reshape(rows, cols))
+        scale = permute(blocks[:, 0].reshape(rows, cols // GROUP))
+        lead = shape[:-1]
+        return _Tensor({"weight": pack_bits(q, 4).reshape(*lead, -1), "scales": scale.reshape(*lead, -1)},
+                       (4, GROUP, "mxfp4"))
 
     if qtype in _EXACT:
         decode, bits = _EXACT[qtype]
@@ -457,7 +466,11 @@ def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
     inverse = _gguf_to_hf(arch, n_blocks)
 
     def pick(base: str, suffix: str) -> list[str]:
-        return sorted({f"{hf}.{suffix}" for hf in inverse.get(base, ()) if f"{hf}.{suffix}" in params})
+        found = {f"{hf}.{suffix}" for hf in inverse.get(base, ()) if f"{hf}.{suffix}" in params}
+        if not found and suffix == "weight":
+            # bare parameters (gpt-oss's attention sinks): the converter appended ".weight"
+            found = {hf for hf in inverse.get(base, ()) if hf in params}
+        return sorted(found)
 
     names: dict[str, str | None] = {}
     for name, t in tensors.items():
@@ -889,6 +902,32 @@ def _deepseek2_kv_b(cfg: Mapping[str, Any], k_b: np.ndarray, v_b: np.ndarray) ->
     return np.concatenate([k_rows, v_rows], axis=1).reshape(-1, cfg["kv_lora_rank"])
 
 
+def _gpt_oss_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """gpt-oss: attention sinks, biases everywhere, experts (often MXFP4, kept
+    so), yarn rope, sliding-window layers alternating with global ones."""
+    cfg = {"model_type": "gpt_oss", **_common_config(m, tensors)}
+    cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    cfg.update(num_local_experts=m.int("expert_count"), num_experts_per_tok=m.int("expert_used_count"),
+               intermediate_size=m.int("expert_feed_forward_length") or cfg["intermediate_size"],
+               sliding_window=m.int("attention.sliding_window", 128))
+    scaling = cfg.pop("rope_scaling", None)
+    if scaling:
+        if scaling["type"] != "yarn":
+            raise UnsupportedGGUF(f"gpt-oss: rope scaling {scaling['type']} is not supported")
+        scaling["rope_type"] = scaling.pop("type")
+        cfg["rope_scaling"] = scaling
+    layers = cfg["num_hidden_layers"]
+    pattern = m.get("attention.sliding_window_pattern")
+    if isinstance(pattern, list):  # newer files spell it out (true = sliding)
+        sliding = [bool(x) for x in pattern]
+    else:  # llama.cpp's fixed gpt-oss pattern: even layers sliding, odd layers global
+        sliding = [i % 2 == 0 for i in range(layers)]
+    if len(sliding) != layers or all(sliding) or not any(sliding):
+        raise UnsupportedGGUF("gpt-oss: mlx-lm needs both sliding-window and global layers")
+    cfg["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
+    return cfg
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     # Mistral GGUFs (7B, Nemo, Small <= 3.x from older converters) and
     # Mixtral (experts) use the llama architecture too.
@@ -905,6 +944,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "command-r": ArchSpec(_cohere_config),
     "exaone": ArchSpec(_exaone_config),
     "glm4": ArchSpec(_glm4_config),
+    "gpt-oss": ArchSpec(_gpt_oss_config),
     "deepseek2": ArchSpec(_deepseek2_config, joined={
         "attn_v_b": (("attn_k_b", "attn_v_b"), "self_attn.kv_b_proj", _deepseek2_kv_b)}),
     "gemma2": ArchSpec(_gemma2_config, norm_shift=1.0),
@@ -999,7 +1039,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
         raise UnsupportedGGUF(f"{arch}: {e}") from e
 
     writer = _ShardWriter(out)
-    quant: dict[str, tuple[int, int]] = {}
+    quant: dict[str, tuple] = {}
     for t in reader.tensors:
         name = names[t.name]
         if name is None:
@@ -1037,11 +1077,15 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     files = writer.finish()
 
     if quant:
-        (bits, group), _ = Counter(quant.values()).most_common(1)[0]
-        qcfg: dict[str, Any] = {"group_size": group, "bits": bits}
-        for module, (b, g) in sorted(quant.items()):
-            if (b, g) != (bits, group):
-                qcfg[module] = {"group_size": g, "bits": b}
+        def entry(q: tuple) -> dict[str, Any]:
+            # mlx-lm's default mode is affine; only other modes are spelled out
+            return {"group_size": q[1], "bits": q[0], **({"mode": q[2]} if len(q) > 2 else {})}
+
+        common, _ = Counter(quant.values()).most_common(1)[0]
+        qcfg: dict[str, Any] = entry(common)
+        for module, q in sorted(quant.items()):
+            if q != common:
+                qcfg[module] = entry(q)
         config["quantization"] = qcfg
         config["quantization_config"] = qcfg
     if tok_info.bos_token_id is not None:

@@ -24,7 +24,7 @@ GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "q
              "gemma3_text": "gemma3", "phi3": "phi3", "ministral3": "mistral3", "mixtral": "llama",
              "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "granite": "granite", "olmo2": "olmo2",
              "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r",
-             "exaone": "exaone", "glm4": "glm4", "deepseek_v2": "deepseek2"}
+             "exaone": "exaone", "glm4": "glm4", "deepseek_v2": "deepseek2", "gpt_oss": "gpt-oss"}
 # Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
 _LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "smollm3"}
 _PERMUTED_ARCHS = {"llama", "mistral3", "granite", "smollm3"}
@@ -72,6 +72,44 @@ def _encode(w: np.ndarray, qtype: QT) -> tuple[np.ndarray, np.ndarray, QT]:
     data = quantize_q4_k(rows) if qtype == QT.Q4_K else gguf.quants.quantize(rows, qtype)
     decoded = gguf.quants.dequantize(data, qtype).astype(np.float32).reshape(w.shape)
     return data.reshape(*w.shape[:-1], -1), decoded, qtype
+
+
+def _mxfp4_to_gguf(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """HF MXFP4 (..., n, 16 bytes, low nibble = even element) and E8M0 scales
+    (..., n) -> GGUF MXFP4 blocks (..., n * 17): the scale byte, then byte j
+    holding element j (low nibble) and j + 16 (high), as GptOssModel repacks."""
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], 32)
+    qs = codes[..., :16] | (codes[..., 16:] << 4)
+    return np.concatenate([scales[..., None], qs], axis=-1).reshape(*scales.shape[:-1], -1)
+
+
+def _gpt_oss_experts(w: gguf.GGUFWriter, names, weights: dict[str, np.ndarray], reference: dict) -> None:
+    """GptOssModel's expert and sink tensors, written straight from the MXFP4
+    checkpoint (never dequantized); gate/up rows de-interleaved."""
+    for name in [k for k in weights if k.endswith("_blocks")]:
+        scales_name = name.replace("_blocks", "_scales")
+        blocks, scales = weights.pop(name), weights.pop(scales_name)
+        reference[name], reference[scales_name] = blocks, scales  # MXFP4 -> MXFP4 is lossless
+        base = name.removesuffix("_blocks")
+        if base.endswith("gate_up_proj"):
+            parts = {"gate_proj": (blocks[:, ::2], scales[:, ::2]), "up_proj": (blocks[:, 1::2], scales[:, 1::2])}
+        else:
+            parts = {"down_proj": (blocks, scales)}
+        for proj, (b, sc) in parts.items():
+            hf = f"{base.rsplit('.', 1)[0]}.{proj}.weight"
+            w.add_tensor(names.get_name(hf, try_suffixes=(".weight",)), _mxfp4_to_gguf(b, sc), raw_dtype=QT.MXFP4)
+    for name in [k for k in weights if k.endswith("_bias") and ".experts." in k]:
+        bias = weights.pop(name)
+        reference[name] = bias
+        base = name.removesuffix("_bias")
+        split = ({"gate_proj": bias[:, ::2], "up_proj": bias[:, 1::2]} if base.endswith("gate_up_proj")
+                 else {"down_proj": bias})
+        for proj, b in split.items():
+            hf = f"{base.rsplit('.', 1)[0]}.{proj}.bias"
+            w.add_tensor(names.get_name(hf, try_suffixes=(".bias",)), np.ascontiguousarray(b, np.float32))
+    for name in [k for k in weights if k.endswith(".sinks")]:
+        reference[name] = weights.pop(name)
+        w.add_tensor(names.get_name(f"{name}.weight", try_suffixes=(".weight",)), reference[name])
 
 
 def _stack_experts(weights: dict[str, np.ndarray]) -> dict[str, list[str]]:
@@ -205,6 +243,9 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
         w.add_rope_dimension_count(rope_dims)
         if rope.get("mscale_all_dim"):
             w.add_rope_scaling_yarn_log_mul(0.1 * rope["mscale_all_dim"])
+    if mt == "gpt_oss":
+        w.add_sliding_window(cfg["sliding_window"])
+        w.add_expert_feed_forward_length(cfg["intermediate_size"])
     if mt == "ministral3":
         w.add_rope_scaling_yarn_log_mul(rope["mscale_all_dim"])
         w.add_attn_temperature_scale(rope["llama_4_scaling_beta"])
@@ -233,6 +274,8 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
     names = gguf.get_tensor_name_map(arch_enum, n_layer)
     reference: dict[str, np.ndarray] = {}
+    if mt == "gpt_oss":
+        _gpt_oss_experts(w, names, weights, reference)
     experts = _stack_experts(weights)
     # DeepseekV2Model splits kv_b_proj per head into k_b (transposed) and v_b.
     kv_split: dict[str, tuple[str, str]] = {}

@@ -104,6 +104,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
                     "max_position_embeddings": 32, "rope_theta": 10000.0, "tie_word_embeddings": False,
                     "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
                                      "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}},
+    # gpt-oss as OpenAI publishes it: experts in MXFP4 (HF "_blocks"/"_scales",
+    # gate/up rows interleaved), sinks, biases, yarn, a 4-token sliding window
+    # on even layers.
+    "gpt_oss": {"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", **_BASE, "num_hidden_layers": 4,
+                "head_dim": 64, "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 256,
+                "sliding_window": 4, "rope_theta": 150000.0, "max_position_embeddings": 64,
+                "layer_types": ["sliding_attention", "full_attention"] * 2, "tie_word_embeddings": False,
+                "rope_scaling": {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8,
+                                 "beta_fast": 32.0, "beta_slow": 1.0},
+                "quantization_config": {"quant_method": "mxfp4"}},
 }
 
 _GEMMA = {"gemma2", "gemma3_text"}
@@ -111,7 +121,37 @@ _GEMMA = {"gemma2", "gemma3_text"}
 _HF_EXPERT_NAMES = {"mixtral": {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}}
 
 
+def _gpt_oss_mxfp4(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """gpt-oss experts as the published checkpoints hold them: MXFP4 blocks
+    (experts, rows, in / 32, 16 bytes; low nibble = even element) and E8M0
+    scales, gate and up rows interleaved in gate_up_proj."""
+    out = {}
+    for name, w in weights.items():
+        if ".experts." not in name:
+            out[name] = w
+            continue
+        prefix, rest = name.split(".experts.")
+        proj, suffix = rest.split(".")
+        if proj == "up_proj":
+            continue  # written with gate_proj
+        if proj == "gate_proj":
+            up = weights[name.replace("gate_proj", "up_proj")]
+            w = np.stack([w, up], axis=-2 if suffix == "weight" else -1)  # interleave rows
+            w = w.reshape(*w.shape[:-3], -1, w.shape[-1]) if suffix == "weight" else w.reshape(*w.shape[:-2], -1)
+        hf = f"{prefix}.experts.{'gate_up_proj' if proj == 'gate_proj' else proj}"
+        if suffix == "bias":
+            out[f"{hf}_bias"] = w
+            continue
+        packed, scales = mx.quantize(mx.array(w), group_size=32, bits=4, mode="mxfp4")
+        packed = np.array(packed).view(np.uint8)
+        out[f"{hf}_blocks"] = packed.reshape(*w.shape[:-1], w.shape[-1] // 32, 16)
+        out[f"{hf}_scales"] = np.array(scales)
+    return out
+
+
 def _hf_layout(model_type: str, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if model_type == "gpt_oss":
+        return _gpt_oss_mxfp4(weights)
     out = {}
     for name, w in weights.items():
         if ".switch_mlp." not in name:
@@ -172,7 +212,8 @@ def build_hf_checkpoint(out: Path, arch: str, *, seed: int = 0, dtype: str = "bf
         shapes.pop("lm_head.weight", None)  # tied: HF checkpoints carry no lm_head
     weights = _hf_layout(config["model_type"], _random_weights(config["model_type"], shapes,
                                                                np.random.default_rng(seed)))
-    arrays = {k: mx.array(v).astype(getattr(mx, dtype)) for k, v in weights.items()}
+    arrays = {k: mx.array(v).astype(getattr(mx, dtype)) if v.dtype == np.float32 else mx.array(v)
+              for k, v in weights.items()}
     if shard:  # two shards plus an index, as large HF repos come
         names = sorted(arrays)
         parts = [names[: len(names) // 2], names[len(names) // 2:]]
@@ -194,7 +235,8 @@ def load_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
     weights = {}
     for f in sorted(Path(hf_dir).glob("model*.safetensors")):
         for k, v in mx.load(str(f)).items():
-            weights[k] = np.array(v.astype(mx.float32))
+            # packed integer tensors (MXFP4 blocks and scales) stay as they are
+            weights[k] = np.array(v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v)
     return weights
 
 
@@ -207,7 +249,8 @@ def load_float32(model_dir: Path, weights: dict[str, np.ndarray] | None = None):
 
     model, _ = load_model(Path(model_dir))
     if weights is not None:
-        arrays = {k: mx.array(v, dtype=mx.float32) for k, v in weights.items()}
+        arrays = {k: mx.array(v, dtype=mx.float32) if v.dtype.kind == "f" else mx.array(v)
+                  for k, v in weights.items()}
         if any(".experts." in k for k in arrays):  # per-expert HF tensors -> stacked, as load_model does
             arrays = model.sanitize(arrays)
         model.load_weights(list(arrays.items()), strict=True)
