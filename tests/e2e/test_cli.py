@@ -7,14 +7,12 @@ import re
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 
-from mlxollama.cli.format import go_duration, human_bytes, human_number, human_time, summary_lines, table
-from mlxollama.cli.progress import Bar
+from mlxollama.cli.format import human_bytes
 from mlxollama.store import Store
 
 from ..support.store import package_tiny
@@ -60,86 +58,6 @@ def endpoint_missing(http, method: str, path: str) -> bool:
 
 def table_rows(text: str) -> list[list[str]]:
     return [re.split(r"\s{2,}", line.strip()) for line in text.splitlines() if line.strip()]
-
-
-# --- formatting (no server) ------------------------------------------------------------------
-
-
-def test_human_sizes_numbers_and_times():
-    assert [human_bytes(n) for n in (0, 999, 1000, 1500, 269_600_000, 2_019_393_189, 65_290_180_781)] == \
-        ["0 B", "999 B", "1 KB", "1.5 KB", "269 MB", "2.0 GB", "65 GB"]
-    assert human_bytes(270_000_000) == "270 MB" and human_bytes(1_300_000_000) == "1.3 GB"
-    assert [human_number(n) for n in (123_200, 22_000_000, 567_700_000, 3_212_749_888, 8_000_000_000)] == \
-        ["123K", "22M", "567.70M", "3.2B", "8B"]
-    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    ago = lambda **kw: human_time(now - timedelta(**kw), now=now)  # noqa: E731
-    assert ago(seconds=0.5) == "Less than a second ago"
-    assert ago(seconds=30) == "30 seconds ago"
-    assert ago(seconds=90) == "About a minute ago"
-    assert ago(minutes=2) == "2 minutes ago"
-    assert ago(hours=3) == "3 hours ago"
-    assert ago(days=3) == "3 days ago"
-    assert ago(days=20) == "2 weeks ago"
-    assert human_time(now + timedelta(minutes=4, seconds=59), now=now) == "4 minutes from now"
-    assert human_time(now + timedelta(days=365 * 200), now=now) == "Forever"
-
-
-def test_go_durations_and_verbose_summary():
-    assert [go_duration(n) for n in (0, 999, 1_500, 41_369_774, 2_617_759_579, 62_500_000_000, 3_723_000_000_000)] == \
-        ["0s", "999ns", "1.5µs", "41.369774ms", "2.617759579s", "1m2.5s", "1h2m3s"]
-    lines = summary_lines({"total_duration": 13_143_397_239, "load_duration": 2_617_759_579,
-                           "prompt_eval_count": 22, "prompt_eval_duration": 41_369_774,
-                           "eval_count": 2026, "eval_duration": 10_482_576_141})
-    assert lines == [
-        "total duration:       13.143397239s",
-        "load duration:        2.617759579s",
-        "prompt eval count:    22 token(s)",
-        "prompt eval duration: 41.369774ms",
-        "prompt eval rate:     531.79 tokens/s",
-        "eval count:           2026 token(s)",
-        "eval duration:        10.482576141s",
-        "eval rate:            193.27 tokens/s",
-    ]
-
-
-def test_table_and_progress_bar_layout():
-    out = table([["tiny:latest", "be9d174b615d", "262 KB", "2 minutes ago"]], header=["NAME", "ID", "SIZE", "MODIFIED"])
-    assert out == ("NAME           ID              SIZE      MODIFIED         \n"
-                   "tiny:latest    be9d174b615d    262 KB    2 minutes ago    \n")
-    bar = Bar("pulling 8dde1b6d8b85:", 270_000_000, 270_000_000)
-    line = bar.render(80)
-    assert line.startswith("pulling 8dde1b6d8b85: 100% ▕██") and "▏ 270 MB" in line and len(line) == 79  # one column spare, as in ollama
-    half = Bar("pulling 8dde1b6d8b85:", 270_000_000, 0)
-    half.set(135_000_000)
-    assert " 50% ▕" in half.render(80) and "135 MB/270 MB" in half.render(80)
-
-
-def test_pull_progress_lines_without_a_terminal(capsys):
-    from types import SimpleNamespace
-
-    from mlxollama.cli.progress import pull_with_progress
-
-    def r(status, digest=None, total=None, completed=None):
-        return SimpleNamespace(status=status, digest=digest, total=total, completed=completed)
-
-    big, small = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
-
-    class FakeClient:
-        def pull(self, name, insecure=False, stream=True):
-            yield r("pulling manifest")
-            yield r("pulling abababababab", big, 269_600_000)  # announcement only: no bar yet
-            for done in (100_000_000, 269_600_000):
-                yield r("pulling abababababab", big, 269_600_000, done)
-            yield r("pulling cdcdcdcdcdcd", small, 512, 512)
-            for status in ("verifying sha256 digest", "writing manifest", "success"):
-                yield r(status)
-
-    pull_with_progress(FakeClient(), "x")
-    lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "pulling manifest"
-    assert re.fullmatch(r"pulling abababababab: 100% ▕█+▏ 269 MB", lines[1])
-    assert re.fullmatch(r"pulling cdcdcdcdcdcd: 100% ▕█+▏  512 B", lines[2])
-    assert lines[3:] == ["verifying sha256 digest", "writing manifest", "success"]
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -383,31 +301,6 @@ def test_pull_and_run_pulls_a_missing_model(env, http, models_dir, short_model):
         reg.close()
 
 
-def test_push_progress_and_result(capsys, monkeypatch):
-    from types import SimpleNamespace
-
-    from mlxollama.cli import commands as cli_mod
-
-    digest = "sha256:" + "ef" * 32
-
-    class FakeClient:
-        def push(self, name, insecure=False, stream=True):
-            yield SimpleNamespace(status="retrieving manifest", digest=None, total=None, completed=None)
-            for done in (0, 1000, 2000):
-                yield SimpleNamespace(status="pushing efefefefefef", digest=digest, total=2000, completed=done)
-            for status in ("pushing manifest", "success"):
-                yield SimpleNamespace(status=status, digest=None, total=None, completed=None)
-
-    monkeypatch.setattr(cli_mod, "_client", FakeClient)
-    assert cli_mod.main(["push", "example.com/me/model:latest"]) == 0
-    out = capsys.readouterr()
-    lines = out.err.splitlines()
-    assert lines[0] == "retrieving manifest"
-    assert re.fullmatch(r"pushing efefefefefef 100% ▕█+▏ +2 KB", lines[1])
-    assert lines[2:] == ["pushing manifest", "success"]
-    assert out.out == "\nYou can find your model at:\n\n\texample.com/me/model:latest\n"
-
-
 def test_convert_a_folder_into_the_store(env, models_dir, tmp_path):
     import importlib.util
 
@@ -444,16 +337,3 @@ def test_version_and_usage_errors(env):
     r = cli(env, "run", "tiny", "--think=maybe", "hi")
     assert (r.returncode, r.stderr) == (
         1, 'Error: invalid value for --think: "maybe" (must be true, false, high, medium, low, or max)\n')
-
-
-def test_server_url_follows_ollama_host_rules(monkeypatch):
-    from mlxollama.cli.client import server_url
-
-    cases = {
-        "": "http://127.0.0.1:11434", "0.0.0.0": "http://127.0.0.1:11434", ":5000": "http://127.0.0.1:5000",
-        "example.com": "http://example.com:11434", "https://example.com": "https://example.com:443",
-        "http://[::1]:9000/prefix/": "http://[::1]:9000/prefix", '"127.0.0.1:8080"': "http://127.0.0.1:8080",
-        "[::]:11434": "http://[::1]:11434",
-    }
-    for raw, url in cases.items():
-        assert server_url(raw) == url, raw
