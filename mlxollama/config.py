@@ -21,6 +21,7 @@ Server (`Config.from_env`):
 | OLLAMA_NOPRUNE | | noprune: keep unreferenced blobs and replaced layers |
 | MLXOLLAMA_REPORTED_VERSION | 0.14.0 | reported_version: what /api/version says |
 | MLXOLLAMA_MEMORY_BUDGET | 75% of memory | memory_budget: bytes loaded models may use |
+| MLXOLLAMA_CPU_DENSE | auto: a quarter of the memory budget | cpu_dense: on the CPU backend, models whose float32 weights fit this many bytes are dequantized at load (prompts run through BLAS); 0/off none, 1/on all |
 | MLXOLLAMA_PREFILL_STEP | 512 | prefill_step: prompt tokens per prefill step |
 | MLXOLLAMA_PROMPT_CACHE_ENTRIES | 16 | prompt_cache_entries: prompt (KV) caches kept |
 | MLXOLLAMA_PROMPT_CACHE_BYTES | 1 GiB | prompt_cache_bytes: bytes those caches may hold |
@@ -145,6 +146,20 @@ def parse_uint(value: str | None, default: int) -> int:
     return n if n >= 0 else default
 
 
+CPU_DENSE_AUTO = -1
+CPU_DENSE_ALL = 1 << 62
+
+
+def parse_cpu_dense(value: str | None) -> int:
+    """MLXOLLAMA_CPU_DENSE: a byte budget; CPU_DENSE_AUTO when unset, `auto` or unparseable."""
+    v = _clean(value).lower()
+    if v in ("off", "no") or v in (f.lower() for f in _GO_FALSE):
+        return 0
+    if v in ("on", "yes") or v in (t.lower() for t in _GO_TRUE):
+        return CPU_DENSE_ALL
+    return parse_uint(v, CPU_DENSE_AUTO) if v != "auto" else CPU_DENSE_AUTO
+
+
 def default_memory_budget() -> int:
     # Loaded models may use this much before idle ones are evicted; three quarters of the
     # machine leaves room for the OS and for KV caches that grow during generation.
@@ -166,6 +181,7 @@ class Config:
     reported_version: str = DEFAULT_REPORTED_VERSION
     noprune: bool = False
     memory_budget: int = field(default_factory=default_memory_budget)
+    cpu_dense: int = CPU_DENSE_AUTO
     prefill_step: int = 512
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 1 << 30
@@ -191,6 +207,7 @@ class Config:
             reported_version=var("MLXOLLAMA_REPORTED_VERSION") or DEFAULT_REPORTED_VERSION,
             noprune=parse_bool(var("OLLAMA_NOPRUNE")),
             memory_budget=parse_uint(var("MLXOLLAMA_MEMORY_BUDGET"), 0) or default_memory_budget(),
+            cpu_dense=parse_cpu_dense(var("MLXOLLAMA_CPU_DENSE")),
             prefill_step=parse_uint(var("MLXOLLAMA_PREFILL_STEP"), 0) or 512,
             prompt_cache_entries=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_ENTRIES"), 16),
             prompt_cache_bytes=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_BYTES"), 1 << 30),

@@ -28,6 +28,7 @@ from ..parsers.reply import Piece, ReplyParser
 from ..parsers.stops import StopMatcher
 from ..parsers.thinking import ThinkingParser, infer_think_tags, prompt_opens_thinking
 from ..parsers.tools import ToolCallParser, infer_tool_format
+from .cpu_dense import dense_budget, dense_size, densify, has_quantized_layers, should_densify
 from .fim import fim_format_for, fim_stop_ids
 from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
 from .prompt import PromptCancelled, build_prompt_tokens
@@ -70,6 +71,7 @@ class EngineSettings:
     prefill_step: int = 512
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 1 << 30
+    cpu_dense_bytes: int = 0  # see cpu_dense.py; 0 keeps quantized weights quantized
 
     @classmethod
     def from_config(cls, config: Config) -> "EngineSettings":
@@ -78,6 +80,7 @@ class EngineSettings:
             prefill_step=config.prefill_step,
             prompt_cache_entries=config.prompt_cache_entries,
             prompt_cache_bytes=config.prompt_cache_bytes,
+            cpu_dense_bytes=dense_budget(config.cpu_dense, config.memory_budget),
         )
 
 
@@ -102,6 +105,7 @@ class LoadedLLM:
         self.settings = settings or EngineSettings()
         self.model, self.tokenizer = mlx_lm_load(str(model_dir))
         apply_backend_dtype(self.model)
+        self.dense = self._densify_for_cpu()
         mx.eval(self.model.parameters())
         self.weights_bytes = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
         self.on_gpu = not runs_on_cpu()
@@ -129,6 +133,18 @@ class LoadedLLM:
         self.stream = mx.default_stream(mx.default_device())
         self.batch: BatchGenerator | None = None
         self.active: dict[int, _Active] = {}
+
+    def _densify_for_cpu(self) -> bool:
+        """On the CPU, float32 weights within the budget so prompts run through BLAS (cpu_dense.py)."""
+        if not has_quantized_layers(self.model):
+            return False
+        size = dense_size(self.model)
+        if not should_densify(size, self.settings.cpu_dense_bytes, runs_on_cpu()):
+            return False
+        layers = densify(self.model)
+        log.info("CPU backend: %d quantized layers dequantized to float32 (%.0f MiB) for BLAS prefill",
+                 layers, size / (1 << 20))
+        return True
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
