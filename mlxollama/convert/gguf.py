@@ -7,8 +7,13 @@ layout (``w = scale * q + bias`` per group, little-endian bit stream packed in
 uint32); everything else is dequantized with ``gguf.quants`` and requantized
 as plain min/max affine 32-groups (see ``affine_quantize``).
 
-Architectures are a table (``ARCHITECTURES``) of GGUF->mlx-lm tensor name maps
-plus a config builder, so more can be added without touching the conversion.
+Tensor names come from llama.cpp's own naming table (gguf-py's
+``TensorNameMap``, which its converter uses) read backwards: of the Hugging
+Face names a GGUF name stands for, the one mlx-lm's model class has is taken,
+shape-checked.  An architecture is then one ``ARCHITECTURES`` entry: a config
+builder (GGUF metadata -> config.json) plus the transforms llama.cpp's
+converter applied (Q/K row permutation, gemma's 1 + w norms, tensors it split
+that mlx-lm keeps whole); stacked experts land on mlx-lm's SwitchGLU.
 """
 
 from __future__ import annotations
@@ -23,13 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import gguf
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_map
-
-import gguf
 from gguf import GGMLQuantizationType as QT
+from mlx.utils import tree_map
 
 from .gguf_tokenizer import UnsupportedTokenizer, write_tokenizer_files
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 import gguf
+import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from .tinyhf import load_hf_weights

@@ -19,14 +19,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
-
-import gguf
 from gguf import GGMLQuantizationType as QT
 
 from mlxollama.convert.gguf import (
-    SUPPORTED_GGUF_ARCHITECTURES, UnsupportedGGUF, gguf_architecture_supported, import_gguf,
+    SUPPORTED_GGUF_ARCHITECTURES,
+    UnsupportedGGUF,
+    gguf_architecture_supported,
+    import_gguf,
 )
 
 from ..support import tinyhf as th
@@ -222,3 +224,18 @@ def test_gemma3_sliding_pattern_key():
     assert pattern([True] * 12) == 13  # no global layer
     with pytest.raises(UnsupportedGGUF, match="not periodic"):
         pattern([True, False, True, True, False, True])
+
+
+def test_deepseek_llm_pre_tokenizer():
+    """deepseek2 GGUFs name the "deepseek-llm" split (cased letters, ASCII
+    and CJK punctuation, CJK runs, digit runs), applied in sequence as
+    llama.cpp does; code points NFC would fold (Ohm, Kelvin) are letters."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from mlxollama.convert.gguf_tokenizer import PRE_TOKENIZER_REGEXES
+
+    split = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r), behavior="isolated")
+                                     for r in PRE_TOKENIZER_REGEXES["deepseek-llm"]])
+    pieces = [p for p, _ in split.pre_tokenize_str("Hello \u4f60\u597d 2024\n\u0391\u03bb\u03c6\u03b1 \u2126\u212a")]
+    # (U+2126 and U+212A also fall in the CJK split's U+0800-U+4E00 range, which takes them from the space)
+    assert pieces == ["Hello", " ", "\u4f60\u597d", " ", "2024", "\n", "\u0391\u03bb\u03c6\u03b1", " ", "\u2126\u212a"]
