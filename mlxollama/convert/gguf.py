@@ -618,6 +618,14 @@ def _gemma_query_scalar(m: _Meta, cfg: Mapping[str, Any], size_27b_layers: int) 
     return float(cfg["head_dim"])
 
 
+def _gemma_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = {"model_type": "gemma", **_common_config(m, tensors)}
+    cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    cfg.pop("tie_word_embeddings")  # mlx-lm's gemma always ties
+    _dense_only(cfg, "gemma", "rope_scaling")
+    return cfg
+
+
 def _gemma2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {"model_type": "gemma2", **_common_config(m, tensors)}
     cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
@@ -951,6 +959,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt-oss": ArchSpec(_gpt_oss_config),
     "deepseek2": ArchSpec(_deepseek2_config, joined={
         "attn_v_b": (("attn_k_b", "attn_v_b"), "self_attn.kv_b_proj", _deepseek2_kv_b)}),
+    "gemma": ArchSpec(_gemma_config, norm_shift=1.0),
     "gemma2": ArchSpec(_gemma2_config, norm_shift=1.0),
     "gemma3": ArchSpec(_gemma3_config, norm_shift=1.0),
     "phi3": ArchSpec(_phi3_config, skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),

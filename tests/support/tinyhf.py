@@ -32,6 +32,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
               "tie_word_embeddings": True},
     "qwen3": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **_BASE, "head_dim": 128,
               "rope_theta": 1000000.0, "tie_word_embeddings": True},
+    "gemma": {"architectures": ["GemmaForCausalLM"], "model_type": "gemma", **_BASE, "head_dim": 64,
+              "rope_theta": 10000.0, "hidden_act": "gelu"},
     "gemma2": {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", **_BASE, "head_dim": 64,
                "query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
                "sliding_window": 4096, "rope_theta": 10000.0, "hidden_activation": "gelu_pytorch_tanh"},
@@ -116,7 +118,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
                 "quantization_config": {"quant_method": "mxfp4"}},
 }
 
-_GEMMA = {"gemma2", "gemma3_text"}
+_GEMMA = {"gemma", "gemma2", "gemma3_text"}
 # mlx-lm stacks experts (switch_mlp); Hugging Face checkpoints hold one tensor per expert.
 _HF_EXPERT_NAMES = {"mixtral": {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}}
 
@@ -208,7 +210,7 @@ def build_hf_checkpoint(out: Path, arch: str, *, seed: int = 0, dtype: str = "bf
     model_cls, args_cls = _get_classes(config)
     model = model_cls(args_cls.from_dict(dict(config)))
     shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
-    if config.get("tie_word_embeddings", True) or config["model_type"] == "gemma2":
+    if config.get("tie_word_embeddings", True) or config["model_type"] in ("gemma", "gemma2"):
         shapes.pop("lm_head.weight", None)  # tied: HF checkpoints carry no lm_head
     weights = _hf_layout(config["model_type"], _random_weights(config["model_type"], shapes,
                                                                np.random.default_rng(seed)))

@@ -168,7 +168,7 @@ def test_gemma3_without_sliding_window(tmp_path, checkpoints):
 
 def test_supported_architectures():
     assert SUPPORTED_GGUF_ARCHITECTURES == {
-        "llama", "mistral3", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe", "granite",
+        "llama", "mistral3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe", "granite",
         "olmo2", "smollm3", "starcoder2", "command-r", "exaone", "glm4", "deepseek2", "gpt-oss"}
     # every claimed architecture is exercised by test_import_matches_source
     assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3"}
@@ -239,3 +239,43 @@ def test_deepseek_llm_pre_tokenizer():
     pieces = [p for p, _ in split.pre_tokenize_str("Hello \u4f60\u597d 2024\n\u0391\u03bb\u03c6\u03b1 \u2126\u212a")]
     # (U+2126 and U+212A also fall in the CJK split's U+0800-U+4E00 range, which takes them from the space)
     assert pieces == ["Hello", " ", "\u4f60\u597d", " ", "2024", "\n", "\u0391\u03bb\u03c6\u03b1", " ", "\u2126\u212a"]
+
+
+def _rewrite_without(src: Path, dst: Path, drop: str, reshape: dict | None = None) -> None:
+    """Copy a GGUF, leaving out tensor ``drop`` and writing others reshaped."""
+    r = gguf.GGUFReader(str(src))
+    arch = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(str(dst), arch)
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(key, f.contents(), vtype, sub_type=f.types[-1])
+        else:
+            w.add_key_value(key, f.contents(), vtype)
+    for t in r.tensors:
+        if t.name == drop:
+            continue
+        data = np.asarray(t.data).reshape(tuple(int(x) for x in reversed(t.shape)))
+        if reshape and t.name in reshape:
+            data = data.reshape(reshape[t.name])
+        w.add_tensor(t.name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_missing_or_misshapen_tensors_are_refused(tmp_path, checkpoints):
+    """Every mlx-lm parameter must be filled and every tensor land on a
+    parameter of its shape: a file that does not is refused by name."""
+    hf_dir = checkpoints("qwen3_moe")[0]
+    write_gguf(hf_dir, tmp_path / "ok.gguf", QT.F16)
+    _rewrite_without(tmp_path / "ok.gguf", tmp_path / "missing.gguf", "blk.1.ffn_down_exps.weight")
+    with pytest.raises(UnsupportedGGUF, match=r"lacks tensors .*layers\.1\.mlp\.switch_mlp\.down_proj"):
+        import_gguf(tmp_path / "missing.gguf", tmp_path / "out1")
+    _rewrite_without(tmp_path / "ok.gguf", tmp_path / "shape.gguf", "",
+                     reshape={"blk.0.attn_q.weight": (128, 512)})
+    with pytest.raises(UnsupportedGGUF, match=r"blk\.0\.attn_q\.weight.* shape"):
+        import_gguf(tmp_path / "shape.gguf", tmp_path / "out2")
