@@ -641,12 +641,12 @@ def _gemma2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def _gemma3_sliding_pattern(m: _Meta, layers: int) -> int:
+def _gemma3_sliding_pattern(m: _Meta, layers: int, default: int = 6) -> int:
     """Period of the local/global layer pattern: llama.cpp fixes gemma3 at 6
-    (5 sliding layers, then a global one); newer files may spell it out."""
+    (5 sliding layers, then a global one), cohere2 at 4; newer files may spell it out."""
     v = m.get("attention.sliding_window_pattern")
     if v is None:
-        return 6
+        return default
     if not isinstance(v, list):
         return int(v)
     is_swa = [bool(x) for x in v]
@@ -839,6 +839,27 @@ def _cohere_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _olmoe_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """OLMoE: every layer a mixture of experts as wide as feed_forward_length."""
+    return {"model_type": "olmoe", **_common_config(m, tensors), "num_experts": m.int("expert_count"),
+            "num_experts_per_tok": m.int("expert_used_count"),
+            "norm_topk_prob": bool(m.get("expert_weights_norm", False))}
+
+
+def _cohere2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Command R7B: cohere with 3 sliding-window layers (with rope) per global
+    layer (without), the pattern llama.cpp fixes for cohere2."""
+    cfg = _cohere_config(m, tensors)
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    if (m.int("rope.dimension_count") or head_dim) != head_dim:
+        raise UnsupportedGGUF("cohere2: partial rotary is not supported by mlx-lm's cohere2")
+    if cfg.pop("use_qk_norm"):
+        raise UnsupportedGGUF("cohere2: q/k norms are not supported by mlx-lm's cohere2")
+    cfg.update(model_type="cohere2", head_dim=head_dim, sliding_window=m.int("attention.sliding_window", 4096),
+               sliding_window_pattern=_gemma3_sliding_pattern(m, cfg["num_hidden_layers"], default=4))
+    return cfg
+
+
 def _exaone_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     """EXAONE 3.x: llama-like under GPT-2 style names (transformer.h.N...)."""
     cfg = {"model_type": "exaone", **_common_config(m, tensors)}
@@ -954,6 +975,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "olmo2": ArchSpec(_olmo2_config),
     "starcoder2": ArchSpec(_layer_norm_config("starcoder2", "norm_epsilon")),
     "command-r": ArchSpec(_cohere_config),
+    "cohere2": ArchSpec(_cohere2_config),
+    "olmoe": ArchSpec(_olmoe_config),
     "exaone": ArchSpec(_exaone_config),
     "glm4": ArchSpec(_glm4_config),
     "gpt-oss": ArchSpec(_gpt_oss_config),

@@ -23,7 +23,8 @@ GGUF_ARCH = {"gemma": "gemma", "llama": "llama", "mistral": "llama", "qwen2": "q
              "gemma3_text": "gemma3", "phi3": "phi3", "ministral3": "mistral3", "mixtral": "llama",
              "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "granite": "granite", "olmo2": "olmo2",
              "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r",
-             "exaone": "exaone", "glm4": "glm4", "deepseek_v2": "deepseek2", "gpt_oss": "gpt-oss"}
+             "exaone": "exaone", "glm4": "glm4", "deepseek_v2": "deepseek2", "gpt_oss": "gpt-oss",
+             "olmoe": "olmoe", "cohere2": "cohere2"}
 # Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
 _LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "smollm3"}
 _PERMUTED_ARCHS = {"llama", "mistral3", "granite", "smollm3"}
@@ -219,9 +220,13 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
         w.add_embedding_scale(cfg["embedding_multiplier"])
         w.add_residual_scale(cfg["residual_multiplier"])
         w.add_logit_scale(cfg["logits_scaling"])
-    if mt == "cohere":
+    if mt in ("cohere", "cohere2"):
         w.add_logit_scale(cfg["logit_scale"])
         w.add_rope_scaling_type(gguf.RopeScalingType.NONE)
+    if mt == "cohere2":
+        w.add_sliding_window(cfg["sliding_window"])
+        w.add_vocab_size(cfg["vocab_size"])
+        w.add_rope_dimension_count(int(cfg["rotary_pct"] * (hidden // n_head)))
     if mt == "deepseek_v2":  # DeepseekV2Model: MLA as MQA over the latent, sizes in *_mla
         kv_lora, rope_dims = cfg["kv_lora_rank"], cfg["qk_rope_head_dim"]
         w.add_leading_dense_block_count(cfg["first_k_dense_replace"])

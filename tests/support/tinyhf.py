@@ -87,6 +87,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
                    "norm_epsilon": 1e-5, "rope_theta": 100000.0, "use_bias": True, "tie_word_embeddings": True},
     "cohere": {"architectures": ["CohereForCausalLM"], "model_type": "cohere", **_NO_RMS, "layer_norm_eps": 1e-5,
                "logit_scale": 0.25, "use_qk_norm": False, "rope_theta": 10000.0, "tie_word_embeddings": True},
+    "olmoe": {"architectures": ["OlmoeForCausalLM"], "model_type": "olmoe", **_BASE, "num_experts": 4,
+              "num_experts_per_tok": 2, "norm_topk_prob": False, "rope_theta": 10000.0, "tie_word_embeddings": False},
+    # Command R7B: 4 layers, the last global (no rope), a 4-token window on the others.
+    "cohere2": {"architectures": ["Cohere2ForCausalLM"], "model_type": "cohere2", **_NO_RMS, "num_hidden_layers": 4,
+                "head_dim": 64, "layer_norm_eps": 1e-5, "logit_scale": 0.25, "sliding_window": 4,
+                "sliding_window_pattern": 4, "rotary_pct": 1.0, "rope_theta": 50000.0, "tie_word_embeddings": True},
     # EXAONE 3.x: GPT-2 style names, HF's num_layers / layer_norm_epsilon (RMSNorm).
     "exaone": {"architectures": ["ExaoneForCausalLM"], "model_type": "exaone",
                **{k: v for k, v in _NO_RMS.items() if k != "num_hidden_layers"}, "num_layers": 2,
