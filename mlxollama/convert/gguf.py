@@ -490,9 +490,11 @@ def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
             continue
         found = pick(base, suffix)
         if not found and kind in _EXPERT_PROJ:
-            router = pick(f"{base.rpartition('.')[0]}.ffn_gate_inp", "weight")
-            found = [f"{r.rsplit('.', 2)[0]}.switch_mlp.{_EXPERT_PROJ[kind]}.{suffix}" for r in router]
-            found = [f for f in found if f in params]
+            # the SwitchGLU of the module holding the router ("mlp.gate", "block_sparse_moe.router.layer")
+            for router in pick(f"{block}.ffn_gate_inp", "weight"):
+                parts = router.split(".")[:-1]
+                found = [c for c in (f"{'.'.join(parts[:i])}.switch_mlp.{_EXPERT_PROJ[kind]}.{suffix}"
+                                     for i in range(len(parts) - 1, 0, -1)) if c in params][:1]
         if len(found) != 1:
             raise UnsupportedGGUF(f"tensor {name!r} has no mapping for architecture {arch!r}")
         want, got = params[found[0]], tuple(int(x) for x in reversed(t.shape))
@@ -794,10 +796,17 @@ def _qwen3moe_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
 
 def _granite_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     """Granite 3.x: llama layout with four scalar multipliers, which llama.cpp
-    stores as *_scale keys (its converter drops head_dim)."""
-    cfg = {**_llama_config(m, tensors), "model_type": "granite"}
-    if cfg.get("num_local_experts"):
-        raise UnsupportedGGUF("granite: mixture-of-experts granite files are not supported")
+    stores as *_scale keys (its converter drops head_dim); "granitemoe" has
+    experts instead of the MLP."""
+    moe = m.arch == "granitemoe"
+    cfg = {"model_type": "granitemoe" if moe else "granite", **_common_config(m, tensors),
+           "attention_bias": "blk.0.attn_q.bias" in tensors}
+    if moe:
+        cfg.update(num_local_experts=m.int("expert_count"), num_experts_per_tok=m.int("expert_used_count"))
+    else:
+        if m.int("expert_count"):
+            raise UnsupportedGGUF("granite: experts in a dense granite file are not supported")
+        cfg["mlp_bias"] = "blk.0.ffn_gate.bias" in tensors
     cfg.pop("head_dim", None)
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
     cfg["logits_scaling"] = m.float("logit_scale", 1.0)
@@ -967,6 +976,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": ArchSpec(_llama_config, permute_qk=True),
     "mistral3": ArchSpec(_mistral3_config, permute_qk=True),
     "granite": ArchSpec(_granite_config, permute_qk=True),
+    "granitemoe": ArchSpec(_granite_config, permute_qk=True),
     "smollm3": ArchSpec(_smollm3_config, permute_qk=True),
     "qwen2": ArchSpec(_qwen2_config),
     "qwen2moe": ArchSpec(_qwen2moe_config),

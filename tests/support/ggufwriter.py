@@ -24,10 +24,10 @@ GGUF_ARCH = {"gemma": "gemma", "llama": "llama", "mistral": "llama", "qwen2": "q
              "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "granite": "granite", "olmo2": "olmo2",
              "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r",
              "exaone": "exaone", "glm4": "glm4", "deepseek_v2": "deepseek2", "gpt_oss": "gpt-oss",
-             "olmoe": "olmoe", "cohere2": "cohere2"}
+             "olmoe": "olmoe", "cohere2": "cohere2", "granitemoe": "granitemoe"}
 # Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
-_LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "smollm3"}
-_PERMUTED_ARCHS = {"llama", "mistral3", "granite", "smollm3"}
+_LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "granitemoe", "smollm3"}
+_PERMUTED_ARCHS = {"llama", "mistral3", "granite", "granitemoe", "smollm3"}
 _FILE_TYPE = {QT.F16: gguf.LlamaFileType.MOSTLY_F16, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
               QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_S, QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}
 
@@ -215,7 +215,7 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
         w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     if "shared_expert_intermediate_size" in cfg:
         w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
-    if mt == "granite":  # the HF *_multiplier values under llama.cpp's *_scale keys
+    if mt in ("granite", "granitemoe"):  # the HF *_multiplier values under llama.cpp's *_scale keys
         w.add_attention_scale(cfg["attention_multiplier"])
         w.add_embedding_scale(cfg["embedding_multiplier"])
         w.add_residual_scale(cfg["residual_multiplier"])
@@ -280,6 +280,18 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     reference: dict[str, np.ndarray] = {}
     if mt == "gpt_oss":
         _gpt_oss_experts(w, names, weights, reference)
+    # GraniteMoeModel: input_linear rows are [gate; up], written as ffn_gate_exps / ffn_up_exps.
+    fused_experts: dict[str, tuple[str, str]] = {}
+    for hf_name in [k for k in weights if k.endswith("block_sparse_moe.input_linear.weight")]:
+        bid = hf_name.split(".")[2]
+        gate, up = np.split(weights.pop(hf_name), 2, axis=1)
+        fused_experts[hf_name] = (f"blk.{bid}.ffn_gate_exps.weight", f"blk.{bid}.ffn_up_exps.weight")
+        for name, t in zip(fused_experts[hf_name], (gate, up)):
+            data, decoded, used = _encode(np.ascontiguousarray(t), qtype)
+            w.add_tensor(name, data, raw_dtype=None if used == QT.F16 else used)
+            reference[name] = decoded
+    for hf_name, (gate, up) in fused_experts.items():
+        reference[hf_name] = np.concatenate([reference.pop(gate), reference.pop(up)], axis=1)
     experts = _stack_experts(weights)
     # DeepseekV2Model splits kv_b_proj per head into k_b (transposed) and v_b.
     kv_split: dict[str, tuple[str, str]] = {}

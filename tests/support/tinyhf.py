@@ -77,6 +77,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "granite": {"architectures": ["GraniteForCausalLM"], "model_type": "granite", **_BASE, "rope_theta": 10000.0,
                 "logits_scaling": 4.0, "attention_multiplier": 0.0625, "embedding_multiplier": 6.0,
                 "residual_multiplier": 0.5, "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": True},
+    "granitemoe": {"architectures": ["GraniteMoeForCausalLM"], "model_type": "granitemoe", **_BASE,
+                   "intermediate_size": 256, "num_local_experts": 4, "num_experts_per_tok": 2, "rope_theta": 10000.0,
+                   "logits_scaling": 4.0, "attention_multiplier": 0.0625, "embedding_multiplier": 6.0,
+                   "residual_multiplier": 0.5, "attention_bias": False, "tie_word_embeddings": True},
     "olmo2": {"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", **_BASE, "rope_theta": 500000.0,
               "attention_bias": False, "tie_word_embeddings": False},
     # 4 layers: SmolLM3's last layer of every 4 runs without rope.
@@ -160,6 +164,14 @@ def _gpt_oss_mxfp4(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _hf_layout(model_type: str, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if model_type == "gpt_oss":
         return _gpt_oss_mxfp4(weights)
+    if model_type == "granitemoe":  # HF keeps [gate; up] fused per expert (input_linear), down as output_linear
+        out = {k: v for k, v in weights.items() if ".switch_mlp." not in k}
+        for k in [k for k in weights if k.endswith("switch_mlp.gate_proj.weight")]:
+            moe = k.removesuffix(".switch_mlp.gate_proj.weight")
+            out[f"{moe}.input_linear.weight"] = np.concatenate(
+                [weights[k], weights[f"{moe}.switch_mlp.up_proj.weight"]], axis=1)
+            out[f"{moe}.output_linear.weight"] = weights[f"{moe}.switch_mlp.down_proj.weight"]
+        return out
     out = {}
     for name, w in weights.items():
         if ".switch_mlp." not in name:
@@ -259,7 +271,7 @@ def load_float32(model_dir: Path, weights: dict[str, np.ndarray] | None = None):
     if weights is not None:
         arrays = {k: mx.array(v, dtype=mx.float32) if v.dtype.kind == "f" else mx.array(v)
                   for k, v in weights.items()}
-        if any(".experts." in k for k in arrays):  # per-expert HF tensors -> stacked, as load_model does
+        if any(".experts." in k or "input_linear" in k for k in arrays):  # HF experts -> stacked, as load_model does
             arrays = model.sanitize(arrays)
         model.load_weights(list(arrays.items()), strict=True)
     set_quantized_param_dtype(model, mx.float32)
