@@ -13,7 +13,8 @@ Server (`Config.from_env`):
 | MLXOLLAMA_MODELS | ~/.mlxollama/models | models_dir: our store |
 | OLLAMA_KEEP_ALIVE | 5m | keep_alive_ns: idle time before unload (duration or seconds; negative = forever) |
 | OLLAMA_ORIGINS | | origins: extra CORS origins, comma separated |
-| OLLAMA_CONTEXT_LENGTH | 4096 | context_length: default num_ctx |
+| OLLAMA_CONTEXT_LENGTH | from memory | context_length: default num_ctx; unset, chosen from the backend memory as Ollama 0.15.5+ does (`default_context_length`) |
+| MLXOLLAMA_BACKEND_MEMORY | detected | backend_memory: bytes the default num_ctx is sized from (Metal's recommended working set, a CUDA GPU's memory; 0 on the CPU backend, like Ollama without a GPU) |
 | OLLAMA_DEBUG | | debug: 0 info, 1 debug (1/true), 2 trace (as Ollama: 0/false and junk are off) |
 | OLLAMA_MAX_QUEUE | 512 | max_queue: pending requests before 503 |
 | OLLAMA_NUM_PARALLEL | 8 | num_parallel: sequences one model decodes together |
@@ -54,7 +55,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from .durations import MINUTE, parse_env_keep_alive
@@ -160,6 +161,21 @@ def parse_cpu_dense(value: str | None) -> int:
     return parse_uint(v, CPU_DENSE_AUTO) if v != "auto" else CPU_DENSE_AUTO
 
 
+GIB = 1 << 30
+
+
+def default_context_length(memory: int) -> int:
+    """Ollama 0.15.5+'s default num_ctx when OLLAMA_CONTEXT_LENGTH is unset, from the memory the
+    backend can use (server/routes.go: thresholds just under 48 and 24 GiB, so a 48 GiB machine
+    that reports a little less still counts). MLX caches grow as tokens arrive, so a large
+    window costs nothing until a conversation fills it; each model caps it at its trained length."""
+    if memory >= 47 * GIB:
+        return 262144
+    if memory >= 23 * GIB:
+        return 32768
+    return 4096
+
+
 def default_memory_budget() -> int:
     # Loaded models may use this much before idle ones are evicted; three quarters of the
     # machine leaves room for the OS and for KV caches that grow during generation.
@@ -174,6 +190,7 @@ class Config:
     keep_alive_ns: int = 5 * MINUTE
     origins: list[str] = field(default_factory=list)
     context_length: int = 4096
+    backend_memory: int = 0  # what context_length was sized from when OLLAMA_CONTEXT_LENGTH is unset
     debug: int = 0
     max_queue: int = 512
     num_parallel: int = DEFAULT_NUM_PARALLEL
@@ -187,9 +204,16 @@ class Config:
     prompt_cache_bytes: int = 1 << 30
 
     @classmethod
-    def from_env(cls, env: Env | None = None) -> "Config":
+    def from_env(cls, env: Env | None = None, *, backend_memory: Callable[[], int] | None = None) -> "Config":
+        """`backend_memory` measures the accelerator (engine/device.py); only the server passes it,
+        and it runs only when neither OLLAMA_CONTEXT_LENGTH nor MLXOLLAMA_BACKEND_MEMORY is set."""
         def var(name: str) -> str:
             return _var(name, env)
+
+        memory = parse_uint(var("MLXOLLAMA_BACKEND_MEMORY"), -1)
+        context_length = parse_uint(var("OLLAMA_CONTEXT_LENGTH"), 0)
+        if memory < 0:
+            memory = backend_memory() if backend_memory is not None and not context_length else 0
 
         _, host, port = parse_host(var("OLLAMA_HOST"))
         models = var("MLXOLLAMA_MODELS")
@@ -199,7 +223,8 @@ class Config:
             models_dir=Path(models).expanduser() if models else Path.home() / ".mlxollama" / "models",
             keep_alive_ns=parse_env_keep_alive(var("OLLAMA_KEEP_ALIVE")),
             origins=[o for o in var("OLLAMA_ORIGINS").split(",") if o],
-            context_length=parse_uint(var("OLLAMA_CONTEXT_LENGTH"), 4096) or 4096,
+            context_length=context_length or default_context_length(memory),
+            backend_memory=memory,
             debug=parse_debug(var("OLLAMA_DEBUG")),
             max_queue=parse_uint(var("OLLAMA_MAX_QUEUE"), 512),
             num_parallel=parse_uint(var("OLLAMA_NUM_PARALLEL"), 0) or DEFAULT_NUM_PARALLEL,

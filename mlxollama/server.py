@@ -13,6 +13,7 @@ import time
 from .api.app import create_app
 from .api.state import ServerState
 from .config import Config, exit_with_parent
+from .engine.device import backend_memory
 from .engine.scheduler import Scheduler
 from .store import Store
 
@@ -84,7 +85,7 @@ def _handle_stop_signals(app, state: ServerState, loop: asyncio.AbstractEventLoo
 def serve(config: Config | None = None) -> None:
     if exit_with_parent():
         _exit_with_parent()
-    config = config or Config.from_env()
+    config = config or Config.from_env(backend_memory=backend_memory)
     logging.basicConfig(
         level=logging.DEBUG if config.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -105,6 +106,9 @@ def serve(config: Config | None = None) -> None:
 
     logging.getLogger("mlxollama").info(
         "mlxollama listening on %s:%d, models in %s", config.host, config.port, config.models_dir
+    )
+    logging.getLogger("mlxollama").info(
+        "default context length %d (backend memory %.1f GiB)", config.context_length, config.backend_memory / (1 << 30)
     )
     app.run(
         host=config.host,
