@@ -175,6 +175,7 @@ async def generate_reply(state: ServerState, req: GenerateRequest, started: int,
         prompt = PromptSpec(messages=messages, context=req.context, truncate=req.truncate, return_context=True,
                             think=think, go_template=own_template(spec))
     prompt.grammar = grammar
+    prompt.shift = req.shift
 
     def chunk(text, thinking="", calls=None):
         out = {"model": req.model, "created_at": rfc3339_utc(), "response": text}

@@ -283,6 +283,7 @@ class _GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     truncate: bool = True
+    shift: bool = True
 
 
 def _generation_fields(f: Fields, body: dict) -> dict:
@@ -297,6 +298,7 @@ def _generation_fields(f: Fields, body: dict) -> dict:
         logprobs=f.bool("logprobs"),
         top_logprobs=f.int("top_logprobs"),
         truncate=f.bool("truncate", True),
+        shift=f.bool("shift", True),
     )
 
 

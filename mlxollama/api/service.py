@@ -72,7 +72,7 @@ def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, override
     messages = list(spec.messages) + [m.for_template() for m in req.messages]
     if spec.system and req.messages[0].role != "system":
         messages.insert(0, {"role": "system", "content": spec.system})
-    return PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate,
+    return PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate, shift=req.shift,
                       think=effective_think(spec, req.think), grammar=grammar,
                       go_template=own_template(spec)), opts
 
@@ -152,6 +152,8 @@ class Generation:
 
 async def acquire_runner(state: ServerState, spec: ModelSpec, keep_alive: int | None, num_ctx: int):
     """Load or reuse the model: (runner, load duration in ns). The caller must release the runner."""
+    if spec.context_length:  # a load-only request brings the server default: cap it as generation does
+        num_ctx = min(num_ctx, spec.context_length)
     load_started = time.perf_counter_ns()
     runner = await state.scheduler.acquire(spec, keep_alive, num_ctx)
     return runner, time.perf_counter_ns() - load_started

@@ -79,6 +79,7 @@ class PromptSpec:
     tools: list[dict] | None = None
     context: list[int] | None = None  # generate's deprecated token round-trip
     truncate: bool = True
+    shift: bool = True  # a full window drops the oldest half (after num_keep) instead of stopping
     return_context: bool = False
     think: bool | str | None = None  # after Ollama's defaulting: None only for non-thinking models
     fim: tuple[str, str] | None = None  # (prefix, suffix): fill-in-the-middle from tokenizer tokens

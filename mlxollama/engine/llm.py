@@ -93,6 +93,12 @@ class _Active:
     cached: int
     started: int
     context: list[int] | None
+    # What re-admits the sequence after a context shift (see _shift)
+    limit: int = 0
+    num_keep: int = 0
+    sampler: object = None
+    processors: list = field(default_factory=list)
+    stops: object = None
     first_token_at: int | None = None
     count: int = 0
     pending_logprobs: list = field(default_factory=list)
@@ -218,9 +224,9 @@ class LoadedLLM:
         started = time.perf_counter_ns()
         self._check_context(job.prompt.context)
         prompt = build_prompt_tokens(self.tokenizer, job.prompt, opts.num_ctx, cancelled=lambda: job.cancelled)
-        room = opts.num_ctx - len(prompt)
-        # No context shifting: generation stops when the window is full ("length").
-        max_tokens = room if opts.num_predict < 0 else min(opts.num_predict, room)
+        limit = generation_limit(opts.num_predict, opts.num_ctx)
+        # A full window either shifts (see _shift) or, with shift off, ends the answer ("length").
+        max_tokens = min(limit, opts.num_ctx - len(prompt))
         context = list(prompt) if job.prompt.return_context else None
         if max_tokens <= 0:
             job.emit(DoneEvent("length", len(prompt), time.perf_counter_ns() - started, 0, 0, context))
@@ -234,31 +240,15 @@ class LoadedLLM:
         stop_ids = list(self.eos_ids)
         if job.prompt.fim is not None and self.fim_format is not None:
             stop_ids += fim_stop_ids(self.tokenizer, self.fim_format)
+        sampler = make_request_sampler(opts, self.vocab_size)
+        num_keep = len(prompt) if opts.num_keep < 0 else opts.num_keep  # Ollama: negative keeps the prompt
         if not self.batchable:
-            self._generate_alone(job, prompt, max_tokens, started, context, reply, processors, set(stop_ids))
+            self._generate_alone(job, prompt, limit, num_keep, started, context, reply, sampler, processors,
+                                 set(stop_ids))
             return
 
-        cache, rest = self.prompt_cache.fetch_nearest_cache(self.model_key, prompt)
-        if cache is None:
-            rest = prompt
-        elif not rest:
-            # A full hit still needs one input token to produce the next one.
-            if can_trim_prompt_cache(cache):
-                trim_prompt_cache(cache, 1)
-                rest = prompt[-1:]
-            else:
-                cache, rest = None, prompt
-        cached = len(prompt) - len(rest)
         stops = self.stop_sequences if len(stop_ids) == len(self.eos_ids) else StopSequences([(t,) for t in stop_ids])
-        (uid,) = self._generator().insert(
-            [rest],
-            max_tokens=[max_tokens],
-            caches=[cache],
-            all_tokens=[prompt[:cached]],
-            samplers=[make_request_sampler(opts, self.vocab_size)],
-            logits_processors=[processors],
-            stop_sequences=[stops],
-        )
+        uid, cached = self._enqueue(prompt, max_tokens, sampler, processors, stops)
         self.active[uid] = _Active(
             job=job,
             detokenizer=self._detokenizer(),
@@ -267,7 +257,56 @@ class LoadedLLM:
             cached=cached,
             started=started,
             context=context,
+            limit=limit,
+            num_keep=num_keep,
+            sampler=sampler,
+            processors=processors,
+            stops=stops,
         )
+
+    def _enqueue(self, tokens: list[int], max_tokens: int, sampler, processors: list, stops) -> tuple[int, int]:
+        """Put a sequence into the batch, starting from the longest cached prefix of `tokens`:
+        (its batch uid, how many tokens came from the prompt cache)."""
+        cache, rest = self.prompt_cache.fetch_nearest_cache(self.model_key, tokens)
+        if cache is None:
+            rest = tokens
+        elif not rest:
+            # A full hit still needs one input token to produce the next one.
+            if can_trim_prompt_cache(cache):
+                trim_prompt_cache(cache, 1)
+                rest = tokens[-1:]
+            else:
+                cache, rest = None, tokens
+        cached = len(tokens) - len(rest)
+        (uid,) = self._generator().insert(
+            [rest],
+            max_tokens=[max_tokens],
+            caches=[cache],
+            all_tokens=[tokens[:cached]],
+            samplers=[sampler],
+            logits_processors=[processors],
+            stop_sequences=[stops],
+        )
+        return uid, cached
+
+    def _shift(self, uid: int, a: _Active, tokens: list[int]) -> None:
+        """Ollama's context shift for a sequence whose window is full: keep the first num_keep
+        tokens, drop the oldest half of the rest, and go on generating from what is left.
+
+        The sequence has already left the batch (mlx-lm ends it at its max_tokens); it comes back
+        as a new one whose cache is rebuilt from the kept tokens. Rebuilding costs a prefill of
+        half a window, but is right for every cache type: keys carry their rotary positions, so
+        cutting the middle out of a cache in place would leave them wrong, and rotating
+        (sliding-window) caches have already overwritten what they would need."""
+        num_ctx = a.job.options.num_ctx
+        kept = shifted_window(tokens, a.num_keep, num_ctx)
+        log.debug("context window full (%d tokens): shifting, keep %d, discard %d",
+                  len(tokens), min(a.num_keep, num_ctx - 1), len(tokens) - len(kept))
+        resume_processors(a.processors)
+        del self.active[uid]
+        new_uid, _ = self._enqueue(kept, min(a.limit - a.count, num_ctx - len(kept)), a.sampler, a.processors,
+                                   a.stops)
+        self.active[new_uid] = a
 
     def _detokenizer(self):
         """mlx-lm's streaming detokenizers drop a leading space from the first token, which is
@@ -349,15 +388,21 @@ class LoadedLLM:
                 if a.job.want_logprobs:
                     a.pending_logprobs.append(
                         token_logprobs(self.tokenizer, r.logprobs, r.token, a.job.top_logprobs))
-            if r.finish_reason is not None:
+            # "length" before the request's own limit: the window is full, and the sequence
+            # shifts and goes on (it has left the batch either way).
+            shifting = r.finish_reason == "length" and a.count < a.limit and a.job.prompt.shift
+            ended = r.finish_reason is not None and not shifting
+            if ended:
                 a.detokenizer.finalize()
             piece = a.reply.feed(a.detokenizer.last_segment)
             if piece or (a.pending_logprobs and not a.reply.stopped):
                 a.job.emit(_event(piece, a.pending_logprobs))
                 a.pending_logprobs = []
-            if r.finish_reason is not None:
+            if ended or (shifting and a.reply.stopped):
                 self.prompt_cache.insert_cache(self.model_key, list(r.all_tokens), r.prompt_cache)
-                self._finish(r.uid, r.finish_reason)
+                self._finish(r.uid, r.finish_reason if ended else "stop")
+            elif shifting:
+                self._shift(r.uid, a, list(r.all_tokens))
             elif a.reply.stopped:
                 saved = self.batch.remove([r.uid], return_prompt_caches=True)
                 for cache, tokens in saved.values():
@@ -427,48 +472,91 @@ class LoadedLLM:
 
     # -- models that cannot batch --------------------------------------------------------------
 
-    def _generate_alone(self, job: GenerationJob, prompt: list[int], max_tokens: int, started: int,
-                        context: list[int] | None, reply: ReplyParser, processors: list,
+    def _generate_alone(self, job: GenerationJob, prompt: list[int], limit: int, num_keep: int, started: int,
+                        context: list[int] | None, reply: ReplyParser, sampler, processors: list,
                         stop_ids: set[int]) -> None:
         opts = job.options
         detokenizer = self._detokenizer()
         first_token_at = None
         count = 0
         reason = "length"
-        gen = stream_generate(self.model, self.tokenizer, mx.array(prompt), max_tokens=max_tokens,
-                              sampler=make_request_sampler(opts, self.vocab_size), logits_processors=processors)
-        try:
-            for resp in gen:
-                first_token_at = first_token_at or time.perf_counter_ns()
-                if job.cancelled:
-                    return
-                logprobs = None
-                end = resp.token in stop_ids
-                if not end:
-                    detokenizer.add_token(resp.token)
-                    count += 1
-                    if context is not None:
-                        context.append(int(resp.token))
-                    if job.want_logprobs:
-                        logprobs = [token_logprobs(self.tokenizer, resp.logprobs, resp.token, job.top_logprobs)]
-                if end or resp.finish_reason:
-                    detokenizer.finalize()
-                piece = reply.feed(detokenizer.last_segment)
-                if piece or logprobs:
-                    job.emit(_event(piece, logprobs))
-                if end or reply.stopped:
-                    reason = "stop"
-                    break
-                if resp.finish_reason:
-                    reason = resp.finish_reason
-        finally:
-            gen.close()
+        window = list(prompt)
+        while True:
+            max_tokens = min(limit - count, opts.num_ctx - len(window))
+            gen = stream_generate(self.model, self.tokenizer, mx.array(window), max_tokens=max_tokens,
+                                  sampler=sampler, logits_processors=processors)
+            shifting = False
+            try:
+                for resp in gen:
+                    first_token_at = first_token_at or time.perf_counter_ns()
+                    if job.cancelled:
+                        return
+                    logprobs = None
+                    end = resp.token in stop_ids
+                    if not end:
+                        detokenizer.add_token(resp.token)
+                        count += 1
+                        window.append(int(resp.token))
+                        if context is not None:
+                            context.append(int(resp.token))
+                        if job.want_logprobs:
+                            logprobs = [token_logprobs(self.tokenizer, resp.logprobs, resp.token, job.top_logprobs)]
+                    # the window is full before the request's own limit: shift and go on (see _shift)
+                    shifting = resp.finish_reason == "length" and count < limit and job.prompt.shift
+                    if end or (resp.finish_reason and not shifting):
+                        detokenizer.finalize()
+                    piece = reply.feed(detokenizer.last_segment)
+                    if piece or logprobs:
+                        job.emit(_event(piece, logprobs))
+                    if end or reply.stopped:
+                        reason, shifting = "stop", False
+                        break
+                    if resp.finish_reason:
+                        reason = resp.finish_reason
+            finally:
+                gen.close()
+            if not shifting:
+                break
+            window = shifted_window(window, num_keep, opts.num_ctx)
+            resume_processors(processors)
         tail = reply.finish()
         if tail:
             job.emit(_event(tail, None))
         ended = time.perf_counter_ns()
         first_token_at = first_token_at or ended
         job.emit(DoneEvent(reason, len(prompt), first_token_at - started, count, ended - first_token_at, context))
+
+
+# --- context shift (Ollama's runner: InputCache.ShiftDiscard, Server.NewSequence, llm/server.go) ---
+
+# Ollama bounds an open-ended generation (num_predict < 0), and any larger num_predict, at this
+# many windows: with context shift a model that never stops would otherwise run for ever.
+OPEN_ENDED_WINDOWS = 10
+
+
+def generation_limit(num_predict: int, num_ctx: int) -> int:
+    """Tokens a request may generate in all, across context shifts."""
+    bound = OPEN_ENDED_WINDOWS * num_ctx
+    return bound if num_predict < 0 or num_predict > bound else num_predict
+
+
+def shifted_window(tokens: list[int], num_keep: int, num_ctx: int) -> list[int]:
+    """What a full window keeps when it shifts: the first num_keep tokens (at most num_ctx - 1, so
+    one can always go) and the newest ones, after dropping enough of the oldest for half of what
+    num_keep leaves free to be free again."""
+    keep = max(0, min(num_keep, num_ctx - 1, len(tokens)))
+    target_free = max((num_ctx - keep) // 2, 1)
+    discard = min(max(target_free - (num_ctx - len(tokens)), 0), len(tokens) - keep)
+    return tokens[:keep] + tokens[keep + discard:]
+
+
+def resume_processors(processors: list) -> None:
+    """Before a shifted sequence is prefilled again: a grammar processor has already consumed the
+    last kept token (it takes each token when asked for the next one), so its next call must not
+    take it a second time."""
+    for p in processors:
+        if isinstance(p, GrammarProcessor):
+            p.calls = 0
 
 
 def _failure_text(e: BaseException) -> str:
