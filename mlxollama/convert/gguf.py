@@ -869,6 +869,42 @@ def _cohere2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _ffn_width(m: _Meta, tensors: Mapping[str, Any]) -> int | None:
+    """The MLP's hidden width from ffn_up's shape: Phi2Model and StarCoderModel
+    write feed_forward_length as 4 * n_embd whatever the model has."""
+    up = tensors.get("blk.0.ffn_up.weight")
+    return int(up.shape[1]) if up is not None else m.int("feed_forward_length")
+
+
+def _phi2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Phi-2: LayerNorm, parallel attention/MLP, partial rotary."""
+    cfg = {"model_type": "phi", **_common_config(m, tensors)}
+    cfg.pop("rms_norm_eps")
+    cfg.pop("head_dim", None)  # _common_config took the rotated size for it
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    _dense_only(cfg, "phi2", "rope_scaling")
+    cfg.update(layer_norm_eps=m.float("attention.layer_norm_epsilon", 1e-5), intermediate_size=_ffn_width(m, tensors),
+               partial_rotary_factor=(m.int("rope.dimension_count") or head_dim) / head_dim)
+    return cfg
+
+
+def _starcoder_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """StarCoder (GPTBigCode): GPT-2 style names and config keys, learned
+    positions, fused qkv; multi-query read from the qkv width (the converter
+    writes head_count_kv 1 for every file)."""
+    cfg = {"model_type": "gpt_bigcode", **_common_config(m, tensors)}
+    cfg.pop("rms_norm_eps")
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    qkv = tensors.get("blk.0.attn_qkv.weight")
+    multi_query = qkv is None or int(qkv.shape[1]) == hidden + 2 * (hidden // heads)
+    cfg.update(n_embd=hidden, n_layer=cfg["num_hidden_layers"], n_head=heads, n_inner=_ffn_width(m, tensors),
+               n_positions=cfg.get("max_position_embeddings"), multi_query=multi_query,
+               num_key_value_heads=1 if multi_query else heads,
+               layer_norm_epsilon=m.float("attention.layer_norm_epsilon", 1e-5),
+               attention_bias="blk.0.attn_qkv.bias" in tensors, mlp_bias="blk.0.ffn_up.bias" in tensors)
+    return cfg
+
+
 def _exaone_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     """EXAONE 3.x: llama-like under GPT-2 style names (transformer.h.N...)."""
     cfg = {"model_type": "exaone", **_common_config(m, tensors)}
@@ -995,6 +1031,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma": ArchSpec(_gemma_config, norm_shift=1.0),
     "gemma2": ArchSpec(_gemma2_config, norm_shift=1.0),
     "gemma3": ArchSpec(_gemma3_config, norm_shift=1.0),
+    "phi2": ArchSpec(_phi2_config),
+    "starcoder": ArchSpec(_starcoder_config),
     "phi3": ArchSpec(_phi3_config, skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),
 }
 

@@ -24,7 +24,11 @@ GGUF_ARCH = {"gemma": "gemma", "llama": "llama", "mistral": "llama", "qwen2": "q
              "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "granite": "granite", "olmo2": "olmo2",
              "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r",
              "exaone": "exaone", "glm4": "glm4", "deepseek_v2": "deepseek2", "gpt_oss": "gpt-oss",
-             "olmoe": "olmoe", "cohere2": "cohere2", "granitemoe": "granitemoe"}
+             "olmoe": "olmoe", "cohere2": "cohere2", "granitemoe": "granitemoe",
+             "phi": "phi2", "gpt_bigcode": "starcoder"}
+# Phi2Model and StarCoderModel write their own short key set: no rope base,
+# feed_forward_length 4 * n_embd, StarCoder's head_count_kv 1 (multi-query).
+_OWN_KEYS = {"phi", "gpt_bigcode"}
 # Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
 _LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "granitemoe", "smollm3"}
 _PERMUTED_ARCHS = {"llama", "mistral3", "granite", "granitemoe", "smollm3"}
@@ -163,17 +167,18 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     mt = cfg["model_type"]
     arch = gguf_arch or GGUF_ARCH[mt]
     weights = load_hf_weights(hf_dir)
-    n_layer = cfg.get("num_hidden_layers") or cfg["num_layers"]  # exaone: num_layers
-    hidden, n_head = cfg["hidden_size"], cfg["num_attention_heads"]
-    n_kv = cfg.get("num_key_value_heads", n_head)
+    # exaone: num_layers; gpt_bigcode: GPT-2 style n_* names
+    n_layer = cfg.get("num_hidden_layers") or cfg.get("num_layers") or cfg["n_layer"]
+    hidden, n_head = cfg.get("hidden_size") or cfg["n_embd"], cfg.get("num_attention_heads") or cfg["n_head"]
+    n_kv = 1 if cfg.get("multi_query") else cfg.get("num_key_value_heads", n_head)
     head_dim = cfg.get("head_dim") or hidden // n_head
 
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny {mt}")
     w.add_block_count(n_layer)
-    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_context_length(cfg.get("max_position_embeddings") or cfg["n_positions"])
     w.add_embedding_length(hidden)
-    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_feed_forward_length(4 * hidden if mt in _OWN_KEYS else cfg["intermediate_size"])
     w.add_head_count(n_head)
     w.add_head_count_kv(1 if mt == "deepseek_v2" and not mla_legacy else n_kv)  # MLA as MQA in llama.cpp
     if "rms_norm_eps" in cfg:
@@ -183,7 +188,12 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
         w.add_rope_dimension_count(head_dim)
     if mt == "glm4":  # Glm4Model: the rotated part of each head
         w.add_rope_dimension_count(int(head_dim * cfg["partial_rotary_factor"]))
-    for key in ("norm_epsilon", "layer_norm_eps"):  # TextModel: LayerNorm architectures
+    if mt == "phi":
+        w.add_rope_dimension_count(int(cfg["partial_rotary_factor"] * hidden) // n_head)
+        w.add_add_bos_token(False)
+    for key in ("norm_epsilon", "layer_norm_eps", "layer_norm_epsilon"):  # TextModel: LayerNorm architectures
+        if key == "layer_norm_epsilon" and mt == "exaone":
+            continue
         if key in cfg:
             w.add_layer_norm_eps(cfg[key])
     w.add_file_type(int(_FILE_TYPE[qtype]))
@@ -192,7 +202,7 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
         w.add_value_length(head_dim)
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     theta = cfg.get("rope_theta") or rope.get("rope_theta")
-    if theta and mt not in ("gemma", "gemma2"):  # GemmaModel, Gemma2Model write no freq_base (10000 applies)
+    if theta and mt not in ("gemma", "gemma2", *_OWN_KEYS):  # GemmaModel, Gemma2Model write no freq_base (10000 applies)
         w.add_rope_freq_base(theta)
     if mt in _LLAMA_FAMILY:
         w.add_vocab_size(cfg["vocab_size"])

@@ -97,6 +97,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cohere2": {"architectures": ["Cohere2ForCausalLM"], "model_type": "cohere2", **_NO_RMS, "num_hidden_layers": 4,
                 "head_dim": 64, "layer_norm_eps": 1e-5, "logit_scale": 0.25, "sliding_window": 4,
                 "sliding_window_pattern": 4, "rotary_pct": 1.0, "rope_theta": 50000.0, "tie_word_embeddings": True},
+    # Phi-2: LayerNorm, biases, partial rotary, a biased lm_head.
+    "phi": {"architectures": ["PhiForCausalLM"], "model_type": "phi", **_NO_RMS, "num_key_value_heads": 4,
+            "intermediate_size": 1024, "partial_rotary_factor": 0.5, "layer_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "tie_word_embeddings": False},
+    # StarCoder / SantaCoder / granite-code 20B+ (GGUF "starcoder"): GPT-2 style, multi-query, learned positions.
+    "gpt_bigcode": {"architectures": ["GPTBigCodeForCausalLM"], "model_type": "gpt_bigcode", "n_embd": 256,
+                    "n_layer": 2, "n_inner": 1024, "n_head": 4, "n_positions": 2048, "layer_norm_epsilon": 1e-5,
+                    "vocab_size": VOCAB, "multi_query": True, "tie_word_embeddings": True},
     # EXAONE 3.x: GPT-2 style names, HF's num_layers / layer_norm_epsilon (RMSNorm).
     "exaone": {"architectures": ["ExaoneForCausalLM"], "model_type": "exaone",
                **{k: v for k, v in _NO_RMS.items() if k != "num_hidden_layers"}, "num_layers": 2,
@@ -201,7 +209,7 @@ def _random_weights(model_type: str, shapes: dict[str, tuple[int, ...]], rng) ->
             w = rng.uniform(-0.3, 0.3, shape) if gemma else rng.uniform(0.6, 1.4, shape)
         elif name.endswith(".bias"):
             w = rng.uniform(-0.2, 0.2, shape)
-        elif "embed_tokens" in name:
+        elif "embed_tokens" in name or name.endswith(("wte.weight", "wpe.weight")):
             # gemma multiplies embeddings by sqrt(hidden) = 16
             w = rng.normal(0, 1.0 / 16 if gemma else 1.0, shape)
         else:
