@@ -19,7 +19,8 @@ from gguf import GGMLQuantizationType as QT
 
 from .tinyhf import load_hf_weights
 
-GGUF_ARCH = {"gemma": "gemma", "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+GGUF_ARCH = {"gemma": "gemma", "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+             "gemma2": "gemma2",
              "gemma3_text": "gemma3", "phi3": "phi3", "ministral3": "mistral3", "mixtral": "llama",
              "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "granite": "granite", "olmo2": "olmo2",
              "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r",
@@ -202,7 +203,8 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
         w.add_value_length(head_dim)
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     theta = cfg.get("rope_theta") or rope.get("rope_theta")
-    if theta and mt not in ("gemma", "gemma2", *_OWN_KEYS):  # GemmaModel, Gemma2Model write no freq_base (10000 applies)
+    # GemmaModel, Gemma2Model (and _OWN_KEYS) write no freq_base: llama.cpp's 10000 applies
+    if theta and mt not in ("gemma", "gemma2", *_OWN_KEYS):
         w.add_rope_freq_base(theta)
     if mt in _LLAMA_FAMILY:
         w.add_vocab_size(cfg["vocab_size"])
@@ -316,7 +318,7 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     for hf_name, t in weights.items():
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         assert name, hf_name
-        if t.ndim == 1:
+        if t.ndim == 1 or name.endswith("_norm.weight"):  # the converter keeps these F32 (command-r+ q/k norms are 2-D)
             if mt in ("gemma", "gemma2", "gemma3_text") and hf_name.endswith("norm.weight"):
                 w.add_tensor(name, (t + 1).astype(np.float32))
             else:

@@ -301,4 +301,5 @@ def greedy(model, ids: list[int], n: int = 8) -> list[int]:
     return [int(tok) for tok, _ in steps]
 
 
-PROMPT = [5, 77, 120, 3, 250, 9, 300, 41, 17, 200, 64, 99]  # 12 ids: longer than gemma3's window and ministral3's yarn context
+# 12 ids: longer than the 4-token sliding windows and the yarn original contexts (8) of the tiny configs
+PROMPT = [5, 77, 120, 3, 250, 9, 300, 41, 17, 200, 64, 99]

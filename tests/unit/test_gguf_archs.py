@@ -157,6 +157,17 @@ def test_deepseek2_legacy_mla_layout(tmp_path, checkpoints, qtype):
         assert tokens == src_tokens
 
 
+@pytest.mark.parametrize("qtype", [QT.F16, QT.Q8_0], ids=lambda q: q.name)
+def test_command_r_plus_qk_norms(tmp_path, checkpoints, qtype):
+    """Command R+ adds per-head q/k LayerNorms (GGUF attn_q_norm (heads, head_dim))."""
+    hf_dir, _, _, src_tokens = checkpoints("cohere", use_qk_norm=True)
+    info, out, reference = _import(tmp_path, hf_dir, qtype)
+    assert json.loads((out / "config.json").read_text())["use_qk_norm"] is True
+    _, tokens = _check_exact(out, hf_dir, reference)
+    if qtype == QT.F16:
+        assert tokens == src_tokens
+
+
 def test_gemma3_without_sliding_window(tmp_path, checkpoints):
     """No attention.sliding_window key: every layer is global."""
     hf_dir, _, _, src_tokens = checkpoints("gemma3", sliding_window_pattern=1)
@@ -169,7 +180,8 @@ def test_gemma3_without_sliding_window(tmp_path, checkpoints):
 def test_supported_architectures():
     assert SUPPORTED_GGUF_ARCHITECTURES == {
         "llama", "mistral3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe", "granite",
-        "olmo2", "smollm3", "starcoder2", "command-r", "exaone", "glm4", "deepseek2", "gpt-oss", "olmoe", "cohere2", "granitemoe", "phi2", "starcoder"}
+        "olmo2", "smollm3", "starcoder2", "command-r", "exaone", "glm4", "deepseek2", "gpt-oss", "olmoe", "cohere2",
+        "granitemoe", "phi2", "starcoder"}
     # every claimed architecture is exercised by test_import_matches_source
     assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3"}
     assert all(gguf_architecture_supported(a) for a in SUPPORTED_GGUF_ARCHITECTURES)
