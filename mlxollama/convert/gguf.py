@@ -785,10 +785,9 @@ def _qwen3moe_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {**_qwen3_config(m, tensors), "model_type": "qwen3_moe", "num_experts": m.int("expert_count"),
            **_moe_counts(m, tensors)}
     cfg["intermediate_size"] = cfg["intermediate_size"] or cfg["moe_intermediate_size"]
+    # llama.cpp's qwen3moe has no dense layers (its tensor table lacks ffn_up/gate/down)
     cfg["decoder_sparse_step"] = 1
-    # Dense layers are the ones without a router.
-    cfg["mlp_only_layers"] = [i for i in range(cfg["num_hidden_layers"])
-                              if f"blk.{i}.ffn_gate_inp.weight" not in tensors]
+    cfg["mlp_only_layers"] = []
     # llama.cpp's qwen3moe graph renormalises the top-k weights unless told otherwise.
     cfg["norm_topk_prob"] = bool(m.get("expert_weights_norm", True))
     return cfg
