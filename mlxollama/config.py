@@ -44,7 +44,8 @@ Command line and service:
 | XDG_CONFIG_HOME | ~/.config | `xdg_config_home()`: where the systemd user unit lives |
 | (all) | | `child_environment()`: passed on to the agent `mlxollama launch` starts |
 
-Read by others, not by this package: HF_ENDPOINT and HF_TOKEN (huggingface_hub), and the
+Read by others, not by this package: HF_ENDPOINT and HF_TOKEN (huggingface_hub),
+OPENBLAS_NUM_THREADS (the OpenBLAS scripts/_setup.sh preloads), and the
 scripts' MLXOLLAMA_MLX_EXTRA, MLXOLLAMA_NO_OPENBLAS and MLXOLLAMA_SERVICE_WAIT.
 
 Only the standard library is imported here: the service scripts import this with a bare Python.

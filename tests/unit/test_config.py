@@ -120,8 +120,9 @@ def test_engine_settings_come_from_the_config():
     from mlxollama.engine.llm import EngineSettings
 
     c = Config.from_env({"OLLAMA_NUM_PARALLEL": "2", "MLXOLLAMA_PREFILL_STEP": "64",
-                         "MLXOLLAMA_PROMPT_CACHE_ENTRIES": "3", "MLXOLLAMA_PROMPT_CACHE_BYTES": "99"})
-    assert EngineSettings.from_config(c) == EngineSettings(2, 64, 3, 99)
+                         "MLXOLLAMA_PROMPT_CACHE_ENTRIES": "3", "MLXOLLAMA_PROMPT_CACHE_BYTES": "99",
+                         "MLXOLLAMA_CPU_DENSE": "12345"})
+    assert EngineSettings.from_config(c) == EngineSettings(2, 64, 3, 99, cpu_dense_bytes=12345)
 
 
 def test_no_module_but_config_reads_the_environment():
