@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -102,6 +103,18 @@ def bench_server(url: str, model: str, texts: dict[int, str], decode: int, runs:
                                     final["eval_count"] / final["eval_duration"] * 1e9))
             out[size] = _median_rates(samples, final["prompt_eval_count"])
     return out
+
+
+def chat_ttft(url: str, model: str, text: str) -> float:
+    """Seconds to the first streamed /api/chat chunk for a fresh prompt (Open WebUI's first turn)."""
+    body = {"model": model, "stream": True, "keep_alive": -1, "messages": [{"role": "user", "content": text}],
+            "options": {"temperature": 0, "num_predict": 4, "num_ctx": 8192}}
+    start = time.perf_counter()
+    with httpx.stream("POST", url + "/api/chat", json=body, timeout=3600) as r:
+        for line in r.iter_lines():
+            if line and json.loads(line).get("message", {}).get("content"):
+                return time.perf_counter() - start
+    return float("nan")
 
 
 LLAMA_CPP_CHILD = r"""
@@ -186,6 +199,10 @@ def measure(args, blas_label: str, fast_blas: bool) -> list[tuple[str, dict[int,
             rows.append((f"mlxollama /api/generate (auto) [{blas_label}]",
                          bench_server(server.url, args.model, texts if fast_blas else short,
                                       args.decode_tokens, args.runs)))
+            longest = max(texts if fast_blas else short)
+            ttft = chat_ttft(server.url, args.model, f"Read this and wait. {texts[longest]}")
+            print(f"  /api/chat time to first token, {longest}-token message, fresh prompt: {ttft:.1f} s",
+                  flush=True)
         finally:
             server.stop()
     return rows
@@ -193,12 +210,12 @@ def measure(args, blas_label: str, fast_blas: bool) -> list[tuple[str, dict[int,
 
 def print_table(rows, sizes: list[int]) -> None:
     print()
-    print(f"{'path':<64} {'prompt tok':>10} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    print(f"{'path':<72} {'prompt tok':>10} {'prefill tok/s':>14} {'decode tok/s':>13}")
     for label, by_size in rows:
         for n in sizes:
             if n in by_size:
                 r = by_size[n]
-                print(f"{label:<64} {r['prompt_tokens']:>10} {r['prefill_tps']:>14.1f} {r['decode_tps']:>13.1f}")
+                print(f"{label:<72} {r['prompt_tokens']:>10} {r['prefill_tps']:>14.1f} {r['decode_tps']:>13.1f}")
     print()
     base_label, base = rows[0]
     print(f"ratios to {base_label} (prefill, decode):")
