@@ -290,8 +290,9 @@ def mlx_dir_config(model_dir: Path, *, file_type: str = "", family: str = "", pa
 
 def supported_gguf_architectures() -> list[str]:
     from .gguf import ARCHITECTURES
+    from .gguf_encoder import ENCODER_ARCHITECTURES
 
-    return sorted(ARCHITECTURES)
+    return sorted({*ARCHITECTURES, *ENCODER_ARCHITECTURES})
 
 
 def check_gguf_architecture(arch: str) -> None:
@@ -351,7 +352,14 @@ def convert_gguf(gguf_path: Path, work: Path, emit: Emit, *, quantize: QuantSpec
                  base_config: dict | None = None) -> Converted:
     """GGUF file → MLX folder (+ optional adapter fusion and quantization) and its config blob."""
     from .gguf import UnsupportedGGUF, import_gguf
+    from .gguf_encoder import is_encoder_architecture, read_architecture
 
+    try:
+        if is_encoder_architecture(read_architecture(gguf_path)):  # bert, nomic-bert: our MLX encoder
+            return _convert_gguf_encoder(gguf_path, work, emit, quantize=quantize, adapter_dir=adapter_dir,
+                                         source_digest=source_digest, base_config=base_config)
+    except (ValueError, IndexError, KeyError) as e:  # not a GGUF: the importer below says so in Ollama's words
+        log.info("GGUF header unreadable: %s", e)
     out = work / "mlx"
     emit({"status": "converting to mlx"})
     with CONVERT_LOCK:
@@ -369,6 +377,31 @@ def convert_gguf(gguf_path: Path, work: Path, emit: Emit, *, quantize: QuantSpec
         context_length=result.context_length, embedding_length=result.embedding_length,
         source_digest=source_digest, base=base_config)
     return Converted(model_dir, config)
+
+
+def _convert_gguf_encoder(gguf_path: Path, work: Path, emit: Emit, *, quantize: QuantSpec | None,
+                          adapter_dir: Path | None, source_digest: str | None,
+                          base_config: dict | None) -> Converted:
+    """A GGUF sentence encoder → the folder engine/encoder.py runs (weights kept unquantized)."""
+    from .gguf_encoder import import_gguf_encoder
+
+    if quantize is not None:
+        raise ManageError("quantization is not supported for embedding models", 400)
+    if adapter_dir is not None:
+        raise ManageError("adapters are not supported for embedding models", 400)
+    out = work / "encoder"
+    emit({"status": "converting to mlx"})
+    with CONVERT_LOCK:
+        try:
+            result = import_gguf_encoder(gguf_path, out)
+        except ValueError as e:  # UnsupportedEncoderGGUF, UnsupportedEncoder: messages carry no paths
+            raise ManageError(str(e), 400) from e
+    config = model_config(
+        family=result.architecture, parameter_count=result.parameter_count,
+        file_type=(base_config or {}).get("file_type") or result.file_type,
+        context_length=result.context_length, embedding_length=result.embedding_length,
+        capabilities=["embedding"], source_digest=source_digest, base=base_config)
+    return Converted(out, config)
 
 
 def _transform(model_dir: Path, work: Path, emit: Emit, quantize: QuantSpec | None,

@@ -204,6 +204,93 @@ def _sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str], types: list[i
     return tok
 
 
+# llama.cpp's BERT converters store WordPiece pieces "phantom space" style: a
+# word-initial piece gets a leading U+2581, a continuation piece loses its "##",
+# bracketed specials ([CLS], [unused0]) stay as they are.
+_PHANTOM = "\u2581"
+
+
+def _wordpiece_text(piece: str) -> str:
+    """A GGUF ``bert`` vocabulary piece back in Hugging Face WordPiece spelling."""
+    if piece.startswith(_PHANTOM):
+        return piece[1:]
+    if piece.startswith("[") and piece.endswith("]"):
+        return piece
+    return "##" + piece
+
+
+def _special_id(meta: Mapping[str, Any], tokens: Sequence[str], keys: Sequence[str], text: str) -> int | None:
+    """The first of ``keys`` the file sets, else the id of the token spelled ``text``."""
+    for key in keys:
+        v = _get(meta, f"tokenizer.ggml.{key}")
+        if v is not None and 0 <= int(v) < len(tokens):
+            return int(v)
+    return tokens.index(text) if text in tokens else None
+
+
+def _vocab_is_uncased(words: Sequence[str], types: Sequence[int]) -> bool:
+    """A GGUF does not record do_lower_case; an uncased BERT vocabulary simply has no
+    upper-case pieces (bert-base-uncased: none of 30522), a cased one has thousands."""
+    normal = [w for w, ty in zip(words, types) if ty == TOKEN_NORMAL and not (w.startswith("[") and w.endswith("]"))]
+    upper = sum(1 for w in normal if w != w.lower())
+    return upper <= len(normal) // 1000
+
+
+def _wordpiece(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> tuple[Tokenizer, dict[str, Any]]:
+    """BERT's WordPiece tokenizer (what ``BertTokenizerFast`` builds): BERT normalizer,
+    BERT pre-tokenizer, greedy longest-match pieces, [CLS] text [SEP]."""
+    words = [_wordpiece_text(t) for t in tokens]
+    vocab: dict[str, int] = {}
+    for i, w in enumerate(words):
+        vocab.setdefault(w, i)
+    unk_id = _special_id(meta, tokens, ("unknown_token_id",), "[UNK]")
+    cls_id = _special_id(meta, tokens, ("cls_token_id", "bos_token_id"), "[CLS]")
+    sep_id = _special_id(meta, tokens, ("seperator_token_id", "eos_token_id"), "[SEP]")
+    pad_id = _special_id(meta, tokens, ("padding_token_id",), "[PAD]")
+    mask_id = _special_id(meta, tokens, ("mask_token_id",), "[MASK]")
+    if unk_id is None:
+        raise UnsupportedTokenizer("bert tokenizer without an unknown token")
+    unk = words[unk_id]
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=unk, continuing_subword_prefix="##",
+                                     max_input_chars_per_word=100))
+    lower = _vocab_is_uncased(words, types)
+    # strip_accents=None follows lowercase, as in BertTokenizerFast
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=None, lowercase=lower)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    specials = [i for i in (unk_id, cls_id, sep_id, pad_id, mask_id) if i is not None]
+    specials += [i for i, ty in enumerate(types) if ty == TOKEN_CONTROL and i not in specials and words[i]]
+    tok.add_special_tokens([AddedToken(words[i], special=True, normalized=False) for i in sorted(set(specials))])
+    user = [AddedToken(words[i], special=False, normalized=True)
+            for i, ty in enumerate(types) if ty == TOKEN_USER_DEFINED and words[i]]
+    if user:
+        tok.add_tokens(user)
+    add_cls = bool(_get(meta, "tokenizer.ggml.add_bos_token", True)) and cls_id is not None
+    add_sep = bool(_get(meta, "tokenizer.ggml.add_eos_token", True)) and sep_id is not None
+    if add_cls or add_sep:
+        cls, sep = (words[cls_id] if add_cls else None), (words[sep_id] if add_sep else None)
+        first = ([f"{cls}:0"] if cls else []) + ["$A:0"] + ([f"{sep}:0"] if sep else [])
+        second = ["$B:1"] + ([f"{sep}:1"] if sep else [])
+        tok.post_processor = processors.TemplateProcessing(
+            single=first, pair=first + second,
+            special_tokens=[(t, i) for t, i in ((cls, cls_id), (sep, sep_id)) if t])
+    facts = {
+        "bos_token": None, "eos_token": None,
+        "unk_token": unk,
+        "pad_token": words[pad_id] if pad_id is not None else None,
+        "cls_token": words[cls_id] if cls_id is not None else None,
+        "sep_token": words[sep_id] if sep_id is not None else None,
+        "mask_token": words[mask_id] if mask_id is not None else None,
+        "pad_token_id": pad_id,
+        "do_lower_case": lower,
+        "add_bos_token": False, "add_eos_token": False,
+        "bos_token_id": None, "eos_token_ids": [],
+        "control_tokens": [words[i] for i in sorted(set(specials))],
+    }
+    return tok, facts
+
+
 def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]:
     """The tokenizer plus the facts tokenizer_config.json needs."""
     model = _get(meta, "tokenizer.ggml.model")
@@ -213,6 +300,8 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]
     tokens = list(tokens)
     types = list(_get(meta, "tokenizer.ggml.token_type", [TOKEN_NORMAL] * len(tokens)))
     pre = str(_get(meta, "tokenizer.ggml.pre", "default"))
+    if model == "bert":
+        return _wordpiece(meta, tokens, types)
     if model == "gpt2":
         tok = _byte_level_bpe(meta, tokens)
         add_bos_default = pre in _ADD_BOS_DEFAULT
@@ -222,7 +311,7 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]
     else:
         raise UnsupportedTokenizer(
             f"tokenizer.ggml.model {model!r} is not supported (supported: 'gpt2' byte-level BPE, "
-            "'llama' sentencepiece)")
+            "'llama' sentencepiece, 'bert' WordPiece)")
 
     # CONTROL tokens are special (skipped by decode(skip_special_tokens=True));
     # USER_DEFINED ones (e.g. <think>) are added but not special, so they are
@@ -284,7 +373,8 @@ def write_tokenizer_files(meta: Mapping[str, Any], out_dir: str | Path,
     tok, facts = build_tokenizer(meta)
     tok.save(str(out / "tokenizer.json"))
 
-    specials = {k: facts[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if facts[k]}
+    specials = {k: facts[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token", "cls_token",
+                                      "sep_token", "mask_token") if facts.get(k)}
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **specials,

@@ -3,6 +3,10 @@
 Only the pieces an embedding endpoint needs: the encoder stack, the tokenizer from
 tokenizer.json, and the sentence-transformers pooling / normalisation. Results match
 sentence-transformers (see tests/test_encoder.py and tests/fixtures/embed_reference.json).
+
+Two layouts: BERT / RoBERTa / XLM-R (learned positions, GELU MLP, HF BertModel names) and
+NomicBERT (nomic-embed-text: rotary positions, fused QKV, SwiGLU, no biases; the names of
+nomic-ai's own modeling code).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tokenizers import Tokenizer
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "nomic_bert")
 POOLING_MODES = ("mean", "cls", "lasttoken", "max", "mean_sqrt_len")
 
 # Checkpoint entries that are not part of the encoder stack sentence-transformers runs.
@@ -81,14 +85,22 @@ class EncoderConfig:
     pad_token_id: int
     # RoBERTa counts positions from padding_idx + 1; BERT from 0.
     position_offset: int
+    # NomicBERT: rotary positions (base > 0) instead of learned ones, SwiGLU MLP.
+    rotary_base: float = 0.0
 
     @property
     def usable_positions(self) -> int:
         return self.max_position_embeddings - self.position_offset
 
+    @property
+    def is_nomic(self) -> bool:
+        return self.model_type == "nomic_bert"
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "EncoderConfig":
         model_type = str(raw.get("model_type") or "").lower()
+        if model_type == "nomic_bert":
+            return cls._from_nomic(raw)
         if model_type not in SUPPORTED_MODEL_TYPES:
             arch = model_type or ",".join(raw.get("architectures") or []) or "unknown"
             raise UnsupportedEncoder(
@@ -127,6 +139,40 @@ class EncoderConfig:
             hidden_act=act,
             pad_token_id=pad,
             position_offset=0 if model_type == "bert" else pad + 1,
+        )
+
+
+    @classmethod
+    def _from_nomic(cls, raw: dict[str, Any]) -> "EncoderConfig":
+        """nomic-ai's NomicBertConfig (GPT-2 style key names); the options its released
+        embedders use, anything else refused by name rather than run wrong."""
+        wanted = {"activation_function": "swiglu", "prenorm": False, "qkv_proj_bias": False,
+                  "mlp_fc1_bias": False, "mlp_fc2_bias": False, "rotary_emb_fraction": 1.0,
+                  "rotary_emb_interleaved": False}
+        for key, value in wanted.items():
+            if key in raw and raw[key] != value:
+                raise UnsupportedEncoder(
+                    f"unsupported embedding model architecture 'nomic_bert' with {key}={raw[key]!r}")
+        if raw.get("num_experts") or raw.get("moe_every_n_layers"):
+            raise UnsupportedEncoder("unsupported embedding model architecture 'nomic_bert' with experts (MoE)")
+        hidden = int(raw.get("n_embd") or raw["hidden_size"])
+        heads = int(raw.get("n_head") or raw["num_attention_heads"])
+        if hidden % heads:
+            raise UnsupportedEncoder(f"'nomic_bert': hidden size {hidden} not divisible by {heads} heads")
+        return cls(
+            model_type="nomic_bert",
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=hidden,
+            num_hidden_layers=int(raw.get("n_layer") or raw["num_hidden_layers"]),
+            num_attention_heads=heads,
+            intermediate_size=int(raw.get("n_inner") or raw.get("intermediate_size") or 4 * hidden),
+            max_position_embeddings=int(raw.get("n_positions") or raw.get("max_position_embeddings") or 2048),
+            type_vocab_size=int(raw.get("type_vocab_size", 2)),
+            layer_norm_eps=float(raw.get("layer_norm_epsilon", raw.get("layer_norm_eps", 1e-12))),
+            hidden_act="silu",
+            pad_token_id=int(raw.get("pad_token_id") or 0),
+            position_offset=0,
+            rotary_base=float(raw.get("rotary_emb_base") or 10000.0),
         )
 
 
@@ -398,19 +444,98 @@ class _Stack(nn.Module):
         self.layer = [_Layer(cfg) for _ in range(cfg.num_hidden_layers)]
 
 
+# ---- NomicBERT: post-LN blocks like BERT, but rotary attention and a SwiGLU MLP
+
+
+class _NomicEmbeddings(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        if cfg.type_vocab_size > 0:
+            self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+
+    def __call__(self, ids: mx.array, types: mx.array) -> mx.array:
+        x = self.word_embeddings(ids)
+        if "token_type_embeddings" in self:
+            x = x + self.token_type_embeddings(types)
+        return x
+
+
+class _RotaryAttention(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.Wqkv = nn.Linear(h, 3 * h, bias=False)  # rows: all q heads, all k, all v
+        self.out_proj = nn.Linear(h, h, bias=False)
+        self.n_heads = cfg.num_attention_heads
+        self.head_dim = h // cfg.num_attention_heads
+        self.base = cfg.rotary_base
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        b, t, h = x.shape
+        qkv = self.Wqkv(x).reshape(b, t, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        # rotate-half (non-interleaved) rotary over the whole head, positions from 0
+        q = mx.fast.rope(qkv[0], self.head_dim, traditional=False, base=self.base, scale=1.0, offset=0)
+        k = mx.fast.rope(qkv[1], self.head_dim, traditional=False, base=self.base, scale=1.0, offset=0)
+        out = mx.fast.scaled_dot_product_attention(q, k, qkv[2], scale=self.scale, mask=mask)
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, h))
+
+
+class _SwiGLU(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.fc11 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)  # value ("up")
+        self.fc12 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)  # gate
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.fc2(self.fc11(x) * nn.silu(self.fc12(x)))
+
+
+class _NomicLayer(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.attn = _RotaryAttention(cfg)
+        self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = _SwiGLU(cfg)
+        self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        x = self.norm1(self.attn(x, mask) + x)
+        return self.norm2(self.mlp(x) + x)
+
+
+class _NomicStack(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.layers = [_NomicLayer(cfg) for _ in range(cfg.num_hidden_layers)]
+
+
 class BertEncoder(nn.Module):
-    """BERT / RoBERTa encoder; parameter names are the HF ones without the `bert.` prefix."""
+    """BERT / RoBERTa / NomicBERT encoder; parameter names are the HF checkpoint's without
+    the `bert.` prefix (NomicBERT: nomic-ai's names, emb_ln and encoder.layers.N.attn.Wqkv)."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.embeddings = _Embeddings(cfg)
-        self.encoder = _Stack(cfg)
+        if cfg.is_nomic:
+            self.embeddings = _NomicEmbeddings(cfg)
+            self.emb_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+            self.encoder = _NomicStack(cfg)
+        else:
+            self.embeddings = _Embeddings(cfg)
+            self.encoder = _Stack(cfg)
 
     def __call__(self, ids: mx.array, types: mx.array, keep: mx.array) -> mx.array:
         """ids/types: int [B, L]; keep: bool [B, L] (False on padding) -> hidden [B, L, H]."""
         x = self.embeddings(ids, types)
         mask = keep[:, None, None, :]
-        for layer in self.encoder.layer:
+        if "emb_ln" in self:
+            x = self.emb_ln(x)
+            layers = self.encoder.layers
+        else:
+            layers = self.encoder.layer
+        for layer in layers:
             x = layer(x, mask)
         return x
 

@@ -1,0 +1,298 @@
+"""Import a GGUF sentence encoder (llama.cpp's ``bert`` and ``nomic-bert``) as the folder
+our MLX encoder (engine/encoder.py) loads.
+
+Ollama's library embedders (all-minilm, nomic-embed-text, mxbai-embed-large,
+snowflake-arctic-embed) are GGUFs written by llama.cpp's or Ollama's BERT converters. Those
+rename the Hugging Face tensors through gguf-py's ``TensorNameMap`` and change nothing else
+(BERT's q/k/v stay separate, NomicBERT's Wqkv stays fused, no permutation), so the import
+is the table read backwards onto the names the encoder uses, each tensor dequantized to
+float (embeddings are sensitive to requantization, and these models are small). The
+WordPiece vocabulary comes back from the ``tokenizer.ggml.*`` metadata (gguf_tokenizer.py);
+pooling from ``{arch}.pooling_type`` and normalisation from ``{arch}.normalize_embeddings``,
+defaulting as Ollama does (bert normalised, nomic-bert raw).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import gguf
+import mlx.core as mx
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from mlx.utils import tree_flatten
+
+from ..engine.encoder import BertEncoder, EncoderConfig, PoolingConfig
+from .gguf_tokenizer import UnsupportedTokenizer, write_tokenizer_files
+
+log = logging.getLogger(__name__)
+
+ENCODER_ARCHITECTURES = ("bert", "nomic-bert")
+
+# llama.cpp's pooling_type numbering (enum llama_pooling_type).
+_POOLING = {1: "mean", 2: "cls", 3: "lasttoken"}
+
+# GGUF tensor (without .weight/.bias) -> our encoder's parameter module, per architecture.
+# The HF side of each row is what gguf-py's TensorNameMap lists for that GGUF name.
+_BERT_NAMES = {
+    "token_embd": "embeddings.word_embeddings",
+    "position_embd": "embeddings.position_embeddings",
+    "token_types": "embeddings.token_type_embeddings",
+    "token_embd_norm": "embeddings.LayerNorm",
+    "blk.{bid}.attn_q": "encoder.layer.{bid}.attention.self.query",
+    "blk.{bid}.attn_k": "encoder.layer.{bid}.attention.self.key",
+    "blk.{bid}.attn_v": "encoder.layer.{bid}.attention.self.value",
+    "blk.{bid}.attn_output": "encoder.layer.{bid}.attention.output.dense",
+    "blk.{bid}.attn_output_norm": "encoder.layer.{bid}.attention.output.LayerNorm",
+    "blk.{bid}.ffn_up": "encoder.layer.{bid}.intermediate.dense",
+    "blk.{bid}.ffn_down": "encoder.layer.{bid}.output.dense",
+    "blk.{bid}.layer_output_norm": "encoder.layer.{bid}.output.LayerNorm",
+}
+_NOMIC_NAMES = {
+    "token_embd": "embeddings.word_embeddings",
+    "token_types": "embeddings.token_type_embeddings",
+    "token_embd_norm": "emb_ln",
+    "blk.{bid}.attn_qkv": "encoder.layers.{bid}.attn.Wqkv",
+    "blk.{bid}.attn_output": "encoder.layers.{bid}.attn.out_proj",
+    "blk.{bid}.attn_output_norm": "encoder.layers.{bid}.norm1",
+    "blk.{bid}.ffn_up": "encoder.layers.{bid}.mlp.fc11",
+    "blk.{bid}.ffn_gate": "encoder.layers.{bid}.mlp.fc12",
+    "blk.{bid}.ffn_down": "encoder.layers.{bid}.mlp.fc2",
+    "blk.{bid}.layer_output_norm": "encoder.layers.{bid}.norm2",
+}
+_NAMES = {"bert": _BERT_NAMES, "nomic-bert": _NOMIC_NAMES}
+# Present in some files, not used to embed: the pooler / classifier heads.
+_IGNORED = ("cls", "cls.output", "output_norm")
+
+
+class UnsupportedEncoderGGUF(ValueError):
+    """A GGUF embedder we cannot import (the reason is in the message, without paths)."""
+
+
+@dataclass
+class GGUFEncoderImport:
+    architecture: str
+    file_type: str
+    parameter_count: int
+    context_length: int | None
+    embedding_length: int | None
+    chat_template: str | None = None
+    files: list[str] = field(default_factory=list)
+    pooling: str = "mean"
+    normalize: bool = True
+
+
+def read_architecture(path: str | Path) -> str:
+    """``general.architecture`` of a GGUF file (cheap: metadata only is parsed lazily)."""
+    reader = gguf.GGUFReader(str(path), "r")
+    f = reader.fields.get("general.architecture")
+    return str(f.contents()) if f is not None else ""
+
+
+def is_encoder_architecture(arch: str) -> bool:
+    return arch in ENCODER_ARCHITECTURES
+
+
+def _metadata(reader: gguf.GGUFReader) -> tuple[dict[str, Any], dict[str, Any]]:
+    meta: dict[str, Any] = {}
+    types: dict[str, Any] = {}
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF.") or not f.types:
+            continue
+        try:
+            meta[key] = f.contents()
+        except UnicodeDecodeError:
+            if f.types[0] == gguf.GGUFValueType.ARRAY:
+                meta[key] = [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]
+            else:
+                meta[key] = bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
+        types[key] = f.types
+    return meta, types
+
+
+def _model_info(meta: Mapping[str, Any], types: Mapping[str, Any], parameter_count: int) -> dict[str, Any]:
+    """The key/values /api/show reports as model_info (long arrays emptied, as Ollama does)."""
+    info: dict[str, Any] = {}
+    for key, value in meta.items():
+        if key in ("general.name", "tokenizer.chat_template"):
+            continue
+        t = types.get(key) or []
+        if isinstance(value, list):
+            value = [] if len(value) > 5 else value
+        elif t and t[0] == gguf.GGUFValueType.FLOAT32:
+            value = float(str(np.float32(value)))  # 1e-12, not 9.9999999e-13
+        elif isinstance(value, np.generic):
+            value = value.item()
+        info[key] = value
+    info.setdefault("general.parameter_count", parameter_count)
+    return info
+
+
+def _file_type(meta: Mapping[str, Any]) -> str:
+    ft = meta.get("general.file_type")
+    try:
+        name = gguf.LlamaFileType(int(ft)).name if ft is not None else "ALL_F32"
+    except ValueError:
+        return "unknown"
+    if name == "ALL_F32":
+        return "F32"
+    return name.removeprefix("MOSTLY_")
+
+
+def _tensor_array(t: Any) -> np.ndarray:
+    """A GGUF tensor as numpy in row-major HF shape; F16/F32 kept, quantized types decoded."""
+    qtype = QT(t.tensor_type)
+    data = np.asarray(t.data)
+    if qtype == QT.F32:
+        w = data.astype(np.float32, copy=False)
+    elif qtype == QT.F16:
+        w = data.astype(np.float16, copy=False)
+    else:
+        try:
+            w = gguf.quants.dequantize(data, qtype).astype(np.float32, copy=False)
+        except (NotImplementedError, ValueError) as e:
+            raise UnsupportedEncoderGGUF(f"tensor {t.name}: GGML type {qtype.name} cannot be decoded") from e
+    return w.reshape(tuple(int(x) for x in reversed(t.shape)))
+
+
+def _map_names(arch: str, n_blocks: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for g, ours in _NAMES[arch].items():
+        if "{bid}" in g:
+            for b in range(n_blocks):
+                out[g.format(bid=b)] = ours.format(bid=b)
+        else:
+            out[g] = ours
+    return out
+
+
+def _config(arch: str, meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """config.json in the Hugging Face spelling our EncoderConfig reads."""
+
+    def need(key: str) -> Any:
+        v = meta.get(f"{arch}.{key}")
+        if v is None:
+            raise UnsupportedEncoderGGUF(f"{arch}: metadata {arch}.{key} is missing")
+        return v
+
+    def rows(name: str) -> int:
+        t = tensors.get(f"{name}.weight")
+        return int(t.shape[-1]) if t is not None else 0  # GGUF shapes are reversed: rows last
+
+    hidden = int(need("embedding_length"))
+    vocab = rows("token_embd")
+    if not vocab:
+        raise UnsupportedEncoderGGUF(f"{arch}: tensor token_embd.weight is missing")
+    eps = float(str(np.float32(meta.get(f"{arch}.attention.layer_norm_epsilon", 1e-12))))
+    common = {"vocab_size": vocab, "type_vocab_size": rows("token_types")}
+    if arch == "nomic-bert":
+        if meta.get(f"{arch}.expert_count"):
+            raise UnsupportedEncoderGGUF("nomic-bert with experts (nomic-bert-moe) is not supported")
+        return {"architectures": ["NomicBertModel"], "model_type": "nomic_bert", **common,
+                "n_embd": hidden, "n_layer": int(need("block_count")), "n_head": int(need("attention.head_count")),
+                "n_inner": int(need("feed_forward_length")), "n_positions": int(need("context_length")),
+                "layer_norm_epsilon": eps, "rotary_emb_base": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+                "rotary_emb_fraction": 1.0, "activation_function": "swiglu", "prenorm": False,
+                "qkv_proj_bias": False, "mlp_fc1_bias": False, "mlp_fc2_bias": False}
+    positions = rows("position_embd")
+    if not positions:
+        raise UnsupportedEncoderGGUF(f"{arch}: tensor position_embd.weight is missing")
+    if str(meta.get("tokenizer.ggml.model", "")) != "bert":
+        # XLM-RoBERTa (t5 / SentencePiece vocabulary) and RoBERTa-BPE BERTs also use arch "bert".
+        raise UnsupportedEncoderGGUF(
+            f"bert with tokenizer {meta.get('tokenizer.ggml.model')!r} (XLM-RoBERTa / RoBERTa family) "
+            "is not supported yet; BERT WordPiece models are")
+    return {"architectures": ["BertModel"], "model_type": "bert", **common,
+            "hidden_size": hidden, "num_hidden_layers": int(need("block_count")),
+            "num_attention_heads": int(need("attention.head_count")),
+            "intermediate_size": int(need("feed_forward_length")), "max_position_embeddings": positions,
+            "layer_norm_eps": eps, "hidden_act": "gelu", "position_embedding_type": "absolute",
+            "pad_token_id": int(meta.get("tokenizer.ggml.padding_token_id") or 0)}
+
+
+def _pooling(arch: str, meta: Mapping[str, Any]) -> PoolingConfig:
+    kind = meta.get(f"{arch}.pooling_type")
+    kind = 1 if kind is None else int(kind)
+    if kind == 4:
+        raise UnsupportedEncoderGGUF(f"{arch} reranker (pooling_type rank) is not supported")
+    if kind not in _POOLING:
+        # 0 (none) gives one vector per token in llama.cpp; one per text needs a pooling.
+        log.warning("%s: pooling_type %s; using mean pooling", arch, kind)
+    normalize = meta.get(f"{arch}.normalize_embeddings")
+    if normalize is None:
+        normalize = arch == "bert"  # Ollama's default per architecture
+    return PoolingConfig(_POOLING.get(kind, "mean"), bool(normalize))
+
+
+def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncoderImport:
+    """Convert a ``bert`` / ``nomic-bert`` GGUF into an encoder folder at ``out_dir``."""
+    out = Path(out_dir)
+    reader = gguf.GGUFReader(str(gguf_path), "r")
+    meta, types = _metadata(reader)
+    arch = str(meta.get("general.architecture", ""))
+    if arch not in ENCODER_ARCHITECTURES:
+        raise UnsupportedEncoderGGUF(f"GGUF architecture {arch!r} is not an embedding model we import")
+    tensors = {t.name: t for t in reader.tensors}
+    config = _config(arch, meta, tensors)
+    cfg = EncoderConfig.from_dict(config)
+    pooling = _pooling(arch, meta)
+
+    names = _map_names(arch, cfg.num_hidden_layers)
+    expected = {k: tuple(v.shape) for k, v in tree_flatten(BertEncoder(cfg).parameters())}
+    weights: dict[str, mx.array] = {}
+    for t in reader.tensors:
+        base, _, suffix = t.name.rpartition(".")
+        if base in _IGNORED:
+            continue
+        module = names.get(base)
+        if module is None or suffix not in ("weight", "bias"):
+            raise UnsupportedEncoderGGUF(f"{arch}: tensor {t.name} has no place in the encoder")
+        name = f"{module}.{suffix}"
+        w = _tensor_array(t)
+        if name not in expected:
+            raise UnsupportedEncoderGGUF(f"{arch}: tensor {t.name} has no place in the encoder")
+        if w.shape != expected[name]:
+            if w.size != int(np.prod(expected[name])):
+                raise UnsupportedEncoderGGUF(
+                    f"{arch}: tensor {t.name} has shape {list(w.shape)}, the encoder expects {list(expected[name])}")
+            w = w.reshape(expected[name])  # a (n,) bias spelled (1, n) and the like
+        weights[name] = mx.array(w)
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise UnsupportedEncoderGGUF(f"{arch}: the file lacks {len(missing)} encoder tensors, e.g. {missing[0]}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.safetensors"):
+        stale.unlink()
+    files: list[str] = []
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    files.append("model.safetensors")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    files.append("config.json")
+    context = int(meta.get(f"{arch}.context_length") or cfg.usable_positions)
+    try:
+        tok = write_tokenizer_files(meta, out, min(context, cfg.usable_positions))
+    except UnsupportedTokenizer as e:
+        raise UnsupportedEncoderGGUF(f"{arch}: {e}") from e
+    files += tok.files
+    (out / "pooling.json").write_text(json.dumps({"mode": pooling.mode, "normalize": pooling.normalize}) + "\n")
+    files.append("pooling.json")
+    parameter_count = sum(int(t.n_elements) for t in reader.tensors)
+    info = _model_info(meta, types, parameter_count)
+    info.setdefault(f"{arch}.pooling_type", pooling.ollama_pooling_type)  # marks it an embedder
+    (out / "model_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    files.append("model_info.json")
+    return GGUFEncoderImport(
+        architecture=arch,
+        file_type=_file_type(meta),
+        parameter_count=parameter_count,
+        context_length=context,
+        embedding_length=cfg.hidden_size,
+        files=files,
+        pooling=pooling.mode,
+        normalize=pooling.normalize,
+    )
