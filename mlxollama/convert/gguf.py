@@ -904,6 +904,32 @@ def _starcoder_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _stablelm_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """StableLM 2 / Stable Code: LayerNorm, partial rotary, optional qkv biases."""
+    cfg = {"model_type": "stablelm", **_common_config(m, tensors)}
+    cfg.pop("rms_norm_eps")
+    cfg.pop("head_dim", None)  # _common_config took the rotated size for it
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    _dense_only(cfg, "stablelm", "rope_scaling")
+    cfg.update(layer_norm_eps=m.float("attention.layer_norm_epsilon", 1e-5),
+               partial_rotary_factor=(m.int("rope.dimension_count") or head_dim) / head_dim,
+               use_qkv_bias="blk.0.attn_q.bias" in tensors,
+               # the converter writes true where the HF config is silent
+               use_parallel_residual=bool(m.get("use_parallel_residual", True)), qk_layernorm=False)
+    return cfg
+
+
+def _nemotron_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Nemotron / Minitron: LayerNorm1P (stored as 1 + w), squared-ReLU MLP, partial rotary."""
+    cfg = {"model_type": "nemotron", **_common_config(m, tensors)}
+    cfg.pop("rms_norm_eps")
+    head_dim = m.int("attention.key_length") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    cfg.update(hidden_act="relu2", norm_eps=m.float("attention.layer_norm_epsilon", 1e-5), head_dim=head_dim,
+               partial_rotary_factor=(m.int("rope.dimension_count") or head_dim) / head_dim,
+               attention_bias="blk.0.attn_q.bias" in tensors, mlp_bias="blk.0.ffn_up.bias" in tensors)
+    return cfg
+
+
 def _exaone_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     """EXAONE 3.x: llama-like under GPT-2 style names (transformer.h.N...)."""
     cfg = {"model_type": "exaone", **_common_config(m, tensors)}
@@ -1032,6 +1058,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma3": ArchSpec(_gemma3_config, norm_shift=1.0),
     "phi2": ArchSpec(_phi2_config),
     "starcoder": ArchSpec(_starcoder_config),
+    "stablelm": ArchSpec(_stablelm_config),
+    "nemotron": ArchSpec(_nemotron_config, norm_shift=1.0),
     "phi3": ArchSpec(_phi3_config, skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),
 }
 

@@ -26,7 +26,7 @@ GGUF_ARCH = {"gemma": "gemma", "llama": "llama", "mistral": "llama", "qwen2": "q
              "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r",
              "exaone": "exaone", "glm4": "glm4", "deepseek_v2": "deepseek2", "gpt_oss": "gpt-oss",
              "olmoe": "olmoe", "cohere2": "cohere2", "granitemoe": "granitemoe",
-             "phi": "phi2", "gpt_bigcode": "starcoder"}
+             "phi": "phi2", "gpt_bigcode": "starcoder", "stablelm": "stablelm", "nemotron": "nemotron"}
 # Phi2Model and StarCoderModel write their own short key set: no rope base,
 # feed_forward_length 4 * n_embd, StarCoder's head_count_kv 1 (multi-query).
 _OWN_KEYS = {"phi", "gpt_bigcode"}
@@ -192,6 +192,14 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     if mt == "phi":
         w.add_rope_dimension_count(int(cfg["partial_rotary_factor"] * hidden) // n_head)
         w.add_add_bos_token(False)
+    if mt == "stablelm":  # StableLMModel: its own key set, no rope base
+        w.add_rope_dimension_count(int(cfg["partial_rotary_factor"] * (hidden // n_head)))
+        w.add_parallel_residual(cfg.get("use_parallel_residual", True))
+    if mt == "nemotron":  # NemotronModel: LayerNorm1P weights stored as 1 + w
+        w.add_vocab_size(cfg["vocab_size"])
+        w.add_layer_norm_eps(cfg["norm_eps"])
+        w.add_rope_dimension_count(int(cfg["partial_rotary_factor"] * hidden) // n_head)
+        w.add_rope_scaling_type(gguf.RopeScalingType.NONE)
     for key in ("norm_epsilon", "layer_norm_eps", "layer_norm_epsilon"):  # TextModel: LayerNorm architectures
         if key == "layer_norm_epsilon" and mt == "exaone":
             continue
@@ -204,7 +212,7 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     theta = cfg.get("rope_theta") or rope.get("rope_theta")
     # GemmaModel, Gemma2Model (and _OWN_KEYS) write no freq_base: llama.cpp's 10000 applies
-    if theta and mt not in ("gemma", "gemma2", *_OWN_KEYS):
+    if theta and mt not in ("gemma", "gemma2", "stablelm", *_OWN_KEYS):
         w.add_rope_freq_base(theta)
     if mt in _LLAMA_FAMILY:
         w.add_vocab_size(cfg["vocab_size"])
@@ -319,7 +327,7 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         assert name, hf_name
         if t.ndim == 1 or name.endswith("_norm.weight"):  # the converter keeps these F32 (command-r+ q/k norms are 2-D)
-            if mt in ("gemma", "gemma2", "gemma3_text") and hf_name.endswith("norm.weight"):
+            if mt in ("gemma", "gemma2", "gemma3_text", "nemotron") and hf_name.endswith("norm.weight"):
                 w.add_tensor(name, (t + 1).astype(np.float32))
             else:
                 w.add_tensor(name, t.astype(np.float32))

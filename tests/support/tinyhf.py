@@ -105,6 +105,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "gpt_bigcode": {"architectures": ["GPTBigCodeForCausalLM"], "model_type": "gpt_bigcode", "n_embd": 256,
                     "n_layer": 2, "n_inner": 1024, "n_head": 4, "n_positions": 2048, "layer_norm_epsilon": 1e-5,
                     "vocab_size": VOCAB, "multi_query": True, "tie_word_embeddings": True},
+    "stablelm": {"architectures": ["StableLmForCausalLM"], "model_type": "stablelm", **_NO_RMS,
+                 "num_key_value_heads": 4, "partial_rotary_factor": 0.25, "layer_norm_eps": 1e-5, "use_qkv_bias": True,
+                 "use_parallel_residual": False, "qk_layernorm": False, "rope_theta": 10000.0,
+                 "tie_word_embeddings": False},
+    "nemotron": {"architectures": ["NemotronForCausalLM"], "model_type": "nemotron", **_NO_RMS, "head_dim": 64,
+                 "hidden_act": "relu2", "norm_eps": 1e-5, "partial_rotary_factor": 0.5, "rope_theta": 10000.0,
+                 "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False},
     # EXAONE 3.x: GPT-2 style names, HF's num_layers / layer_norm_epsilon (RMSNorm).
     "exaone": {"architectures": ["ExaoneForCausalLM"], "model_type": "exaone",
                **{k: v for k, v in _NO_RMS.items() if k != "num_hidden_layers"}, "num_layers": 2,

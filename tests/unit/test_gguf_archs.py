@@ -181,7 +181,7 @@ def test_supported_architectures():
     assert SUPPORTED_GGUF_ARCHITECTURES == {
         "llama", "mistral3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe", "granite",
         "olmo2", "smollm3", "starcoder2", "command-r", "exaone", "glm4", "deepseek2", "gpt-oss", "olmoe", "cohere2",
-        "granitemoe", "phi2", "starcoder"}
+        "granitemoe", "phi2", "starcoder", "stablelm", "nemotron"}
     # every claimed architecture is exercised by test_import_matches_source
     assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3"}
     assert all(gguf_architecture_supported(a) for a in SUPPORTED_GGUF_ARCHITECTURES)
