@@ -1,5 +1,5 @@
-"""Import a GGUF sentence encoder (llama.cpp's ``bert`` and ``nomic-bert``) as the folder
-our MLX encoder (engine/encoder.py) loads.
+"""Import a GGUF sentence encoder (llama.cpp's ``bert``, XLM-RoBERTa written as ``bert``, and
+``nomic-bert``) as the folder our MLX encoder (engine/encoder.py) loads.
 
 Ollama's library embedders (all-minilm, nomic-embed-text, mxbai-embed-large,
 snowflake-arctic-embed) are GGUFs written by llama.cpp's or Ollama's BERT converters. Those
@@ -201,16 +201,23 @@ def _config(arch: str, meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> d
     positions = rows("position_embd")
     if not positions:
         raise UnsupportedEncoderGGUF(f"{arch}: tensor position_embd.weight is missing")
-    if str(meta.get("tokenizer.ggml.model", "")) != "bert":
-        # XLM-RoBERTa (t5 / SentencePiece vocabulary) and RoBERTa-BPE BERTs also use arch "bert".
+    tokenizer = str(meta.get("tokenizer.ggml.model", ""))
+    layers = {"hidden_size": hidden, "num_hidden_layers": int(need("block_count")),
+              "num_attention_heads": int(need("attention.head_count")),
+              "intermediate_size": int(need("feed_forward_length")), "layer_norm_eps": eps,
+              "hidden_act": "gelu", "position_embedding_type": "absolute"}
+    if tokenizer == "t5":
+        # XLM-RoBERTa (bge-m3, multilingual-e5): llama.cpp dropped the pad_token_id + 1 position
+        # rows RoBERTa never uses; they come back as zeros so positions count from pad + 1 again.
+        pad = int(meta.get("tokenizer.ggml.padding_token_id", 1))
+        return {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta", **common, **layers,
+                "max_position_embeddings": positions + pad + 1, "pad_token_id": pad}
+    if tokenizer != "bert":
         raise UnsupportedEncoderGGUF(
-            f"bert with tokenizer {meta.get('tokenizer.ggml.model')!r} (XLM-RoBERTa / RoBERTa family) "
-            "is not supported yet; BERT WordPiece models are")
-    return {"architectures": ["BertModel"], "model_type": "bert", **common,
-            "hidden_size": hidden, "num_hidden_layers": int(need("block_count")),
-            "num_attention_heads": int(need("attention.head_count")),
-            "intermediate_size": int(need("feed_forward_length")), "max_position_embeddings": positions,
-            "layer_norm_eps": eps, "hidden_act": "gelu", "position_embedding_type": "absolute",
+            f"bert with tokenizer {tokenizer!r} (RoBERTa-BPE family) is not supported yet; "
+            "BERT WordPiece and XLM-RoBERTa unigram models are")
+    return {"architectures": ["BertModel"], "model_type": "bert", **common, **layers,
+            "max_position_embeddings": positions,
             "pad_token_id": int(meta.get("tokenizer.ggml.padding_token_id") or 0)}
 
 
@@ -253,6 +260,8 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
             raise UnsupportedEncoderGGUF(f"{arch}: tensor {t.name} has no place in the encoder")
         name = f"{module}.{suffix}"
         w = _tensor_array(t)
+        if base == "position_embd" and cfg.position_offset:
+            w = np.concatenate([np.zeros((cfg.position_offset, w.shape[1]), w.dtype), w])
         if name not in expected:
             raise UnsupportedEncoderGGUF(f"{arch}: tensor {t.name} has no place in the encoder")
         if w.shape != expected[name]:

@@ -291,6 +291,59 @@ def _wordpiece(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> 
     return tok, facts
 
 
+def _unigram(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> tuple[Tokenizer, dict[str, Any]]:
+    """SentencePiece Unigram (llama.cpp's "t5" / UGM model: XLM-RoBERTa, bge-m3) as the
+    tokenizers library spells it for XLM-R: the sentencepiece normalizer (its precompiled
+    charsmap, then extra-whitespace removal), Metaspace words, <s> text </s>."""
+    scores = _get(meta, "tokenizer.ggml.scores")
+    if scores is None:
+        raise UnsupportedTokenizer("t5 (unigram) tokenizer without tokenizer.ggml.scores")
+    unk_id = _get(meta, "tokenizer.ggml.unknown_token_id")
+    if unk_id is None:
+        unk_id = next((i for i, ty in enumerate(types) if ty == TOKEN_UNKNOWN), None)
+    tok = Tokenizer(models.Unigram([(t, float(sc)) for t, sc in zip(tokens, scores)],
+                                   unk_id=None if unk_id is None else int(unk_id),
+                                   byte_fallback=any(ty == TOKEN_BYTE for ty in types)))
+    norm = []
+    charsmap = _get(meta, "tokenizer.ggml.precompiled_charsmap")
+    if charsmap is not None and len(charsmap):
+        norm.append(normalizers.Precompiled(bytes(bytearray(int(b) & 0xFF for b in charsmap))))
+    if bool(_get(meta, "tokenizer.ggml.remove_extra_whitespaces", True)):
+        norm += [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")]
+    tok.normalizer = normalizers.Sequence(norm) if norm else None
+    scheme = "always" if bool(_get(meta, "tokenizer.ggml.add_space_prefix", True)) else "never"
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=True)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=scheme, split=True)
+    control = [i for i, ty in enumerate(types) if ty in (TOKEN_CONTROL, TOKEN_UNKNOWN) and tokens[i]]
+    tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in control])
+    user = [AddedToken(tokens[i], special=False, normalized=False)
+            for i, ty in enumerate(types) if ty == TOKEN_USER_DEFINED and tokens[i]]
+    if user:
+        tok.add_tokens(user)
+    bos_id, eos_id = _get(meta, "tokenizer.ggml.bos_token_id"), _get(meta, "tokenizer.ggml.eos_token_id")
+    bos, eos = _tok(tokens, bos_id), _tok(tokens, eos_id)
+    add_bos = bool(_get(meta, "tokenizer.ggml.add_bos_token", True)) and bos is not None
+    add_eos = bool(_get(meta, "tokenizer.ggml.add_eos_token", True)) and eos is not None
+    if add_bos or add_eos:
+        head, tail = ([f"{bos}:0"] if add_bos else []), ([f"{eos}:0"] if add_eos else [])
+        special = [(t, int(i)) for t, i, on in ((bos, bos_id, add_bos), (eos, eos_id, add_eos)) if on]
+        # RoBERTa's pair layout: <s> A </s></s> B </s>
+        tok.post_processor = processors.TemplateProcessing(
+            single=head + ["$A:0"] + tail, pair=head + ["$A:0"] + tail + tail + ["$B:0"] + tail,
+            special_tokens=list(dict.fromkeys(special)))
+    pad_id = _get(meta, "tokenizer.ggml.padding_token_id")
+    mask = "<mask>" if "<mask>" in tokens else None
+    facts = {
+        "bos_token": bos, "eos_token": eos, "unk_token": _tok(tokens, unk_id),
+        "pad_token": _tok(tokens, pad_id), "cls_token": bos, "sep_token": eos, "mask_token": mask,
+        "pad_token_id": None if pad_id is None else int(pad_id),
+        "add_bos_token": False, "add_eos_token": False,
+        "bos_token_id": None, "eos_token_ids": [],
+        "control_tokens": [tokens[i] for i in control],
+    }
+    return tok, facts
+
+
 def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]:
     """The tokenizer plus the facts tokenizer_config.json needs."""
     model = _get(meta, "tokenizer.ggml.model")
@@ -302,6 +355,8 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]
     pre = str(_get(meta, "tokenizer.ggml.pre", "default"))
     if model == "bert":
         return _wordpiece(meta, tokens, types)
+    if model == "t5":
+        return _unigram(meta, tokens, types)
     if model == "gpt2":
         tok = _byte_level_bpe(meta, tokens)
         add_bos_default = pre in _ADD_BOS_DEFAULT
@@ -311,7 +366,7 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]
     else:
         raise UnsupportedTokenizer(
             f"tokenizer.ggml.model {model!r} is not supported (supported: 'gpt2' byte-level BPE, "
-            "'llama' sentencepiece, 'bert' WordPiece)")
+            "'llama' sentencepiece, 'bert' WordPiece, 't5' unigram)")
 
     # CONTROL tokens are special (skipped by decode(skip_special_tokens=True));
     # USER_DEFINED ones (e.g. <think>) are added but not special, so they are

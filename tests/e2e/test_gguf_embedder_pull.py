@@ -29,16 +29,18 @@ def _config(family: str) -> dict:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """name -> (GGUF bytes, reference vectors) for a BERT (CLS pooling, like mxbai-embed-large)
-    and a NomicBERT (mean pooling, like nomic-embed-text)."""
+    """name -> (GGUF bytes, reference vectors, family) for a BERT (CLS pooling, like
+    mxbai-embed-large), a NomicBERT (mean pooling, like nomic-embed-text) and an XLM-RoBERTa
+    (unigram vocabulary, GGUF arch bert, like bge-m3)."""
     root = tmp_path_factory.mktemp("embedders")
     out = {}
-    for name, arch, pooling in [("tiny-minilm", "bert", "cls"), ("tiny-nomic", "nomic_bert", "mean")]:
+    for name, arch, pooling in [("tiny-minilm", "bert", "cls"), ("tiny-nomic", "nomic_bert", "mean"),
+                                ("tiny-bge", "xlm-roberta", "cls")]:
         hf = build_encoder_checkpoint(root / name, arch, seed=7, pooling=pooling)
         gguf = write_encoder_gguf(hf, root / f"{name}.gguf", QT.F16, ollama_keys=True)
         convert_sentence_transformers(hf, root / f"{name}-ref")
         ref, _ = EncoderModel.load(root / f"{name}-ref").embed(TEXTS, normalize=True)
-        out[name] = (gguf.read_bytes(), ref, arch.replace("_", "-"))
+        out[name] = (gguf.read_bytes(), ref, {"nomic_bert": "nomic-bert"}.get(arch, "bert"))
     return out
 
 
@@ -67,7 +69,7 @@ def _pull(http, name: str) -> list[dict]:
     return [json.loads(line) for line in r.text.splitlines()]
 
 
-@pytest.mark.parametrize("name", ["tiny-minilm", "tiny-nomic"])
+@pytest.mark.parametrize("name", ["tiny-minilm", "tiny-nomic", "tiny-bge"])
 def test_pulled_gguf_embedder_answers_embed(http, models, name):
     lines = _pull(http, name)
     assert lines[-1] == {"status": "success"}, lines
@@ -78,7 +80,7 @@ def test_pulled_gguf_embedder_answers_embed(http, models, name):
     assert show["capabilities"] == ["embedding"]
     assert show["details"]["family"] == family
     assert show["model_info"]["general.architecture"] == family
-    assert show["model_info"][f"{family}.pooling_type"] == (2 if family == "bert" else 1)
+    assert show["model_info"][f"{family}.pooling_type"] == (1 if name == "tiny-nomic" else 2)
 
     r = http.post("/api/embed", json={"model": name, "input": TEXTS})
     assert r.status_code == 200, r.text

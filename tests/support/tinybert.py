@@ -63,9 +63,43 @@ def build_wordpiece_tokenizer(out: Path) -> Tokenizer:
     return tok
 
 
-def _bert_shapes(h: int, layers: int, inner: int, vocab: int, positions: int) -> dict[str, tuple[int, ...]]:
+XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def build_unigram_tokenizer(out: Path) -> Tokenizer:
+    """An XLM-RoBERTa style SentencePiece Unigram tokenizer.json: Metaspace words, extra
+    whitespace removed, <s> text </s>, <mask> last.  (No precompiled charsmap: that needs a
+    real sentencepiece model; the GGUF then carries none either.)"""
+    from tokenizers import AddedToken, Regex
+
+    rng = np.random.default_rng(11)
+    pieces = ["▁"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"()[]-_#=*/") + list("日本語中文字éàüßПриветмир")
+    pieces += ["▁" + w for w in dict.fromkeys(_WORDS)] + ["ing", "ed", "er", "ly", "tion", "▁wal", "▁talk", "k"]
+    pieces = [p for p in dict.fromkeys(pieces) if p not in XLMR_SPECIALS]
+    vocab = [(t, 0.0) for t in XLMR_SPECIALS] + [(p, float(-2.0 - len(p) * 0.1 - rng.uniform(0, 3))) for p in pieces]
+    vocab.append(("<mask>", 0.0))
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.Strip(left=False, right=True),
+                                           normalizers.Replace(Regex(" {2,}"), "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s>:0 $A:0 </s>:0", pair="<s>:0 $A:0 </s>:0 </s>:0 $B:0 </s>:0",
+        special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in XLMR_SPECIALS + ["<mask>"]])
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 64, "bos_token": "<s>", "eos_token": "</s>",
+        "cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>",
+        "clean_up_tokenization_spaces": True}))
+    return tok
+
+
+def _bert_shapes(h: int, layers: int, inner: int, vocab: int, positions: int,
+                 type_vocab: int = 2) -> dict[str, tuple[int, ...]]:
     s = {"embeddings.word_embeddings.weight": (vocab, h), "embeddings.position_embeddings.weight": (positions, h),
-         "embeddings.token_type_embeddings.weight": (2, h), "embeddings.LayerNorm.weight": (h,),
+         "embeddings.token_type_embeddings.weight": (type_vocab, h), "embeddings.LayerNorm.weight": (h,),
          "embeddings.LayerNorm.bias": (h,), "pooler.dense.weight": (h, h), "pooler.dense.bias": (h,)}
     for i in range(layers):
         p = f"encoder.layer.{i}."
@@ -110,9 +144,9 @@ def _random(shapes: dict[str, tuple[int, ...]], rng) -> dict[str, np.ndarray]:
 def build_encoder_checkpoint(out: Path, arch: str = "bert", *, seed: int = 0, pooling: str = "mean",
                              normalize: bool = True, hidden: int = 64, layers: int = 2) -> Path:
     """A sentence-transformers folder (Transformer -> Pooling [-> Normalize]) holding a tiny
-    ``arch`` ("bert" or "nomic_bert") model with random weights, HF names and layout."""
+    ``arch`` ("bert", "nomic_bert" or "xlm-roberta") model with random weights, HF names and layout."""
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_wordpiece_tokenizer(out)
+    tok = build_unigram_tokenizer(out) if arch == "xlm-roberta" else build_wordpiece_tokenizer(out)
     vocab, heads, inner = tok.get_vocab_size(), 4, 2 * hidden
     if arch == "bert":
         config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab, "hidden_size": hidden,
@@ -120,6 +154,13 @@ def build_encoder_checkpoint(out: Path, arch: str = "bert", *, seed: int = 0, po
                   "max_position_embeddings": 64, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
                   "hidden_act": "gelu", "position_embedding_type": "absolute", "pad_token_id": 0}
         shapes = _bert_shapes(hidden, layers, inner, vocab, 64)
+    elif arch == "xlm-roberta":  # positions count from pad_token_id + 1 = 2: 64 usable
+        config = {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta", "vocab_size": vocab,
+                  "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+                  "intermediate_size": inner, "max_position_embeddings": 66, "type_vocab_size": 1,
+                  "layer_norm_eps": 1e-5, "hidden_act": "gelu", "position_embedding_type": "absolute",
+                  "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+        shapes = _bert_shapes(hidden, layers, inner, vocab, 66, type_vocab=1)
     elif arch == "nomic_bert":
         config = {"architectures": ["NomicBertModel"], "model_type": "nomic_bert", "vocab_size": vocab,
                   "n_embd": hidden, "n_layer": layers, "n_head": heads, "n_inner": inner, "n_positions": 128,
@@ -144,7 +185,8 @@ def build_encoder_checkpoint(out: Path, arch: str = "bert", *, seed: int = 0, po
         "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False}))
-    max_len = config.get("max_position_embeddings") or config["n_positions"]
+    max_len = config["max_position_embeddings"] - 2 if arch == "xlm-roberta" else (
+        config.get("max_position_embeddings") or config["n_positions"])
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len, "do_lower_case": False}))
     return out
 
@@ -175,6 +217,33 @@ def _gguf_tokenizer(w: gguf.GGUFWriter, hf_dir: Path) -> None:
     gguf.SpecialVocab(hf_dir, n_vocab=len(tokens)).add_to_gguf(w)
 
 
+def _gguf_unigram_tokenizer(w: gguf.GGUFWriter, hf_dir: Path, type_vocab: int) -> None:
+    """XLMRobertaModel's vocabulary from tokenizer.json (llama.cpp's "t5" model): pieces and
+    scores in id order, UNKNOWN / CONTROL / USER_DEFINED types, the sentencepiece flags."""
+    tj = json.loads((hf_dir / "tokenizer.json").read_text())
+    tc = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    vocab = tj["model"]["vocab"]
+    unk_id = tj["model"].get("unk_id", 3)
+    special = {t["id"] for t in tj["added_tokens"] if t.get("special")}
+    added = {t["id"] for t in tj["added_tokens"]}
+    types = [gguf.TokenType.UNKNOWN if i == unk_id else gguf.TokenType.CONTROL if i in special
+             else gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL for i in range(len(vocab))]
+    w.add_tokenizer_model("t5")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([p for p, _ in vocab])
+    w.add_token_scores([float(s) for _, s in vocab])
+    w.add_token_types(types)
+    w.add_add_space_prefix(True)
+    w.add_token_type_count(type_vocab)
+    w.add_remove_extra_whitespaces(bool(tc.get("clean_up_tokenization_spaces", True)))
+    charsmap = (tj.get("normalizer") or {}).get("precompiled_charsmap")
+    if charsmap:
+        import base64
+
+        w.add_precompiled_charsmap(base64.b64decode(charsmap))
+    gguf.SpecialVocab(hf_dir, n_vocab=len(vocab)).add_to_gguf(w)
+
+
 def write_encoder_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16, *, ollama_keys: bool = False) -> Path:
     """``hf_dir`` (build_encoder_checkpoint) as a GGUF of arch bert / nomic-bert.
     ``ollama_keys``: also {arch}.normalize_embeddings, as Ollama's own converter writes."""
@@ -187,7 +256,9 @@ def write_encoder_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16, *, ollama_k
     w = gguf.GGUFWriter(str(path), arch_name)
     w.add_name(f"tiny {arch_name}")
     # NomicBertModel: the HF n_positions is larger than the trained context; llama.cpp writes 2048
-    w.add_context_length(min(cfg["n_positions"], 2048) if nomic else cfg["max_position_embeddings"])
+    xlmr = cfg["model_type"] == "xlm-roberta"
+    offset = cfg["pad_token_id"] + 1 if xlmr else 0  # RobertaModel: position rows before pad + 1 dropped
+    w.add_context_length(min(cfg["n_positions"], 2048) if nomic else cfg["max_position_embeddings"] - offset)
     w.add_embedding_length(cfg.get("n_embd") or cfg["hidden_size"])
     w.add_feed_forward_length(cfg.get("n_inner") or cfg["intermediate_size"])
     w.add_block_count(layers)
@@ -204,7 +275,10 @@ def write_encoder_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16, *, ollama_k
         w.add_bool(f"{arch_name}.normalize_embeddings", any(m["type"].endswith(".Normalize") for m in modules))
     if nomic:
         w.add_rope_freq_base(cfg["rotary_emb_base"])
-    _gguf_tokenizer(w, hf_dir)
+    if xlmr:
+        _gguf_unigram_tokenizer(w, hf_dir, cfg["type_vocab_size"])
+    else:
+        _gguf_tokenizer(w, hf_dir)
 
     names = gguf.TensorNameMap(arch, layers)
     for name, v in mx.load(str(hf_dir / "model.safetensors")).items():
@@ -213,6 +287,8 @@ def write_encoder_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16, *, ollama_k
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert new is not None, name
         data = np.array(v.astype(mx.float32))
+        if name == "embeddings.position_embeddings.weight":
+            data = data[offset:]
         two_d = data.ndim == 2 and name.endswith(".weight") and "token_type" not in name  # token_types stays F32
         if two_d and qtype == QT.F16:
             w.add_tensor(new, data.astype(np.float16))
