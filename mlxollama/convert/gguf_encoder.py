@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import gguf
-import mlx.core as mx
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 from mlx.utils import tree_flatten
@@ -159,6 +158,35 @@ def _tensor_array(t: Any) -> np.ndarray:
     return w.reshape(tuple(int(x) for x in reversed(t.shape)))
 
 
+def _stored_dtype(t: Any) -> str:
+    """What _tensor_array yields for ``t``, in safetensors' spelling."""
+    return {QT.F16: "F16"}.get(QT(t.tensor_type), "F32")
+
+
+def _write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], str, Any]]) -> None:
+    """A safetensors file written one tensor at a time ((name, shape, dtype, producer) each), so a
+    pull holds one decoded tensor in memory, not the model."""
+    sizes = {"F16": 2, "F32": 4}
+    header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
+    offset = 0
+    for name, shape, dtype, _ in entries:
+        n = int(np.prod(shape)) * sizes[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name, shape, dtype, produce in entries:
+            data = np.ascontiguousarray(produce(), {"F16": "<f2", "F32": "<f4"}[dtype])
+            if data.shape != tuple(shape):
+                raise UnsupportedEncoderGGUF(f"tensor {name}: decoded shape {list(data.shape)}, expected {list(shape)}")
+            f.write(memoryview(data).cast("B"))
+    tmp.replace(path)
+
+
 def _map_names(arch: str, n_blocks: int) -> dict[str, str]:
     out: dict[str, str] = {}
     for g, ours in _NAMES[arch].items():
@@ -250,35 +278,39 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
 
     names = _map_names(arch, cfg.num_hidden_layers)
     expected = {k: tuple(v.shape) for k, v in tree_flatten(BertEncoder(cfg).parameters())}
-    weights: dict[str, mx.array] = {}
+    plan: list[tuple[str, Any, tuple[int, ...]]] = []  # (our name, GGUF tensor, shape), checked before writing
     for t in reader.tensors:
         base, _, suffix = t.name.rpartition(".")
         if base in _IGNORED:
             continue
         module = names.get(base)
-        if module is None or suffix not in ("weight", "bias"):
-            raise UnsupportedEncoderGGUF(f"{arch}: tensor {t.name} has no place in the encoder")
         name = f"{module}.{suffix}"
-        w = _tensor_array(t)
-        if base == "position_embd" and cfg.position_offset:
-            w = np.concatenate([np.zeros((cfg.position_offset, w.shape[1]), w.dtype), w])
-        if name not in expected:
+        if module is None or name not in expected:
             raise UnsupportedEncoderGGUF(f"{arch}: tensor {t.name} has no place in the encoder")
-        if w.shape != expected[name]:
-            if w.size != int(np.prod(expected[name])):
-                raise UnsupportedEncoderGGUF(
-                    f"{arch}: tensor {t.name} has shape {list(w.shape)}, the encoder expects {list(expected[name])}")
-            w = w.reshape(expected[name])  # a (n,) bias spelled (1, n) and the like
-        weights[name] = mx.array(w)
-    missing = sorted(set(expected) - set(weights))
+        shape = tuple(int(x) for x in reversed(t.shape))
+        if base == "position_embd":
+            shape = (shape[0] + cfg.position_offset, *shape[1:])
+        if shape != expected[name] and int(np.prod(shape)) != int(np.prod(expected[name])):
+            raise UnsupportedEncoderGGUF(
+                f"{arch}: tensor {t.name} has shape {list(shape)}, the encoder expects {list(expected[name])}")
+        plan.append((name, t, expected[name]))  # same size: a (n,) bias spelled (1, n) and the like
+    missing = sorted(set(expected) - {name for name, _, _ in plan})
     if missing:
         raise UnsupportedEncoderGGUF(f"{arch}: the file lacks {len(missing)} encoder tensors, e.g. {missing[0]}")
+
+    def tensor(t: Any, shape: tuple[int, ...]) -> np.ndarray:
+        w = _tensor_array(t)
+        if t.name == "position_embd.weight" and cfg.position_offset:
+            w = np.concatenate([np.zeros((cfg.position_offset, w.shape[1]), w.dtype), w])
+        return w.reshape(shape)
 
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.safetensors"):
         stale.unlink()
     files: list[str] = []
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    _write_safetensors(out / "model.safetensors",
+                       [(name, shape, _stored_dtype(t), lambda t=t, shape=shape: tensor(t, shape))
+                        for name, t, shape in plan])
     files.append("model.safetensors")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     files.append("config.json")
