@@ -273,7 +273,7 @@ def _rows_permutation(rows: int, n_head: int) -> np.ndarray:
     return np.arange(rows).reshape(n_head, head_dim // 2, 2).transpose(0, 2, 1).reshape(-1)
 
 
-def convert_tensor(t: Any, perm_heads: int | None = None) -> _Tensor:
+def convert_tensor(t: Any, perm_heads: int | None = None, mxfp4_interleaved: bool = False) -> _Tensor:
     """One GGUF tensor -> MLX arrays.  ``perm_heads``: undo llama.cpp's Q/K row
     permutation for that many heads (rows are output features, so it applies
     to packed rows, scales and biases alike, no dequantization needed)."""
@@ -302,7 +302,10 @@ def convert_tensor(t: Any, perm_heads: int | None = None) -> _Tensor:
     if qtype == QT.MXFP4:
         # Same E8M0 scale and E2M1 codes as MLX's mxfp4 mode; only the nibble order differs.
         blocks = np.ascontiguousarray(t.data).reshape(-1, gguf.GGML_QUANT_SIZES[qtype][1])
-        q = permute(_nibbles32(blocks[:, 1:]).reshape(rows, cols))
+        qs = blocks[:, 1:]
+        # llama.cpp: byte j holds elements j and j + 16; Ollama's gptoss keeps OpenAI's 2k / 2k + 1
+        codes = np.stack([qs & 0x0F, qs >> 4], axis=-1).reshape(-1, 32) if mxfp4_interleaved else _nibbles32(qs)
+        q = permute(codes.reshape(rows, cols))
         scale = permute(blocks[:, 0].reshape(rows, cols // GROUP))
         lead = shape[:-1]
         return _Tensor({"weight": pack_bits(q, 4).reshape(*lead, -1), "scales": scale.reshape(*lead, -1)},
@@ -424,6 +427,13 @@ class ArchSpec:
     # it is rebuilt from, mlx-lm module, builder(config, *arrays) -> weight).
     # Rebuilt from dequantized values, stored unquantized.
     joined: Mapping[str, tuple[tuple[str, ...], str, Callable[..., np.ndarray]]] = field(default_factory=dict)
+    # Files written by another converter (Ollama's own): whose naming table to
+    # read them with, their kind names -> llama.cpp's, fused tensors -> parts
+    # (llama.cpp kind, rows selector(config, n_rows)), MXFP4 nibble order.
+    table_arch: str | None = None
+    renamed: Mapping[str, str] = field(default_factory=dict)
+    split: Mapping[str, tuple[tuple[str, Callable[[Mapping[str, Any], int], Any]], ...]] = field(default_factory=dict)
+    mxfp4_interleaved: bool = False
 
 
 _ARCH_ENUM = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -461,13 +471,14 @@ _EXPERT_PROJ = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_dow
 
 
 def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
-                    params: Mapping[str, tuple[int, ...]], n_blocks: int) -> dict[str, str | None]:
+                    params: Mapping[str, tuple[int, ...]], n_blocks: int,
+                    config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """GGUF tensor name -> mlx-lm parameter name (None: not a weight), choosing
     among the Hugging Face names llama.cpp accepts for it the one that
     mlx-lm's model class has.  Every GGUF tensor must land on a parameter of
     the same shape and every parameter must be filled, else the file is refused
     by name rather than mis-loaded."""
-    inverse = _gguf_to_hf(arch, n_blocks)
+    inverse = _gguf_to_hf(spec.table_arch or arch, n_blocks)
 
     def pick(base: str, suffix: str) -> list[str]:
         found = {f"{hf}.{suffix}" for hf in inverse.get(base, ()) if f"{hf}.{suffix}" in params}
@@ -476,13 +487,32 @@ def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
             found = {hf for hf in inverse.get(base, ()) if hf in params}
         return sorted(found)
 
-    names: dict[str, str | None] = {}
+    names: dict[str, Any] = {}
     for name, t in tensors.items():
         if name in spec.skip_tensors:
             names[name] = None
             continue
-        base, _, suffix = name.rpartition(".")
+        # Ollama's gptoss names its sinks without ".weight"
+        base, _, suffix = name.rpartition(".") if name.endswith((".weight", ".bias")) else (name, "", "weight")
         block, _, kind = base.rpartition(".")
+        kind = spec.renamed.get(kind, kind)
+        base = f"{block}.{kind}" if block else kind
+        got = tuple(int(x) for x in reversed(t.shape))
+        if kind in spec.split:
+            parts = []
+            for part_kind, rows in spec.split[kind]:
+                found = pick(f"{block}.{part_kind}", suffix)
+                if len(found) != 1:
+                    raise UnsupportedGGUF(f"tensor {name!r} has no mapping for architecture {arch!r}")
+                part_shape = list(got)
+                axis = -2 if suffix == "weight" else -1  # rows: output features
+                part_shape[axis] = len(range(got[axis])[rows(config, got[axis])])
+                if [d for d in params[found[0]] if d != 1] != [d for d in part_shape if d != 1]:
+                    raise UnsupportedGGUF(f"tensor {name!r} has shape {list(got)}, mlx-lm expects parts "
+                                          f"like {list(params[found[0]])}")
+                parts.append((found[0], rows))
+            names[name] = tuple(parts)
+            continue
         joined = next((j for j in spec.joined.values() if kind in j[0]), None)
         if joined is not None and block.startswith("blk."):
             # Built once, from the last of its parts; its shape is checked when built.
@@ -497,11 +527,12 @@ def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
                                      for i in range(len(parts) - 1, 0, -1)) if c in params][:1]
         if len(found) != 1:
             raise UnsupportedGGUF(f"tensor {name!r} has no mapping for architecture {arch!r}")
-        want, got = params[found[0]], tuple(int(x) for x in reversed(t.shape))
+        want = params[found[0]]
         if [d for d in want if d != 1] != [d for d in got if d != 1]:
             raise UnsupportedGGUF(f"tensor {name!r} has shape {list(got)}, mlx-lm expects {list(want)}")
         names[name] = found[0]
-    missing = set(params) - set(names.values())
+    placed = {n for v in names.values() if v is not None for n in ([p for p, _ in v] if isinstance(v, tuple) else [v])}
+    missing = set(params) - placed
     if "token_embd.weight" in tensors:
         missing.discard("lm_head.weight")  # tied: models that always build lm_head drop it in sanitize
     missing = sorted(missing)
@@ -1014,6 +1045,10 @@ def _gpt_oss_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
                intermediate_size=m.int("expert_feed_forward_length") or cfg["intermediate_size"],
                sliding_window=m.int("attention.sliding_window", 128))
     scaling = cfg.pop("rope_scaling", None)
+    if scaling and m.arch == "gptoss" and m.get("rope.scaling.type") is None:
+        # Ollama's converter writes factor and original context only: gpt-oss's yarn, its betas
+        scaling = {"type": "yarn", "factor": scaling["factor"], "beta_fast": 32.0, "beta_slow": 1.0,
+                   "original_max_position_embeddings": m.int("rope.scaling.original_context_length")}
     if scaling:
         if scaling["type"] != "yarn":
             raise UnsupportedGGUF(f"gpt-oss: rope scaling {scaling['type']} is not supported")
@@ -1029,6 +1064,17 @@ def _gpt_oss_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
         raise UnsupportedGGUF("gpt-oss: mlx-lm needs both sliding-window and global layers")
     cfg["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
     return cfg
+
+
+def _qkv_rows(part: int) -> Callable[[Mapping[str, Any], int], slice]:
+    """Rows of q, k or v in a fused [q; k; v] projection."""
+
+    def rows(cfg: Mapping[str, Any], n: int) -> slice:
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        q, kv = cfg["num_attention_heads"] * head_dim, cfg["num_key_value_heads"] * head_dim
+        return [slice(0, q), slice(q, q + kv), slice(q + kv, q + 2 * kv)][part]
+
+    return rows
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -1051,6 +1097,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "exaone": ArchSpec(_exaone_config),
     "glm4": ArchSpec(_glm4_config),
     "gpt-oss": ArchSpec(_gpt_oss_config),
+    # gpt-oss as Ollama's library ships it (Ollama's own converter)
+    "gptoss": ArchSpec(_gpt_oss_config, table_arch="gpt-oss", mxfp4_interleaved=True,
+                       renamed={"attn_out": "attn_output", "ffn_norm": "post_attention_norm"},
+                       split={"attn_qkv": (("attn_q", _qkv_rows(0)), ("attn_k", _qkv_rows(1)),
+                                           ("attn_v", _qkv_rows(2))),
+                              # gate and up rows interleaved, as OpenAI's checkpoints hold them
+                              "ffn_gate_up_exps": (("ffn_gate_exps", lambda c, n: slice(0, n, 2)),
+                                                   ("ffn_up_exps", lambda c, n: slice(1, n, 2)))}),
     "deepseek2": ArchSpec(_deepseek2_config, joined={
         "attn_v_b": (("attn_k_b", "attn_v_b"), "self_attn.kv_b_proj", _deepseek2_kv_b)}),
     "gemma": ArchSpec(_gemma_config, norm_shift=1.0),
@@ -1136,7 +1190,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     config = spec.build_config(m, tensors)
     # Fails early, before writing anything, on a tensor or shape mlx-lm has no place for.
     params = _mlx_parameter_shapes(config)
-    names = tensor_name_map(arch, spec, tensors, params, config["num_hidden_layers"])
+    names = tensor_name_map(arch, spec, tensors, params, config["num_hidden_layers"], config)
     n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
 
     out.mkdir(parents=True, exist_ok=True)
@@ -1144,6 +1198,9 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     for stale in [*out.glob("model*.safetensors"), *out.glob(".partial-*.safetensors"),
                   out / "model.safetensors.index.json"]:
         stale.unlink(missing_ok=True)
+    if arch == "gptoss" and meta.get("tokenizer.ggml.pre") in (None, "default"):
+        # Ollama's engine splits gpt-oss text with o200k's rules whatever the file says
+        meta = {**meta, "tokenizer.ggml.pre": "gpt-4o"}
     try:
         tok_info = write_tokenizer_files(meta, out, config.get("max_position_embeddings"))
     except UnsupportedTokenizer as e:
@@ -1154,6 +1211,20 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     for t in reader.tensors:
         name = names[t.name]
         if name is None:
+            continue
+        if isinstance(name, tuple):  # a fused tensor: its rows go to several parameters, exactly
+            conv = convert_tensor(t, None, spec.mxfp4_interleaved)
+            for part, rows in name:
+                module, suffix = part.rsplit(".", 1)
+                for key, a in conv.arrays.items():
+                    if suffix == "bias" and conv.quant is None:
+                        a = a[..., rows(config, a.shape[-1])]
+                    else:
+                        a = a[..., rows(config, a.shape[-2]), :]
+                    writer.add(f"{module}.{key}" if key != "weight" else part, np.ascontiguousarray(a))
+                if conv.quant is not None:
+                    quant[module] = conv.quant
+            writer.maybe_flush()
             continue
         perm = None
         if spec.permute_qk:
@@ -1170,7 +1241,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
                 raise UnsupportedGGUF(f"{t.name}: rebuilt shape {list(w.shape)}, mlx-lm expects {list(params[name])}")
             conv = _Tensor({"weight": _half_if_exact(w)[0]})
         else:
-            conv = convert_tensor(t, perm)
+            conv = convert_tensor(t, perm, spec.mxfp4_interleaved)
         if spec.norm_shift and t.name.endswith("norm.weight"):
             # (1 + w) - 1 is exact in float32 for |w| <= 1, so mlx-lm's 1 + w
             # reproduces the stored value bit for bit.

@@ -358,3 +358,80 @@ def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None
     w.write_tensors_to_file()
     w.close()
     return reference
+
+
+def write_ollama_gptoss(hf_dir: Path, path: Path, qtype: QT, fused_qkv: bool = False) -> dict[str, np.ndarray]:
+    """gpt-oss as Ollama's own converter (convert_gptoss.go) writes it for its
+    library: architecture "gptoss", its tensor names (attn_out, ffn_norm,
+    sinks without ".weight", gate/up experts fused and interleaved), MXFP4
+    blocks as OpenAI stores them (scale byte, then 16 bytes with element 2k in
+    the low nibble of byte k), yarn given only by factor and original context.
+    ``fused_qkv``: the original-checkpoint flavour, q/k/v rows in one attn_qkv."""
+    hf_dir = Path(hf_dir)
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    weights = load_hf_weights(hf_dir)
+    n_head, n_kv, head_dim = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    rope = cfg["rope_scaling"]
+    w = gguf.GGUFWriter(str(path), "gptoss")
+    w.add_name("tiny gpt-oss")
+    w.add_file_type(4)  # Ollama's MXFP4 file type
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_expert_count(cfg["num_local_experts"])
+    w.add_expert_used_count(cfg["num_experts_per_tok"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_rope_scaling_factor(rope["factor"])
+    w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    _tokenizer_metadata(w, hf_dir, cfg)
+
+    renames = [("lm_head", "output"), ("model.embed_tokens", "token_embd"), ("model.layers", "blk"),
+               ("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
+               ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_out"), ("self_attn.sinks", "attn_sinks"),
+               ("post_attention_layernorm", "ffn_norm"), ("mlp.router", "ffn_gate_inp"),
+               ("mlp.experts.gate_up_proj_", "ffn_gate_up_exps."), ("mlp.experts.down_proj_", "ffn_down_exps."),
+               ("model.norm", "output_norm")]
+
+    def rename(hf_name: str) -> str:
+        for a, b in renames:
+            hf_name = hf_name.replace(a, b)
+        return hf_name
+
+    reference: dict[str, np.ndarray] = {}
+    for name in [k for k in weights if k.endswith("_blocks")]:
+        scales_name = name.replace("_blocks", "_scales")
+        blocks, scales = weights.pop(name), weights.pop(scales_name)
+        reference[name], reference[scales_name] = blocks, scales  # lossless
+        data = np.concatenate([scales[..., None], blocks], axis=-1).reshape(*scales.shape[:-1], -1)
+        w.add_tensor(rename(name).removesuffix(".blocks") + ".weight", data, raw_dtype=QT.MXFP4)
+    if fused_qkv:
+        for q_name in [k for k in weights if k.endswith("self_attn.q_proj.weight") or k.endswith("q_proj.bias")]:
+            parts = [q_name.replace("q_proj", p) for p in ("q_proj", "k_proj", "v_proj")]
+            weights[q_name.replace("q_proj", "qkv_proj")] = np.concatenate([weights.pop(p) for p in parts])
+            reference.update({p: None for p in parts})  # filled from the fused rows below
+    for hf_name, t in weights.items():
+        name = rename(hf_name).replace("self_attn.qkv_proj", "attn_qkv")
+        if t.ndim == 1 or ".bias" in name or name.endswith("_bias") or "ffn_gate_inp" in name:
+            data = decoded = t.astype(np.float32)
+            w.add_tensor(name.replace("_exps.bias", "_exps.bias"), data)
+        else:
+            data, decoded, used = _encode(t, qtype)
+            w.add_tensor(name, data, raw_dtype=None if used == QT.F16 else used)
+        if "qkv_proj" in hf_name:
+            q, kv = n_head * head_dim, n_kv * head_dim
+            for p, rows in (("q_proj", slice(0, q)), ("k_proj", slice(q, q + kv)), ("v_proj", slice(q + kv, None))):
+                reference[hf_name.replace("qkv_proj", p)] = decoded[rows]
+        else:
+            reference[hf_name] = decoded
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return reference

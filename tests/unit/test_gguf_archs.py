@@ -32,7 +32,7 @@ from mlxollama.convert.gguf import (
 )
 
 from ..support import tinyhf as th
-from ..support.ggufwriter import GGUF_ARCH, write_gguf
+from ..support.ggufwriter import GGUF_ARCH, write_gguf, write_ollama_gptoss
 
 ARCHS = list(th.CONFIGS)
 QTYPES = [QT.F16, QT.Q8_0, QT.Q4_K]
@@ -168,6 +168,23 @@ def test_command_r_plus_qk_norms(tmp_path, checkpoints, qtype):
         assert tokens == src_tokens
 
 
+@pytest.mark.parametrize("fused_qkv", [False, True], ids=["hf-flavour", "original-flavour"])
+def test_ollama_gptoss(tmp_path, checkpoints, fused_qkv):
+    """gpt-oss from Ollama's library ("gptoss", Ollama's own converter): its
+    names, fused interleaved gate/up experts and q/k/v split by rows, OpenAI's
+    MXFP4 nibble order, yarn implied; MXFP4 -> mxfp4 stays lossless."""
+    hf_dir, _, _, src_tokens = checkpoints("gpt_oss")
+    path = tmp_path / "model.gguf"
+    reference = write_ollama_gptoss(hf_dir, path, QT.F16, fused_qkv=fused_qkv)
+    info = import_gguf(path, tmp_path / "mlx")
+    assert (info.architecture, info.file_type) == ("gptoss", "MXFP4")
+    cfg = json.loads((tmp_path / "mlx" / "config.json").read_text())
+    assert cfg["rope_scaling"] == {"rope_type": "yarn", "factor": 8.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                   "original_max_position_embeddings": 8}
+    _, tokens = _check_exact(tmp_path / "mlx", hf_dir, reference)
+    assert tokens == src_tokens
+
+
 def test_gemma3_without_sliding_window(tmp_path, checkpoints):
     """No attention.sliding_window key: every layer is global."""
     hf_dir, _, _, src_tokens = checkpoints("gemma3", sliding_window_pattern=1)
@@ -181,9 +198,9 @@ def test_supported_architectures():
     assert SUPPORTED_GGUF_ARCHITECTURES == {
         "llama", "mistral3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe", "granite",
         "olmo2", "smollm3", "starcoder2", "command-r", "exaone", "glm4", "deepseek2", "gpt-oss", "olmoe", "cohere2",
-        "granitemoe", "phi2", "starcoder", "stablelm", "nemotron"}
+        "granitemoe", "phi2", "starcoder", "stablelm", "nemotron", "gptoss"}
     # every claimed architecture is exercised by test_import_matches_source
-    assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3"}
+    assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3", "gptoss"}
     assert all(gguf_architecture_supported(a) for a in SUPPORTED_GGUF_ARCHITECTURES)
     for arch in ("mamba", "gemma3n", "mistral4", "internlm2", "", "LLAMA"):
         assert not gguf_architecture_supported(arch)
