@@ -301,3 +301,56 @@ def write_encoder_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16, *, ollama_k
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_synthetic_bert_gguf(path: Path, *, hidden: int = 512, layers: int = 8, vocab: int = 8000,
+                              seed: int = 0) -> dict[str, int]:
+    """A BERT GGUF of real proportions (F16 matrices) written straight from random numpy,
+    without a Hugging Face checkpoint: for measuring the import's memory. Returns the total
+    and the largest tensor sizes in bytes."""
+    inner = 4 * hidden
+    w = gguf.GGUFWriter(str(path), "bert")
+    w.add_context_length(512)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inner)
+    w.add_block_count(layers)
+    w.add_head_count(hidden // 64)
+    w.add_layer_norm_eps(1e-12)
+    w.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType.MEAN)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    w.add_tokenizer_model("bert")
+    w.add_token_list(specials + [f"\u2581w{i}" for i in range(vocab - len(specials))])
+    w.add_token_types([gguf.TokenType.CONTROL] * len(specials) + [gguf.TokenType.NORMAL] * (vocab - len(specials)))
+    w.add_unk_token_id(1)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(3)
+    w.add_pad_token_id(0)
+    rng = np.random.default_rng(seed)
+    sizes = []
+
+    def add(name: str, shape: tuple[int, ...], f16: bool) -> None:
+        a = rng.standard_normal(shape, dtype=np.float32)
+        a = a.astype(np.float16) if f16 else a
+        sizes.append(a.nbytes)
+        w.add_tensor(name, a)
+
+    add("token_embd.weight", (vocab, hidden), True)
+    add("position_embd.weight", (512, hidden), True)
+    add("token_types.weight", (2, hidden), False)
+    add("token_embd_norm.weight", (hidden,), False)
+    add("token_embd_norm.bias", (hidden,), False)
+    for b in range(layers):
+        for n, rows, cols in [("attn_q", hidden, hidden), ("attn_k", hidden, hidden), ("attn_v", hidden, hidden),
+                              ("attn_output", hidden, hidden), ("ffn_up", inner, hidden), ("ffn_down", hidden, inner)]:
+            add(f"blk.{b}.{n}.weight", (rows, cols), True)
+            add(f"blk.{b}.{n}.bias", (rows,), False)
+        for n in ("attn_output_norm", "layer_output_norm"):
+            add(f"blk.{b}.{n}.weight", (hidden,), False)
+            add(f"blk.{b}.{n}.bias", (hidden,), False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"total": sum(sizes), "largest": max(sizes)}

@@ -20,7 +20,7 @@ from mlxollama.convert.gguf_tokenizer import build_tokenizer
 from mlxollama.engine.encoder import EncoderModel
 from mlxollama.store import Store
 
-from ..support.tinybert import build_encoder_checkpoint, write_encoder_gguf
+from ..support.tinybert import build_encoder_checkpoint, write_encoder_gguf, write_synthetic_bert_gguf
 
 TEXTS = [
     "Hello world, the cat sat on the mat.",
@@ -259,3 +259,40 @@ def test_pull_admits_encoder_architectures():
     check_gguf_architecture("nomic-bert")
     with pytest.raises(ManageError, match="unsupported model architecture"):
         check_gguf_architecture("nomic-bert-moe")
+
+
+def _anon_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_import_streams_one_tensor_at_a_time(tmp_path):
+    """Anonymous memory during an import grows by about the largest tensor, not the model
+    (the GGUF itself is memory-mapped; its pages are page cache)."""
+    import threading
+    import time
+
+    sizes = write_synthetic_bert_gguf(tmp_path / "big.gguf")
+    total, largest = sizes["total"] / 2**20, sizes["largest"] / 2**20
+    assert total > 6 * largest  # ~60 MB of tensors, the largest ~8 MB
+    peak, done = [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _anon_mb())
+            time.sleep(0.002)
+
+    import mlx.core as mx
+
+    import_gguf_encoder(tmp_path / "big.gguf", tmp_path / "warm")  # first-use allocations out of the way
+    mx.clear_cache()  # else MLX's buffer cache would hide a non-streaming import's arrays
+    base = _anon_mb()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        import_gguf_encoder(tmp_path / "big.gguf", tmp_path / "out")
+    finally:
+        done.set()
+        sampler.join()
+    assert peak[0] - base < largest + 0.5 * (total - largest), (peak[0] - base, largest, total)
