@@ -1,5 +1,5 @@
-"""Import a GGUF sentence encoder (llama.cpp's ``bert``, XLM-RoBERTa written as ``bert``, and
-``nomic-bert``) as the folder our MLX encoder (engine/encoder.py) loads.
+"""Import a GGUF sentence encoder (llama.cpp's ``bert``, XLM-RoBERTa and RoBERTa written as
+``bert``, and ``nomic-bert``) as the folder our MLX encoder (engine/encoder.py) loads.
 
 Ollama's library embedders (all-minilm, nomic-embed-text, mxbai-embed-large,
 snowflake-arctic-embed) are GGUFs written by llama.cpp's or Ollama's BERT converters. Those
@@ -234,16 +234,19 @@ def _config(arch: str, meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> d
               "num_attention_heads": int(need("attention.head_count")),
               "intermediate_size": int(need("feed_forward_length")), "layer_norm_eps": eps,
               "hidden_act": "gelu", "position_embedding_type": "absolute"}
-    if tokenizer == "t5":
-        # XLM-RoBERTa (bge-m3, multilingual-e5): llama.cpp dropped the pad_token_id + 1 position
-        # rows RoBERTa never uses; they come back as zeros so positions count from pad + 1 again.
+    if tokenizer in ("t5", "gpt2"):
+        # XLM-RoBERTa (unigram: bge-m3, multilingual-e5) and RoBERTa (byte-level BPE: granite-embedding):
+        # llama.cpp dropped the pad_token_id + 1 position rows RoBERTa never uses; they come back
+        # as zeros so positions count from pad + 1 again.
         pad = int(meta.get("tokenizer.ggml.padding_token_id", 1))
-        return {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta", **common, **layers,
+        model_type = "xlm-roberta" if tokenizer == "t5" else "roberta"
+        return {"architectures": ["XLMRobertaModel" if tokenizer == "t5" else "RobertaModel"],
+                "model_type": model_type, **common, **layers,
                 "max_position_embeddings": positions + pad + 1, "pad_token_id": pad}
     if tokenizer != "bert":
         raise UnsupportedEncoderGGUF(
-            f"bert with tokenizer {tokenizer!r} (RoBERTa-BPE family) is not supported yet; "
-            "BERT WordPiece and XLM-RoBERTa unigram models are")
+            f"bert with tokenizer {tokenizer!r} is not supported (supported: 'bert' WordPiece, "
+            "'t5' XLM-RoBERTa unigram, 'gpt2' RoBERTa byte-level BPE)")
     return {"architectures": ["BertModel"], "model_type": "bert", **common, **layers,
             "max_position_embeddings": positions,
             "pad_token_id": int(meta.get("tokenizer.ggml.padding_token_id") or 0)}

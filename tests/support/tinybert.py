@@ -96,6 +96,29 @@ def build_unigram_tokenizer(out: Path) -> Tokenizer:
     return tok
 
 
+def build_bpe_tokenizer(out: Path) -> Tokenizer:
+    """A RoBERTa byte-level BPE tokenizer.json (merges learnt here from a small corpus):
+    no normalizer, ByteLevel words, <s> text </s> (RobertaProcessing)."""
+    from tokenizers import trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [" ".join(_WORDS), "def print(x): return x  # code", "Hello World, the cat sat on the mat!",
+              "walking talked quickly", "日本語 中文", "Café naïve ÉCOLE"] * 4
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
+                                                      add_prefix_space=False)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "RobertaTokenizer", "model_max_length": 64, "bos_token": "<s>", "eos_token": "</s>",
+        "cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}))
+    return tok
+
+
 def _bert_shapes(h: int, layers: int, inner: int, vocab: int, positions: int,
                  type_vocab: int = 2) -> dict[str, tuple[int, ...]]:
     s = {"embeddings.word_embeddings.weight": (vocab, h), "embeddings.position_embeddings.weight": (positions, h),
@@ -146,7 +169,8 @@ def build_encoder_checkpoint(out: Path, arch: str = "bert", *, seed: int = 0, po
     """A sentence-transformers folder (Transformer -> Pooling [-> Normalize]) holding a tiny
     ``arch`` ("bert", "nomic_bert" or "xlm-roberta") model with random weights, HF names and layout."""
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_unigram_tokenizer(out) if arch == "xlm-roberta" else build_wordpiece_tokenizer(out)
+    builders = {"xlm-roberta": build_unigram_tokenizer, "roberta": build_bpe_tokenizer}
+    tok = builders.get(arch, build_wordpiece_tokenizer)(out)
     vocab, heads, inner = tok.get_vocab_size(), 4, 2 * hidden
     if arch == "bert":
         config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab, "hidden_size": hidden,
@@ -154,8 +178,9 @@ def build_encoder_checkpoint(out: Path, arch: str = "bert", *, seed: int = 0, po
                   "max_position_embeddings": 64, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
                   "hidden_act": "gelu", "position_embedding_type": "absolute", "pad_token_id": 0}
         shapes = _bert_shapes(hidden, layers, inner, vocab, 64)
-    elif arch == "xlm-roberta":  # positions count from pad_token_id + 1 = 2: 64 usable
-        config = {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta", "vocab_size": vocab,
+    elif arch in ("xlm-roberta", "roberta"):  # positions count from pad_token_id + 1 = 2: 64 usable
+        config = {"architectures": ["XLMRobertaModel" if arch == "xlm-roberta" else "RobertaModel"],
+                  "model_type": arch, "vocab_size": vocab,
                   "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
                   "intermediate_size": inner, "max_position_embeddings": 66, "type_vocab_size": 1,
                   "layer_norm_eps": 1e-5, "hidden_act": "gelu", "position_embedding_type": "absolute",
@@ -185,7 +210,7 @@ def build_encoder_checkpoint(out: Path, arch: str = "bert", *, seed: int = 0, po
         "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False}))
-    max_len = config["max_position_embeddings"] - 2 if arch == "xlm-roberta" else (
+    max_len = config["max_position_embeddings"] - 2 if arch in ("xlm-roberta", "roberta") else (
         config.get("max_position_embeddings") or config["n_positions"])
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len, "do_lower_case": False}))
     return out
@@ -244,6 +269,24 @@ def _gguf_unigram_tokenizer(w: gguf.GGUFWriter, hf_dir: Path, type_vocab: int) -
     gguf.SpecialVocab(hf_dir, n_vocab=len(vocab)).add_to_gguf(w)
 
 
+def _gguf_bpe_tokenizer(w: gguf.GGUFWriter, hf_dir: Path, type_vocab: int) -> None:
+    """RobertaModel.set_vocab (llama.cpp's _set_vocab_gpt2): vocab in id order, CONTROL for
+    the special added tokens, merges and special ids / add flags via SpecialVocab."""
+    tj = json.loads((hf_dir / "tokenizer.json").read_text())
+    vocab = dict(tj["model"]["vocab"])
+    vocab.update({t["content"]: t["id"] for t in tj["added_tokens"]})
+    tokens = [""] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        tokens[i] = t
+    special = {t["id"] for t in tj["added_tokens"] if t.get("special")}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("roberta-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    w.add_token_type_count(type_vocab)
+    gguf.SpecialVocab(hf_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w)
+
+
 def write_encoder_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16, *, ollama_keys: bool = False) -> Path:
     """``hf_dir`` (build_encoder_checkpoint) as a GGUF of arch bert / nomic-bert.
     ``ollama_keys``: also {arch}.normalize_embeddings, as Ollama's own converter writes."""
@@ -257,7 +300,7 @@ def write_encoder_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16, *, ollama_k
     w.add_name(f"tiny {arch_name}")
     # NomicBertModel: the HF n_positions is larger than the trained context; llama.cpp writes 2048
     xlmr = cfg["model_type"] == "xlm-roberta"
-    offset = cfg["pad_token_id"] + 1 if xlmr else 0  # RobertaModel: position rows before pad + 1 dropped
+    offset = cfg["pad_token_id"] + 1 if cfg["model_type"] in ("xlm-roberta", "roberta") else 0  # RobertaModel: position rows before pad + 1 dropped
     w.add_context_length(min(cfg["n_positions"], 2048) if nomic else cfg["max_position_embeddings"] - offset)
     w.add_embedding_length(cfg.get("n_embd") or cfg["hidden_size"])
     w.add_feed_forward_length(cfg.get("n_inner") or cfg["intermediate_size"])
@@ -277,6 +320,8 @@ def write_encoder_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16, *, ollama_k
         w.add_rope_freq_base(cfg["rotary_emb_base"])
     if xlmr:
         _gguf_unigram_tokenizer(w, hf_dir, cfg["type_vocab_size"])
+    elif cfg["model_type"] == "roberta":
+        _gguf_bpe_tokenizer(w, hf_dir, cfg["type_vocab_size"])
     else:
         _gguf_tokenizer(w, hf_dir)
 

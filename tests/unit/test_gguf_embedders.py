@@ -1,5 +1,5 @@
 """GGUF sentence encoders (Ollama's all-minilm, nomic-embed-text, mxbai-embed-large, bge-m3,
-...): a tiny random BERT / NomicBERT / XLM-RoBERTa sentence-transformers checkpoint is converted by our
+...): a tiny random BERT / NomicBERT / XLM-RoBERTa / RoBERTa sentence-transformers checkpoint is converted by our
 sentence-transformers path (the reference), and also written to GGUF with llama.cpp's
 converter rules and imported; the two must embed alike and tokenize identically."""
 
@@ -56,8 +56,9 @@ def _load(store: Store, stored, run: Path) -> EncoderModel:
     return EncoderModel.load(store.materialize(stored, run))
 
 
-@pytest.fixture(scope="module", params=[("bert", "cls"), ("nomic_bert", "mean"), ("xlm-roberta", "cls")],
-                ids=["bert", "nomic-bert", "xlm-roberta"])
+@pytest.fixture(scope="module", params=[("bert", "cls"), ("nomic_bert", "mean"), ("xlm-roberta", "cls"),
+                                        ("roberta", "mean")],
+                ids=["bert", "nomic-bert", "xlm-roberta", "roberta"])
 def pair(request, tmp_path_factory, store):
     """(reference model via the sentence-transformers path, hf dir, work dir) per architecture."""
     arch, pooling = request.param
@@ -223,9 +224,9 @@ def test_refusals_name_the_reason(tmp_path):
     hf = build_encoder_checkpoint(tmp_path / "hf", "bert")
     path = write_encoder_gguf(hf, tmp_path / "m.gguf")
     reader = gguf.GGUFReader(str(path))
-    # A reranker (pooling_type rank) and a RoBERTa-BPE vocabulary are refused by name.
+    # A reranker (pooling_type rank) and a vocabulary of another kind are refused by name.
     for key, value, needle in [("bert.pooling_type", 4, "reranker"),
-                               ("tokenizer.ggml.model", "gpt2", "RoBERTa-BPE")]:
+                               ("tokenizer.ggml.model", "rwkv", "tokenizer 'rwkv' is not supported")]:
         w = gguf.GGUFWriter(str(tmp_path / "x.gguf"), "bert")
         for name, f in reader.fields.items():
             if name.startswith("GGUF.") or name == "general.architecture":
