@@ -84,7 +84,9 @@ if [ -n "$REUSE" ]; then
   [ -x "$VPY" ] || { echo "no python in $REUSE" >&2; exit 1; }
 else
   VPY="$VENV/bin/python"
-  [ -x "$VPY" ] || "$BASE_PY" -m venv "$VENV"
+  # An interpreter without ensurepip (a distribution's python3 lacking its venv package) still
+  # makes a venv without pip; pip then comes from the inherited site or from the base interpreter.
+  [ -x "$VPY" ] || "$BASE_PY" -m venv "$VENV" || { rm -rf "$VENV"; "$BASE_PY" -m venv --without-pip "$VENV"; }
   if [ "$INHERIT" = 1 ]; then
     # A .pth line puts the base interpreter's site-packages after the venv's own: what the venv
     # installs wins, what it lacks (CUDA libraries, numpy...) comes from the image. pip sees
@@ -99,6 +101,7 @@ else
     export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
   fi
   PIP=("$VPY" -m pip install --quiet --disable-pip-version-check)
+  "$VPY" -m pip --version >/dev/null 2>&1 || PIP=("$BASE_PY" -m pip --python "$VPY" install --quiet --disable-pip-version-check)
   if [ "${#WHEELS[@]}" -gt 0 ]; then
     PIP+=(--no-index)
     for d in "${WHEELS[@]}"; do PIP+=(--find-links "$d"); done
