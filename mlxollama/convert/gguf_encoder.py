@@ -86,7 +86,7 @@ class GGUFEncoderImport:
 
 
 def read_architecture(path: str | Path) -> str:
-    """``general.architecture`` of a GGUF file (cheap: metadata only is parsed lazily)."""
+    """``general.architecture`` of a GGUF file (the header is parsed; the weights stay memory-mapped, unread)."""
     reader = gguf.GGUFReader(str(path), "r")
     f = reader.fields.get("general.architecture")
     return str(f.contents()) if f is not None else ""
