@@ -96,7 +96,7 @@ def bench_api(model_dir: str, budget_s: float) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mlxollama.convert.bundled import BUNDLED, EMBED_MODEL, import_source
     from mlxollama.store import Store
-    from tests.liveserver import LiveServer
+    from tests.support.liveserver import LiveServer
 
     texts = corpus(512)
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,7 +41,7 @@ from mlxollama.config import Config  # noqa: E402
 from mlxollama.convert.bundled import BUNDLED, import_source  # noqa: E402
 from mlxollama.engine.catalog import load_spec  # noqa: E402
 from mlxollama.store import ModelName, Store  # noqa: E402
-from tests.liveserver import LiveServer, free_port  # noqa: E402
+from tests.support.liveserver import LiveServer, free_port  # noqa: E402
 
 WORDS = ["cats", "the sea", "rivers", "mountains", "jazz", "bread", "stars", "trains",
          "forests", "bees", "clocks", "maps", "glass", "salt", "wind", "paper"]
