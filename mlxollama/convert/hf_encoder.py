@@ -35,13 +35,18 @@ _PLAIN_FILES = (
 )
 
 
+# model_type -> the general.architecture Ollama reports for the same model (llama.cpp's converter
+# writes RoBERTa and XLM-R as "bert"; NomicBERT keeps its own name).
+_OLLAMA_ARCHITECTURE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "nomic_bert": "nomic-bert"}
+
+
 class EncoderImportError(ValueError):
     """The source folder is missing or is not a usable sentence-transformers encoder."""
 
 
 @dataclass
 class EncoderImport:
-    architecture: str  # Ollama's general.architecture ("bert" for the whole family, as llama.cpp)
+    architecture: str  # Ollama's general.architecture: "bert" (BERT, RoBERTa, XLM-R) or "nomic-bert"
     parameter_count: int
     context_length: int  # bert.context_length as Ollama reports it: max_position_embeddings
     embedding_length: int
@@ -116,26 +121,27 @@ def convert_sentence_transformers(src_dir: Path, out_dir: Path) -> EncoderImport
     )
     files.append("pooling.json")
 
+    arch = _OLLAMA_ARCHITECTURE.get(cfg.model_type, "bert")
     model_info = {
-        "general.architecture": "bert",
+        "general.architecture": arch,
         "general.file_type": 1 if file_type == "F16" else 0,  # llama.cpp ftype numbering
         "general.parameter_count": parameter_count,
-        "bert.attention.causal": False,
-        "bert.attention.head_count": cfg.num_attention_heads,
-        "bert.attention.layer_norm_epsilon": cfg.layer_norm_eps,
-        "bert.block_count": cfg.num_hidden_layers,
-        "bert.context_length": cfg.max_position_embeddings,
-        "bert.embedding_length": cfg.hidden_size,
-        "bert.feed_forward_length": cfg.intermediate_size,
-        "bert.normalize_embeddings": pooling.normalize,
-        "bert.pooling_type": pooling.ollama_pooling_type,
-        "bert.vocab_size": cfg.vocab_size,
+        f"{arch}.attention.causal": False,
+        f"{arch}.attention.head_count": cfg.num_attention_heads,
+        f"{arch}.attention.layer_norm_epsilon": cfg.layer_norm_eps,
+        f"{arch}.block_count": cfg.num_hidden_layers,
+        f"{arch}.context_length": cfg.max_position_embeddings,
+        f"{arch}.embedding_length": cfg.hidden_size,
+        f"{arch}.feed_forward_length": cfg.intermediate_size,
+        f"{arch}.normalize_embeddings": pooling.normalize,
+        f"{arch}.pooling_type": pooling.ollama_pooling_type,
+        f"{arch}.vocab_size": cfg.vocab_size,
     }
     (out_dir / "model_info.json").write_text(json.dumps(model_info, indent=2) + "\n")
     files.append("model_info.json")
 
     return EncoderImport(
-        architecture="bert",
+        architecture=arch,
         parameter_count=parameter_count,
         context_length=cfg.max_position_embeddings,
         embedding_length=cfg.hidden_size,
