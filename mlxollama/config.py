@@ -208,6 +208,7 @@ class Config:
     def from_env(cls, env: Env | None = None, *, backend_memory: Callable[[], int] | None = None) -> "Config":
         """`backend_memory` measures the accelerator (engine/device.py); only the server passes it,
         and it runs only when neither OLLAMA_CONTEXT_LENGTH nor MLXOLLAMA_BACKEND_MEMORY is set."""
+
         def var(name: str) -> str:
             return _var(name, env)
 

@@ -21,8 +21,19 @@ class OptionValueError(StatusError):
 
 # Keys Ollama still accepts from older clients and ignores (reference §3.3).
 IGNORED_KEYS = {
-    "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "penalize_newline", "numa", "low_vram",
-    "f16_kv", "logits_all", "vocab_only", "use_mlock", "embedding_only", "num_gqa",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "tfs_z",
+    "penalize_newline",
+    "numa",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "use_mlock",
+    "embedding_only",
+    "num_gqa",
 }
 
 

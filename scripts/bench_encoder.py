@@ -36,10 +36,7 @@ _WORDS = (
 def corpus(n: int, seed: int = 0) -> list[str]:
     """Deterministic sentences of 5..60 words (roughly 8..80 tokens), like RAG chunks/queries."""
     rng = random.Random(seed)
-    return [
-        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 60))).capitalize() + "."
-        for _ in range(n)
-    ]
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 60))).capitalize() + "." for _ in range(n)]
 
 
 def bundled_model() -> str:
@@ -51,11 +48,11 @@ def bundled_model() -> str:
 
 def _rate(embed_call, texts: list[str], size: int, budget_s: float) -> float:
     """sentences/s over whole requests of `size` texts, stopping after budget_s."""
-    embed_call(texts[:min(size, 8)])  # warm-up (first-call allocations)
+    embed_call(texts[: min(size, 8)])  # warm-up (first-call allocations)
     done, t0 = 0, time.perf_counter()
     for start in range(0, len(texts), size):
-        embed_call(texts[start:start + size])
-        done += len(texts[start:start + size])
+        embed_call(texts[start : start + size])
+        done += len(texts[start : start + size])
         if time.perf_counter() - t0 > budget_s and done >= size:
             break
     return done / (time.perf_counter() - t0)
@@ -67,8 +64,7 @@ def bench_mlx(model_dir: str, budget_s: float) -> dict[str, float]:
 
     m = EncoderModel.load(Path(model_dir))
     texts = corpus(512)
-    return {str(s): _rate(lambda t, s=s: m.embed(t, batch_size=s), texts, s, budget_s)
-            for s in SIZES}
+    return {str(s): _rate(lambda t, s=s: m.embed(t, batch_size=s), texts, s, budget_s) for s in SIZES}
 
 
 def bench_st(model_dir: str, budget_s: float) -> dict[str, float]:
@@ -82,8 +78,7 @@ def bench_st(model_dir: str, budget_s: float) -> dict[str, float]:
 
     m = SentenceTransformer(model_dir, device="cpu")
     texts = corpus(512)
-    return {str(s): _rate(lambda t, s=s: m.encode(t, batch_size=s), texts, s, budget_s)
-            for s in SIZES}
+    return {str(s): _rate(lambda t, s=s: m.encode(t, batch_size=s), texts, s, budget_s) for s in SIZES}
 
 
 def bench_api(model_dir: str, budget_s: float) -> dict[str, float]:
@@ -105,6 +100,7 @@ def bench_api(model_dir: str, budget_s: float) -> dict[str, float]:
         server = LiveServer(models, Path(tmp) / "server.log")
         try:
             with httpx.Client(timeout=600) as c:
+
                 def call(batch):
                     c.post(server.url + "/api/embed", json={"model": EMBED_MODEL, "input": batch}).raise_for_status()
 
@@ -114,18 +110,22 @@ def bench_api(model_dir: str, budget_s: float) -> dict[str, float]:
 
 
 def find_openblas() -> str | None:
-    for pattern in ("/usr/lib/*/openblas-pthread/libopenblas.so.0", "/usr/lib/*/libopenblas.so.0",
-                    "/usr/lib64/libopenblas*.so.0", "/opt/homebrew/opt/openblas/lib/libopenblas.dylib"):
+    for pattern in (
+        "/usr/lib/*/openblas-pthread/libopenblas.so.0",
+        "/usr/lib/*/libopenblas.so.0",
+        "/usr/lib64/libopenblas*.so.0",
+        "/opt/homebrew/opt/openblas/lib/libopenblas.dylib",
+    ):
         hits = sorted(glob.glob(pattern))
         if hits:
             return hits[0]
     return None
 
 
-def _child(mode: str, model: str, budget: float, env: dict | None = None,
-           python: str | None = None) -> dict[str, float] | None:
-    cmd = [python or sys.executable, __file__, "--child", mode, "--model", model,
-           "--budget", str(budget)]
+def _child(
+    mode: str, model: str, budget: float, env: dict | None = None, python: str | None = None
+) -> dict[str, float] | None:
+    cmd = [python or sys.executable, __file__, "--child", mode, "--model", model, "--budget", str(budget)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"[{mode}] failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -159,8 +159,7 @@ def main() -> int:
             cols["/api/embed+openblas"] = _child("api", model, args.budget, env)
             cols["mlx+openblas(1t)"] = _child("mlx", model, args.budget, env)
         else:
-            print("no system OpenBLAS found (apt-get install libopenblas0-pthread); "
-                  "skipping the preload column")
+            print("no system OpenBLAS found (apt-get install libopenblas0-pthread); skipping the preload column")
     else:
         suffix = "+LD_PRELOAD" if os.environ.get("LD_PRELOAD") else ""
         cols["/api/embed" + suffix] = bench_api(model, args.budget)

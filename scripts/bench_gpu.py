@@ -46,18 +46,49 @@ from tests.support.liveserver import LiveServer, free_port  # noqa: E402
 
 # Qwen3-4B's published config (hidden 2560, 36 layers, GQA 32/8, head 128, tied embeddings).
 SHAPES = {
-    "qwen3-4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-                     head_dim=128, intermediate_size=9728, vocab_size=151936, max_position_embeddings=40960),
+    "qwen3-4b": dict(
+        hidden_size=2560,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=9728,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+    ),
     # a smoke run on a CPU: same code paths, seconds instead of minutes
-    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=32, intermediate_size=256, vocab_size=2048, max_position_embeddings=8192),
+    "tiny": dict(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=256,
+        vocab_size=2048,
+        max_position_embeddings=8192,
+    ),
 }
 # HBM/GDDR peak bandwidth in GB/s by the name nvidia-smi prints (first match wins: longer names first).
 BANDWIDTH_GBS = [
-    ("GH200", 4000), ("H200", 4800), ("H100 NVL", 3900), ("H100 PCIe", 2000), ("H100", 3350),
-    ("B200", 8000), ("B100", 8000), ("A100-SXM4-80GB", 2039), ("A100 80GB PCIe", 1935), ("A100", 1555),
-    ("L40S", 864), ("L40", 864), ("L4", 300), ("A10G", 600), ("A10", 600), ("RTX 4090", 1008),
-    ("RTX 5090", 1792), ("RTX 6000 Ada", 960), ("RTX PRO 6000", 1792),
+    ("GH200", 4000),
+    ("H200", 4800),
+    ("H100 NVL", 3900),
+    ("H100 PCIe", 2000),
+    ("H100", 3350),
+    ("B200", 8000),
+    ("B100", 8000),
+    ("A100-SXM4-80GB", 2039),
+    ("A100 80GB PCIe", 1935),
+    ("A100", 1555),
+    ("L40S", 864),
+    ("L40", 864),
+    ("L4", 300),
+    ("A10G", 600),
+    ("A10", 600),
+    ("RTX 4090", 1008),
+    ("RTX 5090", 1792),
+    ("RTX 6000 Ada", 960),
+    ("RTX PRO 6000", 1792),
 ]
 EOS, PAD = "<|im_end|>", "<|endoftext|>"
 WORD_LETTERS = "etaoinshrdlucmfwyp"
@@ -95,9 +126,18 @@ def build_tokenizer(out: Path, vocab_size: int) -> dict[str, int]:
     tok.save(str(out / "tokenizer.json"))
     ids = {PAD: tok.token_to_id(PAD), EOS: tok.token_to_id(EOS)}
     assert tok.get_vocab_size() == vocab_size and ids[EOS] == vocab_size - 1, "tokenizer size"
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": EOS,
-        "pad_token": PAD, "unk_token": None, "model_max_length": 40960}))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": None,
+                "eos_token": EOS,
+                "pad_token": PAD,
+                "unk_token": None,
+                "model_max_length": 40960,
+            }
+        )
+    )
     (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS, "pad_token": PAD}))
     return ids
 
@@ -111,9 +151,16 @@ def build_model(out: Path, shape: str, bits: int, group_size: int, seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     dims = SHAPES[shape]
     ids = build_tokenizer(out, dims["vocab_size"])
-    config = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "rms_norm_eps": 1e-6,
-              "rope_theta": 1000000.0, "tie_word_embeddings": True, "eos_token_id": ids[EOS],
-              "torch_dtype": "bfloat16", **dims}
+    config = {
+        "model_type": "qwen3",
+        "architectures": ["Qwen3ForCausalLM"],
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+        "eos_token_id": ids[EOS],
+        "torch_dtype": "bfloat16",
+        **dims,
+    }
     mx.random.seed(seed)
     model = qwen3.Model(qwen3.ModelArgs.from_dict(config))
     # The end token's embedding row (also the tied output row) is zero, so its logit is 0 while
@@ -129,9 +176,16 @@ def build_model(out: Path, shape: str, bits: int, group_size: int, seed: int = 0
     del model
     gc.collect()
     mx.clear_cache()
-    (out / "model_info.json").write_text(json.dumps({
-        "general.architecture": "qwen3", "qwen3.context_length": dims["max_position_embeddings"],
-        "qwen3.embedding_length": dims["hidden_size"], "qwen3.block_count": dims["num_hidden_layers"]}))
+    (out / "model_info.json").write_text(
+        json.dumps(
+            {
+                "general.architecture": "qwen3",
+                "qwen3.context_length": dims["max_position_embeddings"],
+                "qwen3.embedding_length": dims["hidden_size"],
+                "qwen3.block_count": dims["num_hidden_layers"],
+            }
+        )
+    )
     return config
 
 
@@ -141,9 +195,14 @@ def weight_bytes(model_dir: Path) -> int:
 
 def package(models_dir: Path, model_dir: Path, name: str, shape: str, bits: int) -> None:
     dims = SHAPES[shape]
-    config = build_config_blob(model_format="mlx", model_family="qwen3", model_type=shape, file_type=f"Q{bits}",
-                               context_length=dims["max_position_embeddings"],
-                               embedding_length=dims["hidden_size"])
+    config = build_config_blob(
+        model_format="mlx",
+        model_family="qwen3",
+        model_type=shape,
+        file_type=f"Q{bits}",
+        context_length=dims["max_position_embeddings"],
+        embedding_length=dims["hidden_size"],
+    )
     package_model_dir(Store(models_dir), ModelName.parse(name), model_dir, config=config)
 
 
@@ -171,8 +230,14 @@ class Ours:
 
     def body(self, prompt: str, tokens: int, stream: bool) -> dict:
         # raw: the same text reaches both servers; repeat_penalty 1 as mlx_lm.server has none
-        return {"model": self.model, "prompt": prompt, "raw": True, "stream": stream, "keep_alive": -1,
-                "options": {"temperature": 0, "num_predict": tokens, "repeat_penalty": 1.0}}
+        return {
+            "model": self.model,
+            "prompt": prompt,
+            "raw": True,
+            "stream": stream,
+            "keep_alive": -1,
+            "options": {"temperature": 0, "num_predict": tokens, "repeat_penalty": 1.0},
+        }
 
     def complete(self, prompt: str, tokens: int) -> int:
         r = httpx.post(self.url + "/api/generate", json=self.body(prompt, tokens, False), timeout=900)
@@ -226,8 +291,7 @@ def decode_rate(server, prompt: str, tokens: int, runs: int) -> tuple[float, flo
             rates.append((len(t) - 1) / (t[-1] - t[0]))
         if server.final.get("eval_duration"):
             reported.append(server.final["eval_count"] / server.final["eval_duration"] * 1e9)
-    return (statistics.median(rates) if rates else float("nan"),
-            statistics.median(reported) if reported else None)
+    return (statistics.median(rates) if rates else float("nan"), statistics.median(reported) if reported else None)
 
 
 def aggregate(server, n: int, tokens: int, prompt_tokens: int, seed: int, sequential: bool) -> float:
@@ -287,10 +351,26 @@ def _stop_with_parent() -> None:
 def start_mlx_server(model_dir: Path, concurrency: int, log) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--host", "127.0.0.1",
-         "--port", str(port), "--decode-concurrency", str(concurrency),
-         "--prompt-concurrency", str(min(concurrency, 8))],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_stop_with_parent)
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm.server",
+            "--model",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--decode-concurrency",
+            str(concurrency),
+            "--prompt-concurrency",
+            str(min(concurrency, 8)),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_stop_with_parent,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -308,8 +388,9 @@ def start_mlx_server(model_dir: Path, concurrency: int, log) -> tuple[subprocess
 
 def gpu_name() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
@@ -330,8 +411,10 @@ def run(args, work: Path, results: dict) -> None:
     streams = [int(s) for s in args.streams.split(",")]
     gpu = gpu_name()
     bandwidth = args.bandwidth_gbs or bandwidth_for(gpu)
-    results["machine"] = (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores; GPU: {gpu or 'none'}; "
-                          f"mlx {mx.__version__} on {mx.default_device()}")
+    results["machine"] = (
+        f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores; GPU: {gpu or 'none'}; "
+        f"mlx {mx.__version__} on {mx.default_device()}"
+    )
     results["bandwidth GB/s"] = bandwidth
     results["bandwidth from"] = "--bandwidth-gbs" if args.bandwidth_gbs else ("table" if bandwidth else None)
     print(results["machine"], flush=True)
@@ -341,8 +424,11 @@ def run(args, work: Path, results: dict) -> None:
     build_model(model_dir, args.shape, args.bits, args.group_size)
     results["weight bytes"] = weight_bytes(model_dir)
     results["build s"] = time.perf_counter() - t
-    print(f"built random {args.shape} {args.bits}-bit g{args.group_size}: {results['weight bytes'] / 1e6:,.1f} MB "
-          f"of weights in {results['build s']:.0f} s", flush=True)
+    print(
+        f"built random {args.shape} {args.bits}-bit g{args.group_size}: {results['weight bytes'] / 1e6:,.1f} MB "
+        f"of weights in {results['build s']:.0f} s",
+        flush=True,
+    )
     name = f"bench-{args.shape}:q{args.bits}"
     models_dir = work / "models"
     package(models_dir, model_dir, name, args.shape, args.bits)
@@ -351,8 +437,12 @@ def run(args, work: Path, results: dict) -> None:
     print(f"  mlx-lm in-process decode {results['decode in-process']:.1f} tok/s", flush=True)
 
     decode_prompt = prompt_text(32, 7)
-    env = {"OLLAMA_NUM_PARALLEL": str(max(streams)), "OLLAMA_CONTEXT_LENGTH": str(args.num_ctx),
-           "OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_MAX_LOADED_MODELS": "1"}
+    env = {
+        "OLLAMA_NUM_PARALLEL": str(max(streams)),
+        "OLLAMA_CONTEXT_LENGTH": str(args.num_ctx),
+        "OLLAMA_KEEP_ALIVE": "-1",
+        "OLLAMA_MAX_LOADED_MODELS": "1",
+    }
     server = LiveServer(models_dir, work / "ours.log", env=env)
     try:
         ours = Ours(server.url, name)
@@ -393,8 +483,9 @@ def measure(server, key: str, args, streams: list[int], decode_prompt: str, resu
         results[f"{key} x{n}"] = aggregate(server, n, args.tokens, args.prompt_tokens, 1000 * n, sequential=False)
         line = f"  {key} x{n}: {results[f'{key} x{n}']:.1f} tok/s concurrent"
         if sequential:
-            results[f"{key} x{n} sequential"] = aggregate(server, n, args.tokens, args.prompt_tokens, 1000 * n + 500,
-                                                          sequential=True)
+            results[f"{key} x{n} sequential"] = aggregate(
+                server, n, args.tokens, args.prompt_tokens, 1000 * n + 500, sequential=True
+            )
             line += f", {results[f'{key} x{n} sequential']:.1f} sequential"
         print(line, flush=True)
     cold, warm = ttft_cold_warm(server, args.ttft_tokens, args.runs, 50_000)
@@ -412,19 +503,26 @@ def report(args, results: dict) -> None:
     dims = SHAPES[args.shape]
     print()
     print(f"machine: {results.get('machine')}")
-    print(f"model: random-weight qwen3 {args.shape} (hidden {dims['hidden_size']}, {dims['num_hidden_layers']} layers, "
-          f"heads {dims['num_attention_heads']}/{dims['num_key_value_heads']}, ffn {dims['intermediate_size']}, "
-          f"vocab {dims['vocab_size']}), {args.bits}-bit g{args.group_size}, weights {fmt(wb and wb / 1e6, ',.1f')} MB; "
-          f"{args.tokens} tokens per request, {args.prompt_tokens}-token prompts")
+    print(
+        f"model: random-weight qwen3 {args.shape} (hidden {dims['hidden_size']}, {dims['num_hidden_layers']} layers, "
+        f"heads {dims['num_attention_heads']}/{dims['num_key_value_heads']}, ffn {dims['intermediate_size']}, "
+        f"vocab {dims['vocab_size']}), {args.bits}-bit g{args.group_size}, weights {fmt(wb and wb / 1e6, ',.1f')} MB; "
+        f"{args.tokens} tokens per request, {args.prompt_tokens}-token prompts"
+    )
     bound = bw * 1e9 / wb if bw and wb else None
     src = results.get("bandwidth from")
-    print(f"bandwidth bound: {fmt(bw, '.0f')} GB/s{f' ({src})' if src else ' (unknown: pass --bandwidth-gbs)'} "
-          f"/ weight bytes = {fmt(bound)} tok/s")
+    print(
+        f"bandwidth bound: {fmt(bw, '.0f')} GB/s{f' ({src})' if src else ' (unknown: pass --bandwidth-gbs)'} "
+        f"/ weight bytes = {fmt(bound)} tok/s"
+    )
     print()
     print("| single-stream decode | tok/s | % of bandwidth bound |")
     print("|---|---|---|")
-    for key, label in (("in-process", "mlx-lm stream_generate, in-process"), ("ours", Ours.label),
-                       ("mlx_lm.server", MlxServer.label)):
+    for key, label in (
+        ("in-process", "mlx-lm stream_generate, in-process"),
+        ("ours", Ours.label),
+        ("mlx_lm.server", MlxServer.label),
+    ):
         v = results.get(f"decode {key}")
         if v is not None:
             print(f"| {label} | {fmt(v)} | {fmt(bound and 100 * v / bound)} |")
@@ -432,12 +530,16 @@ def report(args, results: dict) -> None:
         if v is not None:
             print(f"| {label}, by its eval_duration | {fmt(v)} | {fmt(bound and 100 * v / bound)} |")
     print()
-    print("| streams | ours concurrent tok/s | ours sequential | concurrent / sequential | mlx_lm.server concurrent | ours / mlx_lm.server |")
+    print(
+        "| streams | ours concurrent tok/s | ours sequential | concurrent / sequential | mlx_lm.server concurrent | ours / mlx_lm.server |"
+    )
     print("|---|---|---|---|---|---|")
     for n in streams:
         c, s, m = (results.get(k) for k in (f"ours x{n}", f"ours x{n} sequential", f"mlx_lm.server x{n}"))
-        print(f"| {n} | {fmt(c)} | {fmt(s)} | {fmt(c and s and c / s, '.2f')} | {fmt(m)} | "
-              f"{fmt(c and m and c / m, '.2f')} |")
+        print(
+            f"| {n} | {fmt(c)} | {fmt(s)} | {fmt(c and s and c / s, '.2f')} | {fmt(m)} | "
+            f"{fmt(c and m and c / m, '.2f')} |"
+        )
     print()
     print(f"| TTFT, {args.ttft_tokens}-token prompt | cold s | warm s (prompt cache) | warm / cold |")
     print("|---|---|---|---|")

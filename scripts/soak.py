@@ -39,10 +39,26 @@ REPO = Path(__file__).resolve().parent.parent
 MAX_CLIENTS = 64
 MAX_SECONDS = 3600
 MAX_TOKENS = 48  # room for the marker; the const schema ends the generation well before
-EMBED_TEXTS = ["the quick brown fox", "jumps over", "the lazy dog", "Grüße aus Köln", "1 2 3 4 5",
-               "a longer sentence about nothing in particular", "x", "soak"]
-ROUTE_WEIGHTS = {"generate": 4, "generate-stream": 4, "chat": 3, "chat-stream": 3, "embed": 3, "tags": 1,
-                 "show": 1, "pull": 1}
+EMBED_TEXTS = [
+    "the quick brown fox",
+    "jumps over",
+    "the lazy dog",
+    "Grüße aus Köln",
+    "1 2 3 4 5",
+    "a longer sentence about nothing in particular",
+    "x",
+    "soak",
+]
+ROUTE_WEIGHTS = {
+    "generate": 4,
+    "generate-stream": 4,
+    "chat": 3,
+    "chat-stream": 3,
+    "embed": 3,
+    "tags": 1,
+    "show": 1,
+    "pull": 1,
+}
 
 
 class Bad(Exception):
@@ -73,10 +89,17 @@ class Tally:
         routes = {}
         for route, values in sorted(self.latencies.items()):
             values = sorted(values)
-            routes[route] = {"count": len(values), "p50_ms": round(1000 * percentile(values, 50), 1),
-                             "p99_ms": round(1000 * percentile(values, 99), 1)}
-        return {"ok": self.ok, **{k: self.count(k) for k in ("lost", "failed", "mixed", "malformed")},
-                "routes": routes, "examples": {k: v[:5] for k, v in self.problems.items()}}
+            routes[route] = {
+                "count": len(values),
+                "p50_ms": round(1000 * percentile(values, 50), 1),
+                "p99_ms": round(1000 * percentile(values, 99), 1),
+            }
+        return {
+            "ok": self.ok,
+            **{k: self.count(k) for k in ("lost", "failed", "mixed", "malformed")},
+            "routes": routes,
+            "examples": {k: v[:5] for k, v in self.problems.items()},
+        }
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -149,8 +172,15 @@ def check_marker(text: str, marker: str) -> None:
 
 
 class Client:
-    def __init__(self, url: str, models: list[str], pull_model: str | None, references: dict[str, list[float]],
-                 timeout: float, index: int):
+    def __init__(
+        self,
+        url: str,
+        models: list[str],
+        pull_model: str | None,
+        references: dict[str, list[float]],
+        timeout: float,
+        index: int,
+    ):
         self.rng = random.Random(index)  # each client its own reproducible mix
         self.http = httpx.Client(base_url=url, timeout=timeout)
         self.models = models
@@ -168,7 +198,12 @@ class Client:
 
     def generate(self, stream: bool = False) -> None:
         model, marker = self.rng.choice(self.models), self.marker("g")
-        body = {"model": model, "prompt": f"say {marker}", "stream": stream, **marker_request(marker, self.rng.randrange(1 << 30))}
+        body = {
+            "model": model,
+            "prompt": f"say {marker}",
+            "stream": stream,
+            **marker_request(marker, self.rng.randrange(1 << 30)),
+        }
         if stream:
             with self.http.stream("POST", "/api/generate", json=body) as r:
                 text = read_stream(r, model, lambda o: o.get("response", ""))
@@ -185,8 +220,12 @@ class Client:
 
     def chat(self, stream: bool = False) -> None:
         model, marker = self.rng.choice(self.models), self.marker("c")
-        body = {"model": model, "messages": [{"role": "user", "content": f"say {marker}"}], "stream": stream,
-                **marker_request(marker, self.rng.randrange(1 << 30))}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": f"say {marker}"}],
+            "stream": stream,
+            **marker_request(marker, self.rng.randrange(1 << 30)),
+        }
 
         def piece(obj: dict) -> str:
             msg = obj.get("message")
@@ -214,8 +253,11 @@ class Client:
         status_ok(r)
         obj = parse_json(r.text)
         vectors = obj.get("embeddings")
-        expect(isinstance(vectors, list) and len(vectors) == len(texts), "malformed",
-               f"{len(vectors) if isinstance(vectors, list) else vectors!r} embeddings for {len(texts)} inputs")
+        expect(
+            isinstance(vectors, list) and len(vectors) == len(texts),
+            "malformed",
+            f"{len(vectors) if isinstance(vectors, list) else vectors!r} embeddings for {len(texts)} inputs",
+        )
         expect(obj.get("model") == model, "mixed", f"answer for {obj.get('model')!r}")
         for text, vector in zip(texts, vectors):
             expect(cosine(vector, self.references[text]) > 0.999, "mixed", f"the vector for {text!r} is another's")
@@ -233,8 +275,11 @@ class Client:
         r = self.http.post("/api/show", json={"model": model})
         status_ok(r)
         obj = parse_json(r.text)
-        expect(isinstance(obj.get("details"), dict) and isinstance(obj.get("model_info"), dict), "malformed",
-               f"show without details/model_info: {sorted(obj)}")
+        expect(
+            isinstance(obj.get("details"), dict) and isinstance(obj.get("model_info"), dict),
+            "malformed",
+            f"show without details/model_info: {sorted(obj)}",
+        )
 
     def pull(self) -> None:
         if not self.pull_model:
@@ -273,8 +318,15 @@ def embed_references(url: str, model: str, timeout: float) -> dict[str, list[flo
     return out
 
 
-def soak(url: str, models: list[str], clients: int, seconds: float, max_requests: int,
-         pull_model: str | None = None, timeout: float = 120.0) -> Tally:
+def soak(
+    url: str,
+    models: list[str],
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    pull_model: str | None = None,
+    timeout: float = 120.0,
+) -> Tally:
     clients = max(1, min(clients, MAX_CLIENTS))
     seconds = max(0.0, min(seconds, MAX_SECONDS))
     references = embed_references(url, models[0], timeout)
@@ -339,9 +391,15 @@ class OwnServer:
         for layer in stored.manifest.all_layers():
             self.registry.blobs[layer.digest] = stored.read_blob(layer)
         self.registry.manifests[("library/soakpull", "latest")] = stored.raw
-        self.server = LiveServer(root / "models", root / "server.log", env={
-            "MLXOLLAMA_REGISTRY": self.registry.url, "OLLAMA_MODELS": str(root / "no-ollama"),
-            "HF_ENDPOINT": "http://127.0.0.1:9"})
+        self.server = LiveServer(
+            root / "models",
+            root / "server.log",
+            env={
+                "MLXOLLAMA_REGISTRY": self.registry.url,
+                "OLLAMA_MODELS": str(root / "no-ollama"),
+                "HF_ENDPOINT": "http://127.0.0.1:9",
+            },
+        )
         self.url = self.server.url
         with httpx.Client(base_url=self.url, timeout=60) as c:
             for copy in ("soak-a:latest", "soak-b:latest"):  # several names: answers must say which
@@ -386,8 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['ok']} ok, {summary['lost']} lost, {summary['failed']} failed, "
-              f"{summary['mixed']} mixed, {summary['malformed']} malformed")
+        print(
+            f"{summary['ok']} ok, {summary['lost']} lost, {summary['failed']} failed, "
+            f"{summary['mixed']} mixed, {summary['malformed']} malformed"
+        )
         for route, s in summary["routes"].items():
             print(f"  {route:16} {s['count']:6}  p50 {s['p50_ms']:8.1f} ms  p99 {s['p99_ms']:8.1f} ms")
         for kind, examples in summary["examples"].items():

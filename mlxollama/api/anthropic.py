@@ -16,8 +16,8 @@ import time
 
 from sanic import Blueprint
 
-from ..errors import StatusError
 from ..engine.jobs import DoneEvent, ErrorEvent, TextEvent
+from ..errors import StatusError
 from ..parsers.stops import StopMatcher
 from . import sse
 from .errors import APIError, dumps, json_body
@@ -28,13 +28,23 @@ from .state import state_of
 
 bp = Blueprint("anthropic")
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 def error_body(status: int, message: str) -> dict:
-    return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message},
-            "request_id": "req_" + secrets.token_hex(12)}
+    return {
+        "type": "error",
+        "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message},
+        "request_id": "req_" + secrets.token_hex(12),
+    }
 
 
 def anthropic_error(status: int, message: str):
@@ -53,6 +63,7 @@ def anthropic_errors(handler):
 
 
 # --- request ---------------------------------------------------------------------------------
+
 
 def _image(source) -> bytes:
     if not isinstance(source, dict):
@@ -85,7 +96,10 @@ def _blocks(content) -> list[dict]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
-        raise APIError(f"json: cannot unmarshal {go_type(content)} into Go struct field MessageParam.messages.content of type []anthropic.ContentBlock", 400)
+        raise APIError(
+            f"json: cannot unmarshal {go_type(content)} into Go struct field MessageParam.messages.content of type []anthropic.ContentBlock",
+            400,
+        )
     return content
 
 
@@ -97,8 +111,11 @@ def _text_field(block: dict, key: str) -> str:
     value = block.get(key)
     if value is None or isinstance(value, str):
         return value or ""
-    raise APIError(f"json: cannot unmarshal {_JSON_KIND.get(type(value), 'value')} into Go struct field "
-                   f"ContentBlock.messages.content.{key} of type string", 400)
+    raise APIError(
+        f"json: cannot unmarshal {_JSON_KIND.get(type(value), 'value')} into Go struct field "
+        f"ContentBlock.messages.content.{key} of type string",
+        400,
+    )
 
 
 def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
@@ -118,13 +135,22 @@ def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
             if not _text_field(block, "name"):
                 raise APIError("tool_use block missing required 'name' field", 400)
             tool_names[block["id"]] = block["name"]
-            calls.append({"id": block["id"], "function": {"name": block["name"], "arguments": block.get("input") or {}}})
+            calls.append(
+                {"id": block["id"], "function": {"name": block["name"], "arguments": block.get("input") or {}}}
+            )
         elif kind == "tool_result":
             content, result_images = _tool_result_content(block.get("content"))
             call_id = _text_field(block, "tool_use_id")
             # Ollama leaves tool_name empty here; templates that print the tool's name need it.
-            results.append(Message(role="tool", content=content, images=result_images, tool_call_id=call_id,
-                                   tool_name=tool_names.get(call_id, "")))
+            results.append(
+                Message(
+                    role="tool",
+                    content=content,
+                    images=result_images,
+                    tool_call_id=call_id,
+                    tool_name=tool_names.get(call_id, ""),
+                )
+            )
         elif kind == "thinking":
             thinking = _text_field(block, "thinking")
         # redacted_thinking, documents and server tool blocks carry nothing a local model can use
@@ -138,15 +164,27 @@ def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
 
 def _tool(raw) -> dict | None:
     if not isinstance(raw, dict):
-        raise APIError(f"json: cannot unmarshal {go_type(raw)} into Go struct field MessagesRequest.tools of type anthropic.Tool", 400)
+        raise APIError(
+            f"json: cannot unmarshal {go_type(raw)} into Go struct field MessagesRequest.tools of type anthropic.Tool",
+            400,
+        )
     if str(raw.get("type") or "").startswith("web_search"):
         return None  # Ollama runs these through ollama.com; a local server cannot search
     schema = raw.get("input_schema")
     if schema is not None and not isinstance(schema, dict):
-        raise APIError(f'invalid input_schema for tool "{raw.get("name", "")}": json: cannot unmarshal '
-                            f"{go_type(schema)} into Go value of type api.ToolFunctionParameters", 400)
-    return {"type": "function", "function": {"name": raw.get("name") or "", "description": raw.get("description") or "",
-                                             "parameters": schema or {}}}
+        raise APIError(
+            f'invalid input_schema for tool "{raw.get("name", "")}": json: cannot unmarshal '
+            f"{go_type(schema)} into Go value of type api.ToolFunctionParameters",
+            400,
+        )
+    return {
+        "type": "function",
+        "function": {
+            "name": raw.get("name") or "",
+            "description": raw.get("description") or "",
+            "parameters": schema or {},
+        },
+    }
 
 
 def _think(f: OpenAIFields):
@@ -219,7 +257,10 @@ class MessagesRequest:
         tool_names: dict[str, str] = {}
         for raw in raw_messages:
             if not isinstance(raw, dict):
-                raise APIError(f"json: cannot unmarshal {go_type(raw)} into Go struct field MessagesRequest.messages of type anthropic.MessageParam", 400)
+                raise APIError(
+                    f"json: cannot unmarshal {go_type(raw)} into Go struct field MessagesRequest.messages of type anthropic.MessageParam",
+                    400,
+                )
             messages.extend(convert_message(raw, tool_names))
         self.overrides: dict = {"num_predict": max_tokens}
         for key, option in (("temperature", "temperature"), ("top_p", "top_p")):
@@ -236,12 +277,14 @@ class MessagesRequest:
         # answer, and the engine's done_reason cannot tell a stop string from the end token.
         self.stop_sequences = [s for s in stops if s]
         tools = [t for t in (_tool(t) for t in f.list("tools", "[]anthropic.Tool") or []) if t]
-        self.native = ChatRequest(model=self.model, messages=messages, tools=tools or None, stream=self.stream,
-                                  think=_think(f))
+        self.native = ChatRequest(
+            model=self.model, messages=messages, tools=tools or None, stream=self.stream, think=_think(f)
+        )
         self.estimated_input = _estimate_tokens(body)
 
 
 # --- response --------------------------------------------------------------------------------
+
 
 class _Stops(StopMatcher):
     """The engine's stop matcher, remembering which sequence matched."""
@@ -277,14 +320,28 @@ class MessageWriter:
         return len(self.content) - 1
 
     def start(self) -> str:
-        return sse.event("message_start", {"type": "message_start", "message": {
-            "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": self.estimated_input, "output_tokens": 0}}})
+        return sse.event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": self.id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": self.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": self.estimated_input, "output_tokens": 0},
+                },
+            },
+        )
 
     def _open(self, block: dict) -> str:
         self.content.append(json.loads(dumps(block)))
-        return sse.event("content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block})
+        return sse.event(
+            "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
+        )
 
     def _delta(self, delta: dict) -> str:
         return sse.event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
@@ -329,8 +386,11 @@ class MessageWriter:
                 out.append(self._close())
             fn = tc.get("function") or {}
             args = fn.get("arguments") or {}
-            out.append(self._open({"type": "tool_use", "id": tc.get("id") or sse.call_id(), "name": fn.get("name", ""),
-                                   "input": {}}))
+            out.append(
+                self._open(
+                    {"type": "tool_use", "id": tc.get("id") or sse.call_id(), "name": fn.get("name", ""), "input": {}}
+                )
+            )
             self.content[-1]["input"] = args
             out.append(self._delta({"type": "input_json_delta", "partial_json": dumps(args)}))
             out.append(self._close())
@@ -365,14 +425,28 @@ class MessageWriter:
         else:
             usage = {"input_tokens": self.estimated_input, "output_tokens": self.tokens}
         final = {"stop_reason": reason, "stop_sequence": self.stops.matched if self.stopped else None, "usage": usage}
-        out.append(sse.event("message_delta", {"type": "message_delta", "delta": {
-            "stop_reason": final["stop_reason"], "stop_sequence": final["stop_sequence"]}, "usage": usage}))
+        out.append(
+            sse.event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": final["stop_reason"], "stop_sequence": final["stop_sequence"]},
+                    "usage": usage,
+                },
+            )
+        )
         out.append(sse.event("message_stop", {"type": "message_stop"}))
         return out, final
 
     def message(self, final: dict) -> dict:
-        return {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": self.content,
-                **final}
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": self.content,
+            **final,
+        }
 
 
 async def _next(gen: Generation, writer: MessageWriter):
@@ -395,8 +469,9 @@ async def messages(request):
         req.native.think = None
     prompt, opts = prepare_chat(state, spec, req.native, req.overrides)
     # Logprobs are only asked for to count output tokens when a stop sequence ends the answer early.
-    gen = await start_generation(state, spec, prompt, opts, keep_alive=None, started=started,
-                                 logprobs=bool(req.stop_sequences), top_logprobs=0)
+    gen = await start_generation(
+        state, spec, prompt, opts, keep_alive=None, started=started, logprobs=bool(req.stop_sequences), top_logprobs=0
+    )
     writer = MessageWriter(req.model, req.estimated_input, req.stop_sequences)
     try:
         event = await gen.next_event()
@@ -417,8 +492,15 @@ async def messages(request):
                 await response.send(chunk)
             event = await _next(gen, writer)
         if isinstance(event, ErrorEvent):
-            await response.send(sse.event("error", {"type": "error", "error": {
-                "type": _ERROR_TYPES.get(event.status, "api_error"), "message": event.message}}))
+            await response.send(
+                sse.event(
+                    "error",
+                    {
+                        "type": "error",
+                        "error": {"type": _ERROR_TYPES.get(event.status, "api_error"), "message": event.message},
+                    },
+                )
+            )
         else:
             events, _ = writer.finish(event, gen)
             for chunk in events:

@@ -47,8 +47,14 @@ class OllamaRequest(Request):
 
 
 # Schemes an exact OLLAMA_ORIGINS entry may use (gin-contrib/cors with AllowBrowserExtensions).
-_ORIGIN_SCHEMES = ("http://", "https://", "chrome-extension://", "safari-extension://", "moz-extension://",
-                   "ms-browser-extension://")
+_ORIGIN_SCHEMES = (
+    "http://",
+    "https://",
+    "chrome-extension://",
+    "safari-extension://",
+    "moz-extension://",
+    "ms-browser-extension://",
+)
 
 
 class OriginPolicy:
@@ -65,8 +71,11 @@ class OriginPolicy:
             stars = entry.count("*")
             if stars > 1 or (stars == 0 and not entry.startswith(_ORIGIN_SCHEMES)):
                 # Ollama refuses to start on these; we leave the entry out and say so.
-                log.warning("ignoring origin %r: use one '*' at most, or start with one of %s",
-                            entry, ", ".join(_ORIGIN_SCHEMES))
+                log.warning(
+                    "ignoring origin %r: use one '*' at most, or start with one of %s",
+                    entry,
+                    ", ".join(_ORIGIN_SCHEMES),
+                )
             elif stars:
                 before, after = entry.split("*")
                 self.wildcards.append((before, after))
@@ -101,7 +110,7 @@ def split_host_port(hostport: str) -> str:
         host, rest_from = hostport[:colon], 0
         if ":" in host:
             return hostport
-    if "[" in hostport[1 if rest_from else 0:] or "]" in hostport[rest_from:]:
+    if "[" in hostport[1 if rest_from else 0 :] or "]" in hostport[rest_from:]:
         return hostport
     return host
 
@@ -140,8 +149,12 @@ def host_allowed(host_header: str, is_local_address=_is_interface_address) -> bo
         ip = None
     if ip is not None:
         plain = _unmapped(ip)
-        if (plain.is_loopback or any(plain in net for net in _GO_PRIVATE if net.version == plain.version)
-                or str(ip) in ("0.0.0.0", "::") or is_local_address(ip)):
+        if (
+            plain.is_loopback
+            or any(plain in net for net in _GO_PRIVATE if net.version == plain.version)
+            or str(ip) in ("0.0.0.0", "::")
+            or is_local_address(ip)
+        ):
             return True
     host = host.lower()
     if host in ("", "localhost") or host.endswith((".localhost", ".local", ".internal")):
@@ -190,12 +203,15 @@ def create_app(state: ServerState, name: str = "mlxollama") -> Sanic:
                 return response.empty(status=403)
             request.ctx.cors_origin = "*" if origins.allow_all else origin
             if request.method == "OPTIONS":
-                return response.empty(status=204, headers={
-                    "Access-Control-Allow-Origin": request.ctx.cors_origin,
-                    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
-                    "Access-Control-Allow-Headers": _ALLOW_HEADERS,
-                    "Access-Control-Max-Age": "43200",
-                })
+                return response.empty(
+                    status=204,
+                    headers={
+                        "Access-Control-Allow-Origin": request.ctx.cors_origin,
+                        "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
+                        "Access-Control-Allow-Headers": _ALLOW_HEADERS,
+                        "Access-Control-Max-Age": "43200",
+                    },
+                )
         if guard_host and not host_allowed(request.headers.get("host", "")):
             return response.empty(status=403)
         if request.method == "OPTIONS":

@@ -17,8 +17,18 @@ bp = Blueprint("embed")
 NOT_FOUND = 'model "{name}" not found, try pulling it first'
 
 
-async def embed_texts(state: ServerState, spec, texts, *, truncate, normalize, dimensions, keep_alive, options,
-                      error_status: int | None = None):
+async def embed_texts(
+    state: ServerState,
+    spec,
+    texts,
+    *,
+    truncate,
+    normalize,
+    dimensions,
+    keep_alive,
+    options,
+    error_status: int | None = None,
+):
     """Embed texts with the model loaded (or kept loaded) -> (EmbedResult or None for no texts,
     load duration in ns). The native endpoints and /v1/embeddings all run on this."""
     opts = resolve_options(state, spec, options)
@@ -62,13 +72,25 @@ async def embed(request):
     keep_alive = f.keep_alive()
     options = f.obj("options")
     spec = await state.lookup(model, not_found=NOT_FOUND)
-    result, load_ns = await embed_texts(state, spec, texts, truncate=truncate, normalize=True,
-                                        dimensions=dimensions, keep_alive=keep_alive, options=options)
+    result, load_ns = await embed_texts(
+        state,
+        spec,
+        texts,
+        truncate=truncate,
+        normalize=True,
+        dimensions=dimensions,
+        keep_alive=keep_alive,
+        options=options,
+    )
     if result is None:
         return json_body({"model": model, "embeddings": []})
-    out = {"model": model, "embeddings": result.vectors,
-           "total_duration": time.perf_counter_ns() - started, "load_duration": load_ns,
-           "prompt_eval_count": result.prompt_eval_count}
+    out = {
+        "model": model,
+        "embeddings": result.vectors,
+        "total_duration": time.perf_counter_ns() - started,
+        "load_duration": load_ns,
+        "prompt_eval_count": result.prompt_eval_count,
+    }
     return json_body({k: v for k, v in out.items() if v or k == "embeddings"})
 
 
@@ -84,6 +106,15 @@ async def embeddings(request):
     options = f.obj("options")
     spec = await state.lookup(model, not_found=NOT_FOUND)
     # The legacy endpoint returns the raw pooled vector and never truncates (too long is a 500).
-    result, _ = await embed_texts(state, spec, [prompt] if prompt else [], truncate=False, normalize=False,
-                                  dimensions=0, keep_alive=keep_alive, options=options, error_status=500)
+    result, _ = await embed_texts(
+        state,
+        spec,
+        [prompt] if prompt else [],
+        truncate=False,
+        normalize=False,
+        dimensions=0,
+        keep_alive=keep_alive,
+        options=options,
+        error_status=500,
+    )
     return json_body({"embedding": result.vectors[0] if result else []})

@@ -14,9 +14,7 @@ class APIError(StatusError):
 
 
 def json_body(data, status: int = 200) -> response.HTTPResponse:
-    return response.HTTPResponse(
-        dumps(data), status=status, content_type="application/json; charset=utf-8"
-    )
+    return response.HTTPResponse(dumps(data), status=status, content_type="application/json; charset=utf-8")
 
 
 def error_response(status: int, message: str) -> response.HTTPResponse:

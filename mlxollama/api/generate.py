@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-
 import time
 from collections.abc import Awaitable, Callable
 
 from sanic import Blueprint
 
 from ..engine.catalog import ModelSpec
+from ..engine.jobs import DoneEvent, ErrorEvent, PromptSpec, TextEvent
 from ..errors import StatusError
 from ..template.gotemplate import TemplateError
 from ..template.ollama import render as render_go_template
-from ..engine.jobs import DoneEvent, ErrorEvent, PromptSpec, TextEvent
 from ..timefmt import rfc3339_utc
 from .errors import APIError, dumps, json_body
 from .protocol import ChatRequest, GenerateRequest, parse_body
-from .service import (Generation, acquire_runner, check_capabilities, effective_think, own_template, prepare_chat,
-                      resolve_options, start_generation, structured_grammar)
+from .service import (
+    Generation,
+    acquire_runner,
+    check_capabilities,
+    effective_think,
+    own_template,
+    prepare_chat,
+    resolve_options,
+    start_generation,
+    structured_grammar,
+)
 from .state import ServerState, state_of
 
 bp = Blueprint("generate")
@@ -146,24 +154,28 @@ async def generate_reply(state: ServerState, req: GenerateRequest, started: int,
     elif req.suffix:
         # Fill-in-the-middle: only Prompt and Suffix go in, no system or history (§5.6.2).
         if spec.fim is not None:
-            prompt = PromptSpec(fim=(req.prompt, req.suffix), context=req.context, truncate=req.truncate,
-                                return_context=True)
+            prompt = PromptSpec(
+                fim=(req.prompt, req.suffix), context=req.context, truncate=req.truncate, return_context=True
+            )
         else:
             try:
                 # Templates run on a worker thread: a slow one must never stall the event loop.
-                text = await asyncio.to_thread(render_go_template, spec.go_template or "", prompt=req.prompt,
-                                               suffix=req.suffix)
+                text = await asyncio.to_thread(
+                    render_go_template, spec.go_template or "", prompt=req.prompt, suffix=req.suffix
+                )
             except TemplateError as e:
                 raise APIError(f"template error: {e}", 500) from e
             prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True)
     elif req.template:
         try:
-            text = await asyncio.to_thread(render_go_template, req.template, system=req.system or spec.system or "",
-                                           prompt=req.prompt)
+            text = await asyncio.to_thread(
+                render_go_template, req.template, system=req.system or spec.system or "", prompt=req.prompt
+            )
         except TemplateError as e:
             raise APIError(f"template error: {e}", 400) from e
-        prompt = PromptSpec(raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True,
-                            think=think)
+        prompt = PromptSpec(
+            raw_prompt=text, context=req.context, truncate=req.truncate, return_context=True, think=think
+        )
     else:
         messages = []
         system = req.system or spec.system
@@ -172,8 +184,14 @@ async def generate_reply(state: ServerState, req: GenerateRequest, started: int,
         if not req.context:
             messages.extend(spec.messages)
         messages.append({"role": "user", "content": req.prompt})
-        prompt = PromptSpec(messages=messages, context=req.context, truncate=req.truncate, return_context=True,
-                            think=think, go_template=own_template(spec))
+        prompt = PromptSpec(
+            messages=messages,
+            context=req.context,
+            truncate=req.truncate,
+            return_context=True,
+            think=think,
+            go_template=own_template(spec),
+        )
     prompt.grammar = grammar
     prompt.shift = req.shift
 
@@ -195,8 +213,16 @@ async def generate_reply(state: ServerState, req: GenerateRequest, started: int,
         out.update(metrics)
         return out
 
-    gen = await start_generation(state, spec, prompt, opts, keep_alive=req.keep_alive, started=started,
-                                 logprobs=req.logprobs, top_logprobs=req.top_logprobs)
+    gen = await start_generation(
+        state,
+        spec,
+        prompt,
+        opts,
+        keep_alive=req.keep_alive,
+        started=started,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+    )
     return await _run(gen, chunk, final, req.stream, req.logprobs, emit)
 
 
@@ -221,8 +247,13 @@ async def chat_reply(state: ServerState, req: ChatRequest, started: int, emit: E
     spec = await state.lookup(req.model, not_found="model '{name}' not found")
 
     def shape(reason):
-        return {"model": req.model, "created_at": rfc3339_utc(),
-                "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": reason}
+        return {
+            "model": req.model,
+            "created_at": rfc3339_utc(),
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": reason,
+        }
 
     if not req.messages:
         if req.keep_alive_given and req.keep_alive == 0:
@@ -233,16 +264,32 @@ async def chat_reply(state: ServerState, req: ChatRequest, started: int, emit: E
     prompt, opts = prepare_chat(state, spec, req)
 
     def chunk(text, thinking="", calls=None):
-        return {"model": req.model, "created_at": rfc3339_utc(),
-                "message": chat_message(text, thinking, calls), "done": False}
+        return {
+            "model": req.model,
+            "created_at": rfc3339_utc(),
+            "message": chat_message(text, thinking, calls),
+            "done": False,
+        }
 
     def final(done: DoneEvent, metrics: dict, text: str = "", thinking: str = "", calls=None):
-        out = {"model": req.model, "created_at": rfc3339_utc(),
-               "message": chat_message(text, thinking, calls), "done": True}
+        out = {
+            "model": req.model,
+            "created_at": rfc3339_utc(),
+            "message": chat_message(text, thinking, calls),
+            "done": True,
+        }
         out["done_reason"] = metrics.pop("done_reason")
         out.update(metrics)
         return out
 
-    gen = await start_generation(state, spec, prompt, opts, keep_alive=req.keep_alive, started=started,
-                                 logprobs=req.logprobs, top_logprobs=req.top_logprobs)
+    gen = await start_generation(
+        state,
+        spec,
+        prompt,
+        opts,
+        keep_alive=req.keep_alive,
+        started=started,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+    )
     return await _run(gen, chunk, final, req.stream, req.logprobs, emit)

@@ -13,8 +13,8 @@ from typing import Any, Awaitable, Callable
 
 from sanic import Blueprint, response
 
-from ..errors import StatusError
 from ..convert.create import ManageError, create_model, parse_create_request, sweep_work_dirs
+from ..errors import StatusError
 from ..store import DigestMismatch, InvalidDigest, InvalidName, ModelName, validate_digest
 from .errors import APIError, dumps, error_response, json_body
 from .protocol import Fields, parse_body

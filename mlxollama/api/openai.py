@@ -17,15 +17,25 @@ from urllib.parse import unquote
 
 from sanic import Blueprint
 
-from ..errors import StatusError
 from ..engine.jobs import DoneEvent, ErrorEvent, TextEvent
+from ..errors import StatusError
 from . import sse
 from .embed import NOT_FOUND as EMBED_NOT_FOUND
 from .embed import embed_texts
 from .errors import APIError, json_body
 from .generate import generate_reply
-from .openai_convert import (FINGERPRINT, ToolCallNumbering, chat_request, completion_request, embed_request,
-                             embedding_list, error_body, legacy_logprobs, openai_logprobs, usage)
+from .openai_convert import (
+    FINGERPRINT,
+    ToolCallNumbering,
+    chat_request,
+    completion_request,
+    embed_request,
+    embedding_list,
+    error_body,
+    legacy_logprobs,
+    openai_logprobs,
+    usage,
+)
 from .protocol import parse_body
 from .service import Generation, prepare_chat, start_generation
 from .state import state_of
@@ -34,6 +44,7 @@ bp = Blueprint("openai")
 
 
 # --- errors ----------------------------------------------------------------------------------
+
 
 def openai_error(status: int, message: str):
     return json_body(error_body(status, message), status)
@@ -64,8 +75,15 @@ class ChatWriter:
         self.calls = ToolCallNumbering()
 
     def _chunk(self, choices: list, **extra) -> dict:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "system_fingerprint": FINGERPRINT, "choices": choices, **extra}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices,
+            **extra,
+        }
 
     def _delta_chunks(self, ev: TextEvent, first: bool) -> list[dict]:
         calls = self.calls.convert(ev.tool_calls) if ev.tool_calls else []
@@ -74,9 +92,18 @@ class ChatWriter:
         if ev.thinking and (ev.text or calls):
             # OpenAI deltas carry reasoning or content, never both: split into two chunks.
             return [
-                self._chunk([{"index": 0, "delta": {**role, "reasoning": ev.thinking}, "finish_reason": None, **logprobs}]),
-                self._chunk([{"index": 0, "delta": {"content": ev.text, **({"tool_calls": calls} if calls else {})},
-                              "finish_reason": None}]),
+                self._chunk(
+                    [{"index": 0, "delta": {**role, "reasoning": ev.thinking}, "finish_reason": None, **logprobs}]
+                ),
+                self._chunk(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"content": ev.text, **({"tool_calls": calls} if calls else {})},
+                            "finish_reason": None,
+                        }
+                    ]
+                ),
             ]
         delta = {**role, "content": ev.text}
         if ev.thinking:
@@ -96,8 +123,13 @@ class ChatWriter:
                     tool_sent = tool_sent or bool(event.tool_calls)
             elif isinstance(event, DoneEvent):
                 if first:  # an empty completion still opens with the role
-                    await response.send(sse.data(self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                                "finish_reason": None}])))
+                    await response.send(
+                        sse.data(
+                            self._chunk(
+                                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+                            )
+                        )
+                    )
                 reason = event.done_reason or "stop"
                 if reason == "stop" and tool_sent:
                     reason = "tool_calls"
@@ -132,12 +164,21 @@ class ChatWriter:
         if logprobs:
             choice["logprobs"] = {"content": openai_logprobs(logprobs)}
         m = gen.metrics()
-        return json_body({"id": self.id, "object": "chat.completion", "created": int(time.time()), "model": self.model,
-                          "system_fingerprint": FINGERPRINT, "choices": [choice],
-                          "usage": usage(m.prompt_eval_count, m.eval_count)})
+        return json_body(
+            {
+                "id": self.id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.model,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [choice],
+                "usage": usage(m.prompt_eval_count, m.eval_count),
+            }
+        )
 
 
 # --- /v1/chat/completions --------------------------------------------------------------------
+
 
 @bp.post("/v1/chat/completions")
 @openai_errors
@@ -149,8 +190,16 @@ async def chat_completions(request):
         raise APIError("model is required", 400)
     spec = await state.lookup(req.model, not_found="model '{name}' not found")
     prompt, opts = prepare_chat(state, spec, req, overrides)
-    gen = await start_generation(state, spec, prompt, opts, keep_alive=None, started=started,
-                                 logprobs=req.logprobs, top_logprobs=req.top_logprobs)
+    gen = await start_generation(
+        state,
+        spec,
+        prompt,
+        opts,
+        keep_alive=None,
+        started=started,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+    )
     writer = ChatWriter(req.model, include_usage)
     try:
         event = await gen.next_event()
@@ -164,6 +213,7 @@ async def chat_completions(request):
 
 
 # --- /v1/completions -------------------------------------------------------------------------
+
 
 class CompletionWriter:
     def __init__(self, request, model: str, include_usage: bool):
@@ -182,9 +232,15 @@ class CompletionWriter:
         return choice
 
     def completion(self, native: dict) -> dict:
-        return {"id": self.id, "object": "text_completion", "created": int(time.time()), "model": self.model,
-                "system_fingerprint": FINGERPRINT, "choices": [self._choice(native)],
-                "usage": usage(native.get("prompt_eval_count", 0), native.get("eval_count", 0))}
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [self._choice(native)],
+            "usage": usage(native.get("prompt_eval_count", 0), native.get("eval_count", 0)),
+        }
 
     async def line(self, native: dict) -> None:
         """One native stream line → one SSE chunk (Ollama's mapping, `created` = now per chunk)."""
@@ -193,8 +249,14 @@ class CompletionWriter:
         if "error" in native:
             await self.response.send(sse.data(error_body(500, native["error"])))
             return
-        chunk = {"id": self.id, "object": "text_completion", "created": int(time.time()),
-                 "choices": [self._choice(native)], "model": self.model, "system_fingerprint": FINGERPRINT}
+        chunk = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "choices": [self._choice(native)],
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+        }
         if self.include_usage:  # Ollama puts zero usage on every chunk and the real one last
             chunk["usage"] = usage(0, 0)
         await self.response.send(sse.data(chunk))
@@ -226,25 +288,35 @@ async def completions(request):
 
 # --- /v1/embeddings --------------------------------------------------------------------------
 
+
 @bp.post("/v1/embeddings")
 @openai_errors
 async def embeddings(request):
     state = state_of(request)
     model, texts, dimensions, encoding = embed_request(parse_body(request.body))
     spec = await state.lookup(model, not_found=EMBED_NOT_FOUND)
-    result, _ = await embed_texts(state, spec, texts, truncate=True, normalize=True, dimensions=dimensions,
-                                  keep_alive=None, options=None)
+    result, _ = await embed_texts(
+        state, spec, texts, truncate=True, normalize=True, dimensions=dimensions, keep_alive=None, options=None
+    )
     return json_body(embedding_list(model, result.vectors, result.prompt_eval_count, encoding == "base64"))
 
 
 # --- /v1/models ------------------------------------------------------------------------------
 
+
 @bp.get("/v1/models")
 @openai_errors
 async def list_models(request):
     stored = await asyncio.to_thread(state_of(request).store.list_models)
-    data = [{"id": s.name.display_shortest(), "object": "model", "created": int(s.modified_at),
-             "owned_by": s.name.namespace} for s in stored]
+    data = [
+        {
+            "id": s.name.display_shortest(),
+            "object": "model",
+            "created": int(s.modified_at),
+            "owned_by": s.name.namespace,
+        }
+        for s in stored
+    ]
     # Ollama serialises an empty list as null (a Go nil slice); clients are written for that.
     return json_body({"object": "list", "data": data or None})
 
@@ -258,4 +330,6 @@ async def retrieve_model(request, model: str):
     if not model:  # `/v1/models/`: Ollama redirects it to the list
         return await list_models(request)
     spec = await state_of(request).lookup(model, not_found="model '{short}' not found")
-    return json_body({"id": model, "object": "model", "created": int(spec.modified_at), "owned_by": spec.name.namespace})
+    return json_body(
+        {"id": model, "object": "model", "created": int(spec.modified_at), "owned_by": spec.name.namespace}
+    )

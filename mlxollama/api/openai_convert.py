@@ -102,7 +102,7 @@ def decode_image_url(url: str) -> bytes:
     if prefix is None:
         raise APIError("invalid image input", 400)
     try:
-        return base64.b64decode(url[len(prefix):], validate=True)
+        return base64.b64decode(url[len(prefix) :], validate=True)
     except (binascii.Error, ValueError) as e:
         raise APIError("invalid image input", 400) from e
 
@@ -146,7 +146,10 @@ def _tool_calls_in(raw: list) -> list[dict]:
     calls = []
     for tc in raw:
         if not isinstance(tc, dict):
-            raise APIError(f"json: cannot unmarshal {go_type(tc)} into Go struct field Message.messages.tool_calls of type openai.ToolCall", 400)
+            raise APIError(
+                f"json: cannot unmarshal {go_type(tc)} into Go struct field Message.messages.tool_calls of type openai.ToolCall",
+                400,
+            )
         fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
         args = fn.get("arguments")
         if not isinstance(args, dict):
@@ -175,7 +178,10 @@ def convert_messages(raw: list) -> list[Message]:
     out = []
     for item in raw:
         if not isinstance(item, dict):
-            raise APIError(f"json: cannot unmarshal {go_type(item)} into Go struct field ChatCompletionRequest.messages of type openai.Message", 400)
+            raise APIError(
+                f"json: cannot unmarshal {go_type(item)} into Go struct field ChatCompletionRequest.messages of type openai.Message",
+                400,
+            )
         f = OpenAIFields(item, "Message")
         role = f.str("role").lower()
         content = item.get("content")
@@ -192,9 +198,17 @@ def convert_messages(raw: list) -> list[Message]:
             raise APIError(f"invalid message content type: {go_type(content)}", 400)
         else:
             text, images = "", []
-        out.append(Message(role=role, content=text, thinking=f.str("reasoning"), images=images,
-                           tool_calls=_tool_calls_in(raw_calls or []), tool_name=tool_name,
-                           tool_call_id=tool_call_id))
+        out.append(
+            Message(
+                role=role,
+                content=text,
+                thinking=f.str("reasoning"),
+                images=images,
+                tool_calls=_tool_calls_in(raw_calls or []),
+                tool_name=tool_name,
+                tool_call_id=tool_call_id,
+            )
+        )
     return out
 
 
@@ -209,8 +223,16 @@ def response_format(rf: dict | None):
     return None
 
 
-_EFFORT = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "max": "max",
-           "xhigh": "max", "ultra": "max"}
+_EFFORT = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
 
 
 def think_from_effort(f: OpenAIFields):
@@ -218,14 +240,20 @@ def think_from_effort(f: OpenAIFields):
     if reasoning is not None:  # the object wins over reasoning_effort, even with no effort in it
         effort = reasoning.get("effort") or ""
         if not isinstance(effort, str):
-            raise APIError(f"json: cannot unmarshal {go_type(effort)} into Go struct field Reasoning.reasoning.effort of type string", 400)
+            raise APIError(
+                f"json: cannot unmarshal {go_type(effort)} into Go struct field Reasoning.reasoning.effort of type string",
+                400,
+            )
     else:
         effort = f.str("reasoning_effort")
     if not effort:
         return None
     if effort not in _EFFORT:
-        raise APIError(f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", "medium", '
-                            '"high", "xhigh", "ultra", "max", or "none")', 400)
+        raise APIError(
+            f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", "medium", '
+            '"high", "xhigh", "ultra", "max", or "none")',
+            400,
+        )
     return _EFFORT[effort]
 
 
@@ -262,14 +290,17 @@ def chat_request(body: dict) -> tuple[ChatRequest, dict, bool]:
 
 # --- response shapes -------------------------------------------------------------------------
 
+
 def openai_logprobs(entries: list[dict]) -> list[dict]:
     """Native entries already have OpenAI's token/logprob/bytes; OpenAI always carries
     `bytes` and `top_logprobs`, which the native API omits when empty."""
     out = []
     for e in entries:
         item = {"token": e.get("token", ""), "logprob": e.get("logprob", 0.0), "bytes": e.get("bytes")}
-        item["top_logprobs"] = [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
-                                for t in e.get("top_logprobs") or []]
+        item["top_logprobs"] = [
+            {"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
+            for t in e.get("top_logprobs") or []
+        ]
         out.append(item)
     return out
 
@@ -286,17 +317,27 @@ class ToolCallNumbering:
             fn = tc.get("function") or {}
             index = fn.get("index", self.count)
             self.count += 1
-            out.append({"id": tc.get("id") or call_id(), "index": index, "type": "function",
-                        "function": {"name": fn.get("name", ""), "arguments": dumps(fn.get("arguments") or {})}})
+            out.append(
+                {
+                    "id": tc.get("id") or call_id(),
+                    "index": index,
+                    "type": "function",
+                    "function": {"name": fn.get("name", ""), "arguments": dumps(fn.get("arguments") or {})},
+                }
+            )
         return out
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 # --- completions -----------------------------------------------------------------------------
+
 
 def legacy_logprobs(entries: list[dict], offset: int) -> tuple[dict, int]:
     """Native entries in the legacy completions shape (parallel lists)."""
@@ -316,8 +357,13 @@ def completion_request(body: dict) -> tuple[GenerateRequest, bool]:
     f = OpenAIFields(body, "CompletionRequest")
     stream = bool(f.bool("stream"))
     stream_options = f.obj("stream_options", "openai.StreamOptions") or {}
-    native = {"model": f.str("model"), "prompt": f.str("prompt"), "suffix": f.str("suffix"), "stream": stream,
-              "options": sampling_options(f, completion=True)}
+    native = {
+        "model": f.str("model"),
+        "prompt": f.str("prompt"),
+        "suffix": f.str("suffix"),
+        "stream": stream,
+        "options": sampling_options(f, completion=True),
+    }
     logprobs = f.maybe_int("logprobs")
     if logprobs is not None and logprobs > 0:
         native["logprobs"] = True
@@ -326,6 +372,7 @@ def completion_request(body: dict) -> tuple[GenerateRequest, bool]:
 
 
 # --- embeddings ------------------------------------------------------------------------------
+
 
 def _base64_floats(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
@@ -356,7 +403,13 @@ def embed_request(body: dict) -> tuple[str, list[str], int, str]:
 
 
 def embedding_list(model: str, vectors: list[list[float]], prompt_tokens: int, as_base64: bool) -> dict:
-    data = [{"object": "embedding", "embedding": _base64_floats(v) if as_base64 else v, "index": i}
-            for i, v in enumerate(vectors)]
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    data = [
+        {"object": "embedding", "embedding": _base64_floats(v) if as_base64 else v, "index": i}
+        for i, v in enumerate(vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

@@ -221,19 +221,31 @@ class Message:
 
 def _tool_call(raw, struct: str) -> dict:
     if not isinstance(raw, dict):
-        raise APIError(f"json: cannot unmarshal {_json_type(raw)} into Go struct field {struct}.tool_calls of type api.ToolCall", 400)
+        raise APIError(
+            f"json: cannot unmarshal {_json_type(raw)} into Go struct field {struct}.tool_calls of type api.ToolCall",
+            400,
+        )
     fn = raw.get("function") or {}
     if not isinstance(fn, dict):
-        raise APIError(f"json: cannot unmarshal {_json_type(fn)} into Go struct field ToolCall.function of type api.ToolCallFunction", 400)
+        raise APIError(
+            f"json: cannot unmarshal {_json_type(fn)} into Go struct field ToolCall.function of type api.ToolCallFunction",
+            400,
+        )
     args = fn.get("arguments", {})
     if isinstance(args, str):
         # Lenient where Ollama is strict: OpenAI-style histories carry arguments as JSON text.
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
-            raise APIError("json: cannot unmarshal string into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments", 400) from e
+            raise APIError(
+                "json: cannot unmarshal string into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments",
+                400,
+            ) from e
     if not isinstance(args, dict):
-        raise APIError(f"json: cannot unmarshal {_json_type(args)} into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments", 400)
+        raise APIError(
+            f"json: cannot unmarshal {_json_type(args)} into Go struct field ToolCallFunction.arguments of type api.ToolCallFunctionArguments",
+            400,
+        )
     call = {"function": {"name": fn.get("name", ""), "arguments": args}}
     if "index" in fn:
         call["function"]["index"] = fn["index"]
@@ -247,7 +259,10 @@ def parse_messages(fields: Fields) -> list[Message]:
     out = []
     for item in raw:
         if not isinstance(item, dict):
-            raise APIError(f"json: cannot unmarshal {_json_type(item)} into Go struct field ChatRequest.messages of type api.Message", 400)
+            raise APIError(
+                f"json: cannot unmarshal {_json_type(item)} into Go struct field ChatRequest.messages of type api.Message",
+                400,
+            )
         f = Fields(item, "Message")
         out.append(
             Message(
@@ -266,7 +281,9 @@ def parse_messages(fields: Fields) -> list[Message]:
 def check_format(value) -> None:
     if value is None or value == "" or value == "json" or isinstance(value, dict):
         return
-    raise APIError(f'invalid format: {json.dumps(json.dumps(value))}; expected "json" or a valid JSON Schema object', 500)
+    raise APIError(
+        f'invalid format: {json.dumps(json.dumps(value))}; expected "json" or a valid JSON Schema object', 500
+    )
 
 
 @dataclass(kw_only=True)
@@ -324,16 +341,18 @@ class GenerateRequest(_GenerationRequest):
         context = f.list("context", "[]int")
         if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
             raise APIError("json: cannot unmarshal value into Go struct field GenerateRequest.context of type int", 400)
-        return _checked(cls(
-            prompt=f.str("prompt"),
-            suffix=f.str("suffix"),
-            system=f.str("system"),
-            template=f.str("template"),
-            context=context,
-            raw=f.bool("raw"),
-            images=f.images(),
-            **_generation_fields(f, body),
-        ))
+        return _checked(
+            cls(
+                prompt=f.str("prompt"),
+                suffix=f.str("suffix"),
+                system=f.str("system"),
+                template=f.str("template"),
+                context=context,
+                raw=f.bool("raw"),
+                images=f.images(),
+                **_generation_fields(f, body),
+            )
+        )
 
 
 @dataclass(kw_only=True)
@@ -344,8 +363,10 @@ class ChatRequest(_GenerationRequest):
     @classmethod
     def parse(cls, body: dict) -> "ChatRequest":
         f = Fields(body, "ChatRequest")
-        return _checked(cls(
-            messages=parse_messages(f),
-            tools=f.list("tools", "api.Tools"),
-            **_generation_fields(f, body),
-        ))
+        return _checked(
+            cls(
+                messages=parse_messages(f),
+                tools=f.list("tools", "api.Tools"),
+                **_generation_fields(f, body),
+            )
+        )

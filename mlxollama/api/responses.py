@@ -57,8 +57,9 @@ async def responses(request):
             if isinstance(whole.end, ErrorEvent):
                 return openai_error(whole.end.status, whole.end.message)
             m = gen.metrics()
-            return json_body(builder.whole(whole.text, whole.thinking, whole.tool_calls, m.prompt_eval_count,
-                                           m.eval_count))
+            return json_body(
+                builder.whole(whole.text, whole.thinking, whole.tool_calls, m.prompt_eval_count, m.eval_count)
+            )
         response = await sse.open_stream(request)
         events = builder.start()
         while isinstance(event, TextEvent):

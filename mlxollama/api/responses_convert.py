@@ -32,7 +32,10 @@ def _field(body: dict, key: str, kind: type | tuple, go_target: str):
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise APIError(f"json: cannot unmarshal {_go_json_kind(value)} into Go struct field {_STRUCT}.{key} of type {go_target}", 400)
+        raise APIError(
+            f"json: cannot unmarshal {_go_json_kind(value)} into Go struct field {_STRUCT}.{key} of type {go_target}",
+            400,
+        )
     return value
 
 
@@ -51,6 +54,7 @@ def _go_json_kind(value) -> str:
 
 # --- request ---------------------------------------------------------------------------------
 
+
 def _content(raw, where: str) -> tuple[str, list[bytes]]:
     """Message content: a string, or input_text / output_text / input_image / input_file parts."""
     if raw is None:
@@ -58,13 +62,19 @@ def _content(raw, where: str) -> tuple[str, list[bytes]]:
     if isinstance(raw, str):
         return raw, []
     if not isinstance(raw, list):
-        raise APIError(f"{where} must be a string or array: json: cannot unmarshal {_go_json_kind(raw)} "
-                       "into Go value of type []json.RawMessage", 400)
+        raise APIError(
+            f"{where} must be a string or array: json: cannot unmarshal {_go_json_kind(raw)} "
+            "into Go value of type []json.RawMessage",
+            400,
+        )
     text, images = [], []
     for i, part in enumerate(raw):
         if not isinstance(part, dict):
-            raise APIError(f"{where}[{i}]: json: cannot unmarshal {_go_json_kind(part)} into Go value of type "
-                           "struct { Type string \"json:\\\"type\\\"\" }", 400)
+            raise APIError(
+                f"{where}[{i}]: json: cannot unmarshal {_go_json_kind(part)} into Go value of type "
+                'struct { Type string "json:\\"type\\"" }',
+                400,
+            )
         kind = part.get("type")
         if kind in ("input_text", "output_text"):
             value = part.get("text")
@@ -90,10 +100,16 @@ def _arguments(raw) -> dict:
             raise APIError(f"failed to parse function call arguments: {e.msg}", 400) from e
         if isinstance(value, dict):
             return value
-        raise APIError(f"failed to parse function call arguments: json: cannot unmarshal {_go_json_kind(value)} "
-                       "into Go value of type api.ToolCallFunctionArguments", 400)
-    raise APIError(f"input: json: cannot unmarshal {_go_json_kind(raw)} into Go struct field "
-                   "ResponsesFunctionCall.arguments of type string", 400)
+        raise APIError(
+            f"failed to parse function call arguments: json: cannot unmarshal {_go_json_kind(value)} "
+            "into Go value of type api.ToolCallFunctionArguments",
+            400,
+        )
+    raise APIError(
+        f"input: json: cannot unmarshal {_go_json_kind(raw)} into Go struct field "
+        "ResponsesFunctionCall.arguments of type string",
+        400,
+    )
 
 
 def _item_type(item: dict) -> str:
@@ -112,17 +128,30 @@ def convert_input(raw) -> list[Message]:
     if isinstance(raw, str):
         return [Message(role="user", content=raw)]
     if not isinstance(raw, list):
-        raise APIError(f"input must be a string or array: json: cannot unmarshal {_go_json_kind(raw)} "
-                       "into Go value of type []json.RawMessage", 400)
+        raise APIError(
+            f"input must be a string or array: json: cannot unmarshal {_go_json_kind(raw)} "
+            "into Go value of type []json.RawMessage",
+            400,
+        )
     items = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise APIError(f"input[{i}]: json: cannot unmarshal {_go_json_kind(item)} into Go value of type "
-                           "struct { Type string \"json:\\\"type\\\"\"; Role string \"json:\\\"role\\\"\" }", 400)
+            raise APIError(
+                f"input[{i}]: json: cannot unmarshal {_go_json_kind(item)} into Go value of type "
+                'struct { Type string "json:\\"type\\""; Role string "json:\\"role\\"" }',
+                400,
+            )
         kind = _item_type(item)
         if kind not in ("message", "function_call", "function_call_output", "reasoning", "web_search_call"):
-            raise APIError(f"input[{i}]: " + (f"unknown input item type: {json.dumps(kind)}" if kind
-                                              else "input item missing required 'type' field"), 400)
+            raise APIError(
+                f"input[{i}]: "
+                + (
+                    f"unknown input item type: {json.dumps(kind)}"
+                    if kind
+                    else "input item missing required 'type' field"
+                ),
+                400,
+            )
         items.append((kind, item))
 
     messages: list[Message] = []
@@ -142,8 +171,13 @@ def convert_input(raw) -> list[Message]:
             following = items[i + 1] if i + 1 < len(items) else None
             answered = following[1].get("call_id") if following and following[0] == "function_call_output" else ""
             last = messages[-1] if messages else None
-            if (role == "assistant" and answered and last is not None and last.role == "assistant"
-                    and any(tc.get("id") == answered for tc in last.tool_calls)):
+            if (
+                role == "assistant"
+                and answered
+                and last is not None
+                and last.role == "assistant"
+                and any(tc.get("id") == answered for tc in last.tool_calls)
+            ):
                 if last.content and msg.content:
                     last.content += "\n"
                 last.content += msg.content
@@ -175,10 +209,14 @@ def convert_input(raw) -> list[Message]:
             elif isinstance(output, str) or output is None:
                 text, images = output or "", []
             else:
-                raise APIError(f"input[{i}]: output must be a string or array: json: cannot unmarshal "
-                               f"{_go_json_kind(output)} into Go value of type []json.RawMessage", 400)
-            messages.append(Message(role="tool", content=text, images=images, tool_call_id=cid,
-                                    tool_name=names.get(cid, "")))
+                raise APIError(
+                    f"input[{i}]: output must be a string or array: json: cannot unmarshal "
+                    f"{_go_json_kind(output)} into Go value of type []json.RawMessage",
+                    400,
+                )
+            messages.append(
+                Message(role="tool", content=text, images=images, tool_call_id=cid, tool_name=names.get(cid, ""))
+            )
         # web_search_call items are history metadata: the assistant message after one holds its result
     if pending_thinking:
         messages.append(Message(role="assistant", thinking=pending_thinking))
@@ -189,21 +227,30 @@ def _expand_tool(tool, prefix: str = "") -> list[dict]:
     """A Responses tool (flat: name/description/parameters at the top) as native tools. A
     `namespace` groups member functions; they become flat tools named `namespace.member`."""
     if not isinstance(tool, dict):
-        raise APIError(f"json: cannot unmarshal {_go_json_kind(tool)} into Go struct field {_STRUCT}.tools of type "
-                       "openai.ResponsesTool", 400)
+        raise APIError(
+            f"json: cannot unmarshal {_go_json_kind(tool)} into Go struct field {_STRUCT}.tools of type "
+            "openai.ResponsesTool",
+            400,
+        )
     kind = tool.get("type") if isinstance(tool.get("type"), str) else ""
     name = tool.get("name") if isinstance(tool.get("name"), str) else ""
     if kind == "namespace":
         inner = prefix + name + "." if name else prefix
         members = tool.get("tools") or []
         if not isinstance(members, list):
-            raise APIError(f"json: cannot unmarshal {_go_json_kind(members)} into Go struct field "
-                           "ResponsesTool.tools.tools of type []openai.ResponsesTool", 400)
+            raise APIError(
+                f"json: cannot unmarshal {_go_json_kind(members)} into Go struct field "
+                "ResponsesTool.tools.tools of type []openai.ResponsesTool",
+                400,
+            )
         return [t for member in members for t in _expand_tool(member, inner)]
     params = tool.get("parameters")
     if params is not None and not isinstance(params, dict):
-        raise APIError(f"json: cannot unmarshal {_go_json_kind(params)} into Go struct field "
-                       "ResponsesTool.tools.parameters of type map[string]interface {}", 400)
+        raise APIError(
+            f"json: cannot unmarshal {_go_json_kind(params)} into Go struct field "
+            "ResponsesTool.tools.parameters of type map[string]interface {}",
+            400,
+        )
     description = tool.get("description") if isinstance(tool.get("description"), str) else ""
     full = name if not prefix or name.startswith(prefix) else prefix + name
     return [{"type": kind, "function": {"name": full, "description": description, "parameters": params or {}}}]
@@ -250,10 +297,16 @@ def responses_request(body: dict) -> ResponsesRequest:
     temperature = _field(body, "temperature", (int, float), "float64")
     top_p = _field(body, "top_p", (int, float), "float64")
     max_output = body.get("max_output_tokens")
-    if max_output is not None and (isinstance(max_output, bool) or not isinstance(max_output, (int, float))
-                                   or (isinstance(max_output, float) and not max_output.is_integer())):
-        raise APIError(f"json: cannot unmarshal {_go_json_kind(max_output)} into Go struct field "
-                       f"{_STRUCT}.max_output_tokens of type int", 400)
+    if max_output is not None and (
+        isinstance(max_output, bool)
+        or not isinstance(max_output, (int, float))
+        or (isinstance(max_output, float) and not max_output.is_integer())
+    ):
+        raise APIError(
+            f"json: cannot unmarshal {_go_json_kind(max_output)} into Go struct field "
+            f"{_STRUCT}.max_output_tokens of type int",
+            400,
+        )
     truncation = _field(body, "truncation", str, "string")
     reasoning = _field(body, "reasoning", dict, "openai.ResponsesReasoning")
     text = _field(body, "text", dict, "openai.ResponsesText")
@@ -274,54 +327,92 @@ def responses_request(body: dict) -> ResponsesRequest:
     if text is not None:
         raw_format = text.get("format")
         if raw_format is not None and not isinstance(raw_format, dict):
-            raise APIError(f"json: cannot unmarshal {_go_json_kind(raw_format)} into Go struct field "
-                           "ResponsesText.text.format of type openai.ResponsesTextFormat", 400)
+            raise APIError(
+                f"json: cannot unmarshal {_go_json_kind(raw_format)} into Go struct field "
+                "ResponsesText.text.format of type openai.ResponsesTextFormat",
+                400,
+            )
         if raw_format:
-            text_format = {k: raw_format[k] for k in ("type", "name", "schema", "strict")
-                           if raw_format.get(k) is not None}
+            text_format = {
+                k: raw_format[k] for k in ("type", "name", "schema", "strict") if raw_format.get(k) is not None
+            }
             if raw_format.get("type") == "json_schema" and raw_format.get("schema") is not None:
                 fmt = raw_format["schema"]
 
     tools = convert_tools(raw_tools)
-    native = ChatRequest(model=model, messages=messages, tools=tools or None, stream=bool(stream), format=fmt,
-                         think=think_from_effort(OpenAIFields(body, _STRUCT)))
+    native = ChatRequest(
+        model=model,
+        messages=messages,
+        tools=tools or None,
+        stream=bool(stream),
+        format=fmt,
+        think=think_from_effort(OpenAIFields(body, _STRUCT)),
+    )
     echo_reasoning = None
     if reasoning and (reasoning.get("effort") or reasoning.get("summary")):
         echo_reasoning = {"effort": reasoning.get("effort") or None, "summary": reasoning.get("summary") or None}
     return ResponsesRequest(
-        native=native, overrides=overrides, instructions=instructions, tools=raw_tools, text_format=text_format,
-        reasoning=echo_reasoning, temperature=overrides["temperature"],
+        native=native,
+        overrides=overrides,
+        instructions=instructions,
+        tools=raw_tools,
+        text_format=text_format,
+        reasoning=echo_reasoning,
+        temperature=overrides["temperature"],
         top_p=float(top_p) if top_p is not None else 1.0,
         max_output_tokens=int(max_output) if max_output is not None else None,
-        truncation=truncation or "disabled", background=background)
+        truncation=truncation or "disabled",
+        background=background,
+    )
 
 
 # --- response --------------------------------------------------------------------------------
+
 
 def _text_part(text: str) -> dict:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
 def _message_item(item_id: str, text: str, status: str = "completed") -> dict:
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-            "content": [_text_part(text)] if status == "completed" else []}
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [_text_part(text)] if status == "completed" else [],
+    }
 
 
 def _reasoning_item(item_id: str, thinking: str) -> dict:
     # Local reasoning is not encrypted: Ollama returns it as plain text so clients can send it back.
-    return {"id": item_id, "type": "reasoning", "summary": [{"type": "summary_text", "text": thinking}],
-            "encrypted_content": thinking}
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": thinking}],
+        "encrypted_content": thinking,
+    }
 
 
 def _call_item(item_id: str, call: dict, status: str = "completed") -> dict:
     fn = call.get("function") or {}
-    return {"id": item_id, "type": "function_call", "status": status, "call_id": call.get("id") or call_id(),
-            "name": fn.get("name", ""), "arguments": dumps(fn.get("arguments") or {})}
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call.get("id") or call_id(),
+        "name": fn.get("name", ""),
+        "arguments": dumps(fn.get("arguments") or {}),
+    }
 
 
 def responses_usage(prompt_tokens: int, output_tokens: int) -> dict:
-    return {"input_tokens": prompt_tokens, "output_tokens": output_tokens, "total_tokens": prompt_tokens + output_tokens,
-            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+    return {
+        "input_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": prompt_tokens + output_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
 
 
 class ResponseBuilder:
@@ -346,20 +437,49 @@ class ResponseBuilder:
     # the response object -----------------------------------------------------------------
 
     def response(self, status: str, output: list, usage: dict | None) -> dict:
-        tools = [{"type": t.get("type"), "name": t.get("name"), "description": t.get("description"),
-                  "strict": t.get("strict"), "parameters": t.get("parameters")}
-                 for t in self.req.tools if isinstance(t, dict)]
+        tools = [
+            {
+                "type": t.get("type"),
+                "name": t.get("name"),
+                "description": t.get("description"),
+                "strict": t.get("strict"),
+                "parameters": t.get("parameters"),
+            }
+            for t in self.req.tools
+            if isinstance(t, dict)
+        ]
         return {
-            "id": self.id, "object": "response", "created_at": int(time.time()),
-            "completed_at": int(time.time()) if status == "completed" else None, "status": status,
-            "incomplete_details": None, "model": self.model, "previous_response_id": None,
-            "instructions": self.req.instructions or None, "output": output, "error": None, "tools": tools,
-            "tool_choice": "auto", "truncation": self.req.truncation, "parallel_tool_calls": True,
-            "text": {"format": self.req.text_format}, "top_p": self.req.top_p, "presence_penalty": 0,
-            "frequency_penalty": 0, "top_logprobs": 0, "temperature": self.req.temperature,
-            "reasoning": self.req.reasoning, "usage": usage, "max_output_tokens": self.req.max_output_tokens,
-            "max_tool_calls": None, "store": False, "background": self.req.background, "service_tier": "default",
-            "metadata": {}, "safety_identifier": None, "prompt_cache_key": None,
+            "id": self.id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "status": status,
+            "incomplete_details": None,
+            "model": self.model,
+            "previous_response_id": None,
+            "instructions": self.req.instructions or None,
+            "output": output,
+            "error": None,
+            "tools": tools,
+            "tool_choice": "auto",
+            "truncation": self.req.truncation,
+            "parallel_tool_calls": True,
+            "text": {"format": self.req.text_format},
+            "top_p": self.req.top_p,
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+            "top_logprobs": 0,
+            "temperature": self.req.temperature,
+            "reasoning": self.req.reasoning,
+            "usage": usage,
+            "max_output_tokens": self.req.max_output_tokens,
+            "max_tool_calls": None,
+            "store": False,
+            "background": self.req.background,
+            "service_tier": "default",
+            "metadata": {},
+            "safety_identifier": None,
+            "prompt_cache_key": None,
         }
 
     def whole(self, text: str, thinking: str, calls: list, prompt_tokens: int, output_tokens: int) -> dict:
@@ -381,17 +501,26 @@ class ResponseBuilder:
         return kind, data
 
     def start(self) -> list[tuple[str, dict]]:
-        return [self._event("response.created", response=self.response("in_progress", [], None)),
-                self._event("response.in_progress", response=self.response("in_progress", [], None))]
+        return [
+            self._event("response.created", response=self.response("in_progress", [], None)),
+            self._event("response.in_progress", response=self.response("in_progress", [], None)),
+        ]
 
     def _finish_reasoning(self) -> list[tuple[str, dict]]:
         if not self.reasoning_id:
             return []
         item = _reasoning_item(self.reasoning_id, self.thinking)
         index = self.output_index
-        events = [self._event("response.reasoning_summary_text.done", item_id=self.reasoning_id, output_index=index,
-                              summary_index=0, text=self.thinking),
-                  self._event("response.output_item.done", output_index=index, item=item)]
+        events = [
+            self._event(
+                "response.reasoning_summary_text.done",
+                item_id=self.reasoning_id,
+                output_index=index,
+                summary_index=0,
+                text=self.thinking,
+            ),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
         self.items.append(item)
         self.reasoning_id, self.thinking = "", ""
         self.output_index += 1
@@ -402,11 +531,23 @@ class ResponseBuilder:
         if thinking:
             if not self.reasoning_id:
                 self.reasoning_id = f"rs_{random.randrange(999999)}"
-                events.append(self._event("response.output_item.added", output_index=self.output_index,
-                                          item={"id": self.reasoning_id, "type": "reasoning", "summary": []}))
+                events.append(
+                    self._event(
+                        "response.output_item.added",
+                        output_index=self.output_index,
+                        item={"id": self.reasoning_id, "type": "reasoning", "summary": []},
+                    )
+                )
             self.thinking += thinking
-            events.append(self._event("response.reasoning_summary_text.delta", item_id=self.reasoning_id,
-                                      output_index=self.output_index, summary_index=0, delta=thinking))
+            events.append(
+                self._event(
+                    "response.reasoning_summary_text.delta",
+                    item_id=self.reasoning_id,
+                    output_index=self.output_index,
+                    summary_index=0,
+                    delta=thinking,
+                )
+            )
         if calls:
             events.extend(self._finish_reasoning())
             for i, call in enumerate(calls):
@@ -414,12 +555,23 @@ class ResponseBuilder:
                 item = _call_item(item_id, call)
                 index = self.output_index + i
                 events += [
-                    self._event("response.output_item.added", output_index=index,
-                                item={**item, "status": "in_progress", "arguments": ""}),
-                    self._event("response.function_call_arguments.delta", item_id=item_id, output_index=index,
-                                delta=item["arguments"]),
-                    self._event("response.function_call_arguments.done", item_id=item_id, output_index=index,
-                                arguments=item["arguments"]),
+                    self._event(
+                        "response.output_item.added",
+                        output_index=index,
+                        item={**item, "status": "in_progress", "arguments": ""},
+                    ),
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=item_id,
+                        output_index=index,
+                        delta=item["arguments"],
+                    ),
+                    self._event(
+                        "response.function_call_arguments.done",
+                        item_id=item_id,
+                        output_index=index,
+                        arguments=item["arguments"],
+                    ),
                     self._event("response.output_item.done", output_index=index, item=item),
                 ]
                 self.items.append(item)
@@ -430,14 +582,30 @@ class ResponseBuilder:
             if not self.text_started:
                 self.text_started = True
                 events += [
-                    self._event("response.output_item.added", output_index=self.output_index,
-                                item=_message_item(self.item_id, "", status="in_progress")),
-                    self._event("response.content_part.added", item_id=self.item_id, output_index=self.output_index,
-                                content_index=0, part=_text_part("")),
+                    self._event(
+                        "response.output_item.added",
+                        output_index=self.output_index,
+                        item=_message_item(self.item_id, "", status="in_progress"),
+                    ),
+                    self._event(
+                        "response.content_part.added",
+                        item_id=self.item_id,
+                        output_index=self.output_index,
+                        content_index=0,
+                        part=_text_part(""),
+                    ),
                 ]
             self.text += text
-            events.append(self._event("response.output_text.delta", item_id=self.item_id,
-                                      output_index=self.output_index, content_index=0, delta=text, logprobs=[]))
+            events.append(
+                self._event(
+                    "response.output_text.delta",
+                    item_id=self.item_id,
+                    output_index=self.output_index,
+                    content_index=0,
+                    delta=text,
+                    logprobs=[],
+                )
+            )
         return events
 
     def finish(self, prompt_tokens: int, output_tokens: int) -> list[tuple[str, dict]]:
@@ -446,15 +614,30 @@ class ResponseBuilder:
         if self.text_started and not self.calls_sent:
             item = _message_item(self.item_id, self.text)
             events += [
-                self._event("response.output_text.done", item_id=self.item_id, output_index=self.output_index,
-                            content_index=0, text=self.text, logprobs=[]),
-                self._event("response.content_part.done", item_id=self.item_id, output_index=self.output_index,
-                            content_index=0, part=_text_part(self.text)),
+                self._event(
+                    "response.output_text.done",
+                    item_id=self.item_id,
+                    output_index=self.output_index,
+                    content_index=0,
+                    text=self.text,
+                    logprobs=[],
+                ),
+                self._event(
+                    "response.content_part.done",
+                    item_id=self.item_id,
+                    output_index=self.output_index,
+                    content_index=0,
+                    part=_text_part(self.text),
+                ),
                 self._event("response.output_item.done", output_index=self.output_index, item=item),
             ]
             output.append(item)
-        events.append(self._event("response.completed", response=self.response(
-            "completed", output, responses_usage(prompt_tokens, output_tokens))))
+        events.append(
+            self._event(
+                "response.completed",
+                response=self.response("completed", output, responses_usage(prompt_tokens, output_tokens)),
+            )
+        )
         return events
 
     def failed(self, status: int, message: str) -> list[tuple[str, dict]]:

@@ -48,7 +48,9 @@ def structured_grammar(fmt) -> str | None:
     try:
         return format_grammar(fmt)
     except FormatError as e:
-        raise APIError(f'invalid format: {json.dumps(json.dumps(fmt))}; expected "json" or a valid JSON Schema object', 500) from e
+        raise APIError(
+            f'invalid format: {json.dumps(json.dumps(fmt))}; expected "json" or a valid JSON Schema object', 500
+        ) from e
 
 
 def effective_think(spec: ModelSpec, think):
@@ -65,16 +67,24 @@ def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, override
     `tools` were given."""
     if "completion" not in spec.capabilities:
         raise APIError(f'"{req.model}" does not support chat', 400)
-    need = ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
+    need = (
+        ["completion"] + (["tools"] if req.tools else []) + (["vision"] if any(m.images for m in req.messages) else [])
+    )
     check_capabilities(spec, req.model, need, req.think)
     grammar = structured_grammar(req.format)
     opts = resolve_options(state, spec, req.options, overrides)
     messages = list(spec.messages) + [m.for_template() for m in req.messages]
     if spec.system and req.messages[0].role != "system":
         messages.insert(0, {"role": "system", "content": spec.system})
-    return PromptSpec(messages=messages, tools=req.tools or None, truncate=req.truncate, shift=req.shift,
-                      think=effective_think(spec, req.think), grammar=grammar,
-                      go_template=own_template(spec)), opts
+    return PromptSpec(
+        messages=messages,
+        tools=req.tools or None,
+        truncate=req.truncate,
+        shift=req.shift,
+        think=effective_think(spec, req.think),
+        grammar=grammar,
+        go_template=own_template(spec),
+    ), opts
 
 
 def own_template(spec: ModelSpec) -> str | None:
@@ -139,8 +149,15 @@ class Generation:
 
     def metrics(self) -> Metrics:
         d = self.done
-        return Metrics(d.done_reason, time.perf_counter_ns() - self.started, self.load_ns,
-                       d.prompt_eval_count, d.prompt_eval_duration, d.eval_count, d.eval_duration)
+        return Metrics(
+            d.done_reason,
+            time.perf_counter_ns() - self.started,
+            self.load_ns,
+            d.prompt_eval_count,
+            d.prompt_eval_duration,
+            d.eval_count,
+            d.eval_duration,
+        )
 
     def close(self) -> None:
         """Stops the engine work at its next step (a client gone mid-stream) and frees the slot."""
@@ -159,9 +176,17 @@ async def acquire_runner(state: ServerState, spec: ModelSpec, keep_alive: int | 
     return runner, time.perf_counter_ns() - load_started
 
 
-async def start_generation(state: ServerState, spec: ModelSpec, prompt: PromptSpec, opts: Options, *,
-                           keep_alive: int | None, started: int, logprobs: bool = False,
-                           top_logprobs: int = 0) -> Generation:
+async def start_generation(
+    state: ServerState,
+    spec: ModelSpec,
+    prompt: PromptSpec,
+    opts: Options,
+    *,
+    keep_alive: int | None,
+    started: int,
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+) -> Generation:
     runner, load_ns = await acquire_runner(state, spec, keep_alive, opts.num_ctx)
     job = GenerationJob(prompt, opts, logprobs=logprobs, top_logprobs=top_logprobs)
     runner.submit(job)

@@ -18,7 +18,6 @@ from .. import __version__
 from .progress import ProgressUI, progress_stream, pull_with_progress
 from .show import digest_id, print_list, processor_column, render_show_info
 
-
 # --- server-side commands -------------------------------------------------------------------
 
 
@@ -74,8 +73,16 @@ def _cmd_ps(args) -> int:
             exp = exp.replace(tzinfo=timezone.utc)
         until = "Stopping..." if exp is not None and exp < now else human_time(exp, "Never", now=now)
         size, vram = int(m.size or 0), int(m.size_vram or 0)
-        rows.append([name, digest_id(m.digest), human_bytes(size), processor_column(size, vram),
-                     str(m.context_length or 0), until])
+        rows.append(
+            [
+                name,
+                digest_id(m.digest),
+                human_bytes(size),
+                processor_column(size, vram),
+                str(m.context_length or 0),
+                until,
+            ]
+        )
     sys.stdout.write(table(rows, header=["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]))
     return 0
 
@@ -85,8 +92,9 @@ def _cmd_show(args) -> int:
 
     chosen = [f for f in ("license", "modelfile", "parameters", "system", "template") if getattr(args, f)]
     if len(chosen) > 1:
-        raise CLIError("only one of '--license', '--modelfile', '--parameters', '--system', or '--template' "
-                       "can be specified")
+        raise CLIError(
+            "only one of '--license', '--modelfile', '--parameters', '--system', or '--template' can be specified"
+        )
     resp = raw_show(_client(), args.model, **({"verbose": True} if args.verbose else {}))
     if not chosen:
         sys.stdout.write(render_show_info(resp, verbose=args.verbose))
@@ -186,14 +194,16 @@ def _cmd_create(args) -> int:
     c = _client()
     try:
         commands = modelfile.parse(text)
-        req, warnings = modelfile.to_create_request(commands, path.resolve().parent,
-                                                        lambda p: _upload_blob(c, p))
+        req, warnings = modelfile.to_create_request(commands, path.resolve().parent, lambda p: _upload_blob(c, p))
     except modelfile.ModelfileError as e:
         raise CLIError(str(e)) from None
     for w in warnings:
         print(w)
-    kwargs = {("from_" if k == "from" else k): v for k, v in req.items()
-              if k in ("from", "files", "adapters", "template", "license", "system", "parameters", "messages")}
+    kwargs = {
+        ("from_" if k == "from" else k): v
+        for k, v in req.items()
+        if k in ("from", "files", "adapters", "template", "license", "system", "parameters", "messages")
+    }
     extras = {k: v for k, v in req.items() if k in ("renderer", "parser", "requires")}
     if extras:
         # fields the typed client does not know travel in a raw streaming request
@@ -210,9 +220,9 @@ def _cmd_create(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    from ..durations import DurationError, parse_go_duration
     from . import interactive as session
     from .client import CLIError, client
-    from ..durations import DurationError, parse_go_duration
 
     think = None
     explicit = args.think or args.think_value is not None
@@ -234,9 +244,17 @@ def _cmd_run(args) -> int:
         except DurationError as e:
             raise CLIError(str(e)) from None
 
-    opts = session.RunOptions(model=args.model, format=args.format or "", think=think, think_explicit=explicit,
-                              hide_thinking=args.hidethinking, keep_alive=args.keepalive or None,
-                              verbose=args.verbose, wordwrap=not args.nowordwrap, insecure=args.insecure)
+    opts = session.RunOptions(
+        model=args.model,
+        format=args.format or "",
+        think=think,
+        think_explicit=explicit,
+        hide_thinking=args.hidethinking,
+        keep_alive=args.keepalive or None,
+        verbose=args.verbose,
+        wordwrap=not args.nowordwrap,
+        insecure=args.insecure,
+    )
     prompts = list(args.prompt)
     interactive = True
     if not sys.stdin.isatty():
@@ -296,17 +314,23 @@ def _convert_available() -> bool:
 
 def _cmd_convert(args) -> int:
     """Runs the conversion in this process, straight into the store (no server needed)."""
-    from .client import CLIError
     from ..config import Config
     from ..convert.create import ManageError, convert_path
     from ..store import Store
+    from .client import CLIError
 
     config = Config.from_env()
     config.models_dir.mkdir(parents=True, exist_ok=True)
     ui = ProgressUI("converting")
     try:
-        convert_path(args.path, args.name, quantize=args.quantize, store=Store(config.models_dir), emit=ui,
-                     noprune=config.noprune)
+        convert_path(
+            args.path,
+            args.name,
+            quantize=args.quantize,
+            store=Store(config.models_dir),
+            emit=ui,
+            noprune=config.noprune,
+        )
         ui({"status": "success"})
     except (ManageError, ValueError) as e:
         raise CLIError(str(e)) from None
@@ -326,15 +350,17 @@ def _cmd_launch(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mlxollama", description="Ollama-compatible model server on MLX, and its command line client",
-        epilog="Client commands talk to the server at OLLAMA_HOST (default 127.0.0.1:11434).")
+        prog="mlxollama",
+        description="Ollama-compatible model server on MLX, and its command line client",
+        epilog="Client commands talk to the server at OLLAMA_HOST (default 127.0.0.1:11434).",
+    )
     parser.add_argument("--version", "-v", action="version", version=f"mlxollama version is {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sub.add_parser("serve", help="Start the server in the foreground").set_defaults(func=_cmd_serve)
-    sub.add_parser(
-        "import-defaults", help="Import the bundled default models into the store if missing"
-    ).set_defaults(func=_cmd_import_defaults)
+    sub.add_parser("import-defaults", help="Import the bundled default models into the store if missing").set_defaults(
+        func=_cmd_import_defaults
+    )
 
     p = sub.add_parser("create", help="Create a model from a Modelfile")
     p.add_argument("name", metavar="MODEL")
@@ -344,9 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="Show information for a model")
     p.add_argument("model", metavar="MODEL")
-    for flag, text in (("license", "Show license of a model"), ("modelfile", "Show Modelfile of a model"),
-                       ("parameters", "Show parameters of a model"), ("template", "Show template of a model"),
-                       ("system", "Show system message of a model")):
+    for flag, text in (
+        ("license", "Show license of a model"),
+        ("modelfile", "Show Modelfile of a model"),
+        ("parameters", "Show parameters of a model"),
+        ("template", "Show template of a model"),
+        ("system", "Show system message of a model"),
+    ):
         p.add_argument(f"--{flag}", action="store_true", help=text)
     p.add_argument("-v", "--verbose", action="store_true", help="Show detailed model information")
     p.set_defaults(func=_cmd_show)
@@ -354,9 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="Run a model")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("prompt", metavar="PROMPT", nargs="*")
-    p.add_argument("--format", help='Response format (e.g. json)')
-    p.add_argument("--think", action="store_true",
-                   help="Enable thinking; --think=false|high|medium|low|max picks a value")
+    p.add_argument("--format", help="Response format (e.g. json)")
+    p.add_argument(
+        "--think", action="store_true", help="Enable thinking; --think=false|high|medium|low|max picks a value"
+    )
     p.add_argument("--think-value", dest="think_value", help=argparse.SUPPRESS)
     p.add_argument("--hidethinking", action="store_true", help="Hide thinking output (if provided)")
     p.add_argument("--keepalive", help="Duration to keep a model loaded (e.g. 5m)")

@@ -63,7 +63,7 @@ def _human_duration(seconds: float) -> str:
 
 
 def human_time(when: datetime | None, zero: str = "Never", now: datetime | None = None) -> str:
-    """"2 minutes ago", "4 minutes from now", "Forever" (more than 20 years ahead)."""
+    """ "2 minutes ago", "4 minutes from now", "Forever" (more than 20 years ahead)."""
     if when is None:
         return zero
     if when.tzinfo is None:
@@ -184,5 +184,3 @@ def table(rows: list[list[str]], header: list[str] | None = None, col_width: int
 
 
 # --- progress -------------------------------------------------------------------------------
-
-

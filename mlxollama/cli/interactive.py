@@ -14,8 +14,8 @@ from ..config import no_history
 from . import client
 from .client import CLIError
 from .format import char_width, summary_lines, text_width
-from .progress import Progress
 from .modelfile import ModelfileError, typed_parameter
+from .progress import Progress
 
 GREY, BOLD, RESET = "\033[90m", "\033[1m", "\033[0m"
 
@@ -146,8 +146,9 @@ class _Stream:
         for i, call in enumerate(tool_calls or []):
             fn = call.function
             args = json.dumps(dict(fn.arguments or {}), separators=(",", ":"))
-            sys.stdout.write(("\n" if i else "") +
-                             f"  Model called a non-existent function '{fn.name}()' with arguments: {args}")
+            sys.stdout.write(
+                ("\n" if i else "") + f"  Model called a non-existent function '{fn.name}()' with arguments: {args}"
+            )
         sys.stdout.flush()
 
     def finish(self) -> None:
@@ -179,9 +180,16 @@ def generate(c: ollama.Client, opts: RunOptions, prompt: str) -> int:
     s = _Stream(opts)
     stream = None
     try:
-        stream = c.generate(model=opts.model, prompt=prompt, system=opts.system or None, stream=True,
-                            format=_format_arg(opts.format), options=opts.options or None,
-                            keep_alive=opts.keep_alive, think=opts.think)
+        stream = c.generate(
+            model=opts.model,
+            prompt=prompt,
+            system=opts.system or None,
+            stream=True,
+            format=_format_arg(opts.format),
+            options=opts.options or None,
+            keep_alive=opts.keep_alive,
+            think=opts.think,
+        )
         for chunk in stream:
             s.feed(chunk.thinking or "", chunk.response or "", getattr(chunk, "tool_calls", None), chunk)
     except KeyboardInterrupt:
@@ -207,8 +215,15 @@ def chat(c: ollama.Client, opts: RunOptions) -> dict | None:
     interrupted = False
     role = "assistant"
     try:
-        stream = c.chat(model=opts.model, messages=opts.messages, stream=True, format=_format_arg(opts.format),
-                        options=opts.options or None, keep_alive=opts.keep_alive, think=opts.think)
+        stream = c.chat(
+            model=opts.model,
+            messages=opts.messages,
+            stream=True,
+            format=_format_arg(opts.format),
+            options=opts.options or None,
+            keep_alive=opts.keep_alive,
+            think=opts.think,
+        )
         for chunk in stream:
             msg = chunk.message
             role = msg.role or role
@@ -670,4 +685,3 @@ def print_baked_messages(opts: RunOptions) -> None:
         elif m.get("role") == "assistant":
             Display(sys.stdout, wrap=opts.wordwrap).write(m.get("content", ""))
             print("\n")
-

@@ -22,19 +22,27 @@ INSTALL = {"codex": "npm install -g @openai/codex", "claude": "npm install -g @a
 
 def codex_config_toml(url: str, model: str) -> str:
     """The ~/.codex/config.toml block that makes the setup permanent."""
-    return (f'model = "{model}"\nmodel_provider = "{PROVIDER}"\n\n'
-            f'[model_providers.{PROVIDER}]\nname = "{PROVIDER}"\nbase_url = "{url}/v1"\nwire_api = "responses"\n')
+    return (
+        f'model = "{model}"\nmodel_provider = "{PROVIDER}"\n\n'
+        f'[model_providers.{PROVIDER}]\nname = "{PROVIDER}"\nbase_url = "{url}/v1"\nwire_api = "responses"\n'
+    )
 
 
 def codex_command(url: str, model: str, extra: list[str]) -> tuple[list[str], dict[str, str]]:
-    overrides = [f'model_provider="{PROVIDER}"', f'model_providers.{PROVIDER}.name="{PROVIDER}"',
-                 f'model_providers.{PROVIDER}.base_url="{url}/v1"', f'model_providers.{PROVIDER}.wire_api="responses"']
+    overrides = [
+        f'model_provider="{PROVIDER}"',
+        f'model_providers.{PROVIDER}.name="{PROVIDER}"',
+        f'model_providers.{PROVIDER}.base_url="{url}/v1"',
+        f'model_providers.{PROVIDER}.wire_api="responses"',
+    ]
     argv = ["codex"] + [a for o in overrides for a in ("-c", o)] + ["-m", model] + extra
     # Codex never sends it anywhere but our server; some versions want a key to be set.
     return argv, {"OPENAI_API_KEY": "ollama"}
 
 
-def claude_command(url: str, model: str, extra: list[str], context: int | None = None) -> tuple[list[str], dict[str, str]]:
+def claude_command(
+    url: str, model: str, extra: list[str], context: int | None = None
+) -> tuple[list[str], dict[str, str]]:
     env = {
         "ANTHROPIC_BASE_URL": url,
         "ANTHROPIC_AUTH_TOKEN": "ollama",
@@ -68,12 +76,16 @@ def _context_of(c, model: str) -> int | None:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    ours, passthrough = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ours, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(prog="mlxollama launch", description="Start a coding agent against this server")
     p.add_argument("integration", choices=sorted(INSTALL), help="codex (OpenAI Codex CLI) or claude (Claude Code)")
     p.add_argument("--model", help="Model to use (default: the first local model that supports tools)")
-    p.add_argument("--print", dest="dry_run", action="store_true",
-                   help="Print the environment and command (and Codex's config.toml block) instead of starting")
+    p.add_argument(
+        "--print",
+        dest="dry_run",
+        action="store_true",
+        help="Print the environment and command (and Codex's config.toml block) instead of starting",
+    )
     return p.parse_args(ours), passthrough
 
 

@@ -14,8 +14,16 @@ from ..convert.modelfile import ClientSide, Command, ModelfileError, format_para
 __all__ = ["Command", "ModelfileError", "parse", "typed_parameter", "to_create_request"]
 
 # Files a model directory contributes (weights, configs, tokenizers); caches and docs stay home.
-MODEL_DIR_PATTERNS = ("*.safetensors", "*.gguf", "*.json", "tokenizer.model", "*.tiktoken", "*.jinja",
-                      "merges.txt", "vocab.txt")
+MODEL_DIR_PATTERNS = (
+    "*.safetensors",
+    "*.gguf",
+    "*.json",
+    "tokenizer.model",
+    "*.tiktoken",
+    "*.jinja",
+    "merges.txt",
+    "vocab.txt",
+)
 
 
 def typed_parameter(name: str, values: list[str]):

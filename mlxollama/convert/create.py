@@ -52,8 +52,16 @@ SOURCE_KEY = "mlxollama_source_digest"
 
 TEXT_LAYER_TYPES = frozenset({media.TEMPLATE, media.PROMPT, media.SYSTEM, media.PARAMS, media.MESSAGES, media.LICENSE})
 _TOKENIZER_FILES = {
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
 }
 
 
@@ -188,9 +196,18 @@ def prune_unreferenced(store: Store, digests: set[str]) -> list[str]:
     return removed
 
 
-def write_model(store: Store, name: ModelName, layer_set: LayerSet, config: dict, emit: Emit,
-                *, noprune: bool = False, print_statuses: bool = True, announce_prune: bool = False,
-                raw_manifest: bytes | None = None) -> StoredManifest:
+def write_model(
+    store: Store,
+    name: ModelName,
+    layer_set: LayerSet,
+    config: dict,
+    emit: Emit,
+    *,
+    noprune: bool = False,
+    print_statuses: bool = True,
+    announce_prune: bool = False,
+    raw_manifest: bytes | None = None,
+) -> StoredManifest:
     config_layer = store.add_config(config) if raw_manifest is None else None
     if print_statuses:
         for s in layer_set.statuses:
@@ -198,8 +215,9 @@ def write_model(store: Store, name: ModelName, layer_set: LayerSet, config: dict
     emit({"status": "writing manifest"})
     with store.lock:
         old = store.get_manifest(name)
-        store.write_manifest(name, raw_manifest if raw_manifest is not None
-                             else Manifest(config=config_layer, layers=layer_set.layers))
+        store.write_manifest(
+            name, raw_manifest if raw_manifest is not None else Manifest(config=config_layer, layers=layer_set.layers)
+        )
     if old is not None and not noprune:
         if prune_unreferenced(store, set(old.manifest.digests())) and announce_prune:
             emit({"status": "removing unused layers"})
@@ -247,9 +265,17 @@ def _file_type(config: dict, model_dir: Path) -> str:
     return source_dtype_name(model_dir)
 
 
-def model_config(*, family: str, parameter_count: int, file_type: str, context_length: int | None = 0,
-                 embedding_length: int | None = 0, capabilities: list[str] | None = None,
-                 source_digest: str | None = None, base: dict | None = None) -> dict:
+def model_config(
+    *,
+    family: str,
+    parameter_count: int,
+    file_type: str,
+    context_length: int | None = 0,
+    embedding_length: int | None = 0,
+    capabilities: list[str] | None = None,
+    source_digest: str | None = None,
+    base: dict | None = None,
+) -> dict:
     """The config blob of every model we convert. `base`: the Ollama config of the model it was
     converted from (a pulled GGUF), whose family, families and size it keeps."""
     base = base or {}
@@ -267,8 +293,15 @@ def model_config(*, family: str, parameter_count: int, file_type: str, context_l
     )
 
 
-def mlx_dir_config(model_dir: Path, *, file_type: str = "", family: str = "", parameter_count: int | None = None,
-                   context_length: int | None = None, embedding_length: int | None = None) -> dict:
+def mlx_dir_config(
+    model_dir: Path,
+    *,
+    file_type: str = "",
+    family: str = "",
+    parameter_count: int | None = None,
+    context_length: int | None = None,
+    embedding_length: int | None = None,
+) -> dict:
     """model_config for an MLX folder; explicit values win over what its config.json says."""
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
@@ -302,8 +335,8 @@ def check_gguf_architecture(arch: str) -> None:
     supported = supported_gguf_architectures()
     if arch not in supported:
         raise ManageError(
-            f'unsupported model architecture "{arch}": mlxollama converts GGUF models of '
-            f'{", ".join(supported)}', 400)
+            f'unsupported model architecture "{arch}": mlxollama converts GGUF models of {", ".join(supported)}', 400
+        )
 
 
 def _quantize_status(src_type: str, spec: QuantSpec, emit: Emit):
@@ -347,17 +380,31 @@ class Converted:
     owned: bool = True  # model_dir is our scratch output (its files may be moved into the store)
 
 
-def convert_gguf(gguf_path: Path, work: Path, emit: Emit, *, quantize: QuantSpec | None = None,
-                 adapter_dir: Path | None = None, source_digest: str | None = None,
-                 base_config: dict | None = None) -> Converted:
+def convert_gguf(
+    gguf_path: Path,
+    work: Path,
+    emit: Emit,
+    *,
+    quantize: QuantSpec | None = None,
+    adapter_dir: Path | None = None,
+    source_digest: str | None = None,
+    base_config: dict | None = None,
+) -> Converted:
     """GGUF file → MLX folder (+ optional adapter fusion and quantization) and its config blob."""
     from .gguf import UnsupportedGGUF, import_gguf
     from .gguf_encoder import is_encoder_architecture, read_architecture
 
     try:
         if is_encoder_architecture(read_architecture(gguf_path)):  # bert, nomic-bert: our MLX encoder
-            return _convert_gguf_encoder(gguf_path, work, emit, quantize=quantize, adapter_dir=adapter_dir,
-                                         source_digest=source_digest, base_config=base_config)
+            return _convert_gguf_encoder(
+                gguf_path,
+                work,
+                emit,
+                quantize=quantize,
+                adapter_dir=adapter_dir,
+                source_digest=source_digest,
+                base_config=base_config,
+            )
     except (ValueError, IndexError, KeyError) as e:  # not a GGUF: the importer below says so in Ollama's words
         log.info("GGUF header unreadable: %s", e)
     out = work / "mlx"
@@ -372,16 +419,27 @@ def convert_gguf(gguf_path: Path, work: Path, emit: Emit, *, quantize: QuantSpec
             raise ManageError("supplied file was not in GGUF format", 400) from e
         model_dir, file_type = _transform(out, work, emit, quantize, adapter_dir)
     config = model_config(
-        family=result.architecture, parameter_count=result.parameter_count,
+        family=result.architecture,
+        parameter_count=result.parameter_count,
         file_type=file_type or (base_config or {}).get("file_type") or result.file_type,
-        context_length=result.context_length, embedding_length=result.embedding_length,
-        source_digest=source_digest, base=base_config)
+        context_length=result.context_length,
+        embedding_length=result.embedding_length,
+        source_digest=source_digest,
+        base=base_config,
+    )
     return Converted(model_dir, config)
 
 
-def _convert_gguf_encoder(gguf_path: Path, work: Path, emit: Emit, *, quantize: QuantSpec | None,
-                          adapter_dir: Path | None, source_digest: str | None,
-                          base_config: dict | None) -> Converted:
+def _convert_gguf_encoder(
+    gguf_path: Path,
+    work: Path,
+    emit: Emit,
+    *,
+    quantize: QuantSpec | None,
+    adapter_dir: Path | None,
+    source_digest: str | None,
+    base_config: dict | None,
+) -> Converted:
     """A GGUF sentence encoder → the folder engine/encoder.py runs (weights kept unquantized)."""
     from .gguf_encoder import import_gguf_encoder
 
@@ -397,15 +455,21 @@ def _convert_gguf_encoder(gguf_path: Path, work: Path, emit: Emit, *, quantize: 
         except ValueError as e:  # UnsupportedEncoderGGUF, UnsupportedEncoder: messages carry no paths
             raise ManageError(str(e), 400) from e
     config = model_config(
-        family=result.architecture, parameter_count=result.parameter_count,
+        family=result.architecture,
+        parameter_count=result.parameter_count,
         file_type=(base_config or {}).get("file_type") or result.file_type,
-        context_length=result.context_length, embedding_length=result.embedding_length,
-        capabilities=["embedding"], source_digest=source_digest, base=base_config)
+        context_length=result.context_length,
+        embedding_length=result.embedding_length,
+        capabilities=["embedding"],
+        source_digest=source_digest,
+        base=base_config,
+    )
     return Converted(out, config)
 
 
-def _transform(model_dir: Path, work: Path, emit: Emit, quantize: QuantSpec | None,
-               adapter_dir: Path | None) -> tuple[Path, str]:
+def _transform(
+    model_dir: Path, work: Path, emit: Emit, quantize: QuantSpec | None, adapter_dir: Path | None
+) -> tuple[Path, str]:
     file_type = ""
     if adapter_dir is not None:
         model_dir = apply_adapter(model_dir, adapter_dir, work / "fused", emit)
@@ -437,8 +501,15 @@ def _is_quantized_dir(src: Path) -> bool:
         return False
 
 
-def convert_checkpoint(src: Path, work: Path, emit: Emit, *, quantize: QuantSpec | None = None,
-                       adapter_dir: Path | None = None, mlx_layout: bool | None = None) -> Converted:
+def convert_checkpoint(
+    src: Path,
+    work: Path,
+    emit: Emit,
+    *,
+    quantize: QuantSpec | None = None,
+    adapter_dir: Path | None = None,
+    mlx_layout: bool | None = None,
+) -> Converted:
     """A safetensors folder (Hugging Face or MLX layout, or a sentence-transformers embedding
     model) → MLX folder and config blob."""
     if not (src / "config.json").is_file():
@@ -474,9 +545,17 @@ def convert_checkpoint(src: Path, work: Path, emit: Emit, *, quantize: QuantSpec
         model_dir, file_type = _transform(model_dir, work, emit, None if done_quantize else quantize, adapter_dir)
     kwargs: dict[str, Any] = {"file_type": file_type or (quantize.name if done_quantize else "")}
     if result is not None:
-        kwargs.update(family=result.architecture or "", parameter_count=result.parameter_count or None,
-                      context_length=result.context_length or None, embedding_length=result.embedding_length or None)
-        if not kwargs["file_type"] and result.file_type and model_dir == (work / "mlx" if mlx_layout else work / "converted"):
+        kwargs.update(
+            family=result.architecture or "",
+            parameter_count=result.parameter_count or None,
+            context_length=result.context_length or None,
+            embedding_length=result.embedding_length or None,
+        )
+        if (
+            not kwargs["file_type"]
+            and result.file_type
+            and model_dir == (work / "mlx" if mlx_layout else work / "converted")
+        ):
             kwargs["file_type"] = result.file_type
     return Converted(model_dir, mlx_dir_config(model_dir, **kwargs), model_dir != src)
 
@@ -494,8 +573,9 @@ def is_sentence_transformers(src: Path) -> bool:
     return model_type in SUPPORTED_MODEL_TYPES
 
 
-def convert_encoder(src: Path, work: Path, emit: Emit, *, quantize: QuantSpec | None = None,
-                    adapter_dir: Path | None = None) -> Converted:
+def convert_encoder(
+    src: Path, work: Path, emit: Emit, *, quantize: QuantSpec | None = None, adapter_dir: Path | None = None
+) -> Converted:
     """A sentence-transformers folder → the embedding model our encoder runs (weights unquantized:
     embeddings are sensitive to it)."""
     if quantize is not None:
@@ -511,9 +591,14 @@ def convert_encoder(src: Path, work: Path, emit: Emit, *, quantize: QuantSpec | 
             result = convert_sentence_transformers(src, out)
         except ValueError as e:  # EncoderImportError, UnsupportedEncoder: name the folder, not its path
             raise ManageError(str(e).replace(f"{src}: ", "").replace(str(src), src.name), 400) from e
-    config = model_config(family=result.architecture, parameter_count=result.parameter_count,
-                          file_type=result.file_type, context_length=result.context_length,
-                          embedding_length=result.embedding_length, capabilities=["embedding"])
+    config = model_config(
+        family=result.architecture,
+        parameter_count=result.parameter_count,
+        file_type=result.file_type,
+        context_length=result.context_length,
+        embedding_length=result.embedding_length,
+        capabilities=["embedding"],
+    )
     return Converted(out, config)
 
 
@@ -522,7 +607,8 @@ def find_converted(store: Store, source_digest: str) -> StoredManifest | None:
     for stored in store.list_models():
         try:
             if stored.read_config().get(SOURCE_KEY) == source_digest and all(
-                    store.has_blob(d) for d in stored.manifest.digests()):
+                store.has_blob(d) for d in stored.manifest.digests()
+            ):
                 return stored
         except (OSError, ValueError):
             continue
@@ -569,7 +655,10 @@ def _check_files(files: Any, key: str) -> dict[str, str] | None:
     if files is None:
         return None
     if not isinstance(files, dict):
-        raise ManageError(f"json: cannot unmarshal {type(files).__name__} into Go struct field CreateRequest.{key} of type map[string]string", 400)
+        raise ManageError(
+            f"json: cannot unmarshal {type(files).__name__} into Go struct field CreateRequest.{key} of type map[string]string",
+            400,
+        )
     for path, digest in files.items():
         if not _valid_rel_path(path):
             raise ManageError("file path must be relative", 400)
@@ -607,14 +696,23 @@ def parse_create_request(body: dict) -> CreateRequest:
     except InvalidName:
         raise ManageError("invalid model name", 400) from None
     lic = body.get("license")
-    licenses = [lic] if isinstance(lic, str) and lic else [x for x in (lic or []) if isinstance(x, str)] \
-        if isinstance(lic, list) else []
+    licenses = (
+        [lic]
+        if isinstance(lic, str) and lic
+        else [x for x in (lic or []) if isinstance(x, str)]
+        if isinstance(lic, list)
+        else []
+    )
     params = body.get("parameters")
     if params is not None and not isinstance(params, dict):
-        raise ManageError("json: cannot unmarshal into Go struct field CreateRequest.parameters of type map[string]interface {}", 400)
+        raise ManageError(
+            "json: cannot unmarshal into Go struct field CreateRequest.parameters of type map[string]interface {}", 400
+        )
     messages = body.get("messages")
     if messages is not None and not isinstance(messages, list):
-        raise ManageError("json: cannot unmarshal into Go struct field CreateRequest.messages of type []api.Message", 400)
+        raise ManageError(
+            "json: cannot unmarshal into Go struct field CreateRequest.messages of type []api.Message", 400
+        )
     quantize = body.get("quantize") or body.get("quantization") or ""
     return CreateRequest(
         name=name,
@@ -626,8 +724,13 @@ def parse_create_request(body: dict) -> CreateRequest:
         template=body.get("template") if isinstance(body.get("template"), str) and body.get("template") else None,
         system=body.get("system") if isinstance(body.get("system"), str) and body.get("system") else None,
         parameters=params or None,
-        messages=[{"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
-                  for m in messages if isinstance(m, dict)] if messages else None,
+        messages=[
+            {"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
+            for m in messages
+            if isinstance(m, dict)
+        ]
+        if messages
+        else None,
         license=licenses,
     )
 
@@ -703,7 +806,9 @@ def _adapter_source(store: Store, req: CreateRequest, work: Path) -> Path | None
         if any(_is_gguf_blob(store, rel, d) for rel, d in req.adapters.items()):
             raise ManageError(
                 "unsupported adapter: GGUF LoRA adapters cannot be applied to MLX models; "
-                "use an mlx-lm adapter (adapter_config.json + adapters.safetensors)", 400)
+                "use an mlx-lm adapter (adapter_config.json + adapters.safetensors)",
+                400,
+            )
         dest = work / "adapter"
         _stage(store, req.adapters, dest)
         return dest
@@ -739,8 +844,9 @@ def _without_server_paths(text: str, work: Path, root: Path) -> str:
     return text
 
 
-def _create_in(store: Store, req: CreateRequest, work: Path, spec: QuantSpec | None, emit: Emit,
-               noprune: bool) -> StoredManifest:
+def _create_in(
+    store: Store, req: CreateRequest, work: Path, spec: QuantSpec | None, emit: Emit, noprune: bool
+) -> StoredManifest:
     adapter_dir = _adapter_source(store, req, work)
     base_params: dict | None = None
     if req.local_source is not None:
@@ -765,8 +871,9 @@ def _create_in(store: Store, req: CreateRequest, work: Path, spec: QuantSpec | N
     return write_model(store, req.name, ls, config, emit, noprune=noprune)
 
 
-def _from_model(store: Store, base: StoredManifest, work: Path, emit: Emit, spec: QuantSpec | None,
-                adapter_dir: Path | None) -> tuple[LayerSet, dict, dict | None]:
+def _from_model(
+    store: Store, base: StoredManifest, work: Path, emit: Emit, spec: QuantSpec | None, adapter_dir: Path | None
+) -> tuple[LayerSet, dict, dict | None]:
     parent = base.name.display_shortest()
     config = base.read_config()
     base_params = None
@@ -796,8 +903,9 @@ def _from_model(store: Store, base: StoredManifest, work: Path, emit: Emit, spec
     return ls, config, base_params
 
 
-def _from_files(store: Store, files: dict[str, str], work: Path, emit: Emit, spec: QuantSpec | None,
-                adapter_dir: Path | None) -> tuple[LayerSet, dict]:
+def _from_files(
+    store: Store, files: dict[str, str], work: Path, emit: Emit, spec: QuantSpec | None, adapter_dir: Path | None
+) -> tuple[LayerSet, dict]:
     if not files:
         raise ManageError("no files provided to convert", 400)
     kind = _detect_type(store, files)
@@ -806,7 +914,7 @@ def _from_files(store: Store, files: dict[str, str], work: Path, emit: Emit, spe
         ggufs = {rel: d for rel, d in files.items() if _is_gguf_blob(store, rel, d)}
         if len(ggufs) > 1:
             raise ManageError("only one GGUF file is supported (split GGUFs and projectors cannot be converted)", 400)
-        (rel, digest), = ggufs.items()
+        ((rel, digest),) = ggufs.items()
         emit({"status": "parsing GGUF"})
         blob = store.blob_path(digest)
         if not blob.is_file():
@@ -828,8 +936,9 @@ def _from_files(store: Store, files: dict[str, str], work: Path, emit: Emit, spe
     raise ManageError("unknown type", 400)
 
 
-def _convert_local_path(store: Store, path: Path, work: Path, emit: Emit, spec: QuantSpec | None,
-                        adapter_dir: Path | None) -> Converted:
+def _convert_local_path(
+    store: Store, path: Path, work: Path, emit: Emit, spec: QuantSpec | None, adapter_dir: Path | None
+) -> Converted:
     if path.is_file():
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -849,9 +958,17 @@ def _convert_local_path(store: Store, path: Path, work: Path, emit: Emit, spec: 
     raise ManageError(f"{path}: no such file or directory", 400)
 
 
-def convert_path(path: str | os.PathLike, name: str, quantize: str | None = None, store: Store | None = None,
-                 emit: Emit | None = None, *, template: str | None = None, system: str | None = None,
-                 noprune: bool = False) -> StoredManifest:
+def convert_path(
+    path: str | os.PathLike,
+    name: str,
+    quantize: str | None = None,
+    store: Store | None = None,
+    emit: Emit | None = None,
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    noprune: bool = False,
+) -> StoredManifest:
     """Convert a local GGUF file, Hugging Face checkpoint folder or MLX folder into the store as `name`
     (what `mlxollama convert PATH --name NAME [--quantize Q]` runs)."""
     if store is None:
@@ -860,30 +977,61 @@ def convert_path(path: str | os.PathLike, name: str, quantize: str | None = None
         config = Config.from_env()
         config.models_dir.mkdir(parents=True, exist_ok=True)
         store = Store(config.models_dir)
-    req = CreateRequest(name=ModelName.parse(name), display=name, local_source=Path(path).expanduser().absolute(),
-                        quantize=quantize or "", template=template, system=system)
+    req = CreateRequest(
+        name=ModelName.parse(name),
+        display=name,
+        local_source=Path(path).expanduser().absolute(),
+        quantize=quantize or "",
+        template=template,
+        system=system,
+    )
     try:
         return create_model(store, req, emit or _noop, noprune=noprune)
     except QuantizeError as e:
         raise ManageError(str(e), e.status) from e
 
 
-def package_model_dir(store: Store, name: ModelName, model_dir: Path, *, config: dict, template: str | None = None,
-                      system: str | None = None, params: dict | None = None, messages: list | None = None,
-                      licenses: list[str] | tuple = (), emit: Emit = _noop) -> StoredManifest:
+def package_model_dir(
+    store: Store,
+    name: ModelName,
+    model_dir: Path,
+    *,
+    config: dict,
+    template: str | None = None,
+    system: str | None = None,
+    params: dict | None = None,
+    messages: list | None = None,
+    licenses: list[str] | tuple = (),
+    emit: Emit = _noop,
+) -> StoredManifest:
     """An MLX folder that already is a model, stored as it is (its files are copied, not moved) with
     the given config blob and text layers, the way create writes them."""
-    req = CreateRequest(name=name, display=name.display_shortest(), template=template, system=system,
-                        parameters=params, messages=messages, license=list(licenses))
+    req = CreateRequest(
+        name=name,
+        display=name.display_shortest(),
+        template=template,
+        system=system,
+        parameters=params,
+        messages=messages,
+        license=list(licenses),
+    )
     ls = LayerSet()
     ls.add_dir(store, model_dir, move=False)
     _apply_modelfile_layers(store, ls, req, None)
     return write_model(store, name, ls, config, emit)
 
 
-def import_ollama_model(store: Store, name: ModelName, *, gguf_path: Path | None, gguf_digest: str,
-                        text_layers: list[Layer], original_config: dict, emit: Emit = _noop,
-                        noprune: bool = False) -> StoredManifest:
+def import_ollama_model(
+    store: Store,
+    name: ModelName,
+    *,
+    gguf_path: Path | None,
+    gguf_digest: str,
+    text_layers: list[Layer],
+    original_config: dict,
+    emit: Emit = _noop,
+    noprune: bool = False,
+) -> StoredManifest:
     """An Ollama GGUF model (pulled, or found in an Ollama store) as our MLX layers plus its
     template/params/system/license/messages layers. Reuses an earlier conversion of the same GGUF."""
     reuse = find_converted(store, gguf_digest)
@@ -892,8 +1040,14 @@ def import_ollama_model(store: Store, name: ModelName, *, gguf_path: Path | None
         if reuse is not None:
             for layer in mlx_layers(reuse):
                 ls.add_existing(layer)
-            config = {**reuse.read_config(), **{k: v for k, v in original_config.items()
-                                              if k in ("model_family", "model_families", "model_type", "file_type") and v}}
+            config = {
+                **reuse.read_config(),
+                **{
+                    k: v
+                    for k, v in original_config.items()
+                    if k in ("model_family", "model_families", "model_type", "file_type") and v
+                },
+            }
             config["model_format"] = "mlx"
         else:
             if gguf_path is None:

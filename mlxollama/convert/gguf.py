@@ -219,8 +219,19 @@ _EXACT: dict[QT, tuple[Callable, int]] = {
 # step stays well below the source's own: Q6_K -> 8 bits; IQ4 (non-uniform
 # 16-level grid) -> 6 bits; 2-3 bit types -> 4 bits (keeps them small; the
 # added rounding noise is a fraction of their own quantization noise).
-_REQUANT_4 = {QT.Q2_K, QT.Q3_K, QT.IQ1_S, QT.IQ1_M, QT.IQ2_XXS, QT.IQ2_XS, QT.IQ2_S,
-              QT.IQ3_XXS, QT.IQ3_S, QT.TQ1_0, QT.TQ2_0}
+_REQUANT_4 = {
+    QT.Q2_K,
+    QT.Q3_K,
+    QT.IQ1_S,
+    QT.IQ1_M,
+    QT.IQ2_XXS,
+    QT.IQ2_XS,
+    QT.IQ2_S,
+    QT.IQ3_XXS,
+    QT.IQ3_S,
+    QT.TQ1_0,
+    QT.TQ2_0,
+}
 _REQUANT_6 = {QT.IQ4_NL, QT.IQ4_XS}
 
 
@@ -239,15 +250,15 @@ def pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
     if 32 % bits == 0:
         per = 32 // bits
         words = q.reshape(rows, cols // per, per).astype(np.uint32)
-        words <<= (np.arange(per, dtype=np.uint32) * bits)
+        words <<= np.arange(per, dtype=np.uint32) * bits
         return np.bitwise_or.reduce(words, axis=-1)
     out = np.empty((rows, cols * bits // 32), np.uint32)
     step = max(1, (1 << 24) // max(cols * bits, 1))  # bound the one-byte-per-bit temporary
     shifts = np.arange(bits, dtype=np.uint8)
     for r in range(0, rows, step):
-        chunk = q[r:r + step]
+        chunk = q[r : r + step]
         bitarr = ((chunk[..., None] >> shifts) & 1).reshape(chunk.shape[0], cols * bits)
-        out[r:r + step] = np.packbits(bitarr, axis=1, bitorder="little").view(np.uint32)
+        out[r : r + step] = np.packbits(bitarr, axis=1, bitorder="little").view(np.uint32)
     return out
 
 
@@ -308,8 +319,9 @@ def convert_tensor(t: Any, perm_heads: int | None = None, mxfp4_interleaved: boo
         q = permute(codes.reshape(rows, cols))
         scale = permute(blocks[:, 0].reshape(rows, cols // GROUP))
         lead = shape[:-1]
-        return _Tensor({"weight": pack_bits(q, 4).reshape(*lead, -1), "scales": scale.reshape(*lead, -1)},
-                       (4, GROUP, "mxfp4"))
+        return _Tensor(
+            {"weight": pack_bits(q, 4).reshape(*lead, -1), "scales": scale.reshape(*lead, -1)}, (4, GROUP, "mxfp4")
+        )
 
     if qtype in _EXACT:
         decode, bits = _EXACT[qtype]
@@ -324,8 +336,11 @@ def convert_tensor(t: Any, perm_heads: int | None = None, mxfp4_interleaved: boo
         packed = pack_bits(q, bits)
         lead = shape[:-1]
         return _Tensor(
-            {"weight": packed.reshape(*lead, -1), "scales": scale.reshape(*lead, -1),
-             "biases": bias.reshape(*lead, -1)},
+            {
+                "weight": packed.reshape(*lead, -1),
+                "scales": scale.reshape(*lead, -1),
+                "biases": bias.reshape(*lead, -1),
+            },
             (bits, GROUP),
         )
 
@@ -336,8 +351,11 @@ def convert_tensor(t: Any, perm_heads: int | None = None, mxfp4_interleaved: boo
     q, scale, bias = affine_quantize(w, bits)
     lead = shape[:-1]
     return _Tensor(
-        {"weight": pack_bits(q, bits).reshape(*lead, -1), "scales": scale.reshape(*lead, -1),
-         "biases": bias.reshape(*lead, -1)},
+        {
+            "weight": pack_bits(q, bits).reshape(*lead, -1),
+            "scales": scale.reshape(*lead, -1),
+            "biases": bias.reshape(*lead, -1),
+        },
         (bits, GROUP),
     )
 
@@ -470,9 +488,14 @@ def _mlx_parameter_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...
 _EXPERT_PROJ = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
 
 
-def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
-                    params: Mapping[str, tuple[int, ...]], n_blocks: int,
-                    config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def tensor_name_map(
+    arch: str,
+    spec: ArchSpec,
+    tensors: Mapping[str, Any],
+    params: Mapping[str, tuple[int, ...]],
+    n_blocks: int,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """GGUF tensor name -> mlx-lm parameter name (None: not a weight), choosing
     among the Hugging Face names llama.cpp accepts for it the one that
     mlx-lm's model class has.  Every GGUF tensor must land on a parameter of
@@ -508,8 +531,9 @@ def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
                 axis = -2 if suffix == "weight" else -1  # rows: output features
                 part_shape[axis] = len(range(got[axis])[rows(config, got[axis])])
                 if [d for d in params[found[0]] if d != 1] != [d for d in part_shape if d != 1]:
-                    raise UnsupportedGGUF(f"tensor {name!r} has shape {list(got)}, mlx-lm expects parts "
-                                          f"like {list(params[found[0]])}")
+                    raise UnsupportedGGUF(
+                        f"tensor {name!r} has shape {list(got)}, mlx-lm expects parts like {list(params[found[0]])}"
+                    )
                 parts.append((found[0], rows))
             names[name] = tuple(parts)
             continue
@@ -523,8 +547,14 @@ def tensor_name_map(arch: str, spec: ArchSpec, tensors: Mapping[str, Any],
             # the SwitchGLU of the module holding the router ("mlp.gate", "block_sparse_moe.router.layer")
             for router in pick(f"{block}.ffn_gate_inp", "weight"):
                 parts = router.split(".")[:-1]
-                found = [c for c in (f"{'.'.join(parts[:i])}.switch_mlp.{_EXPERT_PROJ[kind]}.{suffix}"
-                                     for i in range(len(parts) - 1, 0, -1)) if c in params][:1]
+                found = [
+                    c
+                    for c in (
+                        f"{'.'.join(parts[:i])}.switch_mlp.{_EXPERT_PROJ[kind]}.{suffix}"
+                        for i in range(len(parts) - 1, 0, -1)
+                    )
+                    if c in params
+                ][:1]
         if len(found) != 1:
             raise UnsupportedGGUF(f"tensor {name!r} has no mapping for architecture {arch!r}")
         want = params[found[0]]
@@ -555,12 +585,19 @@ def _llama3_rope_scaling(factors: np.ndarray, base: float, dims: int) -> dict[st
                 if high <= low:
                     continue
                 smooth = (orig / wavelen - low) / (high - low)
-                pred = np.where(wavelen < orig / high, 1.0,
-                                np.where(wavelen > orig / low, factor,
-                                         1.0 / ((1 - smooth) / factor + smooth)))
+                pred = np.where(
+                    wavelen < orig / high,
+                    1.0,
+                    np.where(wavelen > orig / low, factor, 1.0 / ((1 - smooth) / factor + smooth)),
+                )
                 if pred.shape == factors.shape and np.allclose(pred, factors, rtol=1e-3, atol=1e-4):
-                    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
-                            "high_freq_factor": high, "original_max_position_embeddings": orig}
+                    return {
+                        "rope_type": "llama3",
+                        "factor": factor,
+                        "low_freq_factor": low,
+                        "high_freq_factor": high,
+                        "original_max_position_embeddings": orig,
+                    }
     raise UnsupportedGGUF("rope_freqs.weight does not match any llama3 rope scaling; cannot import")
 
 
@@ -570,8 +607,9 @@ def _common_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     if not hidden or not heads:
         raise UnsupportedGGUF(f"{m.arch}: embedding_length/attention.head_count missing from metadata")
     emb = tensors.get("token_embd.weight")
-    vocab = int(emb.shape[1]) if emb is not None else m.int("vocab_size") or len(
-        m.meta.get("tokenizer.ggml.tokens") or [])
+    vocab = (
+        int(emb.shape[1]) if emb is not None else m.int("vocab_size") or len(m.meta.get("tokenizer.ggml.tokens") or [])
+    )
     cfg: dict[str, Any] = {
         "hidden_size": hidden,
         "num_hidden_layers": m.int("block_count"),
@@ -767,8 +805,13 @@ def _mistral3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     orig = scaling.get("original_max_position_embeddings") or m.int("rope.scaling.original_context_length")
     if not orig:
         raise UnsupportedGGUF("mistral3: attention temperature scaling needs rope.scaling.original_context_length")
-    params: dict[str, Any] = {"rope_type": "default", **scaling, "rope_theta": cfg.pop("rope_theta"),
-                              "llama_4_scaling_beta": beta, "original_max_position_embeddings": orig}
+    params: dict[str, Any] = {
+        "rope_type": "default",
+        **scaling,
+        "rope_theta": cfg.pop("rope_theta"),
+        "llama_4_scaling_beta": beta,
+        "original_max_position_embeddings": orig,
+    }
     if "type" in params:
         params["rope_type"] = params.pop("type")
     cfg.pop("rope_scaling", None)
@@ -798,23 +841,33 @@ def _mixtral_config(cfg: dict[str, Any], m: _Meta, tensors: Mapping[str, Any]) -
     """Mixtral and other llama-MoE files: llama.cpp keeps the "llama" arch and
     stacks the experts (w1/w3/w2 -> ffn_gate/up/down_exps)."""
     _dense_only(cfg, "llama MoE", "head_dim", "attention_bias", "mlp_bias", "rope_scaling")
-    cfg.update(model_type="mixtral", num_local_experts=m.int("expert_count"),
-               num_experts_per_tok=m.int("expert_used_count"))
+    cfg.update(
+        model_type="mixtral", num_local_experts=m.int("expert_count"), num_experts_per_tok=m.int("expert_used_count")
+    )
     return cfg
 
 
 def _qwen2moe_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
-    cfg = {**_qwen2_config(m, tensors), "model_type": "qwen2_moe", "num_experts": m.int("expert_count"),
-           **_moe_counts(m, tensors)}
+    cfg = {
+        **_qwen2_config(m, tensors),
+        "model_type": "qwen2_moe",
+        "num_experts": m.int("expert_count"),
+        **_moe_counts(m, tensors),
+    }
     shexp = tensors.get("blk.0.ffn_up_shexp.weight")
     cfg["shared_expert_intermediate_size"] = m.int("expert_shared_feed_forward_length") or (
-        int(shexp.shape[1]) if shexp is not None else None)
+        int(shexp.shape[1]) if shexp is not None else None
+    )
     return cfg
 
 
 def _qwen3moe_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
-    cfg = {**_qwen3_config(m, tensors), "model_type": "qwen3_moe", "num_experts": m.int("expert_count"),
-           **_moe_counts(m, tensors)}
+    cfg = {
+        **_qwen3_config(m, tensors),
+        "model_type": "qwen3_moe",
+        "num_experts": m.int("expert_count"),
+        **_moe_counts(m, tensors),
+    }
     cfg["intermediate_size"] = cfg["intermediate_size"] or cfg["moe_intermediate_size"]
     # llama.cpp's qwen3moe has no dense layers (its tensor table lacks ffn_up/gate/down)
     cfg["decoder_sparse_step"] = 1
@@ -829,8 +882,11 @@ def _granite_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     stores as *_scale keys (its converter drops head_dim); "granitemoe" has
     experts instead of the MLP."""
     moe = m.arch == "granitemoe"
-    cfg = {"model_type": "granitemoe" if moe else "granite", **_common_config(m, tensors),
-           "attention_bias": "blk.0.attn_q.bias" in tensors}
+    cfg = {
+        "model_type": "granitemoe" if moe else "granite",
+        **_common_config(m, tensors),
+        "attention_bias": "blk.0.attn_q.bias" in tensors,
+    }
     if moe:
         cfg.update(num_local_experts=m.int("expert_count"), num_experts_per_tok=m.int("expert_used_count"))
     else:
@@ -840,7 +896,7 @@ def _granite_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg.pop("head_dim", None)
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
     cfg["logits_scaling"] = m.float("logit_scale", 1.0)
-    cfg["attention_multiplier"] = m.float("attention.scale", head_dim ** -0.5)
+    cfg["attention_multiplier"] = m.float("attention.scale", head_dim**-0.5)
     cfg["embedding_multiplier"] = m.float("embedding_scale", 1.0)
     cfg["residual_multiplier"] = m.float("residual_scale", 1.0)
     return cfg
@@ -880,9 +936,13 @@ def _cohere_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
 
 def _olmoe_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     """OLMoE: every layer a mixture of experts as wide as feed_forward_length."""
-    return {"model_type": "olmoe", **_common_config(m, tensors), "num_experts": m.int("expert_count"),
-            "num_experts_per_tok": m.int("expert_used_count"),
-            "norm_topk_prob": bool(m.get("expert_weights_norm", False))}
+    return {
+        "model_type": "olmoe",
+        **_common_config(m, tensors),
+        "num_experts": m.int("expert_count"),
+        "num_experts_per_tok": m.int("expert_used_count"),
+        "norm_topk_prob": bool(m.get("expert_weights_norm", False)),
+    }
 
 
 def _cohere2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
@@ -894,8 +954,12 @@ def _cohere2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
         raise UnsupportedGGUF("cohere2: partial rotary is not supported by mlx-lm's cohere2")
     if cfg.pop("use_qk_norm"):
         raise UnsupportedGGUF("cohere2: q/k norms are not supported by mlx-lm's cohere2")
-    cfg.update(model_type="cohere2", head_dim=head_dim, sliding_window=m.int("attention.sliding_window", 4096),
-               sliding_window_pattern=_gemma3_sliding_pattern(m, cfg["num_hidden_layers"], default=4))
+    cfg.update(
+        model_type="cohere2",
+        head_dim=head_dim,
+        sliding_window=m.int("attention.sliding_window", 4096),
+        sliding_window_pattern=_gemma3_sliding_pattern(m, cfg["num_hidden_layers"], default=4),
+    )
     return cfg
 
 
@@ -913,8 +977,11 @@ def _phi2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg.pop("head_dim", None)  # _common_config took the rotated size for it
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
     _dense_only(cfg, "phi2", "rope_scaling")
-    cfg.update(layer_norm_eps=m.float("attention.layer_norm_epsilon", 1e-5), intermediate_size=_ffn_width(m, tensors),
-               partial_rotary_factor=(m.int("rope.dimension_count") or head_dim) / head_dim)
+    cfg.update(
+        layer_norm_eps=m.float("attention.layer_norm_epsilon", 1e-5),
+        intermediate_size=_ffn_width(m, tensors),
+        partial_rotary_factor=(m.int("rope.dimension_count") or head_dim) / head_dim,
+    )
     return cfg
 
 
@@ -927,11 +994,18 @@ def _starcoder_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     qkv = tensors.get("blk.0.attn_qkv.weight")
     multi_query = qkv is None or int(qkv.shape[1]) == hidden + 2 * (hidden // heads)
-    cfg.update(n_embd=hidden, n_layer=cfg["num_hidden_layers"], n_head=heads, n_inner=_ffn_width(m, tensors),
-               n_positions=cfg.get("max_position_embeddings"), multi_query=multi_query,
-               num_key_value_heads=1 if multi_query else heads,
-               layer_norm_epsilon=m.float("attention.layer_norm_epsilon", 1e-5),
-               attention_bias="blk.0.attn_qkv.bias" in tensors, mlp_bias="blk.0.ffn_up.bias" in tensors)
+    cfg.update(
+        n_embd=hidden,
+        n_layer=cfg["num_hidden_layers"],
+        n_head=heads,
+        n_inner=_ffn_width(m, tensors),
+        n_positions=cfg.get("max_position_embeddings"),
+        multi_query=multi_query,
+        num_key_value_heads=1 if multi_query else heads,
+        layer_norm_epsilon=m.float("attention.layer_norm_epsilon", 1e-5),
+        attention_bias="blk.0.attn_qkv.bias" in tensors,
+        mlp_bias="blk.0.ffn_up.bias" in tensors,
+    )
     return cfg
 
 
@@ -942,11 +1016,14 @@ def _stablelm_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg.pop("head_dim", None)  # _common_config took the rotated size for it
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
     _dense_only(cfg, "stablelm", "rope_scaling")
-    cfg.update(layer_norm_eps=m.float("attention.layer_norm_epsilon", 1e-5),
-               partial_rotary_factor=(m.int("rope.dimension_count") or head_dim) / head_dim,
-               use_qkv_bias="blk.0.attn_q.bias" in tensors,
-               # the converter writes true where the HF config is silent
-               use_parallel_residual=bool(m.get("use_parallel_residual", True)), qk_layernorm=False)
+    cfg.update(
+        layer_norm_eps=m.float("attention.layer_norm_epsilon", 1e-5),
+        partial_rotary_factor=(m.int("rope.dimension_count") or head_dim) / head_dim,
+        use_qkv_bias="blk.0.attn_q.bias" in tensors,
+        # the converter writes true where the HF config is silent
+        use_parallel_residual=bool(m.get("use_parallel_residual", True)),
+        qk_layernorm=False,
+    )
     return cfg
 
 
@@ -955,9 +1032,14 @@ def _nemotron_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {"model_type": "nemotron", **_common_config(m, tensors)}
     cfg.pop("rms_norm_eps")
     head_dim = m.int("attention.key_length") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    cfg.update(hidden_act="relu2", norm_eps=m.float("attention.layer_norm_epsilon", 1e-5), head_dim=head_dim,
-               partial_rotary_factor=(m.int("rope.dimension_count") or head_dim) / head_dim,
-               attention_bias="blk.0.attn_q.bias" in tensors, mlp_bias="blk.0.ffn_up.bias" in tensors)
+    cfg.update(
+        hidden_act="relu2",
+        norm_eps=m.float("attention.layer_norm_epsilon", 1e-5),
+        head_dim=head_dim,
+        partial_rotary_factor=(m.int("rope.dimension_count") or head_dim) / head_dim,
+        attention_bias="blk.0.attn_q.bias" in tensors,
+        mlp_bias="blk.0.ffn_up.bias" in tensors,
+    )
     return cfg
 
 
@@ -982,8 +1064,9 @@ def _glm4_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     # _common_config took rope.dimension_count for the head size; in glm4 it is the rotated part.
     head_dim = m.int("attention.key_length") or cfg["hidden_size"] // cfg["num_attention_heads"]
     rope_dims = m.int("rope.dimension_count") or head_dim // 2
-    cfg.update(head_dim=head_dim, partial_rotary_factor=rope_dims / head_dim,
-               attention_bias="blk.0.attn_q.bias" in tensors)
+    cfg.update(
+        head_dim=head_dim, partial_rotary_factor=rope_dims / head_dim, attention_bias="blk.0.attn_q.bias" in tensors
+    )
     _dense_only(cfg, "glm4", "rope_scaling")
     return cfg
 
@@ -1004,14 +1087,21 @@ def _deepseek2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
         raise UnsupportedGGUF("deepseek2: normalised top-k expert weights are not supported by mlx-lm's deepseek_v2")
     cfg.update(
         num_key_value_heads=heads,  # MLA: llama.cpp writes 1 (MQA over the latent); mlx-lm has no such field
-        kv_lora_rank=m.int("attention.kv_lora_rank"), q_lora_rank=m.int("attention.q_lora_rank"),
-        qk_rope_head_dim=rope_dims, qk_nope_head_dim=qk_head - rope_dims, v_head_dim=v_head,
-        n_routed_experts=m.int("expert_count"), n_shared_experts=m.int("expert_shared_count"),
-        num_experts_per_tok=m.int("expert_used_count"), moe_intermediate_size=m.int("expert_feed_forward_length"),
+        kv_lora_rank=m.int("attention.kv_lora_rank"),
+        q_lora_rank=m.int("attention.q_lora_rank"),
+        qk_rope_head_dim=rope_dims,
+        qk_nope_head_dim=qk_head - rope_dims,
+        v_head_dim=v_head,
+        n_routed_experts=m.int("expert_count"),
+        n_shared_experts=m.int("expert_shared_count"),
+        num_experts_per_tok=m.int("expert_used_count"),
+        moe_intermediate_size=m.int("expert_feed_forward_length"),
         first_k_dense_replace=m.int("leading_dense_block_count", 0),
         routed_scaling_factor=m.float("expert_weights_scale", 1.0),
         # llama.cpp routes greedily over all experts unless the file names expert groups.
-        topk_method="greedy", attention_bias="blk.0.attn_output.bias" in tensors)
+        topk_method="greedy",
+        attention_bias="blk.0.attn_output.bias" in tensors,
+    )
     groups, groups_used = m.int("expert_group_count"), m.int("expert_group_used_count")
     if groups and groups > 1:
         cfg.update(topk_method="group_limited_greedy", n_group=groups, topk_group=groups_used)
@@ -1041,14 +1131,22 @@ def _gpt_oss_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     so), yarn rope, sliding-window layers alternating with global ones."""
     cfg = {"model_type": "gpt_oss", **_common_config(m, tensors)}
     cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
-    cfg.update(num_local_experts=m.int("expert_count"), num_experts_per_tok=m.int("expert_used_count"),
-               intermediate_size=m.int("expert_feed_forward_length") or cfg["intermediate_size"],
-               sliding_window=m.int("attention.sliding_window", 128))
+    cfg.update(
+        num_local_experts=m.int("expert_count"),
+        num_experts_per_tok=m.int("expert_used_count"),
+        intermediate_size=m.int("expert_feed_forward_length") or cfg["intermediate_size"],
+        sliding_window=m.int("attention.sliding_window", 128),
+    )
     scaling = cfg.pop("rope_scaling", None)
     if scaling and m.arch == "gptoss" and m.get("rope.scaling.type") is None:
         # Ollama's converter writes factor and original context only: gpt-oss's yarn, its betas
-        scaling = {"type": "yarn", "factor": scaling["factor"], "beta_fast": 32.0, "beta_slow": 1.0,
-                   "original_max_position_embeddings": m.int("rope.scaling.original_context_length")}
+        scaling = {
+            "type": "yarn",
+            "factor": scaling["factor"],
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "original_max_position_embeddings": m.int("rope.scaling.original_context_length"),
+        }
     if scaling:
         if scaling["type"] != "yarn":
             raise UnsupportedGGUF(f"gpt-oss: rope scaling {scaling['type']} is not supported")
@@ -1098,15 +1196,23 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "glm4": ArchSpec(_glm4_config),
     "gpt-oss": ArchSpec(_gpt_oss_config),
     # gpt-oss as Ollama's library ships it (Ollama's own converter)
-    "gptoss": ArchSpec(_gpt_oss_config, table_arch="gpt-oss", mxfp4_interleaved=True,
-                       renamed={"attn_out": "attn_output", "ffn_norm": "post_attention_norm"},
-                       split={"attn_qkv": (("attn_q", _qkv_rows(0)), ("attn_k", _qkv_rows(1)),
-                                           ("attn_v", _qkv_rows(2))),
-                              # gate and up rows interleaved, as OpenAI's checkpoints hold them
-                              "ffn_gate_up_exps": (("ffn_gate_exps", lambda c, n: slice(0, n, 2)),
-                                                   ("ffn_up_exps", lambda c, n: slice(1, n, 2)))}),
-    "deepseek2": ArchSpec(_deepseek2_config, joined={
-        "attn_v_b": (("attn_k_b", "attn_v_b"), "self_attn.kv_b_proj", _deepseek2_kv_b)}),
+    "gptoss": ArchSpec(
+        _gpt_oss_config,
+        table_arch="gpt-oss",
+        mxfp4_interleaved=True,
+        renamed={"attn_out": "attn_output", "ffn_norm": "post_attention_norm"},
+        split={
+            "attn_qkv": (("attn_q", _qkv_rows(0)), ("attn_k", _qkv_rows(1)), ("attn_v", _qkv_rows(2))),
+            # gate and up rows interleaved, as OpenAI's checkpoints hold them
+            "ffn_gate_up_exps": (
+                ("ffn_gate_exps", lambda c, n: slice(0, n, 2)),
+                ("ffn_up_exps", lambda c, n: slice(1, n, 2)),
+            ),
+        },
+    ),
+    "deepseek2": ArchSpec(
+        _deepseek2_config, joined={"attn_v_b": (("attn_k_b", "attn_v_b"), "self_attn.kv_b_proj", _deepseek2_kv_b)}
+    ),
     "gemma": ArchSpec(_gemma_config, norm_shift=1.0),
     "gemma2": ArchSpec(_gemma2_config, norm_shift=1.0),
     "gemma3": ArchSpec(_gemma3_config, norm_shift=1.0),
@@ -1163,8 +1269,10 @@ class _ShardWriter:
         for path, name in zip(self.shards, names):
             os.replace(path, self.out / name)
         if n > 1:
-            index = {"metadata": {"total_size": self.total},
-                     "weight_map": {k: names[i] for k, i in sorted(self.weight_map.items())}}
+            index = {
+                "metadata": {"total_size": self.total},
+                "weight_map": {k: names[i] for k, i in sorted(self.weight_map.items())},
+            }
             (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
             names.append("model.safetensors.index.json")
         return names
@@ -1183,7 +1291,8 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     spec = ARCHITECTURES.get(arch)
     if spec is None:
         raise UnsupportedGGUF(
-            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})")
+            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})"
+        )
 
     tensors = {t.name: t for t in reader.tensors}
     m = _Meta(meta, arch)
@@ -1195,8 +1304,11 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
 
     out.mkdir(parents=True, exist_ok=True)
     # mlx-lm loads every model*.safetensors: drop shards of an earlier import.
-    for stale in [*out.glob("model*.safetensors"), *out.glob(".partial-*.safetensors"),
-                  out / "model.safetensors.index.json"]:
+    for stale in [
+        *out.glob("model*.safetensors"),
+        *out.glob(".partial-*.safetensors"),
+        out / "model.safetensors.index.json",
+    ]:
         stale.unlink(missing_ok=True)
     if arch == "gptoss" and meta.get("tokenizer.ggml.pre") in (None, "default"):
         # Ollama's engine splits gpt-oss text with o200k's rules whatever the file says
@@ -1259,6 +1371,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     files = writer.finish()
 
     if quant:
+
         def entry(q: tuple) -> dict[str, Any]:
             # mlx-lm's default mode is affine; only other modes are spelled out
             return {"group_size": q[1], "bits": q[0], **({"mode": q[2]} if len(q) > 2 else {})}
@@ -1284,13 +1397,12 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
 
     parameter_count = sum(int(t.n_elements) for t in reader.tensors)
     _write_json(out / "model_info.json", _model_info(meta, types, parameter_count))
-    _write_json(out / "gguf_tensors.json", [
-        {"name": t.name, "type": QT(t.tensor_type).name, "shape": [int(x) for x in t.shape]}
-        for t in reader.tensors
-    ])
+    _write_json(
+        out / "gguf_tensors.json",
+        [{"name": t.name, "type": QT(t.tensor_type).name, "shape": [int(x) for x in t.shape]} for t in reader.tensors],
+    )
 
-    files = ["config.json", *files, *tok_info.files, "generation_config.json",
-             "model_info.json", "gguf_tensors.json"]
+    files = ["config.json", *files, *tok_info.files, "generation_config.json", "model_info.json", "gguf_tensors.json"]
     template = meta.get("tokenizer.chat_template")
     return GGUFImport(
         architecture=arch,

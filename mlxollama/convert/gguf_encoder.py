@@ -220,36 +220,64 @@ def _config(arch: str, meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> d
     if arch == "nomic-bert":
         if meta.get(f"{arch}.expert_count"):
             raise UnsupportedEncoderGGUF("nomic-bert with experts (nomic-bert-moe) is not supported")
-        return {"architectures": ["NomicBertModel"], "model_type": "nomic_bert", **common,
-                "n_embd": hidden, "n_layer": int(need("block_count")), "n_head": int(need("attention.head_count")),
-                "n_inner": int(need("feed_forward_length")), "n_positions": int(need("context_length")),
-                "layer_norm_epsilon": eps, "rotary_emb_base": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-                "rotary_emb_fraction": 1.0, "activation_function": "swiglu", "prenorm": False,
-                "qkv_proj_bias": False, "mlp_fc1_bias": False, "mlp_fc2_bias": False}
+        return {
+            "architectures": ["NomicBertModel"],
+            "model_type": "nomic_bert",
+            **common,
+            "n_embd": hidden,
+            "n_layer": int(need("block_count")),
+            "n_head": int(need("attention.head_count")),
+            "n_inner": int(need("feed_forward_length")),
+            "n_positions": int(need("context_length")),
+            "layer_norm_epsilon": eps,
+            "rotary_emb_base": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+            "rotary_emb_fraction": 1.0,
+            "activation_function": "swiglu",
+            "prenorm": False,
+            "qkv_proj_bias": False,
+            "mlp_fc1_bias": False,
+            "mlp_fc2_bias": False,
+        }
     positions = rows("position_embd")
     if not positions:
         raise UnsupportedEncoderGGUF(f"{arch}: tensor position_embd.weight is missing")
     tokenizer = str(meta.get("tokenizer.ggml.model", ""))
-    layers = {"hidden_size": hidden, "num_hidden_layers": int(need("block_count")),
-              "num_attention_heads": int(need("attention.head_count")),
-              "intermediate_size": int(need("feed_forward_length")), "layer_norm_eps": eps,
-              "hidden_act": "gelu", "position_embedding_type": "absolute"}
+    layers = {
+        "hidden_size": hidden,
+        "num_hidden_layers": int(need("block_count")),
+        "num_attention_heads": int(need("attention.head_count")),
+        "intermediate_size": int(need("feed_forward_length")),
+        "layer_norm_eps": eps,
+        "hidden_act": "gelu",
+        "position_embedding_type": "absolute",
+    }
     if tokenizer in ("t5", "gpt2"):
         # XLM-RoBERTa (unigram: bge-m3, multilingual-e5) and RoBERTa (byte-level BPE: granite-embedding):
         # llama.cpp dropped the pad_token_id + 1 position rows RoBERTa never uses; they come back
         # as zeros so positions count from pad + 1 again.
         pad = int(meta.get("tokenizer.ggml.padding_token_id", 1))
         model_type = "xlm-roberta" if tokenizer == "t5" else "roberta"
-        return {"architectures": ["XLMRobertaModel" if tokenizer == "t5" else "RobertaModel"],
-                "model_type": model_type, **common, **layers,
-                "max_position_embeddings": positions + pad + 1, "pad_token_id": pad}
+        return {
+            "architectures": ["XLMRobertaModel" if tokenizer == "t5" else "RobertaModel"],
+            "model_type": model_type,
+            **common,
+            **layers,
+            "max_position_embeddings": positions + pad + 1,
+            "pad_token_id": pad,
+        }
     if tokenizer != "bert":
         raise UnsupportedEncoderGGUF(
             f"bert with tokenizer {tokenizer!r} is not supported (supported: 'bert' WordPiece, "
-            "'t5' XLM-RoBERTa unigram, 'gpt2' RoBERTa byte-level BPE)")
-    return {"architectures": ["BertModel"], "model_type": "bert", **common, **layers,
-            "max_position_embeddings": positions,
-            "pad_token_id": int(meta.get("tokenizer.ggml.padding_token_id") or 0)}
+            "'t5' XLM-RoBERTa unigram, 'gpt2' RoBERTa byte-level BPE)"
+        )
+    return {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        **common,
+        **layers,
+        "max_position_embeddings": positions,
+        "pad_token_id": int(meta.get("tokenizer.ggml.padding_token_id") or 0),
+    }
 
 
 def _pooling(arch: str, meta: Mapping[str, Any]) -> PoolingConfig:
@@ -295,7 +323,8 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
             shape = (shape[0] + cfg.position_offset, *shape[1:])
         if shape != expected[name] and int(np.prod(shape)) != int(np.prod(expected[name])):
             raise UnsupportedEncoderGGUF(
-                f"{arch}: tensor {t.name} has shape {list(shape)}, the encoder expects {list(expected[name])}")
+                f"{arch}: tensor {t.name} has shape {list(shape)}, the encoder expects {list(expected[name])}"
+            )
         plan.append((name, t, expected[name]))  # same size: a (n,) bias spelled (1, n) and the like
     missing = sorted(set(expected) - {name for name, _, _ in plan})
     if missing:
@@ -311,9 +340,10 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
     for stale in out.glob("*.safetensors"):
         stale.unlink()
     files: list[str] = []
-    _write_safetensors(out / "model.safetensors",
-                       [(name, shape, _stored_dtype(t), lambda t=t, shape=shape: tensor(t, shape))
-                        for name, t, shape in plan])
+    _write_safetensors(
+        out / "model.safetensors",
+        [(name, shape, _stored_dtype(t), lambda t=t, shape=shape: tensor(t, shape)) for name, t, shape in plan],
+    )
     files.append("model.safetensors")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     files.append("config.json")

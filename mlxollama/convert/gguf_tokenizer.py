@@ -73,14 +73,49 @@ _BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
 _DEFAULT = [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"]
 
 _PRE_GROUPS: list[tuple[tuple[str, ...], list[str]]] = [
-    (("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-      "dbrx", "smaug-bpe", "chatglm-bpe", "glm4"), [_LLAMA3]),
+    (
+        (
+            "llama3",
+            "llama-v3",
+            "llama-bpe",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+            "dbrx",
+            "smaug-bpe",
+            "chatglm-bpe",
+            "glm4",
+        ),
+        [_LLAMA3],
+    ),
     (("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez", "hunyuan", "grok-2"), [_QWEN2]),
-    (("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"),
-     [r"\p{N}", _GPT2]),
-    (("gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "jina-es", "jina-de", "jina-v1-en",
-      "jina-v2-es", "jina-v2-de", "jina-v2-code", "roberta-bpe", "gigachat", "exaone4",
-      "trillion", "granite-docling", "a.x-4.0", "mellum"), [_GPT2]),
+    (("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), [r"\p{N}", _GPT2]),
+    (
+        (
+            "gpt-2",
+            "gpt2",
+            "phi-2",
+            "mpt",
+            "olmo",
+            "jais",
+            "jina-es",
+            "jina-de",
+            "jina-v1-en",
+            "jina-v2-es",
+            "jina-v2-de",
+            "jina-v2-code",
+            "roberta-bpe",
+            "gigachat",
+            "exaone4",
+            "trillion",
+            "granite-docling",
+            "a.x-4.0",
+            "mellum",
+        ),
+        [_GPT2],
+    ),
     (("falcon",), [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"]),
     (("deepseek-coder",), _DEEPSEEK_CODER),
     (("deepseek-llm",), _DEEPSEEK_LLM),
@@ -93,15 +128,24 @@ _PRE_GROUPS: list[tuple[tuple[str, ...], list[str]]] = [
 ]
 PRE_TOKENIZER_REGEXES: dict[str, list[str]] = {n: rx for names, rx in _PRE_GROUPS for n in names}
 # llama.cpp matches a whole pre-token against the vocab before merging for these.
-_IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
-                  "midm-2.0", "lfm2", "tekken"}
+_IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "tekken"}
 # llama.cpp turns add_bos on for these when the file does not say.
 _ADD_BOS_DEFAULT = _IGNORE_MERGES | {"chameleon"}
 
 # Tokens llama.cpp treats as end-of-generation by their text (llama-vocab.cpp).
-_EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-              "<|end_of_text|>", "<EOT>", "_<EOT>", "<|eom_id|>", "<end_of_utterance>",
-              "<｜end▁of▁sentence｜>")
+_EOG_TEXTS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|eom_id|>",
+    "<end_of_utterance>",
+    "<｜end▁of▁sentence｜>",
+)
 
 
 @dataclass
@@ -139,12 +183,13 @@ def _byte_level_bpe(meta: Mapping[str, Any], tokens: list[str]) -> Tokenizer:
         # llama.cpp splits at the first space after position 0 (a token may be " ").
         pos = m.find(" ", 1)
         if pos > 0:
-            merges.append((m[:pos], m[pos + 1:]))
+            merges.append((m[:pos], m[pos + 1 :]))
     vocab: dict[str, int] = {}
     for i, t in enumerate(tokens):
         vocab[t] = i  # duplicates: the last id wins, as in llama.cpp's token_to_id
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre in _IGNORE_MERGES,
-                               fuse_unk=False, byte_fallback=False))
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, ignore_merges=pre in _IGNORE_MERGES, fuse_unk=False, byte_fallback=False)
+    )
     tok.normalizer = None
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in regexes]
@@ -186,8 +231,15 @@ def _sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str], types: list[i
         vocab.setdefault(t, i)
     unk = _tok(tokens, _get(meta, "tokenizer.ggml.unknown_token_id", 0))
     has_bytes = any(t == TOKEN_BYTE for t in types)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges_from_scores(tokens, scores, types),
-                               unk_token=unk, fuse_unk=True, byte_fallback=has_bytes))
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=_merges_from_scores(tokens, scores, types),
+            unk_token=unk,
+            fuse_unk=True,
+            byte_fallback=has_bytes,
+        )
+    )
     # llama.cpp prefixes a space to every raw-text fragment that starts the
     # text or follows a special token; HF applies the normalizer per fragment
     # between added tokens, which is the same thing.
@@ -251,19 +303,24 @@ def _wordpiece(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> 
     if unk_id is None:
         raise UnsupportedTokenizer("bert tokenizer without an unknown token")
     unk = words[unk_id]
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=unk, continuing_subword_prefix="##",
-                                     max_input_chars_per_word=100))
+    tok = Tokenizer(
+        models.WordPiece(vocab=vocab, unk_token=unk, continuing_subword_prefix="##", max_input_chars_per_word=100)
+    )
     lower = _vocab_is_uncased(words, types)
     # strip_accents=None follows lowercase, as in BertTokenizerFast
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=None, lowercase=lower)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lower
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     specials = [i for i in (unk_id, cls_id, sep_id, pad_id, mask_id) if i is not None]
     specials += [i for i, ty in enumerate(types) if ty == TOKEN_CONTROL and i not in specials and words[i]]
     tok.add_special_tokens([AddedToken(words[i], special=True, normalized=False) for i in sorted(set(specials))])
-    user = [AddedToken(words[i], special=False, normalized=True)
-            for i, ty in enumerate(types) if ty == TOKEN_USER_DEFINED and words[i]]
+    user = [
+        AddedToken(words[i], special=False, normalized=True)
+        for i, ty in enumerate(types)
+        if ty == TOKEN_USER_DEFINED and words[i]
+    ]
     if user:
         tok.add_tokens(user)
     add_cls = bool(_get(meta, "tokenizer.ggml.add_bos_token", True)) and cls_id is not None
@@ -273,10 +330,11 @@ def _wordpiece(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> 
         first = ([f"{cls}:0"] if cls else []) + ["$A:0"] + ([f"{sep}:0"] if sep else [])
         second = ["$B:1"] + ([f"{sep}:1"] if sep else [])
         tok.post_processor = processors.TemplateProcessing(
-            single=first, pair=first + second,
-            special_tokens=[(t, i) for t, i in ((cls, cls_id), (sep, sep_id)) if t])
+            single=first, pair=first + second, special_tokens=[(t, i) for t, i in ((cls, cls_id), (sep, sep_id)) if t]
+        )
     facts = {
-        "bos_token": None, "eos_token": None,
+        "bos_token": None,
+        "eos_token": None,
         "unk_token": unk,
         "pad_token": words[pad_id] if pad_id is not None else None,
         "cls_token": words[cls_id] if cls_id is not None else None,
@@ -284,8 +342,10 @@ def _wordpiece(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> 
         "mask_token": words[mask_id] if mask_id is not None else None,
         "pad_token_id": pad_id,
         "do_lower_case": lower,
-        "add_bos_token": False, "add_eos_token": False,
-        "bos_token_id": None, "eos_token_ids": [],
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "bos_token_id": None,
+        "eos_token_ids": [],
         "control_tokens": [words[i] for i in sorted(set(specials))],
     }
     return tok, facts
@@ -301,9 +361,13 @@ def _unigram(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> tu
     unk_id = _get(meta, "tokenizer.ggml.unknown_token_id")
     if unk_id is None:
         unk_id = next((i for i, ty in enumerate(types) if ty == TOKEN_UNKNOWN), None)
-    tok = Tokenizer(models.Unigram([(t, float(sc)) for t, sc in zip(tokens, scores)],
-                                   unk_id=None if unk_id is None else int(unk_id),
-                                   byte_fallback=any(ty == TOKEN_BYTE for ty in types)))
+    tok = Tokenizer(
+        models.Unigram(
+            [(t, float(sc)) for t, sc in zip(tokens, scores)],
+            unk_id=None if unk_id is None else int(unk_id),
+            byte_fallback=any(ty == TOKEN_BYTE for ty in types),
+        )
+    )
     norm = []
     charsmap = _get(meta, "tokenizer.ggml.precompiled_charsmap")
     if charsmap is not None and len(charsmap):
@@ -316,8 +380,11 @@ def _unigram(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> tu
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=scheme, split=True)
     control = [i for i, ty in enumerate(types) if ty in (TOKEN_CONTROL, TOKEN_UNKNOWN) and tokens[i]]
     tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in control])
-    user = [AddedToken(tokens[i], special=False, normalized=False)
-            for i, ty in enumerate(types) if ty == TOKEN_USER_DEFINED and tokens[i]]
+    user = [
+        AddedToken(tokens[i], special=False, normalized=False)
+        for i, ty in enumerate(types)
+        if ty == TOKEN_USER_DEFINED and tokens[i]
+    ]
     if user:
         tok.add_tokens(user)
     bos_id, eos_id = _get(meta, "tokenizer.ggml.bos_token_id"), _get(meta, "tokenizer.ggml.eos_token_id")
@@ -329,16 +396,25 @@ def _unigram(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> tu
         special = [(t, int(i)) for t, i, on in ((bos, bos_id, add_bos), (eos, eos_id, add_eos)) if on]
         # RoBERTa's pair layout: <s> A </s></s> B </s>
         tok.post_processor = processors.TemplateProcessing(
-            single=head + ["$A:0"] + tail, pair=head + ["$A:0"] + tail + tail + ["$B:0"] + tail,
-            special_tokens=list(dict.fromkeys(special)))
+            single=head + ["$A:0"] + tail,
+            pair=head + ["$A:0"] + tail + tail + ["$B:0"] + tail,
+            special_tokens=list(dict.fromkeys(special)),
+        )
     pad_id = _get(meta, "tokenizer.ggml.padding_token_id")
     mask = "<mask>" if "<mask>" in tokens else None
     facts = {
-        "bos_token": bos, "eos_token": eos, "unk_token": _tok(tokens, unk_id),
-        "pad_token": _tok(tokens, pad_id), "cls_token": bos, "sep_token": eos, "mask_token": mask,
+        "bos_token": bos,
+        "eos_token": eos,
+        "unk_token": _tok(tokens, unk_id),
+        "pad_token": _tok(tokens, pad_id),
+        "cls_token": bos,
+        "sep_token": eos,
+        "mask_token": mask,
         "pad_token_id": None if pad_id is None else int(pad_id),
-        "add_bos_token": False, "add_eos_token": False,
-        "bos_token_id": None, "eos_token_ids": [],
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "bos_token_id": None,
+        "eos_token_ids": [],
         "control_tokens": [tokens[i] for i in control],
     }
     return tok, facts
@@ -366,15 +442,18 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]
     else:
         raise UnsupportedTokenizer(
             f"tokenizer.ggml.model {model!r} is not supported (supported: 'gpt2' byte-level BPE, "
-            "'llama' sentencepiece, 'bert' WordPiece, 't5' unigram)")
+            "'llama' sentencepiece, 'bert' WordPiece, 't5' unigram)"
+        )
 
     # CONTROL tokens are special (skipped by decode(skip_special_tokens=True));
     # USER_DEFINED ones (e.g. <think>) are added but not special, so they are
     # still matched whole yet rendered in output, as llama.cpp does.
-    control = [AddedToken(t, special=True, normalized=False)
-               for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL and t]
-    user = [AddedToken(t, special=False, normalized=False)
-            for t, ty in zip(tokens, types) if ty == TOKEN_USER_DEFINED and t]
+    control = [
+        AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL and t
+    ]
+    user = [
+        AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_USER_DEFINED and t
+    ]
     if control:
         tok.add_special_tokens(control)
     if user:
@@ -422,14 +501,18 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]
     return tok, facts
 
 
-def write_tokenizer_files(meta: Mapping[str, Any], out_dir: str | Path,
-                          model_max_length: int | None = None) -> TokenizerInfo:
+def write_tokenizer_files(
+    meta: Mapping[str, Any], out_dir: str | Path, model_max_length: int | None = None
+) -> TokenizerInfo:
     out = Path(out_dir)
     tok, facts = build_tokenizer(meta)
     tok.save(str(out / "tokenizer.json"))
 
-    specials = {k: facts[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token", "cls_token",
-                                      "sep_token", "mask_token") if facts.get(k)}
+    specials = {
+        k: facts[k]
+        for k in ("bos_token", "eos_token", "unk_token", "pad_token", "cls_token", "sep_token", "mask_token")
+        if facts.get(k)
+    }
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **specials,

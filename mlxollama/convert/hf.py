@@ -42,11 +42,20 @@ QUANTIZE_CHOICES: dict[str, dict | None] = {
     "q4_K_S": {"bits": 4, "group_size": 64},
     "q8_0": {"bits": 8, "group_size": 64},
 }
-_CHOICE_FILE_TYPE = {"4bit": "4bit", "8bit": "8bit", "mxfp4": "MXFP4", "bf16": "BF16", "f16": "F16",
-                     "fp16": "F16", "f32": "F32", "q4_0": "Q4_0", "q4_K_M": "Q4_K_M", "q4_K_S": "Q4_K_S",
-                     "q8_0": "Q8_0"}
-_DTYPE_FILE_TYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32",
-                    "BF16": "BF16", "F16": "F16", "F32": "F32"}
+_CHOICE_FILE_TYPE = {
+    "4bit": "4bit",
+    "8bit": "8bit",
+    "mxfp4": "MXFP4",
+    "bf16": "BF16",
+    "f16": "F16",
+    "fp16": "F16",
+    "f32": "F32",
+    "q4_0": "Q4_0",
+    "q4_K_M": "Q4_K_M",
+    "q4_K_S": "Q4_K_S",
+    "q8_0": "Q8_0",
+}
+_DTYPE_FILE_TYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "BF16": "BF16", "F16": "F16", "F32": "F32"}
 _CONVERSION_DTYPES = ("float16", "bfloat16", "float32")
 
 # Weight formats mlx-lm cannot read; a repo carrying them next to safetensors
@@ -209,10 +218,15 @@ def model_info(config: dict[str, Any], parameter_count: int) -> dict[str, Any]:
     """/api/show model_info for a safetensors model: Ollama's mapping from config.json."""
     arch = _architecture(config)
     info: dict[str, Any] = {"general.architecture": arch, "general.parameter_count": int(parameter_count)}
-    for key, hf_key in (("context_length", "max_position_embeddings"), ("embedding_length", "hidden_size"),
-                        ("block_count", "num_hidden_layers"), ("attention.head_count", "num_attention_heads"),
-                        ("attention.head_count_kv", "num_key_value_heads"),
-                        ("feed_forward_length", "intermediate_size"), ("vocab_size", "vocab_size")):
+    for key, hf_key in (
+        ("context_length", "max_position_embeddings"),
+        ("embedding_length", "hidden_size"),
+        ("block_count", "num_hidden_layers"),
+        ("attention.head_count", "num_attention_heads"),
+        ("attention.head_count_kv", "num_key_value_heads"),
+        ("feed_forward_length", "intermediate_size"),
+        ("vocab_size", "vocab_size"),
+    ):
         v = _text_get(config, hf_key)
         if v is not None:
             info[f"{arch}.{key}"] = v
@@ -262,8 +276,7 @@ def parse_quantize(quantize: str | None) -> tuple[str, dict] | None:
     for name, spec in QUANTIZE_CHOICES.items():
         if name.lower() == str(quantize).lower():
             return name, dict(spec or {})
-    raise ValueError(f"unsupported quantization type {quantize} - supported types are "
-                     f"{', '.join(QUANTIZE_CHOICES)}")
+    raise ValueError(f"unsupported quantization type {quantize} - supported types are {', '.join(QUANTIZE_CHOICES)}")
 
 
 # --------------------------------------------------------------------------
@@ -283,8 +296,8 @@ def convert_hf_checkpoint(src_dir: str | Path, out_dir: str | Path, *, quantize:
     files, chat template, model_info.json).  ``quantize``: a QUANTIZE_CHOICES
     name, or None to keep the checkpoint's dtype (its config's torch_dtype, as
     mlx_lm.convert does)."""
-    from mlx.utils import tree_map_with_path
     import mlx.core as mx
+    from mlx.utils import tree_map_with_path
     from mlx_lm.utils import load, quantize_model, save
 
     src, out = Path(src_dir), Path(out_dir)
@@ -359,8 +372,12 @@ def copy_mlx_checkpoint(src_dir: str | Path, out_dir: str | Path) -> HFImport:
         raise UnsupportedCheckpoint(f"no *.safetensors weights in {src}")
     _clean_out(out)
     for p in sorted(src.iterdir()):
-        if (not p.is_file() or p.name.startswith(".") or p.name in ("README.md", "model_info.json")
-                or p.name.endswith(_FOREIGN_WEIGHTS)):
+        if (
+            not p.is_file()
+            or p.name.startswith(".")
+            or p.name in ("README.md", "model_info.json")
+            or p.name.endswith(_FOREIGN_WEIGHTS)
+        ):
             continue
         _link_or_copy(p, out / p.name)
     if "quantization" in config:
@@ -368,4 +385,3 @@ def copy_mlx_checkpoint(src_dir: str | Path, out_dir: str | Path) -> HFImport:
     else:
         file_type = _dtype_file_type(out)
     return _result(out, config, file_type)
-

@@ -66,8 +66,7 @@ def convert_sentence_transformers(src_dir: Path, out_dir: Path) -> EncoderImport
         if not (src_dir / required).is_file():
             raise EncoderImportError(f"{src_dir}: {required} not found")
     if not any(src_dir.glob("*.safetensors")):
-        hint = " (only PyTorch .bin weights; convert them to safetensors first)" if any(
-            src_dir.glob("*.bin")) else ""
+        hint = " (only PyTorch .bin weights; convert them to safetensors first)" if any(src_dir.glob("*.bin")) else ""
         raise EncoderImportError(f"{src_dir}: no *.safetensors weights{hint}")
 
     model_type = _model_type(src_dir)
@@ -92,8 +91,7 @@ def convert_sentence_transformers(src_dir: Path, out_dir: Path) -> EncoderImport
     extra = sorted(set(weights) - wanted)
     if extra:
         raise UnsupportedEncoder(
-            f"{cfg.model_type!r} checkpoint has weights this encoder does not use, "
-            f"e.g. {', '.join(extra[:3])}"
+            f"{cfg.model_type!r} checkpoint has weights this encoder does not use, e.g. {', '.join(extra[:3])}"
         )
 
     dtypes = {v.dtype for v in weights.values()}

@@ -153,13 +153,23 @@ def pull_hf(store: Store, name: ModelName, emit: Emit, *, noprune: bool = False)
         tracker = _Bytes(emit, status, total, digest)
         tracker.report(force=True)
         try:
-            snapshot_download(repo, revision=revision, local_dir=dl, allow_patterns=patterns,
-                              tqdm_class=tracker.tqdm_class(), max_workers=4)
+            snapshot_download(
+                repo,
+                revision=revision,
+                local_dir=dl,
+                allow_patterns=patterns,
+                tqdm_class=tracker.tqdm_class(),
+                max_workers=4,
+            )
         except (HfHubHTTPError, OSError, ValueError) as e:
-            raise _hf_error(e, repo) if isinstance(e, HfHubHTTPError) else ManageError(f"max retries exceeded: {e}") from e
+            raise (
+                _hf_error(e, repo) if isinstance(e, HfHubHTTPError) else ManageError(f"max retries exceeded: {e}")
+            ) from e
         tracker.report(force=True)
         if total:
-            emit({k: v for k, v in {"status": status, "digest": digest, "total": total, "completed": total}.items() if v})
+            emit(
+                {k: v for k, v in {"status": status, "digest": digest, "total": total, "completed": total}.items() if v}
+            )
 
     ggufs = [f for f in siblings if f.lower().endswith(".gguf")]
     if ggufs:
@@ -183,8 +193,16 @@ def pull_hf(store: Store, name: ModelName, emit: Emit, *, noprune: bool = False)
             emit({k: v for k, v in {"status": status, "digest": digest, "total": size, "completed": size}.items() if v})
             emit({"status": "verifying sha256 digest"})
             path = None
-        stored = import_ollama_model(store, name, gguf_path=path, gguf_digest=digest, text_layers=[],
-                                     original_config={}, emit=emit, noprune=noprune)
+        stored = import_ollama_model(
+            store,
+            name,
+            gguf_path=path,
+            gguf_digest=digest,
+            text_layers=[],
+            original_config={},
+            emit=emit,
+            noprune=noprune,
+        )
         shutil.rmtree(dl, ignore_errors=True)
         return stored
 
@@ -214,7 +232,8 @@ def pull_hf(store: Store, name: ModelName, emit: Emit, *, noprune: bool = False)
         conv = convert_checkpoint(dl, work, emit, quantize=spec, mlx_layout=mlx)
         ls = LayerSet()
         ls.add_dir(store, conv.model_dir, move=True)  # the download folder is ours either way
-        stored = write_model(store, name, ls, conv.config, emit, noprune=noprune, print_statuses=False,
-                             announce_prune=True)
+        stored = write_model(
+            store, name, ls, conv.config, emit, noprune=noprune, print_statuses=False, announce_prune=True
+        )
     shutil.rmtree(dl, ignore_errors=True)
     return stored

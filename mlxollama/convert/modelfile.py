@@ -7,10 +7,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Callable
 
-from ..options import IGNORED_KEYS, _TYPES as OPTION_TYPES
+from ..options import _TYPES as OPTION_TYPES
+from ..options import IGNORED_KEYS
 
-COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
-            "parameter", "message", "requires")
+COMMANDS = (
+    "from",
+    "license",
+    "template",
+    "system",
+    "adapter",
+    "draft",
+    "renderer",
+    "parser",
+    "parameter",
+    "message",
+    "requires",
+)
 MESSAGE_ROLES = ("system", "user", "assistant")
 
 ERR_MISSING_FROM = "no FROM line"
@@ -18,8 +30,10 @@ ERR_INVALID_ROLE = 'message role must be one of "system", "user", or "assistant"
 # A create never reads a path a client names on the server: an ADAPTER must be an uploaded blob. One
 # text for every other argument, so the answer never tells whether such a path exists on the server.
 ERR_ADAPTER_REFERENCE = "invalid model reference"
-ERR_INVALID_COMMAND = ('command must be one of "from", "license", "template", "system", "adapter", "draft", '
-                       '"renderer", "parser", "parameter", "message", or "requires"')
+ERR_INVALID_COMMAND = (
+    'command must be one of "from", "license", "template", "system", "adapter", "draft", '
+    '"renderer", "parser", "parameter", "message", or "requires"'
+)
 
 
 class ModelfileError(ValueError):
@@ -186,8 +200,17 @@ def format_parameter(name: str, value: str):
 
 
 # Ollama's client (parser.deprecatedParameters) warns about these and leaves them out of the request.
-DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
-                         "mirostat", "mirostat_tau", "mirostat_eta")
+DEPRECATED_PARAMETERS = (
+    "penalize_newline",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "use_mlock",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+)
 
 
 @dataclass

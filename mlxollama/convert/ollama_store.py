@@ -34,8 +34,9 @@ def _short(digest: str) -> str:
     return digest.split(":", 1)[-1][:12]
 
 
-def import_from_ollama(store: Store, name: ModelName, source: StoredManifest, emit: Emit,
-                       noprune: bool = False) -> StoredManifest:
+def import_from_ollama(
+    store: Store, name: ModelName, source: StoredManifest, emit: Emit, noprune: bool = False
+) -> StoredManifest:
     emit({"status": "pulling manifest"})
     src_blobs = source.store
     try:
@@ -51,12 +52,26 @@ def import_from_ollama(store: Store, name: ModelName, source: StoredManifest, em
         raise ManageError(f"the Ollama store at {src_blobs.root} lists {model.digest} but has no such blob")
     text_layers: list[Layer] = []
     for layer in [*source.manifest.layers, source.manifest.config]:
-        emit({"status": f"pulling {_short(layer.digest)}", "digest": layer.digest, "total": layer.size,
-              "completed": layer.size})
+        emit(
+            {
+                "status": f"pulling {_short(layer.digest)}",
+                "digest": layer.digest,
+                "total": layer.size,
+                "completed": layer.size,
+            }
+        )
         if layer.media_type in TEXT_LAYER_TYPES:
             digest, size = store.write_blob(src_blobs.blob_path(layer.digest), expected_digest=layer.digest)
             text_layers.append(Layer(layer.media_type, digest, size))
     # Ollama verified the GGUF when it pulled it; hashing gigabytes again would only repeat that.
     emit({"status": "verifying sha256 digest"})
-    return import_ollama_model(store, name, gguf_path=gguf, gguf_digest=model.digest, text_layers=text_layers,
-                               original_config=original_config, emit=emit, noprune=noprune)
+    return import_ollama_model(
+        store,
+        name,
+        gguf_path=gguf,
+        gguf_digest=model.digest,
+        text_layers=text_layers,
+        original_config=original_config,
+        emit=emit,
+        noprune=noprune,
+    )

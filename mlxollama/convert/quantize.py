@@ -129,9 +129,12 @@ def quantize_dir(src: Path, out: Path, spec: QuantSpec, progress: Progress | Non
         progress(0, total)
     if spec.is_cast:
         dtype = getattr(mx, spec.dtype)
-        model.update(tree_map(
-            lambda x: x.astype(dtype) if isinstance(x, mx.array) and mx.issubdtype(x.dtype, mx.floating) else x,
-            model.parameters()))
+        model.update(
+            tree_map(
+                lambda x: x.astype(dtype) if isinstance(x, mx.array) and mx.issubdtype(x.dtype, mx.floating) else x,
+                model.parameters(),
+            )
+        )
         config = {**config, "torch_dtype": spec.dtype}
     else:
         with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints a bits-per-weight line
@@ -151,7 +154,8 @@ def fuse_adapter(src: Path, adapter_dir: Path, out: Path) -> None:
     if not (adapter_dir / "adapter_config.json").is_file() or not (adapter_dir / "adapters.safetensors").is_file():
         raise QuantizeError(
             "unsupported adapter: only mlx-lm LoRA adapters (adapter_config.json + adapters.safetensors) can be applied",
-            400)
+            400,
+        )
     model, config = load_model(src, lazy=True)
     try:
         model = load_adapters(model, str(adapter_dir))

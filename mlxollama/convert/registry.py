@@ -26,8 +26,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from .. import __version__
-from ..config import DEFAULT_REPORTED_VERSION
-from ..config import registry_override
+from ..config import DEFAULT_REPORTED_VERSION, registry_override
 from ..store import DEFAULT_HOST, DigestMismatch, Layer, Manifest, ModelName, Store, media
 from .create import (
     TEXT_LAYER_TYPES,
@@ -93,7 +92,9 @@ def network_failure(e: httpx.HTTPError) -> str:
 
 
 def _user_agent() -> str:
-    return f"ollama/{DEFAULT_REPORTED_VERSION} (mlxollama {__version__}; {platform.machine()} {platform.system().lower()})"
+    return (
+        f"ollama/{DEFAULT_REPORTED_VERSION} (mlxollama {__version__}; {platform.machine()} {platform.system().lower()})"
+    )
 
 
 def registry_base(name: ModelName, insecure: bool) -> str:
@@ -163,7 +164,9 @@ class Registry:
         query["ts"] = str(int(time.time()))
         r = await self.client.get(realm, params=query)
         if r.status_code != 200:
-            raise ManageError(f"{r.status_code}: {r.text.strip() or 'unauthorized'}", 401 if r.status_code == 401 else 500)
+            raise ManageError(
+                f"{r.status_code}: {r.text.strip() or 'unauthorized'}", 401 if r.status_code == 401 else 500
+            )
         try:
             body = r.json()
         except ValueError as e:
@@ -171,8 +174,9 @@ class Registry:
         self.token = body.get("token") or body.get("access_token")
         return bool(self.token)
 
-    async def send(self, method: str, url: str, *, headers: dict | None = None, content: Any = None,
-                   stream: bool = False) -> httpx.Response:
+    async def send(
+        self, method: str, url: str, *, headers: dict | None = None, content: Any = None, stream: bool = False
+    ) -> httpx.Response:
         for attempt in range(2):
             req = self.client.build_request(method, url, headers=self._headers(headers), content=content)
             resp = await self.client.send(req, stream=stream)
@@ -185,8 +189,7 @@ class Registry:
 
     async def get_manifest(self) -> bytes:
         try:
-            r = await self.send("GET", self.url("manifests", self.name.tag),
-                                headers={"Accept": media.MANIFEST_V2})
+            r = await self.send("GET", self.url("manifests", self.name.tag), headers={"Accept": media.MANIFEST_V2})
         except httpx.HTTPError as e:
             log.info("pull model manifest %s: %r", self.name.display_shortest(), e)
             raise ManageError(f"pull model manifest: {network_failure(e)}") from e
@@ -216,7 +219,8 @@ class Registry:
                 except DigestMismatch as e:
                     partial.unlink(missing_ok=True)
                     raise ManageError(
-                        f"digest mismatch, file must be downloaded again: want {e.expected}, got {e.actual}") from e
+                        f"digest mismatch, file must be downloaded again: want {e.expected}, got {e.actual}"
+                    ) from e
             finally:
                 store._active_tmp.discard(partial)
 
@@ -318,22 +322,30 @@ class Registry:
             finally:
                 f.close()
 
-        r = await self.send("PUT", f"{location}{sep}digest={digest}",
-                            headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
-                            content=body())
+        r = await self.send(
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
+            content=body(),
+        )
         if r.status_code == 401 and await self._authenticate(r):
-            r = await self.send("PUT", f"{location}{sep}digest={digest}",
-                                headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
-                                content=body())
+            r = await self.send(
+                "PUT",
+                f"{location}{sep}digest={digest}",
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
+                content=body(),
+            )
         if r.status_code not in (200, 201, 204):
             raise ManageError(f"{r.status_code}: {r.text.strip()}")
 
     async def put_manifest(self, raw: bytes) -> None:
-        r = await self.send("PUT", self.url("manifests", self.name.tag),
-                            headers={"Content-Type": media.MANIFEST_V2}, content=raw)
+        r = await self.send(
+            "PUT", self.url("manifests", self.name.tag), headers={"Content-Type": media.MANIFEST_V2}, content=raw
+        )
         if r.status_code == 401 and await self._authenticate(r):
-            r = await self.send("PUT", self.url("manifests", self.name.tag),
-                                headers={"Content-Type": media.MANIFEST_V2}, content=raw)
+            r = await self.send(
+                "PUT", self.url("manifests", self.name.tag), headers={"Content-Type": media.MANIFEST_V2}, content=raw
+            )
         if r.status_code not in (200, 201, 202):
             raise ManageError(f"{r.status_code}: {r.text.strip()}")
 
@@ -368,14 +380,18 @@ async def pull_registry(store: Store, name: ModelName, *, insecure: bool, emit: 
         elif kind == "gguf":
             await _pull_gguf(reg, store, name, manifest, emit, noprune)
         elif kind == "ollama-mlx":
-            raise ManageError("this model is in Ollama's own safetensors format, which mlxollama cannot convert yet; "
-                              "pull a GGUF tag of it instead", 400)
+            raise ManageError(
+                "this model is in Ollama's own safetensors format, which mlxollama cannot convert yet; "
+                "pull a GGUF tag of it instead",
+                400,
+            )
         else:
             raise ManageError("pull model manifest: manifest has no model layer")
 
 
-async def _pull_verbatim(reg: Registry, store: Store, name: ModelName, manifest: Manifest, raw: bytes,
-                         emit: Emit, noprune: bool) -> None:
+async def _pull_verbatim(
+    reg: Registry, store: Store, name: ModelName, manifest: Manifest, raw: bytes, emit: Emit, noprune: bool
+) -> None:
     for layer in [*manifest.layers, manifest.config]:
         await reg.fetch_blob(store, layer, emit)
     emit({"status": "verifying sha256 digest"})
@@ -391,8 +407,9 @@ async def _pull_verbatim(reg: Registry, store: Store, name: ModelName, manifest:
         emit({"status": "removing unused layers"})
 
 
-async def _pull_gguf(reg: Registry, store: Store, name: ModelName, manifest: Manifest, emit: Emit,
-                     noprune: bool) -> None:
+async def _pull_gguf(
+    reg: Registry, store: Store, name: ModelName, manifest: Manifest, emit: Emit, noprune: bool
+) -> None:
     models = [l for l in manifest.layers if l.media_type == media.MODEL]
     if len(models) != 1:
         raise ManageError(f"pull model: expected one model layer, found {len(models)}", 400)
@@ -432,8 +449,16 @@ async def _pull_gguf(reg: Registry, store: Store, name: ModelName, manifest: Man
         text_layers = [l for l in manifest.layers if l.media_type in TEXT_LAYER_TYPES]
         gguf = store.blob_path(model.digest) if reuse is None else None
         await asyncio.to_thread(
-            import_ollama_model, store, name, gguf_path=gguf, gguf_digest=model.digest,
-            text_layers=text_layers, original_config=original_config, emit=emit, noprune=noprune)
+            import_ollama_model,
+            store,
+            name,
+            gguf_path=gguf,
+            gguf_digest=model.digest,
+            text_layers=text_layers,
+            original_config=original_config,
+            emit=emit,
+            noprune=noprune,
+        )
         # The GGUF and Ollama's config are not part of what we store: drop them unless referenced.
         await asyncio.to_thread(prune_unreferenced, store, {model.digest, manifest.config.digest})
 

@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import ModelName, Store, media
-from .fim import FimFormat, fim_format_in_text
 from ..parsers.harmony import is_harmony_template
 from ..parsers.thinking import template_supports_thinking
+from ..store import ModelName, Store, media
+from .fim import FimFormat, fim_format_in_text
 
 
 class ModelNotFoundError(LookupError):
@@ -97,8 +97,7 @@ def _json_or(text: str | None, default):
 _TOOLS_IN_JINJA = re.compile(r"\btools\b|\btool_calls?\b")
 
 
-def derive_capabilities(kind: str, chat_template: str | None, go_template: str | None,
-                        fim: bool = False) -> list[str]:
+def derive_capabilities(kind: str, chat_template: str | None, go_template: str | None, fim: bool = False) -> list[str]:
     """Ollama's rules (§5.5) on what we hold: the Jinja template decides tools and thinking
     (our parsers cover every template that renders tools); `.Suffix` in the Go template decides
     insert, and for HF code models that template is derived from their FIM tokens."""
@@ -129,8 +128,11 @@ def _fim_in_blobs(paths: tuple[Path, ...]) -> FimFormat | None:
 
 
 def _fim_format(store: Store, stored) -> FimFormat | None:
-    paths = tuple(store.blob_path(l.digest) for l in stored.manifest.layers
-                  if l.name in ("tokenizer.json", "tokenizer_config.json", "added_tokens.json"))
+    paths = tuple(
+        store.blob_path(l.digest)
+        for l in stored.manifest.layers
+        if l.name in ("tokenizer.json", "tokenizer_config.json", "added_tokens.json")
+    )
     return _fim_in_blobs(paths) if paths else None
 
 
@@ -149,7 +151,8 @@ def load_spec(store: Store, name: ModelName) -> ModelSpec:
         chat_template = next((t.get("template") for t in chat_template if t.get("name") == "default"), None)
     if not chat_template:  # newer checkpoints keep it in its own file, which transformers reads too
         chat_template = _file_layer_text(store, stored, "chat_template.jinja") or _json_or(
-            _file_layer_text(store, stored, "chat_template.json"), {}).get("chat_template")
+            _file_layer_text(store, stored, "chat_template.json"), {}
+        ).get("chat_template")
         all_templates = chat_template
     is_embedding = "embedding" in (config.get("capabilities") or []) or any(
         k.endswith(".pooling_type") for k in model_info
@@ -179,8 +182,7 @@ def load_spec(store: Store, name: ModelName) -> ModelSpec:
         messages=_json_or(stored.read_layer_text(media.MESSAGES), []),
         licenses=licenses,
         # transformers renders tools with a named "tool_use" template when there is one
-        capabilities=derive_capabilities(kind, all_templates if isinstance(all_templates, str) else None,
-                                         go_template),
+        capabilities=derive_capabilities(kind, all_templates if isinstance(all_templates, str) else None, go_template),
         modified_at=stored.modified_at,
         size=stored.size,
     )

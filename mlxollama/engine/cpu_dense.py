@@ -40,8 +40,11 @@ def dense_size(model: nn.Module) -> int:
     """Bytes the model's parameters take once its quantized layers are float32."""
     quantized = [m for _, m in model.named_modules() if _quantized(m)]
     packed = {id(a) for m in quantized for a in (m.weight, m.scales, m.get("biases")) if a is not None}
-    rest = sum(v.size * 4 if mx.issubdtype(v.dtype, mx.floating) else v.nbytes
-               for _, v in tree_flatten(model.parameters()) if id(v) not in packed)
+    rest = sum(
+        v.size * 4 if mx.issubdtype(v.dtype, mx.floating) else v.nbytes
+        for _, v in tree_flatten(model.parameters())
+        if id(v) not in packed
+    )
     return rest + sum(4 * rows * cols for rows, cols in map(_dense_shape, quantized))
 
 
@@ -55,8 +58,15 @@ def should_densify(size: int, budget: int, on_cpu: bool) -> bool:
 
 
 def _dequantized(module) -> mx.array:
-    weight = mx.dequantize(module.weight, module.scales, module.get("biases"), group_size=module.group_size,
-                           bits=module.bits, mode=module.mode, dtype=mx.float32)
+    weight = mx.dequantize(
+        module.weight,
+        module.scales,
+        module.get("biases"),
+        group_size=module.group_size,
+        bits=module.bits,
+        mode=module.mode,
+        dtype=mx.float32,
+    )
     mx.eval(weight)  # one layer at a time: the packed and the dense copy coexist only briefly
     return weight
 

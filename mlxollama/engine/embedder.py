@@ -12,8 +12,9 @@ from .encoder import SUPPORTED_MODEL_TYPES, EncoderModel, InputTooLong, l2_norma
 from .jobs import EmbedJob, EmbedResult, EngineError, ErrorEvent
 
 
-def decoder_embeddings(inner, tokenizer, texts: list[str], *, limit: int, truncate: bool,
-                       mode: str = "mean") -> tuple[np.ndarray, int]:
+def decoder_embeddings(
+    inner, tokenizer, texts: list[str], *, limit: int, truncate: bool, mode: str = "mean"
+) -> tuple[np.ndarray, int]:
     """Pooled final hidden states of a decoder's inner model -> (float32 [len(texts), dim],
     tokens processed). One text per forward pass: a causal model with last-token pooling would
     need left padding and masks to batch, and embedding requests to decoders are rarely large.
@@ -72,8 +73,9 @@ class DecoderEmbedder:
         return [len(self.tokenizer.encode(t)) for t in texts]
 
     def embed(self, texts: list[str], *, truncate: bool = True, normalize: bool = True, batch_size: int = 1):
-        out, total = decoder_embeddings(self.model.model, self.tokenizer, texts, limit=self.max_length,
-                                        truncate=truncate, mode=self.mode)
+        out, total = decoder_embeddings(
+            self.model.model, self.tokenizer, texts, limit=self.max_length, truncate=truncate, mode=self.mode
+        )
         return (l2_normalize(out) if normalize else out), total
 
 
@@ -108,6 +110,7 @@ class LoadedEmbedder:
             job.emit(ErrorEvent("the model produced NaN or Inf values", 500))
             return
         # A shortened vector is made unit length again whatever was asked.
-        vectors = fit_vectors(vectors, dimensions=job.dimensions,
-                              normalize=job.normalize or 0 < job.dimensions < vectors.shape[1])
+        vectors = fit_vectors(
+            vectors, dimensions=job.dimensions, normalize=job.normalize or 0 < job.dimensions < vectors.shape[1]
+        )
         job.emit(EmbedResult(vectors=vectors.astype(np.float32).tolist(), prompt_eval_count=tokens))

@@ -104,8 +104,7 @@ class EncoderConfig:
         if model_type not in SUPPORTED_MODEL_TYPES:
             arch = model_type or ",".join(raw.get("architectures") or []) or "unknown"
             raise UnsupportedEncoder(
-                f"unsupported embedding model architecture {arch!r} "
-                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+                f"unsupported embedding model architecture {arch!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
         pet = raw.get("position_embedding_type", "absolute") or "absolute"
         if pet != "absolute":
@@ -115,15 +114,11 @@ class EncoderConfig:
             )
         act = raw.get("hidden_act", "gelu")
         if act not in _ACTIVATIONS:
-            raise UnsupportedEncoder(
-                f"unsupported embedding model architecture {model_type!r} with hidden_act={act!r}"
-            )
+            raise UnsupportedEncoder(f"unsupported embedding model architecture {model_type!r} with hidden_act={act!r}")
         hidden = int(raw["hidden_size"])
         heads = int(raw["num_attention_heads"])
         if hidden % heads:
-            raise UnsupportedEncoder(
-                f"{model_type!r}: hidden_size {hidden} not divisible by {heads} heads"
-            )
+            raise UnsupportedEncoder(f"{model_type!r}: hidden_size {hidden} not divisible by {heads} heads")
         pad = raw.get("pad_token_id")
         pad = int(pad) if pad is not None else (1 if model_type != "bert" else 0)
         return cls(
@@ -141,18 +136,24 @@ class EncoderConfig:
             position_offset=0 if model_type == "bert" else pad + 1,
         )
 
-
     @classmethod
     def _from_nomic(cls, raw: dict[str, Any]) -> "EncoderConfig":
         """nomic-ai's NomicBertConfig (GPT-2 style key names); the options its released
         embedders use, anything else refused by name rather than run wrong."""
-        wanted = {"activation_function": "swiglu", "prenorm": False, "qkv_proj_bias": False,
-                  "mlp_fc1_bias": False, "mlp_fc2_bias": False, "rotary_emb_fraction": 1.0,
-                  "rotary_emb_interleaved": False}
+        wanted = {
+            "activation_function": "swiglu",
+            "prenorm": False,
+            "qkv_proj_bias": False,
+            "mlp_fc1_bias": False,
+            "mlp_fc2_bias": False,
+            "rotary_emb_fraction": 1.0,
+            "rotary_emb_interleaved": False,
+        }
         for key, value in wanted.items():
             if key in raw and raw[key] != value:
                 raise UnsupportedEncoder(
-                    f"unsupported embedding model architecture 'nomic_bert' with {key}={raw[key]!r}")
+                    f"unsupported embedding model architecture 'nomic_bert' with {key}={raw[key]!r}"
+                )
         if raw.get("num_experts") or raw.get("moe_every_n_layers"):
             raise UnsupportedEncoder("unsupported embedding model architecture 'nomic_bert' with experts (MoE)")
         hidden = int(raw.get("n_embd") or raw["hidden_size"])
@@ -222,9 +223,7 @@ def read_pooling(model_dir: Path) -> PoolingConfig:
             normalize = True
         elif kind != "Transformer":
             # Dense, LayerNorm, ... would change the vector; refusing beats silently wrong output.
-            raise UnsupportedEncoder(
-                f"unsupported sentence-transformers module {m.get('type')!r} in modules.json"
-            )
+            raise UnsupportedEncoder(f"unsupported sentence-transformers module {m.get('type')!r} in modules.json")
     if pooling_path is None:
         return PoolingConfig("mean", normalize)
     return PoolingConfig(_pooling_mode(model_dir / pooling_path / "config.json"), normalize)
@@ -233,8 +232,13 @@ def read_pooling(model_dir: Path) -> PoolingConfig:
 def _pooling_mode(path: Path) -> str:
     cfg = _read_json(path) or {}
     if isinstance(cfg.get("pooling_mode"), str):
-        named = {"mean": "mean", "cls": "cls", "max": "max", "lasttoken": "lasttoken",
-                 "mean_sqrt_len_tokens": "mean_sqrt_len"}
+        named = {
+            "mean": "mean",
+            "cls": "cls",
+            "max": "max",
+            "lasttoken": "lasttoken",
+            "mean_sqrt_len_tokens": "mean_sqrt_len",
+        }
         if cfg["pooling_mode"] not in named:
             raise UnsupportedEncoder(f"unsupported pooling mode {cfg['pooling_mode']!r}")
         return named[cfg["pooling_mode"]]
@@ -274,7 +278,7 @@ def read_max_length(model_dir: Path, cfg: EncoderConfig) -> int:
 def _clean_name(name: str) -> str | None:
     for prefix in _MODEL_PREFIXES:
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     if name.startswith(_DROPPED_PREFIXES) or name.endswith(_DROPPED_SUFFIXES):
         return None
@@ -300,14 +304,11 @@ def check_weights(module: nn.Module, weights: dict[str, mx.array]) -> None:
     expected = dict(tree_flatten(module.parameters()))
     missing = sorted(set(expected) - set(weights))
     if missing:
-        raise ValueError(
-            f"checkpoint lacks {len(missing)} encoder weights, e.g. {', '.join(missing[:3])}"
-        )
+        raise ValueError(f"checkpoint lacks {len(missing)} encoder weights, e.g. {', '.join(missing[:3])}")
     for name, param in expected.items():
         if tuple(weights[name].shape) != tuple(param.shape):
             raise ValueError(
-                f"weight {name} has shape {tuple(weights[name].shape)}, config implies "
-                f"{tuple(param.shape)}"
+                f"weight {name} has shape {tuple(weights[name].shape)}, config implies {tuple(param.shape)}"
             )
 
 
@@ -316,11 +317,22 @@ def check_weights(module: nn.Module, weights: dict[str, mx.array]) -> None:
 # Eigen's float32 erf (as in XLA): x * P(x^2) / Q(x^2) on [-4, 4], error < 5e-7 against
 # mx.erf. MLX's CPU backend evaluates transcendentals one element at a time (erf ~3x slower
 # than this chain of multiply-adds on x86), and GELU is then a third of an encoder pass.
-_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-          -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-          -1.60960333262415e-02)
-_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-          -7.37332916720468e-03, -1.42647390514189e-02)
+_ERF_P = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_Q = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
 
 
 def _erf_rational(x: mx.array) -> mx.array:
@@ -605,8 +617,14 @@ def _resolve_dtype(dtype) -> mx.Dtype:
     if dtype is None:
         return mx.float32
     if isinstance(dtype, str):
-        names = {"float32": mx.float32, "f32": mx.float32, "float16": mx.float16,
-                 "f16": mx.float16, "bfloat16": mx.bfloat16, "bf16": mx.bfloat16}
+        names = {
+            "float32": mx.float32,
+            "f32": mx.float32,
+            "float16": mx.float16,
+            "f16": mx.float16,
+            "bfloat16": mx.bfloat16,
+            "bf16": mx.bfloat16,
+        }
         if dtype.lower() not in names:
             raise ValueError(f"unsupported dtype {dtype!r}")
         dtype = names[dtype.lower()]
@@ -663,8 +681,11 @@ class EncoderModel:
         target = _resolve_dtype(dtype)
         wanted = dict(tree_flatten(module.parameters()))
         module.load_weights(
-            [(k, v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v)
-             for k, v in weights.items() if k in wanted],
+            [
+                (k, v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v)
+                for k, v in weights.items()
+                if k in wanted
+            ],
             strict=True,
         )
         module.eval()

@@ -25,24 +25,49 @@ class FimFormat:
 
 
 FIM_FORMATS = (
-    FimFormat("qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
-              "{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>"
-              "{{- else }}{{ .Prompt }}{{- end }}",
-              ("<|fim_pad|>", "<|endoftext|>", "<|file_sep|>", "<|repo_name|>", "<|file_separator|>")),
-    FimFormat("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
-              "{{- if .Suffix }}<fim_prefix>{{ .Prompt }}<fim_suffix>{{ .Suffix }}<fim_middle>"
-              "{{- else }}{{ .Prompt }}{{- end }}",
-              ("<|endoftext|>", "<fim_pad>", "<file_sep>")),
-    FimFormat("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>",
-              "{{- if .Suffix }}<｜fim▁begin｜>{{ .Prompt }}<｜fim▁hole｜>{{ .Suffix }}<｜fim▁end｜>"
-              "{{- else }}{{ .Prompt }}{{- end }}",
-              ("<|EOT|>",)),
-    FimFormat("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>",
-              "{{- if .Suffix }}<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>{{- else }}{{ .Prompt }}{{- end }}",
-              ("▁<EOT>",)),
-    FimFormat("codestral", "[PREFIX]", "[SUFFIX]", None,
-              "{{- if .Suffix }}[SUFFIX]{{ .Suffix }}[PREFIX] {{ .Prompt }}{{- else }}{{ .Prompt }}{{- end }}",
-              ("[MIDDLE]",)),
+    FimFormat(
+        "qwen",
+        "<|fim_prefix|>",
+        "<|fim_suffix|>",
+        "<|fim_middle|>",
+        "{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>"
+        "{{- else }}{{ .Prompt }}{{- end }}",
+        ("<|fim_pad|>", "<|endoftext|>", "<|file_sep|>", "<|repo_name|>", "<|file_separator|>"),
+    ),
+    FimFormat(
+        "starcoder",
+        "<fim_prefix>",
+        "<fim_suffix>",
+        "<fim_middle>",
+        "{{- if .Suffix }}<fim_prefix>{{ .Prompt }}<fim_suffix>{{ .Suffix }}<fim_middle>"
+        "{{- else }}{{ .Prompt }}{{- end }}",
+        ("<|endoftext|>", "<fim_pad>", "<file_sep>"),
+    ),
+    FimFormat(
+        "deepseek",
+        "<｜fim▁begin｜>",
+        "<｜fim▁hole｜>",
+        "<｜fim▁end｜>",
+        "{{- if .Suffix }}<｜fim▁begin｜>{{ .Prompt }}<｜fim▁hole｜>{{ .Suffix }}<｜fim▁end｜>"
+        "{{- else }}{{ .Prompt }}{{- end }}",
+        ("<|EOT|>",),
+    ),
+    FimFormat(
+        "codellama",
+        "▁<PRE>",
+        "▁<SUF>",
+        "▁<MID>",
+        "{{- if .Suffix }}<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>{{- else }}{{ .Prompt }}{{- end }}",
+        ("▁<EOT>",),
+    ),
+    FimFormat(
+        "codestral",
+        "[PREFIX]",
+        "[SUFFIX]",
+        None,
+        "{{- if .Suffix }}[SUFFIX]{{ .Suffix }}[PREFIX] {{ .Prompt }}{{- else }}{{ .Prompt }}{{- end }}",
+        ("[MIDDLE]",),
+    ),
 )
 
 
@@ -50,6 +75,7 @@ def fim_format_in_text(texts: list[str]) -> FimFormat | None:
     """Cheap detection from tokenizer files as text (catalog side: no tokenizer is loaded).
     Tokens appear as JSON strings; ▁ may be written raw or escaped."""
     for fmt in FIM_FORMATS:
+
         def present(tok: str) -> bool:
             quoted = [f'"{tok}"', '"' + tok.replace("▁", "\\u2581").replace("｜", "\\uff5c") + '"']
             return any(q in t for t in texts for q in quoted)
@@ -96,7 +122,7 @@ def fim_tokens(tokenizer, fmt: FimFormat, prefix: str, suffix: str, limit: int |
         keep_suf = min(len(suf), room // 3)
         keep_pre = min(len(pre), room - keep_suf)
         keep_suf = min(len(suf), room - keep_pre)
-        pre, suf = pre[len(pre) - keep_pre:] if keep_pre else [], suf[:keep_suf]
+        pre, suf = pre[len(pre) - keep_pre :] if keep_pre else [], suf[:keep_suf]
     if fmt.middle is None:
         return lead + [vocab[fmt.suffix]] + suf + [vocab[fmt.prefix]] + pre
     return lead + [vocab[fmt.prefix]] + pre + [vocab[fmt.suffix]] + suf + [vocab[fmt.middle]]

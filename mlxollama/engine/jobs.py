@@ -99,8 +99,9 @@ class GenerationJob(Job):
 
 
 class EmbedJob(Job):
-    def __init__(self, texts: list[str], *, truncate: bool, normalize: bool, dimensions: int = 0,
-                 num_ctx: int = 0) -> None:
+    def __init__(
+        self, texts: list[str], *, truncate: bool, normalize: bool, dimensions: int = 0, num_ctx: int = 0
+    ) -> None:
         super().__init__()
         self.texts = texts
         self.num_ctx = num_ctx

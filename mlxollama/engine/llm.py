@@ -148,8 +148,11 @@ class LoadedLLM:
         if not should_densify(size, self.settings.cpu_dense_bytes, runs_on_cpu()):
             return False
         layers = densify(self.model)
-        log.info("CPU backend: %d quantized layers dequantized to float32 (%.0f MiB) for BLAS prefill",
-                 layers, size / (1 << 20))
+        log.info(
+            "CPU backend: %d quantized layers dequantized to float32 (%.0f MiB) for BLAS prefill",
+            layers,
+            size / (1 << 20),
+        )
         return True
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -216,8 +219,9 @@ class LoadedLLM:
         """An id outside the embedding would index past it (a crash inside MLX)."""
         for t in context or ():
             if not 0 <= t < self.vocab_size:
-                raise EngineError(f"invalid context: token {t} is not in this model's vocabulary "
-                                  f"(0 to {self.vocab_size - 1})", 400)
+                raise EngineError(
+                    f"invalid context: token {t} is not in this model's vocabulary (0 to {self.vocab_size - 1})", 400
+                )
 
     def _admit(self, job: GenerationJob) -> None:
         opts: Options = job.options
@@ -243,8 +247,9 @@ class LoadedLLM:
         sampler = make_request_sampler(opts, self.vocab_size)
         num_keep = len(prompt) if opts.num_keep < 0 else opts.num_keep  # Ollama: negative keeps the prompt
         if not self.batchable:
-            self._generate_alone(job, prompt, limit, num_keep, started, context, reply, sampler, processors,
-                                 set(stop_ids))
+            self._generate_alone(
+                job, prompt, limit, num_keep, started, context, reply, sampler, processors, set(stop_ids)
+            )
             return
 
         stops = self.stop_sequences if len(stop_ids) == len(self.eos_ids) else StopSequences([(t,) for t in stop_ids])
@@ -300,12 +305,15 @@ class LoadedLLM:
         (sliding-window) caches have already overwritten what they would need."""
         num_ctx = a.job.options.num_ctx
         kept = shifted_window(tokens, a.num_keep, num_ctx)
-        log.debug("context window full (%d tokens): shifting, keep %d, discard %d",
-                  len(tokens), min(a.num_keep, num_ctx - 1), len(tokens) - len(kept))
+        log.debug(
+            "context window full (%d tokens): shifting, keep %d, discard %d",
+            len(tokens),
+            min(a.num_keep, num_ctx - 1),
+            len(tokens) - len(kept),
+        )
         resume_processors(a.processors)
         del self.active[uid]
-        new_uid, _ = self._enqueue(kept, min(a.limit - a.count, num_ctx - len(kept)), a.sampler, a.processors,
-                                   a.stops)
+        new_uid, _ = self._enqueue(kept, min(a.limit - a.count, num_ctx - len(kept)), a.sampler, a.processors, a.stops)
         self.active[new_uid] = a
 
     def _detokenizer(self):
@@ -386,8 +394,7 @@ class LoadedLLM:
                 if a.context is not None:
                     a.context.append(int(r.token))
                 if a.job.want_logprobs:
-                    a.pending_logprobs.append(
-                        token_logprobs(self.tokenizer, r.logprobs, r.token, a.job.top_logprobs))
+                    a.pending_logprobs.append(token_logprobs(self.tokenizer, r.logprobs, r.token, a.job.top_logprobs))
             # "length" before the request's own limit: the window is full, and the sequence
             # shifts and goes on (it has left the batch either way).
             shifting = r.finish_reason == "length" and a.count < a.limit and a.job.prompt.shift
@@ -441,14 +448,16 @@ class LoadedLLM:
             a.job.emit(_event(tail, None))
         ended = time.perf_counter_ns()
         first = a.first_token_at or ended
-        a.job.emit(DoneEvent(
-            done_reason=reason,
-            prompt_eval_count=a.prompt_len,
-            prompt_eval_duration=first - a.started,
-            eval_count=a.count,
-            eval_duration=ended - first,
-            context=a.context,
-        ))
+        a.job.emit(
+            DoneEvent(
+                done_reason=reason,
+                prompt_eval_count=a.prompt_len,
+                prompt_eval_duration=first - a.started,
+                eval_count=a.count,
+                eval_duration=ended - first,
+                context=a.context,
+            )
+        )
 
     # -- embeddings from a chat model -----------------------------------------------------------
 
@@ -463,8 +472,9 @@ class LoadedLLM:
         if inner is None:
             raise EngineError("this model cannot produce embeddings", 400)
         try:
-            out, total = decoder_embeddings(inner, self.tokenizer, job.texts, limit=job.num_ctx or 4096,
-                                            truncate=job.truncate)
+            out, total = decoder_embeddings(
+                inner, self.tokenizer, job.texts, limit=job.num_ctx or 4096, truncate=job.truncate
+            )
         except InputTooLong as e:
             raise EngineError(str(e), 400) from e
         out = fit_vectors(out, dimensions=job.dimensions, normalize=job.normalize)
@@ -472,9 +482,19 @@ class LoadedLLM:
 
     # -- models that cannot batch --------------------------------------------------------------
 
-    def _generate_alone(self, job: GenerationJob, prompt: list[int], limit: int, num_keep: int, started: int,
-                        context: list[int] | None, reply: ReplyParser, sampler, processors: list,
-                        stop_ids: set[int]) -> None:
+    def _generate_alone(
+        self,
+        job: GenerationJob,
+        prompt: list[int],
+        limit: int,
+        num_keep: int,
+        started: int,
+        context: list[int] | None,
+        reply: ReplyParser,
+        sampler,
+        processors: list,
+        stop_ids: set[int],
+    ) -> None:
         opts = job.options
         detokenizer = self._detokenizer()
         first_token_at = None
@@ -483,8 +503,14 @@ class LoadedLLM:
         window = list(prompt)
         while True:
             max_tokens = min(limit - count, opts.num_ctx - len(window))
-            gen = stream_generate(self.model, self.tokenizer, mx.array(window), max_tokens=max_tokens,
-                                  sampler=sampler, logits_processors=processors)
+            gen = stream_generate(
+                self.model,
+                self.tokenizer,
+                mx.array(window),
+                max_tokens=max_tokens,
+                sampler=sampler,
+                logits_processors=processors,
+            )
             shifting = False
             try:
                 for resp in gen:
@@ -547,7 +573,7 @@ def shifted_window(tokens: list[int], num_keep: int, num_ctx: int) -> list[int]:
     keep = max(0, min(num_keep, num_ctx - 1, len(tokens)))
     target_free = max((num_ctx - keep) // 2, 1)
     discard = min(max(target_free - (num_ctx - len(tokens)), 0), len(tokens) - keep)
-    return tokens[:keep] + tokens[keep + discard:]
+    return tokens[:keep] + tokens[keep + discard :]
 
 
 def resume_processors(processors: list) -> None:

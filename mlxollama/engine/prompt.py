@@ -28,14 +28,16 @@ def render_go(template: str, messages: list[dict], tools: list[dict] | None, thi
 
     level = think if isinstance(think, str) else ""
     try:
-        return render_messages(template, messages, None, tools=tools,
-                               think=None if think is None else bool(think), think_level=level)
+        return render_messages(
+            template, messages, None, tools=tools, think=None if think is None else bool(think), think_level=level
+        )
     except TemplateError as e:
         raise EngineError(f"template error: {e}", 400) from e
 
 
-def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None, think=None,
-                go_template: str | None = None) -> str:
+def render_chat(
+    tokenizer, messages: list[dict], tools: list[dict] | None = None, think=None, go_template: str | None = None
+) -> str:
     if go_template:
         return render_go(go_template, messages, tools, think)
     msgs = [to_template_message(m) for m in messages]
@@ -69,8 +71,7 @@ def _never() -> bool:
     return False
 
 
-def _truncate_messages(tokenizer, messages, tools, think, num_ctx, go_template=None,
-                       cancelled=_never) -> list[int]:
+def _truncate_messages(tokenizer, messages, tools, think, num_ctx, go_template=None, cancelled=_never) -> list[int]:
     """Drop the oldest non-system messages until the prompt fits; the last message always stays.
 
     Finds the smallest k for which [system messages among messages[:k]] + messages[k:] fits,
@@ -112,8 +113,9 @@ def build_prompt_tokens(tokenizer, spec: PromptSpec, num_ctx: int, cancelled=_ne
         text = render_chat(tokenizer, messages, spec.tools, spec.think, spec.go_template)
         tokens = encode(tokenizer, text, special=False)
         if len(tokens) >= num_ctx and spec.truncate and len(messages) > 1:
-            tokens = _truncate_messages(tokenizer, messages, spec.tools, spec.think, num_ctx, spec.go_template,
-                                        cancelled)
+            tokens = _truncate_messages(
+                tokenizer, messages, spec.tools, spec.think, num_ctx, spec.go_template, cancelled
+            )
     if spec.context:
         tokens = list(spec.context) + tokens
     if len(tokens) >= num_ctx:
@@ -121,5 +123,5 @@ def build_prompt_tokens(tokenizer, spec: PromptSpec, num_ctx: int, cancelled=_ne
             raise EngineError("the input length exceeds the context length", 400)
         # Still too long (one huge message, or raw text): keep the end, which is what
         # the model must continue from.
-        tokens = tokens[len(tokens) - (num_ctx - 1):]
+        tokens = tokens[len(tokens) - (num_ctx - 1) :]
     return tokens

@@ -109,7 +109,9 @@ def token_bytes(tokenizer, tid: int) -> bytes:
 @functools.cache
 def _byte_decoder() -> dict[str, int]:
     # GPT-2 byte-level BPE: printable stand-ins for the 256 byte values.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     n = 0
     for b in range(256):

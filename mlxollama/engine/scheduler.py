@@ -197,8 +197,7 @@ class Scheduler:
             await asyncio.shield(runner.stopped)
 
     def loaded(self) -> list[Runner]:
-        return [r for r in self.runners.values()
-                if not r.unloading and r.loaded.done() and not r.loaded.exception()]
+        return [r for r in self.runners.values() if not r.unloading and r.loaded.done() and not r.loaded.exception()]
 
     async def shutdown(self, drain_s: float = 1.0, unload_s: float = 2.5) -> None:
         """Refuse new work, end running requests with an error, then unload every model.

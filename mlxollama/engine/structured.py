@@ -26,8 +26,18 @@ class FormatError(ValueError):
 
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SCHEMA_ONE = ("items", "additionalItems", "not", "if", "then", "else", "contains", "additionalProperties",
-               "unevaluatedProperties", "propertyNames")
+_SCHEMA_ONE = (
+    "items",
+    "additionalItems",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "propertyNames",
+)
 
 
 def closed_objects(schema):
@@ -59,7 +69,7 @@ def format_grammar(fmt) -> str | None:
         return None
     schema = JSON_OBJECT_SCHEMA if fmt == "json" else fmt
     if not isinstance(schema, dict):
-        raise FormatError("format must be \"json\" or a JSON schema object")
+        raise FormatError('format must be "json" or a JSON schema object')
     schema = closed_objects(schema)
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=_COMPILE_OPTIONS)
@@ -187,4 +197,4 @@ class ThinkGate:
         self.text += self.decode_token(token)
         if self.close_tag in self.text:
             self.state = self.ANSWER
-        self.text = self.text[-len(self.close_tag):]
+        self.text = self.text[-len(self.close_tag) :]

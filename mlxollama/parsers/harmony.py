@@ -30,10 +30,10 @@ def parse_header(raw: str) -> tuple[str, str, str]:
     channel = ""
     i = raw.find(CHANNEL)
     if i >= 0:
-        after = raw[i + len(CHANNEL):]
+        after = raw[i + len(CHANNEL) :]
         m = re.match(r"\S*", after)
         channel = m.group(0)
-        raw = (raw[:i] + after[len(channel):]).strip()
+        raw = (raw[:i] + after[len(channel) :]).strip()
     words = raw.split()
     role = words[0] if words else ""
     recipient = ""
@@ -74,8 +74,7 @@ class HarmonyParser:
             name = self.recipient.removeprefix("functions.")
             try:
                 args = _arguments(self.call_body.strip() or "{}")
-                calls.append({"id": new_call_id(),
-                              "function": {"index": self.count, "name": name, "arguments": args}})
+                calls.append({"id": new_call_id(), "function": {"index": self.count, "name": name, "arguments": args}})
                 self.count += 1
             except ToolParseError:
                 content.append(self.call_body)
@@ -100,11 +99,11 @@ class HarmonyParser:
                 i = self.acc.find(START)
                 if i < 0:
                     hold = 0 if final else held_back(self.acc, START)
-                    stray, self.acc = self.acc[: len(self.acc) - hold], self.acc[len(self.acc) - hold:]
+                    stray, self.acc = self.acc[: len(self.acc) - hold], self.acc[len(self.acc) - hold :]
                     content.append(stray)
                     break
                 content.append(self.acc[:i])
-                self.acc = self.acc[i + len(START):]
+                self.acc = self.acc[i + len(START) :]
                 self.header = ""
                 self.state = self.HEADER
             if self.state == self.HEADER:
@@ -115,21 +114,21 @@ class HarmonyParser:
                         self.acc = ""
                     break
                 self._open(self.header + self.acc[:i])
-                self.acc = self.acc[i + len(MESSAGE):]
+                self.acc = self.acc[i + len(MESSAGE) :]
                 self.state = self.BODY
             if self.state == self.BODY:
                 cuts = [(self.acc.find(t), t) for t in ENDS if t in self.acc]
                 if not cuts:
                     hold = 0 if final else held_back(self.acc, ENDS)
                     self._emit(self.acc[: len(self.acc) - hold], content, thinking)
-                    self.acc = self.acc[len(self.acc) - hold:]
+                    self.acc = self.acc[len(self.acc) - hold :]
                     if final:
                         self._close(content, calls)
                     break
                 i, tag = min(cuts)
                 self._emit(self.acc[:i], content, thinking)
                 self._close(content, calls)
-                self.acc = self.acc[i + len(tag):]
+                self.acc = self.acc[i + len(tag) :]
                 self.state = self.LOOK
         return "".join(content), "".join(thinking), calls
 

@@ -25,8 +25,13 @@ class Piece:
 
 
 class ReplyParser:
-    def __init__(self, stops: StopMatcher, thinking: ThinkingParser | None = None,
-                 tools: ToolCallParser | None = None, harmony: HarmonyParser | None = None):
+    def __init__(
+        self,
+        stops: StopMatcher,
+        thinking: ThinkingParser | None = None,
+        tools: ToolCallParser | None = None,
+        harmony: HarmonyParser | None = None,
+    ):
         self.stops = stops
         self.thinking = thinking
         self.tools = tools

@@ -25,7 +25,7 @@ class StopMatcher:
             return out
         hold = held_back(self.pending, self.stops)
         out = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(out):]
+        self.pending = self.pending[len(out) :]
         return out
 
     def flush(self) -> str:

@@ -107,7 +107,7 @@ class ThinkingParser:
         if self.state == self.LOOKING:
             trimmed = acc.lstrip()
             if trimmed.startswith(self.open_tag):
-                self.acc = trimmed[len(self.open_tag):].lstrip()
+                self.acc = trimmed[len(self.open_tag) :].lstrip()
                 self.state = self.THINKING if self.acc else self.EAT_AFTER_OPEN
                 return "", "", True
             if not trimmed or self.open_tag.startswith(trimmed):
@@ -126,12 +126,12 @@ class ThinkingParser:
             cut = acc.find(self.close_tag)
             if cut >= 0:
                 thinking = acc[:cut]
-                rest = acc[cut + len(self.close_tag):].lstrip()
+                rest = acc[cut + len(self.close_tag) :].lstrip()
                 self.acc = ""
                 self.state = self.DONE if rest else self.EAT_AFTER_CLOSE
                 return thinking, rest, False
             hold = held_back(acc, self.close_tag)
-            self.acc = acc[len(acc) - hold:] if hold else ""
+            self.acc = acc[len(acc) - hold :] if hold else ""
             return acc[: len(acc) - hold], "", False
         if self.state == self.EAT_AFTER_CLOSE:
             trimmed = acc.lstrip()

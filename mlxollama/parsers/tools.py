@@ -110,8 +110,9 @@ def infer_tool_format(tokenizer, template: str | None) -> ToolFormat:
     start = getattr(tokenizer, "tool_call_start", None)
     if parser is not None and start:
         module = getattr(parser, "__module__", "") or ""
-        return ToolFormat(start, getattr(tokenizer, "tool_call_end", None) or "", parser,
-                          module.rsplit(".", 1)[-1] or "mlx-lm")
+        return ToolFormat(
+            start, getattr(tokenizer, "tool_call_end", None) or "", parser, module.rsplit(".", 1)[-1] or "mlx-lm"
+        )
     if "<tool_call>" in (template or ""):
         return HERMES
     return BARE_JSON
@@ -172,8 +173,12 @@ class ToolCallParser:
     def _finish_calls(self, calls: list[dict]) -> list[dict]:
         out = []
         for c in calls:
-            out.append({"id": c.get("id") or new_call_id(self.fmt.source == "mistral"),
-                        "function": {"index": self.count, "name": c["name"], "arguments": c["arguments"]}})
+            out.append(
+                {
+                    "id": c.get("id") or new_call_id(self.fmt.source == "mistral"),
+                    "function": {"index": self.count, "name": c["name"], "arguments": c["arguments"]},
+                }
+            )
             self.count += 1
         return out
 
@@ -219,11 +224,11 @@ class ToolCallParser:
                 if i < 0:
                     hold = 0 if final else held_back(self.buffer, start)
                     piece = self.buffer[: len(self.buffer) - hold]
-                    self.buffer = self.buffer[len(piece):]
+                    self.buffer = self.buffer[len(piece) :]
                     emit(piece)
                     break
                 emit(self.buffer[:i])
-                self.buffer = self.buffer[i + len(start):]
+                self.buffer = self.buffer[i + len(start) :]
                 self.in_call = True
             # Without an end marker (Mistral) the calls run to the end of the output.
             j = self.buffer.find(end) if end else -1
@@ -232,7 +237,7 @@ class ToolCallParser:
             body = self.buffer if j < 0 else self.buffer[:j]
             # Several start markers in one unterminated run: each one starts another call.
             bodies = body.split(start) if not end else [body]
-            self.buffer = "" if j < 0 else self.buffer[j + len(end):]
+            self.buffer = "" if j < 0 else self.buffer[j + len(end) :]
             self.in_call = False
             for b in bodies:
                 try:
@@ -259,7 +264,7 @@ class ToolCallParser:
         while True:
             trimmed = self.buffer.lstrip(" \t\r\n;," if self.count else " \t\r\n")
             if trimmed.startswith(PYTHON_TAG):
-                trimmed = trimmed[len(PYTHON_TAG):].lstrip()
+                trimmed = trimmed[len(PYTHON_TAG) :].lstrip()
             elif trimmed and PYTHON_TAG.startswith(trimmed) and not final:
                 return "", calls
             if not trimmed:

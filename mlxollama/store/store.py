@@ -62,6 +62,8 @@ def is_orphaned_temp(name: str) -> bool:
     except (PermissionError, OSError):
         return False
     return False
+
+
 LOCK_NAME = ".mlxollama-store.lock"
 
 _DIGEST_RE = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
@@ -172,8 +174,13 @@ class Layer:
         if isinstance(size, bool) or not isinstance(size, int):
             raise InvalidManifest("layer size must be an integer")
         name, from_ = d.get("name"), d.get("from")
-        return cls(mt, digest, size, name if isinstance(name, str) and name else None,
-                   from_ if isinstance(from_, str) and from_ else None)
+        return cls(
+            mt,
+            digest,
+            size,
+            name if isinstance(name, str) and name else None,
+            from_ if isinstance(from_, str) and from_ else None,
+        )
 
 
 @dataclass
@@ -566,8 +573,9 @@ class Store:
                 w.write(chunk)
             return w.commit()
 
-    def add_blob_from_path(self, path: Path | str, *, link_ok: bool = False,
-                           expected_digest: str | None = None, move: bool = False) -> tuple[str, int]:
+    def add_blob_from_path(
+        self, path: Path | str, *, link_ok: bool = False, expected_digest: str | None = None, move: bool = False
+    ) -> tuple[str, int]:
         """Add a local file. `link_ok` hardlinks instead of copying when on the same
         filesystem (the source must then never be modified in place). `move` renames
         the file into the store (for a finished download); falls back to copy."""
@@ -609,8 +617,9 @@ class Store:
             _unlink_quiet(src)
         return digest, size
 
-    def add_layer(self, data: BlobSource, media_type: str, *, name: str | None = None,
-                  from_: str | None = None) -> Layer:
+    def add_layer(
+        self, data: BlobSource, media_type: str, *, name: str | None = None, from_: str | None = None
+    ) -> Layer:
         digest, size = self.write_blob(data)
         return Layer(media_type, digest, size, name=name, from_=from_)
 
@@ -662,7 +671,7 @@ class Store:
         out = []
         for e in exact + folded:
             p = directory / e
-            if (p.is_dir() if want_dir else p.is_file()):
+            if p.is_dir() if want_dir else p.is_file():
                 out.append(e)
         return out
 
@@ -755,6 +764,7 @@ class Store:
 
     def _iter_manifest_files(self) -> Iterator[tuple[tuple[str, str, str, str], Path]]:
         """Every regular file exactly four levels below manifests/ (Ollama's glob)."""
+
         def subdirs(p: Path) -> list[os.DirEntry]:
             try:
                 with os.scandir(p) as it:
@@ -1011,7 +1021,9 @@ def _go_arch() -> str:
 
 
 def _go_os() -> str:
-    return {"win32": "windows", "cygwin": "windows"}.get(sys.platform, sys.platform.rstrip("0123456789") or sys.platform)
+    return {"win32": "windows", "cygwin": "windows"}.get(
+        sys.platform, sys.platform.rstrip("0123456789") or sys.platform
+    )
 
 
 def build_config_blob(

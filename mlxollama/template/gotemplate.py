@@ -58,17 +58,23 @@ def _lex_action(src: str, start: int, end: int) -> list[_Tok]:
         if c in _SPACE:
             i += 1
         elif c == "(":
-            toks.append(_Tok("lparen", c, i)); i += 1
+            toks.append(_Tok("lparen", c, i))
+            i += 1
         elif c == ")":
-            toks.append(_Tok("rparen", c, i)); i += 1
+            toks.append(_Tok("rparen", c, i))
+            i += 1
         elif c == "|":
-            toks.append(_Tok("pipe", c, i)); i += 1
+            toks.append(_Tok("pipe", c, i))
+            i += 1
         elif c == ",":
-            toks.append(_Tok("comma", c, i)); i += 1
+            toks.append(_Tok("comma", c, i))
+            i += 1
         elif src.startswith(":=", i):
-            toks.append(_Tok("decl", ":=", i)); i += 2
+            toks.append(_Tok("decl", ":=", i))
+            i += 2
         elif c == "=":
-            toks.append(_Tok("assign", "=", i)); i += 1
+            toks.append(_Tok("assign", "=", i))
+            i += 1
         elif c == '"':
             j = i + 1
             while j < end and src[j] != '"':
@@ -80,47 +86,55 @@ def _lex_action(src: str, start: int, end: int) -> list[_Tok]:
             if j >= end:
                 raise _err(src, i, "unterminated quoted string")
             try:
-                value = _go_unquote(src[i + 1:j])
+                value = _go_unquote(src[i + 1 : j])
             except (ValueError, IndexError) as e:
-                raise _err(src, i, f"invalid syntax in string {src[i:j + 1]}") from e
-            toks.append(_Tok("string", value, i)); i = j + 1
+                raise _err(src, i, f"invalid syntax in string {src[i : j + 1]}") from e
+            toks.append(_Tok("string", value, i))
+            i = j + 1
         elif c == "`":
             j = src.find("`", i + 1, end)
             if j < 0:
                 raise _err(src, i, "unterminated raw quoted string")
-            toks.append(_Tok("string", src[i + 1:j], i)); i = j + 1
+            toks.append(_Tok("string", src[i + 1 : j], i))
+            i = j + 1
         elif c == "'":
             j = src.find("'", i + 1, end)
             if j < 0:
                 raise _err(src, i, "unterminated character constant")
-            body = src[i + 1:j]
+            body = src[i + 1 : j]
             try:
                 ch = _go_unquote(body)
             except (ValueError, IndexError) as e:
                 raise _err(src, i, f"malformed character constant: '{body}'") from e
             if len(ch) != 1:
                 raise _err(src, i, f"malformed character constant: '{body}'")
-            toks.append(_Tok("number", ord(ch), i)); i = j + 1
+            toks.append(_Tok("number", ord(ch), i))
+            i = j + 1
         elif c == "$":
             m = _IDENT_RE.match(src, i + 1)
             name = "$" + (m.group(0) if m else "")
             j = m.end() if m else i + 1
             chain, j = _lex_chain(src, j, end)
-            toks.append(_Tok("var", [name, *chain], i)); i = j
+            toks.append(_Tok("var", [name, *chain], i))
+            i = j
         elif c == ".":
             if i + 1 < end and (src[i + 1].isalpha() or src[i + 1] == "_"):
                 chain, j = _lex_chain(src, i, end)
-                toks.append(_Tok("field", chain, i)); i = j
+                toks.append(_Tok("field", chain, i))
+                i = j
             elif i + 1 < end and src[i + 1].isdigit():
                 m = _NUMBER_RE.match(src, i)
-                toks.append(_Tok("number", _number(src, i, m.group(0)), i)); i = m.end()
+                toks.append(_Tok("number", _number(src, i, m.group(0)), i))
+                i = m.end()
             else:
-                toks.append(_Tok("dot", ".", i)); i += 1
+                toks.append(_Tok("dot", ".", i))
+                i += 1
         elif c.isdigit() or (c in "+-" and i + 1 < end and (src[i + 1].isdigit() or src[i + 1] == ".")):
             m = _NUMBER_RE.match(src, i)
             if not m or not m.group(0):
-                raise _err(src, i, f"bad number syntax: {src[i:i + 10]!r}")
-            toks.append(_Tok("number", _number(src, i, m.group(0)), i)); i = m.end()
+                raise _err(src, i, f"bad number syntax: {src[i : i + 10]!r}")
+            toks.append(_Tok("number", _number(src, i, m.group(0)), i))
+            i = m.end()
         elif c.isalpha() or c == "_":
             m = _IDENT_RE.match(src, i)
             word = m.group(0)
@@ -151,8 +165,7 @@ def _lex_chain(src: str, i: int, end: int) -> tuple[list[str], int]:
     return chain, i
 
 
-_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-            "\\": "\\", "'": "'", '"': '"'}
+_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", "'": "'", '"': '"'}
 
 
 def _go_unquote(body: str) -> str:
@@ -164,17 +177,22 @@ def _go_unquote(body: str) -> str:
             out.append(c)
             i += 1
             continue
-        e = body[i + 1:i + 2]
+        e = body[i + 1 : i + 2]
         if e in _ESCAPES:
-            out.append(_ESCAPES[e]); i += 2
+            out.append(_ESCAPES[e])
+            i += 2
         elif e == "x":
-            out.append(chr(int(body[i + 2:i + 4], 16))); i += 4
+            out.append(chr(int(body[i + 2 : i + 4], 16)))
+            i += 4
         elif e == "u":
-            out.append(chr(int(body[i + 2:i + 6], 16))); i += 6
+            out.append(chr(int(body[i + 2 : i + 6], 16)))
+            i += 6
         elif e == "U":
-            out.append(chr(int(body[i + 2:i + 10], 16))); i += 10
+            out.append(chr(int(body[i + 2 : i + 10], 16)))
+            i += 10
         elif e.isdigit():
-            out.append(chr(int(body[i + 1:i + 4], 8))); i += 4
+            out.append(chr(int(body[i + 1 : i + 4], 8)))
+            i += 4
         else:
             raise ValueError(f"unknown escape \\{e}")
     return "".join(out)
@@ -221,11 +239,28 @@ class _Node:
 # ("lit", value), ("pipe", _Pipe, chain)
 
 _FUNCS_ARITY = {
-    "and": (1, None), "or": (1, None), "not": (1, 1), "len": (1, 1), "index": (1, None),
-    "slice": (1, 4), "eq": (1, None), "ne": (2, 2), "lt": (2, 2), "le": (2, 2), "gt": (2, 2),
-    "ge": (2, 2), "print": (0, None), "printf": (1, None), "println": (0, None), "json": (1, 1),
-    "currentDate": (0, 0), "yesterdayDate": (0, 0), "toTypeScriptType": (1, 1),
-    "html": (0, None), "js": (0, None), "urlquery": (0, None),
+    "and": (1, None),
+    "or": (1, None),
+    "not": (1, 1),
+    "len": (1, 1),
+    "index": (1, None),
+    "slice": (1, 4),
+    "eq": (1, None),
+    "ne": (2, 2),
+    "lt": (2, 2),
+    "le": (2, 2),
+    "gt": (2, 2),
+    "ge": (2, 2),
+    "print": (0, None),
+    "printf": (1, None),
+    "println": (0, None),
+    "json": (1, 1),
+    "currentDate": (0, 0),
+    "yesterdayDate": (0, 0),
+    "toTypeScriptType": (1, 1),
+    "html": (0, None),
+    "js": (0, None),
+    "urlquery": (0, None),
 }
 
 
@@ -280,7 +315,7 @@ class _Parser:
             k = src.find("}}", j)
             if k < 0:
                 raise _err(src, i, "unclosed action")
-            return k, src[j + 2:k].strip(_SPACE) == "-" and src[k - 1] == "-"
+            return k, src[j + 2 : k].strip(_SPACE) == "-" and src[k - 1] == "-"
         while i < n:
             c = src[i]
             if c in "\"'":
@@ -555,7 +590,12 @@ class _Continue(Exception):
 
 
 def _cmp_key(a: Any, b: Any) -> tuple[Any, Any]:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return a, b
     if type(a) is not type(b):
         raise TemplateError(f"incompatible types for comparison: {_go_type(a)} and {_go_type(b)}")
@@ -563,7 +603,9 @@ def _cmp_key(a: Any, b: Any) -> tuple[Any, Any]:
 
 
 def _go_type(v: Any) -> str:
-    return {str: "string", bool: "bool", int: "int", float: "float64", list: "slice", dict: "map"}.get(type(v), type(v).__name__)
+    return {str: "string", bool: "bool", int: "int", float: "float64", list: "slice", dict: "map"}.get(
+        type(v), type(v).__name__
+    )
 
 
 _TS_TYPES = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean", "null": "null"}
@@ -905,7 +947,10 @@ class Template:
         self.vars = sorted({v.lower() for v in _identifiers(self.nodes)})
         if "messages" not in self.vars and "response" not in self.vars:
             # Ollama appends {{ .Response }} to templates that have neither.
-            self.nodes = [*self.nodes, _Node("action", len(source), pipe=_Pipe([], False, [[("field", ["Response"])]], len(source)))]
+            self.nodes = [
+                *self.nodes,
+                _Node("action", len(source), pipe=_Pipe([], False, [[("field", ["Response"])]], len(source))),
+            ]
             self.vars = sorted({*self.vars, "response"})
 
     @property

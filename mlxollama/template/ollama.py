@@ -49,7 +49,10 @@ def collate(messages: list[dict]) -> tuple[str, list[dict]]:
         if m.get("role") == "system":
             system.append(m.get("content") or "")
         if merged and merged[-1].get("role") == m.get("role") and m.get("role") != "tool":
-            merged[-1] = {**merged[-1], "content": (merged[-1].get("content") or "") + "\n\n" + (m.get("content") or "")}
+            merged[-1] = {
+                **merged[-1],
+                "content": (merged[-1].get("content") or "") + "\n\n" + (m.get("content") or ""),
+            }
         else:
             merged.append(m)
     return "\n\n".join(system), merged
@@ -77,8 +80,11 @@ def render_messages(
     if system and not any(m.get("role") == "system" for m in msgs):
         msgs.insert(0, {"role": "system", "content": system})
     sys_text, collated = collate(msgs)
-    base = {"Think": bool(think), "ThinkLevel": think_level or ("medium" if think is True else ""),
-            "IsThinkSet": think is not None}
+    base = {
+        "Think": bool(think),
+        "ThinkLevel": think_level or ("medium" if think is True else ""),
+        "IsThinkSet": think is not None,
+    }
     if prompt and suffix:
         return t.execute({"Prompt": prompt, "Suffix": suffix, "Response": "", **base})
     if t.messages_style or "document" in t.vars:
@@ -115,6 +121,14 @@ def render(template: str, *, system: str = "", prompt: str = "", response: str =
     t = parse(template)
     if t.messages_style:
         return render_messages(template, [{"role": "user", "content": prompt}], system or None)
-    data = {"System": system, "Prompt": prompt, "Response": response, "Suffix": suffix,
-            "Messages": [], "Tools": [], "Think": False, "IsThinkSet": False}
+    data = {
+        "System": system,
+        "Prompt": prompt,
+        "Response": response,
+        "Suffix": suffix,
+        "Messages": [],
+        "Tools": [],
+        "Think": False,
+        "IsThinkSet": False,
+    }
     return t.execute(data, t.cut_after_response())

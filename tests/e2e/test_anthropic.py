@@ -10,12 +10,23 @@ import anthropic
 import httpx
 import pytest
 
-from ..support.scriptedmodel import (REPLY, THINKING, THOUGHTFUL_ANSWER, TOOL_ANSWER, WEATHER_ARGS, WEATHER_TOOL,
-                            ensure_scripted_models, native_gap)
+from ..support.scriptedmodel import (
+    REPLY,
+    THINKING,
+    THOUGHTFUL_ANSWER,
+    TOOL_ANSWER,
+    WEATHER_ARGS,
+    WEATHER_TOOL,
+    ensure_scripted_models,
+    native_gap,
+)
 
 TINY = "tiny:latest"
-WEATHER = {"name": "get_weather", "description": WEATHER_TOOL["function"]["description"],
-           "input_schema": WEATHER_TOOL["function"]["parameters"]}
+WEATHER = {
+    "name": "get_weather",
+    "description": WEATHER_TOOL["function"]["description"],
+    "input_schema": WEATHER_TOOL["function"]["parameters"],
+}
 WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris?"}]
 HI = [{"role": "user", "content": "Hello"}]
 # Recent SDKs dropped the sampling arguments; the API (ours and Ollama's) still reads them.
@@ -73,6 +84,7 @@ def assert_anthropic_error(r, status, kind, message):
 
 # --- shapes ----------------------------------------------------------------------------------
 
+
 def test_message_shape(http):
     body = messages(http, system="Be brief.").json()
     assert re.fullmatch(r"msg_[0-9a-f]{24}", body["id"])
@@ -113,7 +125,7 @@ def pick_stop(full: str) -> str | None:
     """A short piece of a greedy answer that first occurs after its start and well before its end."""
     for n in (2, 1):
         for i in range(1, len(full) // 2):
-            piece = full[i:i + n]
+            piece = full[i : i + n]
             if piece.strip() and piece.isprintable() and "\ufffd" not in piece and full.index(piece) >= 1:
                 return piece
     return None
@@ -146,21 +158,53 @@ def test_end_turn(client, scripted):
 
 # --- errors ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body, status, kind, message", [
-    ({"model": "nope"}, 404, "not_found_error", "model 'nope' not found"),
-    ({"model": ""}, 400, "invalid_request_error", "model is required"),
-    ({"max_tokens": 0}, 400, "invalid_request_error", "max_tokens is required and must be positive"),
-    ({"messages": []}, 400, "invalid_request_error", "messages is required"),
-    ({"temperature": "warm"}, 400, "invalid_request_error",
-     "json: cannot unmarshal string into Go struct field MessagesRequest.temperature of type float64"),
-    ({"stop_sequences": ["ok", 7]}, 400, "invalid_request_error",
-     "json: cannot unmarshal number into Go struct field MessagesRequest.stop_sequences of type string"),
-    ({"tools": [WEATHER]}, 400, "invalid_request_error", "registry.ollama.ai/library/tiny:latest does not support tools"),
-    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}]}]},
-     400, "invalid_request_error", "invalid image source type: url. Only base64 images are supported."),
-    ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "name": "f", "input": {}}]}]},
-     400, "invalid_request_error", "tool_use block missing required 'id' field"),
-])
+
+@pytest.mark.parametrize(
+    "body, status, kind, message",
+    [
+        ({"model": "nope"}, 404, "not_found_error", "model 'nope' not found"),
+        ({"model": ""}, 400, "invalid_request_error", "model is required"),
+        ({"max_tokens": 0}, 400, "invalid_request_error", "max_tokens is required and must be positive"),
+        ({"messages": []}, 400, "invalid_request_error", "messages is required"),
+        (
+            {"temperature": "warm"},
+            400,
+            "invalid_request_error",
+            "json: cannot unmarshal string into Go struct field MessagesRequest.temperature of type float64",
+        ),
+        (
+            {"stop_sequences": ["ok", 7]},
+            400,
+            "invalid_request_error",
+            "json: cannot unmarshal number into Go struct field MessagesRequest.stop_sequences of type string",
+        ),
+        (
+            {"tools": [WEATHER]},
+            400,
+            "invalid_request_error",
+            "registry.ollama.ai/library/tiny:latest does not support tools",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}],
+                    }
+                ]
+            },
+            400,
+            "invalid_request_error",
+            "invalid image source type: url. Only base64 images are supported.",
+        ),
+        (
+            {"messages": [{"role": "assistant", "content": [{"type": "tool_use", "name": "f", "input": {}}]}]},
+            400,
+            "invalid_request_error",
+            "tool_use block missing required 'id' field",
+        ),
+    ],
+)
 def test_errors_use_anthropic_envelope(http, body, status, kind, message):
     assert_anthropic_error(messages(http, **body), status, kind, message)
 
@@ -179,6 +223,7 @@ def test_thinking_is_relaxed_on_models_without_it(http):
 
 # --- tools -----------------------------------------------------------------------------------
 
+
 def test_tool_use(request, server, client, scripted):
     needs_native(request, server, "tools")
     r = client.messages.create(model="scripted-tools", max_tokens=50, tools=[WEATHER], messages=WEATHER_Q)
@@ -189,11 +234,27 @@ def test_tool_use(request, server, client, scripted):
 
 def test_tool_use_streamed(request, server, http, client, scripted):
     needs_native(request, server, "tools")
-    events = sse_events(http.post("/v1/messages", json={"model": "scripted-tools", "max_tokens": 50, "stream": True,
-                                                         "tools": [WEATHER], "messages": WEATHER_Q}))
+    events = sse_events(
+        http.post(
+            "/v1/messages",
+            json={
+                "model": "scripted-tools",
+                "max_tokens": 50,
+                "stream": True,
+                "tools": [WEATHER],
+                "messages": WEATHER_Q,
+            },
+        )
+    )
     names = [n for n, _ in events]
-    assert names == ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
-                     "message_delta", "message_stop"]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     block = events[1][1]["content_block"]
     assert block["type"] == "tool_use" and block["name"] == "get_weather" and block["input"] == {}
     assert json.loads(events[2][1]["delta"]["partial_json"]) == WEATHER_ARGS
@@ -209,8 +270,16 @@ def test_tool_result_round_trip(request, server, client, scripted):
     call = first.content[0]
     history = WEATHER_Q + [
         {"role": "assistant", "content": [c.model_dump(exclude_none=True) for c in first.content]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
-                                      "content": [{"type": "text", "text": "sunny, 24 degrees"}]}]},
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": call.id,
+                    "content": [{"type": "text", "text": "sunny, 24 degrees"}],
+                }
+            ],
+        },
     ]
     r = client.messages.create(model="scripted-tools", max_tokens=50, tools=[WEATHER], messages=history)
     assert r.stop_reason == "end_turn" and r.content[0].text == TOOL_ANSWER
@@ -218,9 +287,15 @@ def test_tool_result_round_trip(request, server, client, scripted):
 
 # --- thinking --------------------------------------------------------------------------------
 
+
 def test_thinking_blocks(request, server, client, http, scripted):
     needs_native(request, server, "thinking")
-    kw = {"model": "scripted-think", "max_tokens": 50, "messages": HI, "thinking": {"type": "enabled", "budget_tokens": 512}}
+    kw = {
+        "model": "scripted-think",
+        "max_tokens": 50,
+        "messages": HI,
+        "thinking": {"type": "enabled", "budget_tokens": 512},
+    }
     r = client.messages.create(**kw)
     assert [b.type for b in r.content] == ["thinking", "text"]
     assert r.content[0].thinking.strip() == THINKING and r.content[1].text == THOUGHTFUL_ANSWER
@@ -236,7 +311,9 @@ def test_thinking_blocks(request, server, client, http, scripted):
 
 # --- a real model ----------------------------------------------------------------------------
 
+
 def test_smollm_answers(client, smollm):
-    r = client.messages.create(model=smollm, max_tokens=10, messages=[{"role": "user", "content": "What is the capital of France?"}],
-                               **GREEDY)
+    r = client.messages.create(
+        model=smollm, max_tokens=10, messages=[{"role": "user", "content": "What is the capital of France?"}], **GREEDY
+    )
     assert "Paris" in r.content[0].text and r.usage.output_tokens <= 10

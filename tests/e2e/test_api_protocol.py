@@ -28,6 +28,7 @@ def ndjson(resp) -> list[dict]:
 
 # --- transport ---------------------------------------------------------------------------
 
+
 def test_root_get_and_head(http):
     r = http.get("/")
     assert r.status_code == 200 and r.text == "Ollama is running"
@@ -86,6 +87,7 @@ def test_host_header_guard_on_loopback(http):
 
 # --- bodies and errors -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/api/show"])
 def test_empty_body(http, path):
     r = http.post(path, content=b"")
@@ -102,38 +104,55 @@ def test_malformed_json(http, path):
 
 
 def test_body_decoded_regardless_of_content_type(http):
-    r = http.post("/api/generate", content=json.dumps({"model": TINY, "prompt": "hi", "stream": False,
-                  "options": {"num_predict": 1}}), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = http.post(
+        "/api/generate",
+        content=json.dumps({"model": TINY, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 200 and r.json()["done"]
 
 
 def test_wrong_field_type(http):
     r = http.post("/api/generate", json={"model": TINY, "prompt": 5})
     assert r.status_code == 400
-    assert r.json()["error"] == "json: cannot unmarshal number into Go struct field GenerateRequest.prompt of type string"
+    assert (
+        r.json()["error"] == "json: cannot unmarshal number into Go struct field GenerateRequest.prompt of type string"
+    )
     r = http.post("/api/chat", json={"model": TINY, "messages": "hi"})
     assert r.status_code == 400 and "ChatRequest.messages" in r.json()["error"]
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"stop": "x"}, 'option "stop" must be of type array'),
-    ({"temperature": "0.5"}, 'option "temperature" must be of type float32'),
-    ({"num_predict": "3"}, 'option "num_predict" must be of type integer'),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"stop": "x"}, 'option "stop" must be of type array'),
+        ({"temperature": "0.5"}, 'option "temperature" must be of type float32'),
+        ({"num_predict": "3"}, 'option "num_predict" must be of type integer'),
+    ],
+)
 def test_option_type_errors_are_500(http, options, message):
     r = http.post("/api/generate", json={"model": TINY, "prompt": "hi", "options": options})
     assert r.status_code == 500 and r.json() == {"error": message}
 
 
 def test_unknown_and_deprecated_options_are_ignored(http):
-    r = http.post("/api/generate", json={"model": TINY, "prompt": "hi", "stream": False,
-                  "options": {"num_predict": 1, "mirostat": 2, "tfs_z": 1.0, "no_such_option": True}})
+    r = http.post(
+        "/api/generate",
+        json={
+            "model": TINY,
+            "prompt": "hi",
+            "stream": False,
+            "options": {"num_predict": 1, "mirostat": 2, "tfs_z": 1.0, "no_such_option": True},
+        },
+    )
     assert r.status_code == 200
 
 
 def test_unknown_fields_ignored(http):
-    r = http.post("/api/generate", json={"model": TINY, "prompt": "hi", "stream": False, "frobnicate": [1],
-                  "options": {"num_predict": 1}})
+    r = http.post(
+        "/api/generate",
+        json={"model": TINY, "prompt": "hi", "stream": False, "frobnicate": [1], "options": {"num_predict": 1}},
+    )
     assert r.status_code == 200
 
 
@@ -155,11 +174,14 @@ def test_unknown_model(http):
     assert (r.status_code, r.json()) == (404, {"error": "model 'nope:latest' not found"})
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/api/generate", {"model": "bad name!", "prompt": "x"}),
-    ("/api/chat", {"model": "foo:", "messages": []}),
-    ("/api/show", {"model": "a//b"}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/generate", {"model": "bad name!", "prompt": "x"}),
+        ("/api/chat", {"model": "foo:", "messages": []}),
+        ("/api/show", {"model": "a//b"}),
+    ],
+)
 def test_invalid_model_name(http, path, body):
     r = http.post(path, json=body)
     assert (r.status_code, r.json()) == (400, {"error": "invalid model name"})
@@ -186,13 +208,21 @@ def test_capability_errors(http):
     r = http.post("/api/generate", json={"model": TINY, "prompt": "x", "think": "extreme"})
     assert r.status_code == 400 and r.json()["error"].startswith('invalid think value: "extreme"')
     r = http.post("/api/generate", json={"model": TINY, "prompt": "def f(", "suffix": "return 1"})
-    assert (r.status_code, r.json()) == (400, {"error": "registry.ollama.ai/library/tiny:latest does not support insert"})
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "registry.ollama.ai/library/tiny:latest does not support insert"},
+    )
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
     r = http.post("/api/chat", json={"model": TINY, "messages": [{"role": "user", "content": "x"}], "tools": tools})
-    assert (r.status_code, r.json()) == (400, {"error": "registry.ollama.ai/library/tiny:latest does not support tools"})
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "registry.ollama.ai/library/tiny:latest does not support tools"},
+    )
     # think:false is always accepted
-    r = http.post("/api/generate", json={"model": TINY, "prompt": "hi", "think": False, "stream": False,
-                  "options": {"num_predict": 1}})
+    r = http.post(
+        "/api/generate",
+        json={"model": TINY, "prompt": "hi", "think": False, "stream": False, "options": {"num_predict": 1}},
+    )
     assert r.status_code == 200
 
 
@@ -211,9 +241,12 @@ def test_invalid_format_is_500(http):
 
 # --- generation ----------------------------------------------------------------------------
 
+
 def test_generate_stream_shape(http):
-    r = http.post("/api/generate", json={"model": TINY, "prompt": "Why is the sky blue?",
-                                         "options": {"num_predict": 5, "temperature": 0}})
+    r = http.post(
+        "/api/generate",
+        json={"model": TINY, "prompt": "Why is the sky blue?", "options": {"num_predict": 5, "temperature": 0}},
+    )
     assert r.status_code == 200
     chunks = ndjson(r)
     assert all(c["model"] == TINY and RFC3339_UTC.match(c["created_at"]) for c in chunks)
@@ -237,63 +270,106 @@ def test_generate_non_stream_equals_stream(http):
 
 
 def test_greedy_is_deterministic_and_seed_reproducible(http):
-    body = {"model": TINY, "prompt": "Tell me a story", "stream": False, "options": {"num_predict": 12, "temperature": 0}}
+    body = {
+        "model": TINY,
+        "prompt": "Tell me a story",
+        "stream": False,
+        "options": {"num_predict": 12, "temperature": 0},
+    }
     a = http.post("/api/generate", json=body).json()["response"]
     b = http.post("/api/generate", json=body).json()["response"]
     assert a == b and a
-    sampled = {"model": TINY, "prompt": "Tell me a story", "stream": False,
-               "options": {"num_predict": 12, "temperature": 1.5, "top_k": 0, "top_p": 1.0, "seed": 42}}
+    sampled = {
+        "model": TINY,
+        "prompt": "Tell me a story",
+        "stream": False,
+        "options": {"num_predict": 12, "temperature": 1.5, "top_k": 0, "top_p": 1.0, "seed": 42},
+    }
     c = http.post("/api/generate", json=sampled).json()["response"]
     d = http.post("/api/generate", json=sampled).json()["response"]
     assert c == d
 
 
 def test_stop_strings_end_generation_and_never_leak(http):
-    base = {"model": TINY, "prompt": "Count with me", "stream": False,
-            "options": {"num_predict": 24, "temperature": 0, "repeat_penalty": 1.3}}
+    base = {
+        "model": TINY,
+        "prompt": "Count with me",
+        "stream": False,
+        "options": {"num_predict": 24, "temperature": 0, "repeat_penalty": 1.3},
+    }
     full = http.post("/api/generate", json=base).json()["response"]
     assert len(full) > 6
     stop = full[3:6]
     prefix = full[: full.index(stop)]
     got = http.post("/api/generate", json={**base, "options": {**base["options"], "stop": [stop, "zzzqqq"]}}).json()
     assert got["response"] == prefix and got["done_reason"] == "stop"
-    streamed = ndjson(http.post("/api/generate", json={**base, "stream": True,
-                                                        "options": {**base["options"], "stop": [stop]}}))
+    streamed = ndjson(
+        http.post("/api/generate", json={**base, "stream": True, "options": {**base["options"], "stop": [stop]}})
+    )
     assert "".join(c["response"] for c in streamed) == prefix
     assert streamed[-1]["done_reason"] == "stop"
 
 
 def test_raw_prompt_has_no_context(http):
-    r = http.post("/api/generate", json={"model": TINY, "prompt": "abc", "raw": True, "stream": False,
-                                         "options": {"num_predict": 3}}).json()
+    r = http.post(
+        "/api/generate",
+        json={"model": TINY, "prompt": "abc", "raw": True, "stream": False, "options": {"num_predict": 3}},
+    ).json()
     assert "context" not in r and r["done"]
 
 
 def test_context_round_trip_continues_conversation(http):
-    first = http.post("/api/generate", json={"model": TINY, "prompt": "one", "stream": False,
-                                             "options": {"num_predict": 3, "temperature": 0}}).json()
-    second = http.post("/api/generate", json={"model": TINY, "prompt": "two", "context": first["context"],
-                                              "stream": False, "options": {"num_predict": 3, "temperature": 0}}).json()
+    first = http.post(
+        "/api/generate",
+        json={"model": TINY, "prompt": "one", "stream": False, "options": {"num_predict": 3, "temperature": 0}},
+    ).json()
+    second = http.post(
+        "/api/generate",
+        json={
+            "model": TINY,
+            "prompt": "two",
+            "context": first["context"],
+            "stream": False,
+            "options": {"num_predict": 3, "temperature": 0},
+        },
+    ).json()
     assert second["prompt_eval_count"] > len(first["context"])
     assert second["context"][: len(first["context"])] == first["context"]
 
 
 def test_num_ctx_truncates_long_chat_keeping_system_and_last(http):
-    messages = [{"role": "system", "content": "sys"}] + [
-        {"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 40} for i in range(10)
-    ] + [{"role": "user", "content": "last"}]
-    r = http.post("/api/chat", json={"model": TINY, "messages": messages, "stream": False,
-                                     "options": {"num_ctx": 128, "num_predict": 2}}).json()
+    messages = (
+        [{"role": "system", "content": "sys"}]
+        + [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 40} for i in range(10)]
+        + [{"role": "user", "content": "last"}]
+    )
+    r = http.post(
+        "/api/chat",
+        json={"model": TINY, "messages": messages, "stream": False, "options": {"num_ctx": 128, "num_predict": 2}},
+    ).json()
     assert r["prompt_eval_count"] < 128
-    r2 = http.post("/api/chat", json={"model": TINY, "messages": messages, "stream": False, "truncate": False,
-                                      "options": {"num_ctx": 128, "num_predict": 2}})
+    r2 = http.post(
+        "/api/chat",
+        json={
+            "model": TINY,
+            "messages": messages,
+            "stream": False,
+            "truncate": False,
+            "options": {"num_ctx": 128, "num_predict": 2},
+        },
+    )
     assert r2.status_code == 400 and r2.json()["error"] == "the input length exceeds the context length"
 
 
 def test_chat_stream_shape_and_roles(http):
-    r = http.post("/api/chat", json={"model": TINY, "messages": [
-        {"role": "System", "content": "Be brief."}, {"role": "USER", "content": "Hi"}],
-        "options": {"num_predict": 4}})
+    r = http.post(
+        "/api/chat",
+        json={
+            "model": TINY,
+            "messages": [{"role": "System", "content": "Be brief."}, {"role": "USER", "content": "Hi"}],
+            "options": {"num_predict": 4},
+        },
+    )
     chunks = ndjson(r)
     for c in chunks[:-1]:
         assert c["message"]["role"] == "assistant" and isinstance(c["message"]["content"], str)
@@ -307,22 +383,25 @@ def test_chat_stream_shape_and_roles(http):
 def test_chat_model_system_inserted_unless_request_has_one(http):
     base = {"model": "tiny-sys", "stream": False, "options": {"num_predict": 1}}
     with_model_system = http.post("/api/chat", json={**base, "messages": [{"role": "user", "content": "x"}]}).json()
-    own_system = http.post("/api/chat", json={**base, "messages": [
-        {"role": "system", "content": "s"}, {"role": "user", "content": "x"}]}).json()
+    own_system = http.post(
+        "/api/chat", json={**base, "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]}
+    ).json()
     plain = http.post("/api/chat", json={**base, "model": TINY, "messages": [{"role": "user", "content": "x"}]}).json()
     assert with_model_system["prompt_eval_count"] > plain["prompt_eval_count"]
     assert own_system["prompt_eval_count"] < with_model_system["prompt_eval_count"]
 
 
 def test_name_alias_and_case_insensitive_model(http):
-    r = http.post("/api/generate", json={"name": "TINY:Latest", "prompt": "hi", "stream": False,
-                                         "options": {"num_predict": 1}})
+    r = http.post(
+        "/api/generate", json={"name": "TINY:Latest", "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+    )
     assert r.status_code == 200 and r.json()["model"] == "TINY:Latest"
     r = http.post("/api/show", json={"name": "Tiny"})
     assert r.status_code == 200
 
 
 # --- models, load/unload ---------------------------------------------------------------------
+
 
 def test_tags(http):
     r = http.get("/api/tags")
@@ -337,6 +416,7 @@ def test_tags(http):
     assert "expires_at" not in m
     assert m["details"]["family"] == "llama" and m["details"]["format"]
     times = [x["modified_at"] for x in models]
+    assert times == sorted(times, reverse=True)  # newest first, as Ollama lists them
     assert http.head("/api/tags").status_code == 200
 
 
@@ -353,7 +433,7 @@ def test_show(http):
     assert s["modelfile"].startswith('# Modelfile generated by "ollama show"')
     s2 = http.post("/api/show", json={"model": "tiny-sys"}).json()
     assert s2["system"] == "You are terse."
-    assert re.search(r'^temperature\s+0\.0$', s2["parameters"], re.M)
+    assert re.search(r"^temperature\s+0\.0$", s2["parameters"], re.M)
 
 
 def test_load_unload_and_ps(http):
@@ -374,8 +454,10 @@ def test_load_unload_and_ps(http):
     r = http.post("/api/chat", json={"model": TINY, "messages": []})
     assert r.json()["done_reason"] == "load"
     # keep_alive 0 on a real request unloads once it is done
-    http.post("/api/generate", json={"model": TINY, "prompt": "x", "stream": False, "keep_alive": 0,
-                                     "options": {"num_predict": 1}})
+    http.post(
+        "/api/generate",
+        json={"model": TINY, "prompt": "x", "stream": False, "keep_alive": 0, "options": {"num_predict": 1}},
+    )
     assert TINY not in [m["name"] for m in http.get("/api/ps").json()["models"]]
 
 
@@ -395,7 +477,9 @@ def test_client_disconnect_stops_generation(http, server):
 
     # A long generation, abandoned after the first chunk.
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        with c.stream("POST", "/api/generate", json={"model": TINY, "prompt": "go", "options": {"num_predict": 100000}}) as r:
+        with c.stream(
+            "POST", "/api/generate", json={"model": TINY, "prompt": "go", "options": {"num_predict": 100000}}
+        ) as r:
             next(r.iter_lines())
     # The model's thread must be free again quickly: a short request completes promptly.
     t = time.time()

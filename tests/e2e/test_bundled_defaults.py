@@ -26,15 +26,30 @@ SMOLLM2 = library_layers("smollm2")
 # Shaped like the built-in tools Open WebUI 0.12 attaches to every chat, kept small: the CPU
 # prefills a few tokens a second, and the library's tools preamble is already ~250 tokens.
 OPEN_WEBUI_TOOLS = [
-    {"type": "function", "function": {
-        "name": "search_web", "description": "Search the web",
-        "parameters": {"type": "object", "required": ["query"], "properties": {"query": {"type": "string"}}}}},
-    {"type": "function", "function": {
-        "name": "fetch_url", "description": "Fetch a web page",
-        "parameters": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}}},
-    {"type": "function", "function": {
-        "name": "get_current_timestamp", "description": "Current date and time",
-        "parameters": {"type": "object", "properties": {}}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "search_web",
+            "description": "Search the web",
+            "parameters": {"type": "object", "required": ["query"], "properties": {"query": {"type": "string"}}},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "fetch_url",
+            "description": "Fetch a web page",
+            "parameters": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_current_timestamp",
+            "description": "Current date and time",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    },
 ]
 GREEDY_SHORT = {"temperature": 0, "num_predict": 4}
 
@@ -53,7 +68,7 @@ def test_show_smollm2_reports_the_library_template_params_and_tools(server, smol
     assert "system" not in info  # Ollama's smollm2 has no SYSTEM layer
     modelfile = info["modelfile"]
     assert f'TEMPLATE """{SMOLLM2.template}"""' in modelfile
-    assert 'PARAMETER stop <|im_start|>' in modelfile and 'PARAMETER stop <|im_end|>' in modelfile
+    assert "PARAMETER stop <|im_start|>" in modelfile and "PARAMETER stop <|im_end|>" in modelfile
 
 
 def test_show_all_minilm_is_an_embedder(server, minilm):
@@ -64,8 +79,13 @@ def test_show_all_minilm_is_an_embedder(server, minilm):
 
 def test_open_webui_first_message_with_builtin_tools_answers(server, smollm):
     """Open WebUI streams its first chat with its tools attached: answered, not refused."""
-    body = {"model": smollm, "messages": [{"role": "user", "content": "Hi!"}], "tools": OPEN_WEBUI_TOOLS,
-            "stream": True, "options": GREEDY_SHORT}
+    body = {
+        "model": smollm,
+        "messages": [{"role": "user", "content": "Hi!"}],
+        "tools": OPEN_WEBUI_TOOLS,
+        "stream": True,
+        "options": GREEDY_SHORT,
+    }
     with httpx.stream("POST", f"{server.url}/api/chat", json=body, timeout=300) as r:
         assert r.status_code == 200, r.read().decode()
         chunks = [json.loads(line) for line in r.iter_lines() if line.strip()]
@@ -83,8 +103,8 @@ def test_tools_on_the_default_model_through_the_ollama_client(server, smollm):
     import ollama
 
     r = ollama.Client(host=server.url).chat(
-        model=smollm, messages=[{"role": "user", "content": "Hello"}], tools=OPEN_WEBUI_TOOLS,
-        options=GREEDY_SHORT)
+        model=smollm, messages=[{"role": "user", "content": "Hello"}], tools=OPEN_WEBUI_TOOLS, options=GREEDY_SHORT
+    )
     assert r.done and r.message.role == "assistant"
     assert (r.message.content or "").strip() or r.message.tool_calls
 
@@ -96,7 +116,8 @@ SMOLLM2_GGUF_JINJA = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 SMOLLM2_LIKE = Family("smollm2", SMOLLM2_GGUF_JINJA, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>")
 
 
@@ -113,8 +134,11 @@ def _generate_scripted(engine, spec: PromptSpec, text: str, monkeypatch) -> tupl
     """One job stepped to the end, a test sampler choosing the tokens of `text` then EOS."""
     ids = iter(engine.tokenizer.encode(text, add_special_tokens=False))
     eos = engine.eos_ids[0]
-    monkeypatch.setattr(llm_module, "make_request_sampler",
-                        lambda opts, vocab_size: lambda logprobs: mx.array([next(ids, eos)], dtype=mx.uint32))
+    monkeypatch.setattr(
+        llm_module,
+        "make_request_sampler",
+        lambda opts, vocab_size: lambda logprobs: mx.array([next(ids, eos)], dtype=mx.uint32),
+    )
 
     async def go():
         job = GenerationJob(spec, Options.merged({"temperature": 0, "num_predict": 400}, num_ctx=2048))
@@ -135,16 +159,21 @@ def _generate_scripted(engine, spec: PromptSpec, text: str, monkeypatch) -> tupl
 def test_tool_calls_in_the_library_format_parse(smollm2_like_engine, monkeypatch):
     engine = smollm2_like_engine
     assert engine.tool_format == BARE_JSON  # the Jinja template alone names no tag
-    reply = ('<tool_call>[\n{"name": "search_web", "arguments": {"query": "sky"}},\n'
-             '{"name": "fetch_url", "arguments": {"url": "http://a.b"}}\n]</tool_call>')
+    reply = (
+        '<tool_call>[\n{"name": "search_web", "arguments": {"query": "sky"}},\n'
+        '{"name": "fetch_url", "arguments": {"url": "http://a.b"}}\n]</tool_call>'
+    )
     messages = [{"role": "user", "content": "Look it up"}]
     spec = PromptSpec(messages=messages, tools=OPEN_WEBUI_TOOLS, go_template=SMOLLM2.template)
     content, calls, done = _generate_scripted(engine, spec, reply, monkeypatch)
     assert content == ""
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
-        ("search_web", {"query": "sky"}), ("fetch_url", {"url": "http://a.b"})]
+        ("search_web", {"query": "sky"}),
+        ("fetch_url", {"url": "http://a.b"}),
+    ]
     assert isinstance(done, DoneEvent) and done.done_reason == "stop"
     # Without the Ollama TEMPLATE nothing names the tag, and the same text stays content.
-    content, calls, _ = _generate_scripted(engine, PromptSpec(messages=messages, tools=OPEN_WEBUI_TOOLS), reply,
-                                           monkeypatch)
+    content, calls, _ = _generate_scripted(
+        engine, PromptSpec(messages=messages, tools=OPEN_WEBUI_TOOLS), reply, monkeypatch
+    )
     assert calls == [] and content == reply

@@ -22,8 +22,8 @@ from ..support.chatcases import SCHEMAS, TOOLS, validate
 from ..support.store import package_tiny
 from ..support.tinytemplates import FAMILIES, build_family_model
 
-
 # --- live server ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
@@ -68,16 +68,28 @@ def test_show_capabilities_and_fim_template(http, fam_models):
 
 
 def test_capability_errors_on_family_models(http, fam_models):
-    r = http.post("/api/chat", json={"model": fam_models["llama31"], "think": True,
-                                     "messages": [{"role": "user", "content": "x"}]})
+    r = http.post(
+        "/api/chat",
+        json={"model": fam_models["llama31"], "think": True, "messages": [{"role": "user", "content": "x"}]},
+    )
     assert (r.status_code, r.json()) == (400, {"error": f'"{fam_models["llama31"]}" does not support thinking'})
     r = http.post("/api/generate", json={"model": fam_models["r1"], "prompt": "x", "suffix": "y"})
-    assert (r.status_code, r.json()) == (400, {"error": "registry.ollama.ai/library/tiny-r1:latest does not support insert"})
-    r = http.post("/api/chat", json={"model": fam_models["r1"], "tools": TOOLS,
-                                     "messages": [{"role": "user", "content": "x"}]})
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "registry.ollama.ai/library/tiny-r1:latest does not support insert"},
+    )
+    r = http.post(
+        "/api/chat", json={"model": fam_models["r1"], "tools": TOOLS, "messages": [{"role": "user", "content": "x"}]}
+    )
     assert r.json() == {"error": "registry.ollama.ai/library/tiny-r1:latest does not support tools"}
-    r = http.post("/api/chat", json={"model": fam_models["qwen3"], "format": {"type": "bogus"},
-                                     "messages": [{"role": "user", "content": "x"}]})
+    r = http.post(
+        "/api/chat",
+        json={
+            "model": fam_models["qwen3"],
+            "format": {"type": "bogus"},
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    )
     assert r.status_code == 500 and r.json()["error"].startswith("invalid format: ")
 
 
@@ -88,13 +100,26 @@ def test_tool_history_round_trip(http, fam_models):
         for args in ({"city": "Tokyo"}, '{"city": "Tokyo"}'):
             messages = [
                 {"role": "user", "content": "weather in Tokyo?"},
-                {"role": "assistant", "content": "", "tool_calls": [
-                    {"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": args}}]},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": args}}
+                    ],
+                },
                 {"role": "tool", "content": "11 degrees celsius", "tool_name": "get_weather", "tool_call_id": "call_1"},
             ]
-            r = http.post("/api/chat", json={"model": fam_models[family], "messages": messages, "tools": TOOLS,
-                                             "stream": False, "think": False,
-                                             "options": {"num_predict": 4, "temperature": 0}})
+            r = http.post(
+                "/api/chat",
+                json={
+                    "model": fam_models[family],
+                    "messages": messages,
+                    "tools": TOOLS,
+                    "stream": False,
+                    "think": False,
+                    "options": {"num_predict": 4, "temperature": 0},
+                },
+            )
             assert r.status_code == 200, (family, r.text)
             body = r.json()
             assert body["done"] and body["message"]["role"] == "assistant", body
@@ -122,14 +147,21 @@ def test_structured_outputs_tiny_model_twenty_schemas_greedy_and_sampled(server,
     def one(i):
         schema = SCHEMAS[i % 20]
         sampled = i >= 20
-        options = {"temperature": 1.0, "seed": i, "num_predict": 400} if sampled else {"temperature": 0, "num_predict": 400}
+        options = (
+            {"temperature": 1.0, "seed": i, "num_predict": 400} if sampled else {"temperature": 0, "num_predict": 400}
+        )
         if i % 2:
             body = {"model": model, "prompt": "JSON please", "format": schema, "stream": False, "options": options}
             r = httpx.post(server.url + "/api/generate", json=body, timeout=300)
             text = r.json()["response"]
         else:
-            body = {"model": model, "messages": [{"role": "user", "content": "JSON please"}], "format": schema,
-                    "stream": False, "options": options}
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": "JSON please"}],
+                "format": schema,
+                "stream": False,
+                "options": options,
+            }
             r = httpx.post(server.url + "/api/chat", json=body, timeout=300)
             text = r.json()["message"]["content"]
         assert r.status_code == 200, r.text
@@ -153,9 +185,17 @@ def test_structured_outputs_smollm(server, smollm):
 
     def one(case):
         prompt, schema, options = case
-        r = httpx.post(server.url + "/api/chat", json={
-            "model": smollm, "messages": [{"role": "user", "content": prompt}], "format": schema, "stream": False,
-            "options": {**options, "num_predict": 48}}, timeout=600)
+        r = httpx.post(
+            server.url + "/api/chat",
+            json={
+                "model": smollm,
+                "messages": [{"role": "user", "content": prompt}],
+                "format": schema,
+                "stream": False,
+                "options": {**options, "num_predict": 48},
+            },
+            timeout=600,
+        )
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -174,8 +214,13 @@ def test_fim_continue_autocomplete_request(server, fam_models):
     show = httpx.post(server.url + "/api/show", json={"name": model}).json()
     assert ".Suffix" in show["template"]
     # Continue's exact shape: no "stream" key (so NDJSON), keep_alive 1800, its options
-    body = {"model": model, "prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))\n", "keep_alive": 1800,
-            "options": {"temperature": 0.01, "top_p": 0.95, "num_predict": 8, "stop": ["\n\n"], "num_ctx": 8192}}
+    body = {
+        "model": model,
+        "prompt": "def add(a, b):\n    ",
+        "suffix": "\n\nprint(add(1, 2))\n",
+        "keep_alive": 1800,
+        "options": {"temperature": 0.01, "top_p": 0.95, "num_predict": 8, "stop": ["\n\n"], "num_ctx": 8192},
+    }
     r = httpx.post(server.url + "/api/generate", json=body, timeout=120)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
     lines = ndjson(r)
@@ -185,15 +230,31 @@ def test_fim_continue_autocomplete_request(server, fam_models):
     r = httpx.post(server.url + "/api/generate", json={**body, "stream": False, "options": {"num_predict": 4}}).json()
     assert r["done"] and r["context"][:1] and "thinking" not in r
     # raw passes the prompt through untouched
-    raw = httpx.post(server.url + "/api/generate", json={"model": model, "prompt": "<fim_prefix>x<fim_suffix>y<fim_middle>",
-                                                         "raw": True, "stream": False, "options": {"num_predict": 2}}).json()
+    raw = httpx.post(
+        server.url + "/api/generate",
+        json={
+            "model": model,
+            "prompt": "<fim_prefix>x<fim_suffix>y<fim_middle>",
+            "raw": True,
+            "stream": False,
+            "options": {"num_predict": 2},
+        },
+    ).json()
     assert raw["done"] and "context" not in raw
 
 
 def test_streaming_chat_chunks_for_thinking_model(http, fam_models):
-    r = http.post("/api/chat", json={"model": fam_models["qwen3"], "messages": [{"role": "user", "content": "hi"}],
-                                     "think": "medium", "tools": TOOLS, "logprobs": True,
-                                     "options": {"num_predict": 6, "temperature": 0}})
+    r = http.post(
+        "/api/chat",
+        json={
+            "model": fam_models["qwen3"],
+            "messages": [{"role": "user", "content": "hi"}],
+            "think": "medium",
+            "tools": TOOLS,
+            "logprobs": True,
+            "options": {"num_predict": 6, "temperature": 0},
+        },
+    )
     lines = ndjson(r)
     assert lines[-1]["done"] and lines[-1]["done_reason"] in ("stop", "length")
     for line in lines:
@@ -208,21 +269,29 @@ def test_official_client_tools_think_format(server, fam_models):
     client = ollama.Client(host=server.url)
     model = fam_models["qwen3"]
     opts = {"temperature": 0, "num_predict": 8}
-    r = client.chat(model=model, messages=[{"role": "user", "content": "weather in Tokyo?"}],
-                    tools=TOOLS, think=True, options=opts)
+    r = client.chat(
+        model=model, messages=[{"role": "user", "content": "weather in Tokyo?"}], tools=TOOLS, think=True, options=opts
+    )
     assert r.done and r.message.role == "assistant"
     assert r.message.tool_calls is None or all(tc.function.name for tc in r.message.tool_calls)
-    r = client.chat(model=model, messages=[{"role": "user", "content": "a person"}], think=False,
-                    format=SCHEMAS[0], options={"temperature": 0, "num_predict": 200})
+    r = client.chat(
+        model=model,
+        messages=[{"role": "user", "content": "a person"}],
+        think=False,
+        format=SCHEMAS[0],
+        options={"temperature": 0, "num_predict": 200},
+    )
     validate(json.loads(r.message.content), SCHEMAS[0])
     r = client.generate(model=model, prompt="hi", think="low", options=opts)
     assert r.done and isinstance(r.response, str)
-    parts = list(client.chat(model=model, messages=[{"role": "user", "content": "hi"}], think=True, stream=True,
-                             options=opts))
+    parts = list(
+        client.chat(model=model, messages=[{"role": "user", "content": "hi"}], think=True, stream=True, options=opts)
+    )
     assert parts[-1].done
 
 
 # --- end to end on scripted models (tests/scriptedmodel.py: next token = f(last token)) ------------
+
 
 @pytest.fixture(scope="module")
 def scripted_models(models_dir, tmp_path_factory):
@@ -234,8 +303,12 @@ def scripted_models(models_dir, tmp_path_factory):
 def test_scripted_tool_call_streams_whole_and_gathers(http, server, scripted_models):
     from ..support.scriptedmodel import WEATHER_ARGS, WEATHER_TOOL
 
-    body = {"model": "scripted-tools", "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
-            "tools": [WEATHER_TOOL], "options": {"temperature": 0}}
+    body = {
+        "model": "scripted-tools",
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [WEATHER_TOOL],
+        "options": {"temperature": 0},
+    }
     lines = ndjson(http.post("/api/chat", json=body))
     with_calls = [line for line in lines if line["message"].get("tool_calls")]
     assert len(with_calls) == 1 and not with_calls[0]["done"] and with_calls[0]["message"]["content"] == ""
@@ -245,7 +318,9 @@ def test_scripted_tool_call_streams_whole_and_gathers(http, server, scripted_mod
     assert "".join(line["message"]["content"] for line in lines) == ""  # no call text in content
     assert lines[-1]["done"] and lines[-1]["done_reason"] == "stop"
     whole = http.post("/api/chat", json={**body, "stream": False}).json()
-    assert whole["message"]["content"] == "" and whole["message"]["tool_calls"][0]["function"]["arguments"] == WEATHER_ARGS
+    assert (
+        whole["message"]["content"] == "" and whole["message"]["tool_calls"][0]["function"]["arguments"] == WEATHER_ARGS
+    )
     # the official client, and the follow-up turn with the result
     client = ollama.Client(host=server.url)
     r = client.chat(model="scripted-tools", messages=body["messages"], tools=[WEATHER_TOOL], options={"temperature": 0})
@@ -265,7 +340,7 @@ def test_scripted_thinking_streams_and_switches_off(http, server, scripted_model
     content = "".join(line["message"]["content"] for line in lines)
     assert (thinking, content) == (THINKING + "\n", THOUGHTFUL_ANSWER)
     first_content = next(i for i, line in enumerate(lines) if line["message"]["content"])
-    assert all("thinking" not in line["message"] for line in lines[first_content + 1:])
+    assert all("thinking" not in line["message"] for line in lines[first_content + 1 :])
     client = ollama.Client(host=server.url)
     r = client.chat(model="scripted-think", messages=msgs, think=True)
     assert (r.message.thinking, r.message.content) == (THINKING + "\n", THOUGHTFUL_ANSWER)
@@ -278,12 +353,18 @@ def test_scripted_thinking_streams_and_switches_off(http, server, scripted_model
 def test_scripted_json_and_fim(http, server, scripted_models):
     from ..support.scriptedmodel import FIM_MIDDLE, JSON_ANSWER
 
-    r = ollama.Client(host=server.url).chat(model="scripted-json", messages=[{"role": "user", "content": "hi"}],
-                                            format="json")
+    r = ollama.Client(host=server.url).chat(
+        model="scripted-json", messages=[{"role": "user", "content": "hi"}], format="json"
+    )
     assert json.loads(r.message.content) == json.loads(JSON_ANSWER)
     # Continue's autocomplete request; the middle keeps its leading indentation
     assert ".Suffix" in http.post("/api/show", json={"name": "scripted-fim"}).json()["template"]
-    body = {"model": "scripted-fim", "prompt": "def add(a, b):\n", "suffix": "\nprint(add(1, 2))\n", "keep_alive": 1800,
-            "options": {"temperature": 0.01, "num_predict": 16}}
+    body = {
+        "model": "scripted-fim",
+        "prompt": "def add(a, b):\n",
+        "suffix": "\nprint(add(1, 2))\n",
+        "keep_alive": 1800,
+        "options": {"temperature": 0.01, "num_predict": 16},
+    }
     lines = ndjson(http.post("/api/generate", json=body))
     assert lines[-1]["done"] and "".join(line["response"] for line in lines) == FIM_MIDDLE

@@ -15,8 +15,8 @@ import pytest
 from mlxollama.cli.format import human_bytes
 from mlxollama.store import Store
 
-from ..support.store import package_tiny
 from ..support.liveserver import free_port
+from ..support.store import package_tiny
 from ..support.tinymodels import build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +34,13 @@ def short_model(models_dir, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def env(server, tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("home")  # the interactive history file lands here
-    return {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{server.port}", "HOME": str(home),
-            "PYTHONIOENCODING": "utf-8", "COLUMNS": "100"}
+    return {
+        **os.environ,
+        "OLLAMA_HOST": f"127.0.0.1:{server.port}",
+        "HOME": str(home),
+        "PYTHONIOENCODING": "utf-8",
+        "COLUMNS": "100",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +50,17 @@ def http(server):
 
 
 def cli(env, *args, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlxollama.cli", *args], env=env, cwd=ROOT,
-                          input=stdin if stdin is not None else "", capture_output=True, text=True,
-                          encoding="utf-8", errors="replace", timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mlxollama.cli", *args],
+        env=env,
+        cwd=ROOT,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+    )
 
 
 def endpoint_missing(http, method: str, path: str) -> bool:
@@ -72,8 +85,9 @@ def test_run_with_prompt_prints_the_answer(env, http, short_model):
 
 
 def test_run_reads_the_prompt_from_stdin(env, http, short_model):
-    expected = http.post("/api/generate", json={"model": short_model, "prompt": "piped text\n extra",
-                                                "stream": False}).json()
+    expected = http.post(
+        "/api/generate", json={"model": short_model, "prompt": "piped text\n extra", "stream": False}
+    ).json()
     r = cli(env, "run", short_model, "extra", stdin="piped text\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout == expected["response"] + "\n\n"
@@ -99,8 +113,16 @@ def test_run_missing_model_fails_cleanly(env, tmp_path):
 
 def test_interactive_run_under_a_terminal(env, short_model):
     pexpect = pytest.importorskip("pexpect")
-    child = pexpect.spawn(sys.executable, ["-m", "mlxollama.cli", "run", short_model], env=env, cwd=str(ROOT),
-                          encoding="utf-8", codec_errors="replace", timeout=30, dimensions=(40, 100))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "mlxollama.cli", "run", short_model],
+        env=env,
+        cwd=str(ROOT),
+        encoding="utf-8",
+        codec_errors="replace",
+        timeout=30,
+        dimensions=(40, 100),
+    )
     try:
         child.expect_exact(">>> ")
         child.sendline("/set parameter num_predict 4")
@@ -167,7 +189,7 @@ def test_list_prints_ollamas_columns(env, http, short_model):
         assert re.fullmatch(r"(\d+ seconds?|Less than a second|About a minute|\d+ minutes) ago", modified)
     # columns line up: every ID starts where the header's ID does
     col = lines[0].index("ID")
-    assert all(line[col:col + 12] == rows[line.split()[0]][1] for line in lines[1:])
+    assert all(line[col : col + 12] == rows[line.split()[0]][1] for line in lines[1:])
     r2 = cli(env, "ls", "tiny-s")
     listed = [row[0] for row in table_rows(r2.stdout)[1:]]
     assert "tiny-sys:latest" in listed and "tiny:latest" not in listed
@@ -182,9 +204,17 @@ def test_ps_and_stop(env, http, short_model):
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(r"NAME\s+ID\s+SIZE\s+PROCESSOR\s+CONTEXT\s+UNTIL\s+", r.stdout.splitlines()[0])
     row = next(row for row in table_rows(r.stdout)[1:] if row[0] == short_model)
-    processor = "100% GPU" if loaded["size_vram"] == loaded["size"] else "100% CPU" if loaded["size_vram"] == 0 else None
-    assert row == [short_model, loaded["digest"][:12], human_bytes(loaded["size"]), processor,
-                   str(loaded["context_length"]), "Forever"]
+    processor = (
+        "100% GPU" if loaded["size_vram"] == loaded["size"] else "100% CPU" if loaded["size_vram"] == 0 else None
+    )
+    assert row == [
+        short_model,
+        loaded["digest"][:12],
+        human_bytes(loaded["size"]),
+        processor,
+        str(loaded["context_length"]),
+        "Forever",
+    ]
 
     cli(env, "run", short_model, "hi", "--keepalive", "10m")
     row = next(row for row in table_rows(cli(env, "ps").stdout)[1:] if row[0] == short_model)
@@ -251,14 +281,17 @@ def test_create_from_a_modelfile(env, http, tmp_path):
         pytest.skip("the server has no /api/create yet (404/405)")
     (tmp_path / "Modelfile").write_text(
         'FROM tiny\nSYSTEM """You are\na pirate."""\nPARAMETER temperature 0.25\nPARAMETER stop "<end>"\n'
-        "PARAMETER stop STOP\nMESSAGE user hi\nMESSAGE assistant arr\n")
+        "PARAMETER stop STOP\nMESSAGE user hi\nMESSAGE assistant arr\n"
+    )
     r = cli(env, "create", "tiny-pirate", "-f", str(tmp_path / "Modelfile"))
     assert r.returncode == 0, r.stderr
     assert "success" in r.stderr
     api = http.post("/api/show", json={"model": "tiny-pirate"}).json()
     assert api["system"] == "You are\na pirate."
     assert re.search(r"^temperature\s+0\.25$", api["parameters"], re.M)
-    assert re.search(r'^stop\s+"<end>"$', api["parameters"], re.M) and re.search(r'^stop\s+"STOP"$', api["parameters"], re.M)
+    assert re.search(r'^stop\s+"<end>"$', api["parameters"], re.M) and re.search(
+        r'^stop\s+"STOP"$', api["parameters"], re.M
+    )
     assert [(m["role"], m["content"]) for m in api.get("messages", [])] == [("user", "hi"), ("assistant", "arr")]
     cli(env, "rm", "tiny-pirate")
 
@@ -271,6 +304,7 @@ def test_pull_and_run_pulls_a_missing_model(env, http, models_dir, short_model):
     if endpoint_missing(http, "POST", "/api/pull"):
         pytest.skip("the server has no /api/pull yet (404/405)")
     from ..support import fakeregistry
+
     # the registry serves tiny-cli's own manifest and blobs under another name
     stored = Store(models_dir).get_manifest(short_model)
     reg = fakeregistry.FakeRegistry()
@@ -319,8 +353,19 @@ def test_convert_a_folder_into_the_store(env, models_dir, tmp_path):
 # --- errors, version -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [["list"], ["ps"], ["show", "tiny"], ["run", "tiny", "hi"], ["stop", "tiny"],
-                                  ["pull", "tiny"], ["rm", "tiny"], ["cp", "a", "b"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["ps"],
+        ["show", "tiny"],
+        ["run", "tiny", "hi"],
+        ["stop", "tiny"],
+        ["pull", "tiny"],
+        ["rm", "tiny"],
+        ["cp", "a", "b"],
+    ],
+)
 def test_server_down_is_one_line_and_exit_1(args, tmp_path):
     env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{free_port()}", "HOME": str(tmp_path)}
     r = cli(env, *args)
@@ -336,4 +381,6 @@ def test_version_and_usage_errors(env):
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
     r = cli(env, "run", "tiny", "--think=maybe", "hi")
     assert (r.returncode, r.stderr) == (
-        1, 'Error: invalid value for --think: "maybe" (must be true, false, high, medium, low, or max)\n')
+        1,
+        'Error: invalid value for --think: "maybe" (must be true, false, high, medium, low, or max)\n',
+    )

@@ -48,8 +48,20 @@ def agents() -> Path:
         return meta.exists() and json.loads(meta.read_text())["version"] == AGENTS[package]
 
     if not all(installed(p) for p in AGENTS):
-        r = subprocess.run([npm, "install", "--prefix", str(CACHE), "--no-audit", "--no-fund",
-                            *(f"{p}@{v}" for p, v in AGENTS.items())], capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(CACHE),
+                "--no-audit",
+                "--no-fund",
+                *(f"{p}@{v}" for p, v in AGENTS.items()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if r.returncode != 0:
             if any(s in r.stderr for s in _OFFLINE):
                 pytest.skip(f"npm registry unreachable, cannot install the agents: {r.stderr.strip()[-300:]}")
@@ -64,30 +76,66 @@ def agent_model(models_dir, tmp_path_factory) -> str:
 
 def _quiet_env(home: Path) -> dict:
     """The agents' own switches for update checks, telemetry and error reports, all off."""
-    return {**os.environ, "HOME": str(home), "CODEX_HOME": str(home / ".codex"), "NO_COLOR": "1",
-            "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "CODEX_HOME": str(home / ".codex"),
+        "NO_COLOR": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
 
 
 def run_codex(agents: Path, cwd: Path, url: str, model: str, prompt: str) -> subprocess.CompletedProcess:
     home = cwd / "home"
     (home / ".codex").mkdir(parents=True, exist_ok=True)
     (home / ".codex" / "config.toml").write_text(
-        "check_for_update_on_startup = false\n[analytics]\nenabled = false\n[feedback]\nenabled = false\n")
+        "check_for_update_on_startup = false\n[analytics]\nenabled = false\n[feedback]\nenabled = false\n"
+    )
     env = {**_quiet_env(home), "CODEX_OSS_BASE_URL": url + "/v1"}
-    return subprocess.run([str(agents / "codex"), "exec", "--oss", "--local-provider", "ollama", "-m", model,
-                           "--skip-git-repo-check", prompt], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            str(agents / "codex"),
+            "exec",
+            "--oss",
+            "--local-provider",
+            "ollama",
+            "-m",
+            model,
+            "--skip-git-repo-check",
+            prompt,
+        ],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def run_claude(agents: Path, cwd: Path, url: str, model: str, prompt: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**_quiet_env(cwd / "home"), "ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": "ollama",
-           "ANTHROPIC_API_KEY": ""}
-    return subprocess.run([str(agents / "claude"), "-p", prompt, "--model", model, *args], cwd=cwd, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    env = {
+        **_quiet_env(cwd / "home"),
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_AUTH_TOKEN": "ollama",
+        "ANTHROPIC_API_KEY": "",
+    }
+    return subprocess.run(
+        [str(agents / "claude"), "-p", prompt, "--model", model, *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # --- Codex CLI -------------------------------------------------------------------------------
+
 
 def test_reported_version_passes_codex_check(server):
     version = httpx.get(server.url + "/api/version").json()["version"]
@@ -110,6 +158,7 @@ def test_codex_runs_its_shell_tool_and_answers_from_the_output(agents, server, a
 
 # --- Claude Code -----------------------------------------------------------------------------
 
+
 def test_claude_print_mode_answers(agents, server, agent_model, tmp_path):
     r = run_claude(agents, tmp_path, server.url, agent_model.split(":")[0], "Say hello.")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -118,13 +167,15 @@ def test_claude_print_mode_answers(agents, server, agent_model, tmp_path):
 
 def test_claude_runs_bash_and_answers_from_the_output(agents, server, agent_model, tmp_path):
     (tmp_path / "notes.txt").write_text(AGENT_NOTES)
-    r = run_claude(agents, tmp_path, server.url, agent_model.split(":")[0], SECRET_Q,
-                   "--allowedTools", "Bash(cat notes.txt)")
+    r = run_claude(
+        agents, tmp_path, server.url, agent_model.split(":")[0], SECRET_Q, "--allowedTools", "Bash(cat notes.txt)"
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == AGENT_ANSWER
 
 
 # --- mlxollama launch ------------------------------------------------------------------------
+
 
 def launch(url: str, *args: str, path: Path | None = None, home: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OLLAMA_HOST": url.removeprefix("http://")}
@@ -132,8 +183,15 @@ def launch(url: str, *args: str, path: Path | None = None, home: Path | None = N
         env["PATH"] = f"{path}{os.pathsep}{env.get('PATH', '')}"
     if home is not None:
         env = {**_quiet_env(home), "OLLAMA_HOST": env["OLLAMA_HOST"], "PATH": env["PATH"]}
-    return subprocess.run([sys.executable, "-m", "mlxollama.cli", "launch", *args], env=env, cwd=home,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mlxollama.cli", "launch", *args],
+        env=env,
+        cwd=home,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_launch_print_codex(server, agent_model):
@@ -141,10 +199,12 @@ def test_launch_print_codex(server, agent_model):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "export OPENAI_API_KEY=ollama"
-    assert lines[1] == ("codex -c 'model_provider=\"mlxollama\"' -c 'model_providers.mlxollama.name=\"mlxollama\"' "
-                        f"-c 'model_providers.mlxollama.base_url=\"{server.url}/v1\"' "
-                        "-c 'model_providers.mlxollama.wire_api=\"responses\"' "
-                        f"-m {agent_model} exec 'hi there'")
+    assert lines[1] == (
+        "codex -c 'model_provider=\"mlxollama\"' -c 'model_providers.mlxollama.name=\"mlxollama\"' "
+        f"-c 'model_providers.mlxollama.base_url=\"{server.url}/v1\"' "
+        "-c 'model_providers.mlxollama.wire_api=\"responses\"' "
+        f"-m {agent_model} exec 'hi there'"
+    )
     assert f'base_url = "{server.url}/v1"\nwire_api = "responses"' in r.stdout
 
 
@@ -167,8 +227,14 @@ def test_launch_refuses_unknown_agents_and_missing_binaries(server, agent_model,
     assert r.returncode == 2 and "invalid choice: 'vim'" in r.stderr
     # A PATH without the agent on it (the interpreter is named by its full path).
     env = {**os.environ, "OLLAMA_HOST": server.url.removeprefix("http://"), "PATH": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "mlxollama.cli", "launch", "codex", "--model", agent_model], env=env,
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "mlxollama.cli", "launch", "codex", "--model", agent_model],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "Error: codex is not installed: npm install -g @openai/codex" in r.stderr
 
 
@@ -177,15 +243,26 @@ def test_launch_codex_runs_codex_against_the_server(agents, server, agent_model,
     (home / ".codex").mkdir(parents=True)
     (home / ".codex" / "config.toml").write_text("check_for_update_on_startup = false\n[analytics]\nenabled = false\n")
     (home / "notes.txt").write_text(AGENT_NOTES)
-    r = launch(server.url, "codex", "--model", agent_model.split(":")[0], "--", "exec", "--skip-git-repo-check",
-               SECRET_Q, path=agents, home=home)
+    r = launch(
+        server.url,
+        "codex",
+        "--model",
+        agent_model.split(":")[0],
+        "--",
+        "exec",
+        "--skip-git-repo-check",
+        SECRET_Q,
+        path=agents,
+        home=home,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == AGENT_ANSWER
 
 
 def test_launch_claude_runs_claude_against_the_server(agents, server, agent_model, tmp_path):
-    r = launch(server.url, "claude", "--model", agent_model.split(":")[0], "--", "-p", "Say hello.",
-               path=agents, home=tmp_path)
+    r = launch(
+        server.url, "claude", "--model", agent_model.split(":")[0], "--", "-p", "Say hello.", path=agents, home=tmp_path
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == REPLY
 

@@ -29,8 +29,11 @@ TINY = "tiny:latest"
 
 def generate(url: str, prompt: str, **body) -> dict:
     options = {"temperature": 0, **body.pop("options", {})}
-    r = httpx.post(url + "/api/generate", json={"model": TINY, "prompt": prompt, "stream": False,
-                                                "options": options, **body}, timeout=300)
+    r = httpx.post(
+        url + "/api/generate",
+        json={"model": TINY, "prompt": prompt, "stream": False, "options": options, **body},
+        timeout=300,
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -53,11 +56,17 @@ def test_without_shift_a_full_window_ends_the_answer(server):
 
 
 def test_a_chat_longer_than_the_window_keeps_answering(server):
-    messages = [{"role": "user", "content": "Tell me a story."},
-                {"role": "assistant", "content": "Once upon a time."},
-                {"role": "user", "content": "Go on, and make it long."}]
-    body = {"model": TINY, "messages": messages, "stream": False,
-            "options": {"temperature": 0, "num_ctx": 64, "num_predict": 150}}
+    messages = [
+        {"role": "user", "content": "Tell me a story."},
+        {"role": "assistant", "content": "Once upon a time."},
+        {"role": "user", "content": "Go on, and make it long."},
+    ]
+    body = {
+        "model": TINY,
+        "messages": messages,
+        "stream": False,
+        "options": {"temperature": 0, "num_ctx": 64, "num_predict": 150},
+    }
     long = httpx.post(server.url + "/api/chat", json=body, timeout=300).json()
     assert long["prompt_eval_count"] < 64
     assert (long["eval_count"], long["done_reason"]) == (150, "length")
@@ -79,9 +88,18 @@ def test_a_prompt_longer_than_the_window_is_truncated_or_refused(server):
     prompt = "The quick brown fox jumps over the lazy dog. " * 20
     out = generate(server.url, prompt, raw=True, options={"num_ctx": 32, "num_predict": 40})
     assert out["prompt_eval_count"] == 31 and out["eval_count"] == 40
-    r = httpx.post(server.url + "/api/generate", json={
-        "model": TINY, "prompt": prompt, "raw": True, "stream": False, "truncate": False,
-        "options": {"num_ctx": 32}}, timeout=60)
+    r = httpx.post(
+        server.url + "/api/generate",
+        json={
+            "model": TINY,
+            "prompt": prompt,
+            "raw": True,
+            "stream": False,
+            "truncate": False,
+            "options": {"num_ctx": 32},
+        },
+        timeout=60,
+    )
     assert r.status_code == 400
     assert r.json() == {"error": "the input length exceeds the context length"}
 
@@ -135,13 +153,28 @@ def test_ps_reports_the_window_sized_from_memory_capped_by_the_model(big_memory_
     assert shown["model_info"]["llama.context_length"] == 2048
     # a request without num_ctx runs with the default window: a prompt longer than 4096 fits whole
     prompt = "The quick brown fox jumps over the lazy dog. " * 250  # about 4250 tokens
-    r = httpx.post(url + "/api/generate", json={"model": "tiny-long", "prompt": prompt, "raw": True, "stream": False,
-                                                "truncate": False, "options": {"num_predict": 1}}, timeout=300)
+    r = httpx.post(
+        url + "/api/generate",
+        json={
+            "model": "tiny-long",
+            "prompt": prompt,
+            "raw": True,
+            "stream": False,
+            "truncate": False,
+            "options": {"num_predict": 1},
+        },
+        timeout=300,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["prompt_eval_count"] > 4096
     # `mlxollama ps` shows it in its CONTEXT column, as `ollama ps` does
-    cli = subprocess.run([sys.executable, "-m", "mlxollama.cli", "ps"], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "OLLAMA_HOST": url.removeprefix("http://")})
+    cli = subprocess.run(
+        [sys.executable, "-m", "mlxollama.cli", "ps"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OLLAMA_HOST": url.removeprefix("http://")},
+    )
     assert cli.returncode == 0, cli.stderr
     header, *rows = cli.stdout.splitlines()
     column = header.index("CONTEXT")
@@ -196,7 +229,7 @@ def reference_logprobs(model, window: list[int], continuation: list[int]) -> lis
     cache: what a sequence that really holds `window` must report."""
     logits = model(mx.array([window + continuation]))[0].astype(mx.float32)
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    rows = logprobs[len(window) - 1:-1]
+    rows = logprobs[len(window) - 1 : -1]
     return rows[mx.arange(len(continuation)), mx.array(continuation)].tolist()
 
 
@@ -212,8 +245,10 @@ def test_after_a_shift_the_model_sees_exactly_the_kept_tokens(arch, batched, req
         sampling = dict(temperature=4.0, top_k=0, top_p=1.0, repeat_penalty=1.0, seed=3)
         opts = Options(**sampling, num_ctx=num_ctx, num_keep=num_keep, num_predict=n)
         other = Options(**sampling, num_predict=n)  # a neighbour in the batch that does not shift
-        jobs = [(PromptSpec(raw_prompt="Paris is the capital", return_context=True), opts),
-                (PromptSpec(raw_prompt="def add(a, b):", return_context=True), other)]
+        jobs = [
+            (PromptSpec(raw_prompt="Paris is the capital", return_context=True), opts),
+            (PromptSpec(raw_prompt="def add(a, b):", return_context=True), other),
+        ]
         (_, logprobs, done), (_, _, other_done) = run_jobs(llm, jobs, logprobs=True)
         assert (done.eval_count, done.done_reason, other_done.eval_count) == (n, "length", n)
         tokens, p = done.context, done.prompt_eval_count
@@ -221,10 +256,10 @@ def test_after_a_shift_the_model_sees_exactly_the_kept_tokens(arch, batched, req
         first = reference_logprobs(llm.model, tokens[:p], tokens[p:num_ctx])
         # second window: num_keep tokens plus the newer half, then on until the next shift
         kept = shifted_window(tokens[:num_ctx], num_keep, num_ctx)
-        assert kept == tokens[:num_keep] + tokens[num_ctx - (num_ctx - num_keep) // 2:num_ctx]
-        after = tokens[num_ctx:2 * num_ctx - len(kept)]
+        assert kept == tokens[:num_keep] + tokens[num_ctx - (num_ctx - num_keep) // 2 : num_ctx]
+        after = tokens[num_ctx : 2 * num_ctx - len(kept)]
         second = reference_logprobs(llm.model, kept, after)
-        assert logprobs[:len(first) + len(second)] == pytest.approx(first + second, abs=2e-3)
+        assert logprobs[: len(first) + len(second)] == pytest.approx(first + second, abs=2e-3)
         # had the model still seen the dropped tokens, it would have reported something else
         unshifted = reference_logprobs(llm.model, tokens[:num_ctx], after)
         assert max(abs(a - b) for a, b in zip(unshifted, second)) > 0.05
@@ -240,8 +275,11 @@ def test_a_grammar_survives_a_shift(tiny_llama_dir):
 
     from mlxollama.engine.structured import format_grammar
 
-    schema = {"type": "object", "properties": {"a": {"type": "string", "minLength": 60, "maxLength": 60}},
-              "required": ["a"]}
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "minLength": 60, "maxLength": 60}},
+        "required": ["a"],
+    }
     llm = LoadedLLM(tiny_llama_dir)
     try:
         spec = PromptSpec(raw_prompt="Give JSON:", grammar=format_grammar(schema))
@@ -270,8 +308,9 @@ def test_a_large_window_costs_no_memory_until_used(tiny_llama_dir):
         llm = LoadedLLM(tiny_llama_dir)
         try:
             idle = active()
-            run_jobs(llm, [(PromptSpec(raw_prompt="Hello world"),
-                            Options(temperature=0.0, num_ctx=num_ctx, num_predict=8))])
+            run_jobs(
+                llm, [(PromptSpec(raw_prompt="Hello world"), Options(temperature=0.0, num_ctx=num_ctx, num_predict=8))]
+            )
             return idle - before, active() - idle, llm.memory_bytes(num_ctx) - llm.weights_bytes
         finally:
             llm.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support.scriptedmodel import TOOL_ANSWER, READ_ARGS, REPLY, ensure_scripted_models, native_gap
+from ..support.scriptedmodel import READ_ARGS, REPLY, TOOL_ANSWER, ensure_scripted_models, native_gap
 
 CN_VERSION = "1.5.47"
 NODE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "node"
@@ -30,12 +30,17 @@ def cn() -> Path:
         pytest.skip("node and npm are needed to run the Continue CLI (@continuedev/cli)")
     package = NODE_DIR / "node_modules" / "@continuedev" / "cli" / "package.json"
     if not package.exists() or json.loads(package.read_text())["version"] != CN_VERSION:
-        r = subprocess.run([npm, "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund",
-                            f"@continuedev/cli@{CN_VERSION}"], capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            [npm, "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", f"@continuedev/cli@{CN_VERSION}"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if r.returncode != 0:
             if any(s in r.stderr for s in _OFFLINE):
-                pytest.skip(f"npm registry unreachable, cannot install @continuedev/cli@{CN_VERSION}: "
-                            f"{r.stderr.strip()[-300:]}")
+                pytest.skip(
+                    f"npm registry unreachable, cannot install @continuedev/cli@{CN_VERSION}: {r.stderr.strip()[-300:]}"
+                )
             pytest.fail(f"npm install @continuedev/cli@{CN_VERSION} failed:\n{r.stderr[-2000:]}")
     return NODE_DIR / "node_modules" / ".bin" / "cn"
 
@@ -61,8 +66,14 @@ def run_cn(cn: Path, cwd: Path, url: str, model: str, prompt: str, *args: str) -
         "CONTINUE_CLI_AUTO_UPDATED": "true",  # never self-update from a test
         "NO_COLOR": "1",
     }
-    return subprocess.run([str(cn), "-p", prompt, "--config", str(config), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [str(cn), "-p", prompt, "--config", str(config), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_cn_answers_with_its_tools_sent(cn, server, scripted, tmp_path):

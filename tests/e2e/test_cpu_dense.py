@@ -69,8 +69,12 @@ def test_a_budget_too_small_keeps_the_quantized_weights(quantized_dir):
 
 
 def _generate(server: LiveServer, model: str) -> dict:
-    body = {"model": model, "prompt": "Tell me about the sea and the ships", "stream": False,
-            "options": {"temperature": 0, "num_predict": 24, "seed": 1}}
+    body = {
+        "model": model,
+        "prompt": "Tell me about the sea and the ships",
+        "stream": False,
+        "options": {"temperature": 0, "num_predict": 24, "seed": 1},
+    }
     r = httpx.post(server.url + "/api/generate", json=body, timeout=120)
     assert r.status_code == 200, r.text
     return r.json()
@@ -104,10 +108,17 @@ def test_setup_preloads_an_openblas_that_mlx_uses():
         pytest.skip("the preload is for MLX's Linux CPU wheel")
     if not (ROOT / ".venv" / ".mlxollama-installed").exists():
         pytest.skip("run through ./scripts/test or ./scripts/serve, which set up .venv")
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPENBLAS_NUM_THREADS",
-                                                              "MLXOLLAMA_NO_OPENBLAS")}
-    r = subprocess.run(["bash", "-c", 'source scripts/_setup.sh >/dev/null && echo "$LD_PRELOAD|$OPENBLAS_NUM_THREADS"'],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPENBLAS_NUM_THREADS", "MLXOLLAMA_NO_OPENBLAS")
+    }
+    r = subprocess.run(
+        ["bash", "-c", 'source scripts/_setup.sh >/dev/null && echo "$LD_PRELOAD|$OPENBLAS_NUM_THREADS"'],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     preload, threads = r.stdout.strip().splitlines()[-1].split("|")
     lib = preload.split(":")[0]
@@ -116,18 +127,21 @@ def test_setup_preloads_an_openblas_that_mlx_uses():
     assert hasattr(ctypes.CDLL(lib), "cblas_sgemm")
 
     # MLX's matmul under the preload: right, and much faster than the bundled reference BLAS.
-    probe = ("import time, numpy as np, mlx.core as mx\n"
-             "a = np.random.default_rng(0).standard_normal((512, 576), dtype=np.float32)\n"
-             "b = np.random.default_rng(1).standard_normal((576, 1536), dtype=np.float32)\n"
-             "x, y = mx.array(a), mx.array(b); mx.eval(x @ y)\n"
-             "t = time.perf_counter(); [mx.eval(x @ y) for _ in range(5)]; dt = (time.perf_counter() - t) / 5\n"
-             "err = float(np.abs(np.array(x @ y) - a.astype(np.float64) @ b).max())\n"
-             "print(err, 2 * 512 * 576 * 1536 / dt / 1e9)\n")
+    probe = (
+        "import time, numpy as np, mlx.core as mx\n"
+        "a = np.random.default_rng(0).standard_normal((512, 576), dtype=np.float32)\n"
+        "b = np.random.default_rng(1).standard_normal((576, 1536), dtype=np.float32)\n"
+        "x, y = mx.array(a), mx.array(b); mx.eval(x @ y)\n"
+        "t = time.perf_counter(); [mx.eval(x @ y) for _ in range(5)]; dt = (time.perf_counter() - t) / 5\n"
+        "err = float(np.abs(np.array(x @ y) - a.astype(np.float64) @ b).max())\n"
+        "print(err, 2 * 512 * 576 * 1536 / dt / 1e9)\n"
+    )
     gflops = {}
     # One OpenBLAS thread: a busy machine (tests in parallel) can stall a second one for a time slice.
     for name, extra in (("openblas", {"LD_PRELOAD": preload, "OPENBLAS_NUM_THREADS": "1"}), ("bundled", {})):
-        out = subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, capture_output=True, text=True,
-                             timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env={**env, **extra}, capture_output=True, text=True, timeout=300
+        )
         assert out.returncode == 0, out.stderr
         err, gflops[name] = map(float, out.stdout.split())
         assert err < 1e-2, f"{name}: max error {err}"

@@ -56,10 +56,16 @@ class Crashable:
 
     def start(self) -> httpx.Client:
         self.starts += 1
-        self.srv = LiveServer(self.root / "models", self.root / f"server{self.starts}.log", env={
-            "MLXOLLAMA_REGISTRY": self.registry.url, "OLLAMA_MODELS": str(self.root / "no-ollama"),
-            "HF_ENDPOINT": "http://127.0.0.1:9", "OLLAMA_NOPRUNE": "",  # prune as a user's server does
-        })
+        self.srv = LiveServer(
+            self.root / "models",
+            self.root / f"server{self.starts}.log",
+            env={
+                "MLXOLLAMA_REGISTRY": self.registry.url,
+                "OLLAMA_MODELS": str(self.root / "no-ollama"),
+                "HF_ENDPOINT": "http://127.0.0.1:9",
+                "OLLAMA_NOPRUNE": "",  # prune as a user's server does
+            },
+        )
         return httpx.Client(base_url=self.srv.url, timeout=60)
 
     def kill(self) -> None:
@@ -123,8 +129,9 @@ def assert_whole_after_restart(crashable: Crashable) -> httpx.Client:
 
 
 def generate(http: httpx.Client, model: str) -> None:
-    r = http.post("/api/generate", json={"model": model, "prompt": "hi", "stream": False,
-                                          "options": {"num_predict": 2}})
+    r = http.post(
+        "/api/generate", json={"model": model, "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+    )
     assert r.status_code == 200 and r.json()["done"], r.text
 
 
@@ -136,6 +143,7 @@ def pull(http: httpx.Client, name: str) -> dict:
 
 def stream_in_background(url: str, path: str, body: dict, method: str = "POST") -> threading.Thread:
     """Sends a request whose answer nobody waits for: the server dies under it."""
+
     def run():
         try:
             with httpx.Client(base_url=url, timeout=60) as c, c.stream(method, path, json=body) as r:
@@ -172,8 +180,9 @@ def test_pull_killed_mid_download_resumes_from_its_bytes(crashable, registry):
     assert pull(http, "slow") == {"status": "success"}
     resumed = [r for r in registry.requests("GET", weights["digest"])[before:] if r.status in (200, 206)]
     assert resumed, "the resumed pull fetched no weights"
-    assert (resumed[0].status, resumed[0].headers.get("Range")) == (206, f"bytes={had}-"), \
+    assert (resumed[0].status, resumed[0].headers.get("Range")) == (206, f"bytes={had}-"), (
         "the pull after the restart started over instead of continuing from the partial download"
+    )
     assert not partial.exists() and store_problems(crashable.models) == []
     generate(http, "slow")
 
@@ -231,8 +240,9 @@ def test_copy_and_delete_killed_mid_flight_keep_every_listed_model_whole(crashab
     unexpected: list[str] = []
 
     def check(r: httpx.Response, ok: tuple[int, ...]) -> None:
-        (done if r.status_code in ok else unexpected).append(f"{r.request.method} {r.request.url.path} "
-                                                             f"{r.status_code} {r.text[:200]}")
+        (done if r.status_code in ok else unexpected).append(
+            f"{r.request.method} {r.request.url.path} {r.status_code} {r.text[:200]}"
+        )
 
     def churn(kind: str) -> None:
         with httpx.Client(base_url=crashable.srv.url, timeout=30) as c:
@@ -243,8 +253,18 @@ def test_copy_and_delete_killed_mid_flight_keep_every_listed_model_whole(crashab
                         check(c.post("/api/copy", json={"source": TINY, "destination": f"copy{i % 4}"}), (200,))
                         check(c.request("DELETE", "/api/delete", json={"model": f"copy{(i + 2) % 4}"}), (200, 404))
                     else:
-                        check(c.post("/api/create", json={"model": f"made{i % 3}", "from": TINY,
-                                                          "system": f"system prompt {i}", "stream": False}), (200,))
+                        check(
+                            c.post(
+                                "/api/create",
+                                json={
+                                    "model": f"made{i % 3}",
+                                    "from": TINY,
+                                    "system": f"system prompt {i}",
+                                    "stream": False,
+                                },
+                            ),
+                            (200,),
+                        )
                         check(c.request("DELETE", "/api/delete", json={"model": f"made{(i + 1) % 3}"}), (200, 404))
                 except httpx.HTTPError:
                     return  # the server is gone

@@ -57,8 +57,13 @@ def paths(tmp_path_factory):
     """Real files on the server's disk: a tiny GGUF, a Hugging Face checkpoint folder, a folder."""
     root = tmp_path_factory.mktemp("serverfiles")
     files = build_tiny_files(root)
-    return {"gguf": str(files.f16), "checkpoint": str(files.hf), "folder": str(root),
-            "missing_gguf": str(root / "nonexistent" / "x.gguf"), "missing_folder": str(root / "nonexistent")}
+    return {
+        "gguf": str(files.f16),
+        "checkpoint": str(files.hf),
+        "folder": str(root),
+        "missing_gguf": str(root / "nonexistent" / "x.gguf"),
+        "missing_folder": str(root / "nonexistent"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +78,14 @@ def stage(tmp_path_factory):
         "unowned_new": work_folder(models, None),
         "unowned_old": work_folder(models, None, age_s=2 * 24 * 3600),
     }
-    srv = LiveServer(models, root / "server.log", env={
-        "OLLAMA_MODELS": str(root / "no-ollama-store"),
-        "MLXOLLAMA_REGISTRY": "http://127.0.0.1:9",  # nothing listens: no test reaches a real registry
-    })
+    srv = LiveServer(
+        models,
+        root / "server.log",
+        env={
+            "OLLAMA_MODELS": str(root / "no-ollama-store"),
+            "MLXOLLAMA_REGISTRY": "http://127.0.0.1:9",  # nothing listens: no test reaches a real registry
+        },
+    )
     yield srv, folders
     srv.stop()
 
@@ -101,8 +110,9 @@ def test_from_a_server_path_is_an_invalid_model_name(http, paths, key):
     assert http.post("/api/show", json={"model": "stolen"}).status_code == 404
 
 
-@pytest.mark.parametrize("value", ["/etc/passwd", "/etc/shadow", "/nonexistent/x.gguf", "/", "./x.gguf",
-                                   "../x.gguf", "~/x.gguf"])
+@pytest.mark.parametrize(
+    "value", ["/etc/passwd", "/etc/shadow", "/nonexistent/x.gguf", "/", "./x.gguf", "../x.gguf", "~/x.gguf"]
+)
 def test_from_path_like_values_are_invalid_model_names(http, value):
     assert answers(http, {"model": "stolen", "from": value}) == [INVALID_NAME] * 2
 
@@ -110,7 +120,9 @@ def test_from_path_like_values_are_invalid_model_names(http, value):
 def test_from_must_be_a_string(http):
     r = http.post("/api/create", json={"model": "x", "from": 7})
     assert (r.status_code, r.json()) == (
-        400, {"error": "json: cannot unmarshal number into Go struct field CreateRequest.from of type string"})
+        400,
+        {"error": "json: cannot unmarshal number into Go struct field CreateRequest.from of type string"},
+    )
 
 
 @pytest.mark.parametrize("key", ["gguf", "checkpoint", "missing_gguf"])
@@ -135,8 +147,7 @@ def test_adapter_path_is_not_an_ollama_field(stage, http, paths):
 
     for key in ("checkpoint", "missing_folder"):
         name = f"ignored-{key.replace('_', '-')}"
-        r = http.post("/api/create", json={"model": name, "from": "tiny", "adapter_path": paths[key],
-                                           "stream": False})
+        r = http.post("/api/create", json={"model": name, "from": "tiny", "adapter_path": paths[key], "stream": False})
         assert (r.status_code, r.json()) == (200, {"status": "success"})
         assert weights(name) == weights("tiny:latest")
 
@@ -150,8 +161,11 @@ def test_conversion_errors_name_no_server_folder(stage, http):
         return digest
 
     cases = [
-        ({"config.json": upload(b"{not json"), "model.safetensors": upload(b"x" * 16)}, 400,
-         "unreadable config.json in the uploaded files: "),
+        (
+            {"config.json": upload(b"{not json"), "model.safetensors": upload(b"x" * 16)},
+            400,
+            "unreadable config.json in the uploaded files: ",
+        ),
         # the reader's own text (MLX's: it names the file it read) comes back, less the folders
         ({"config.json": upload(b'{"model_type": "llama"}'), "model.safetensors": upload(b"\xff" * 64)}, 500, ""),
         ({"m.gguf": upload(b"GGUF" + bytes(40))}, 400, "supplied file was not in GGUF format"),

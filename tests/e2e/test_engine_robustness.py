@@ -17,8 +17,9 @@ INTERNALS = ("Traceback", "mlx", "[eval]", "primitive", "interval", "key()", ".p
 
 def generate(client: httpx.Client, prompt: str = "hi", **extra) -> httpx.Response:
     options = {"num_predict": 3, **extra.pop("options", {})}
-    return client.post("/api/generate", json={"model": TINY, "prompt": prompt, "stream": False,
-                                              "options": options, **extra})
+    return client.post(
+        "/api/generate", json={"model": TINY, "prompt": prompt, "stream": False, "options": options, **extra}
+    )
 
 
 def assert_serving(client: httpx.Client) -> None:
@@ -50,13 +51,34 @@ def test_context_ids_outside_the_vocabulary_are_a_400(http, context):
     assert_serving(http)
 
 
-@pytest.mark.parametrize("options", [
-    {"min_p": -1}, {"min_p": 2}, {"top_k": 1000000000}, {"top_k": -3}, {"top_p": 7}, {"top_p": -1}, {"top_p": 0},
-    {"repeat_last_n": -5}, {"num_ctx": -5}, {"num_batch": -1}, {"num_keep": -1}, {"num_thread": -1},
-    {"typical_p": -1}, {"seed": 1 << 70}, {"seed": -5}, {"repeat_penalty": -1}, {"repeat_penalty": 0},
-    {"temperature": -1}, {"temperature": 1e-300}, {"temperature": 1e300}, {"stop": [""]},
-    {"num_ctx": 1 << 70}, {"presence_penalty": 1e300, "frequency_penalty": -1e300},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"min_p": -1},
+        {"min_p": 2},
+        {"top_k": 1000000000},
+        {"top_k": -3},
+        {"top_p": 7},
+        {"top_p": -1},
+        {"top_p": 0},
+        {"repeat_last_n": -5},
+        {"num_ctx": -5},
+        {"num_batch": -1},
+        {"num_keep": -1},
+        {"num_thread": -1},
+        {"typical_p": -1},
+        {"seed": 1 << 70},
+        {"seed": -5},
+        {"repeat_penalty": -1},
+        {"repeat_penalty": 0},
+        {"temperature": -1},
+        {"temperature": 1e-300},
+        {"temperature": 1e300},
+        {"stop": [""]},
+        {"num_ctx": 1 << 70},
+        {"presence_penalty": 1e300, "frequency_penalty": -1e300},
+    ],
+)
 def test_out_of_range_options_are_clamped_and_poison_nothing(http, options):
     r = generate(http, options={"temperature": 0.8, **options})
     assert r.status_code == 200, r.text
@@ -74,8 +96,17 @@ def test_non_finite_option_numbers_are_a_400(http, key, literal):
 
 
 def test_openai_sampling_fields_are_clamped_too(http):
-    r = http.post("/v1/chat/completions", json={"model": TINY, "messages": [{"role": "user", "content": "hi"}],
-                                               "max_tokens": 3, "temperature": -2, "top_p": 9, "seed": 1 << 70})
+    r = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": TINY,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+            "temperature": -2,
+            "top_p": 9,
+            "seed": 1 << 70,
+        },
+    )
     assert r.status_code == 200, r.text
     assert_serving(http)
 
@@ -86,8 +117,15 @@ def conversation(n: int) -> list[dict]:
 
 def test_a_long_history_is_truncated_in_bounded_time(http):
     started = time.monotonic()
-    r = http.post("/api/chat", json={"model": TINY, "messages": conversation(4001), "stream": False,
-                                     "options": {"num_ctx": 256, "num_predict": 2}})
+    r = http.post(
+        "/api/chat",
+        json={
+            "model": TINY,
+            "messages": conversation(4001),
+            "stream": False,
+            "options": {"num_ctx": 256, "num_predict": 2},
+        },
+    )
     assert r.status_code == 200, r.text
     assert 0 < r.json()["prompt_eval_count"] < 256
     assert time.monotonic() - started < 60  # the one-render-per-dropped-message rule took minutes
@@ -97,8 +135,15 @@ def test_a_client_that_leaves_during_prompt_building_does_not_hold_the_model(htt
     def abandon():
         try:
             with httpx.Client(base_url=server.url, timeout=0.5) as c:
-                c.post("/api/chat", json={"model": TINY, "messages": conversation(20001), "stream": False,
-                                          "options": {"num_ctx": 128, "num_predict": 2}})
+                c.post(
+                    "/api/chat",
+                    json={
+                        "model": TINY,
+                        "messages": conversation(20001),
+                        "stream": False,
+                        "options": {"num_ctx": 128, "num_predict": 2},
+                    },
+                )
         except httpx.TimeoutException:
             pass
 
@@ -122,13 +167,16 @@ def faulty(models_dir, tmp_path_factory):
     srv.stop()
 
 
-@pytest.mark.parametrize("kind, text", [
-    ("oom", "generation failed: out of memory"),
-    ("error", "generation failed: the model runner hit an internal error"),
-    # Raised while mx.compile traces with the global random state captured: the way a bad
-    # sampler value used to leave every later request failing.
-    ("trace", "generation failed: the model runner hit an internal error"),
-])
+@pytest.mark.parametrize(
+    "kind, text",
+    [
+        ("oom", "generation failed: out of memory"),
+        ("error", "generation failed: the model runner hit an internal error"),
+        # Raised while mx.compile traces with the global random state captured: the way a bad
+        # sampler value used to leave every later request failing.
+        ("trace", "generation failed: the model runner hit an internal error"),
+    ],
+)
 def test_a_failed_step_fails_only_its_requests(faulty, kind, text):
     assert_serving(faulty)  # warm: the same prompt is in the prompt cache before the failure
     r = generate(faulty, f"please mlxollama-test-fault:{kind} now", options={"temperature": 0.8})
@@ -136,14 +184,24 @@ def test_a_failed_step_fails_only_its_requests(faulty, kind, text):
     assert r.json()["error"].startswith(text)
     assert_clean(r.json()["error"])
     assert_serving(faulty)
-    chat = faulty.post("/api/chat", json={"model": TINY, "stream": False, "options": {"num_predict": 2},
-                                          "messages": [{"role": "user", "content": "still here?"}]})
+    chat = faulty.post(
+        "/api/chat",
+        json={
+            "model": TINY,
+            "stream": False,
+            "options": {"num_predict": 2},
+            "messages": [{"role": "user", "content": "still here?"}],
+        },
+    )
     assert chat.status_code == 200, chat.text
 
 
 def test_a_failed_step_mid_stream_ends_the_stream_with_an_error(faulty):
-    with faulty.stream("POST", "/api/generate", json={"model": TINY, "prompt": "mlxollama-test-fault:oom",
-                                                       "options": {"num_predict": 3}}) as r:
+    with faulty.stream(
+        "POST",
+        "/api/generate",
+        json={"model": TINY, "prompt": "mlxollama-test-fault:oom", "options": {"num_predict": 3}},
+    ) as r:
         body = r.read().decode()
     assert "out of memory" in body
     assert_clean(body)

@@ -30,13 +30,15 @@ EXAMPLES = 300  # per route: the whole file stays around a minute on two cores
 MAX_TOKENS = 3
 REQUEST_TIMEOUT = 60.0
 # Text that must never reach a client: tracebacks, source paths, library internals.
-LEAKS = ("Traceback", 'File "', "site-packages", "/work/", ".py\"", "mlx.core", "object at 0x", "NoneType")
+LEAKS = ("Traceback", 'File "', "site-packages", "/work/", '.py"', "mlx.core", "object at 0x", "NoneType")
 
 
 # The client mistakes Ollama itself answers with 500 (reference §1.5 and §3: option type errors,
 # an invalid `format`, a quantize type it does not know): its status wins over "no 5xx".
-OLLAMA_500 = re.compile(r'"error":"(option \\"[^"\\]+\\" must be of type |invalid format: |'
-                        r'unsupported quantization type |quantization is only supported for )')
+OLLAMA_500 = re.compile(
+    r'"error":"(option \\"[^"\\]+\\" must be of type |invalid format: |'
+    r"unsupported quantization type |quantization is only supported for )"
+)
 
 
 @dataclass(frozen=True)
@@ -61,39 +63,162 @@ def nested(depth: int, inner: str = "1") -> Raw:
 
 
 HOSTILE_NUMBERS = [
-    Raw("NaN"), Raw("-NaN"), Raw("Infinity"), Raw("-Infinity"), Raw("1e400"), Raw("-1e400"), Raw("1e-400"),
-    Raw("-0"), Raw("1E+2"), Raw("0.0000000000000000000001"), 2**63, 2**63 - 1, 2**64, -(2**63) - 1, 10**40,
-    -(10**40), -1, -2, 0, 1.5, -0.5, 1e308, -1e308, 5e-324,
+    Raw("NaN"),
+    Raw("-NaN"),
+    Raw("Infinity"),
+    Raw("-Infinity"),
+    Raw("1e400"),
+    Raw("-1e400"),
+    Raw("1e-400"),
+    Raw("-0"),
+    Raw("1E+2"),
+    Raw("0.0000000000000000000001"),
+    2**63,
+    2**63 - 1,
+    2**64,
+    -(2**63) - 1,
+    10**40,
+    -(10**40),
+    -1,
+    -2,
+    0,
+    1.5,
+    -0.5,
+    1e308,
+    -1e308,
+    5e-324,
 ]
 # Strings that are never a valid model name, and never a path `from` would read.
-INVALID_NAMES = ["", ":", "bad:", "a//b", "::", "-", "a b", "@sha256", "x:" + "y" * 200, "a/b/c/d/e",
-                 "\ud800", "\udfff\ud800", "..", "nul\u0000byte", "\ufeff"]
-HOSTILE_STRINGS = ["\ud800", "lone \udc00 low", "\udbff\udfff", "\u0000", "\ufffd", "x" * 5000, "{{ .Prompt",
-                   "{{ template \"x\" }}", "<|im_end|>", "%s%n", "\u202e", "🙂" * 50, "1", "true", "null"]
-HOSTILE_OTHER = [None, True, False, [], [None], [1, "a", {}], {}, {"a": {"b": [1]}}, {"\ud800": 1},
-                 nested(50), nested(900), nested(990, '"\\ud800"'), nested(3000), nested(20000),
-                 Raw('{"a":' * 600 + "1" + "}" * 600)]
+INVALID_NAMES = [
+    "",
+    ":",
+    "bad:",
+    "a//b",
+    "::",
+    "-",
+    "a b",
+    "@sha256",
+    "x:" + "y" * 200,
+    "a/b/c/d/e",
+    "\ud800",
+    "\udfff\ud800",
+    "..",
+    "nul\u0000byte",
+    "\ufeff",
+]
+HOSTILE_STRINGS = [
+    "\ud800",
+    "lone \udc00 low",
+    "\udbff\udfff",
+    "\u0000",
+    "\ufffd",
+    "x" * 5000,
+    "{{ .Prompt",
+    '{{ template "x" }}',
+    "<|im_end|>",
+    "%s%n",
+    "\u202e",
+    "🙂" * 50,
+    "1",
+    "true",
+    "null",
+]
+HOSTILE_OTHER = [
+    None,
+    True,
+    False,
+    [],
+    [None],
+    [1, "a", {}],
+    {},
+    {"a": {"b": [1]}},
+    {"\ud800": 1},
+    nested(50),
+    nested(900),
+    nested(990, '"\\ud800"'),
+    nested(3000),
+    nested(20000),
+    Raw('{"a":' * 600 + "1" + "}" * 600),
+]
 HOSTILE = st.sampled_from(HOSTILE_NUMBERS + HOSTILE_STRINGS + HOSTILE_OTHER + INVALID_NAMES)
 # Names only: never a valid one, so pull, push and create's `from` cannot go to a registry.
 NAME_HOSTILE = st.sampled_from(INVALID_NAMES + HOSTILE_NUMBERS[:6] + HOSTILE_OTHER)
 
-RAW_BODIES = st.sampled_from([
-    b"", b" ", b"\n", b"null", b"[]", b"123", b'"text"', b"true", b"{", b"}", b"{]", b'{"model":', b"not json",
-    b"\xff\xfe\xfd", b"\x00" * 16, b'{"model": "\\ud800"}', b'{"model": NaN}', b'{"a": 1e400}', b'{"model": "x",}',
-    b'{"model": "a" "b"}', b"{'model': 'x'}", b'{"model": "tiny:latest"}{"model": "x"}',
-    b"[" * 20000 + b"]" * 20000, b'{"x":' + b"[" * 995 + b'"\\ud800"' + b"]" * 995 + b"}",
-])
+RAW_BODIES = st.sampled_from(
+    [
+        b"",
+        b" ",
+        b"\n",
+        b"null",
+        b"[]",
+        b"123",
+        b'"text"',
+        b"true",
+        b"{",
+        b"}",
+        b"{]",
+        b'{"model":',
+        b"not json",
+        b"\xff\xfe\xfd",
+        b"\x00" * 16,
+        b'{"model": "\\ud800"}',
+        b'{"model": NaN}',
+        b'{"a": 1e400}',
+        b'{"model": "x",}',
+        b'{"model": "a" "b"}',
+        b"{'model': 'x'}",
+        b'{"model": "tiny:latest"}{"model": "x"}',
+        b"[" * 20000 + b"]" * 20000,
+        b'{"x":' + b"[" * 995 + b'"\\ud800"' + b"]" * 995 + b"}",
+    ]
+)
 
-OPTION_KEYS = ["num_predict", "num_ctx", "temperature", "top_k", "top_p", "min_p", "typical_p", "seed", "stop",
-               "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty", "num_keep", "num_batch",
-               "num_gpu", "main_gpu", "num_thread", "use_mmap", "penalize_newline", "mirostat", "tfs_z"]
-FORMATS = ["json", "", "xml", {"type": "object"}, {"type": "bogus"}, {"$ref": "#/nope"},
-           {"type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}},
-           {"type": "string", "pattern": "(("}, {"type": "array", "minItems": 10**12}, {"enum": []},
-           {"anyOf": []}, {"type": "integer", "minimum": Raw("1e400")}]
+OPTION_KEYS = [
+    "num_predict",
+    "num_ctx",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "seed",
+    "stop",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "num_keep",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "num_thread",
+    "use_mmap",
+    "penalize_newline",
+    "mirostat",
+    "tfs_z",
+]
+FORMATS = [
+    "json",
+    "",
+    "xml",
+    {"type": "object"},
+    {"type": "bogus"},
+    {"$ref": "#/nope"},
+    {"type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}},
+    {"type": "string", "pattern": "(("},
+    {"type": "array", "minItems": 10**12},
+    {"enum": []},
+    {"anyOf": []},
+    {"type": "integer", "minimum": Raw("1e400")},
+]
 KEEP_ALIVES = ["5m", "-1", "1h2x", "", " ", "-5m", "9999999999h", "1e400s", "0.5", "m", "5", 1e308, -1, Raw("1e400")]
-TOOLS = [[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-         [{"type": "function"}], [{"function": None}], [{"type": "function", "function": {"name": 1}}], ["x"]]
+TOOLS = [
+    [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    [{"type": "function"}],
+    [{"function": None}],
+    [{"type": "function", "function": {"name": 1}}],
+    ["x"],
+]
 
 
 @dataclass(frozen=True)
@@ -114,22 +239,72 @@ def msg_fields() -> tuple[str, ...]:
 
 
 ROUTES = [
-    Route("POST", "/api/generate", {"model": TINY, "prompt": "hi", "stream": False},
-          ("model", "prompt", "suffix", "system", "template", "context", "stream", "raw", "format", "images",
-           "keep_alive", "think", "logprobs", "top_logprobs", "truncate", "shift"), options=True,
-          extra={"format": FORMATS, "keep_alive": KEEP_ALIVES,
-                 "context": [[1, 2, 3], [-1], [10**12], [Raw("NaN")]], "images": [["!!"], ["aGk="], [""]]}),
-    Route("POST", "/api/chat", {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "stream": False},
-          ("model", "messages", "tools", "format", "stream", "keep_alive", "think", "logprobs", "top_logprobs"),
-          options=True, nested_list="messages", nested_fields=msg_fields(),
-          extra={"format": FORMATS, "tools": TOOLS, "keep_alive": KEEP_ALIVES, "role": ["system", "assistant", "tool", "bogus", ""],
-                 "messages": [[], [{}], [{"role": "user"}], [{"role": "assistant", "content": "x"}]]}),
-    Route("POST", "/api/embed", {"model": TINY, "input": "hi"},
-          ("model", "input", "truncate", "keep_alive", "dimensions"), options=True,
-          extra={"input": [[], [""], ["a", 1], [[1, 2]], "", ["x"] * 300], "dimensions": [0, -1, 10**9, 3],
-                 "keep_alive": KEEP_ALIVES}),
-    Route("POST", "/api/embeddings", {"model": TINY, "prompt": "hi"}, ("model", "prompt", "keep_alive"),
-          options=True, extra={"keep_alive": KEEP_ALIVES, "prompt": ["", " "]}),
+    Route(
+        "POST",
+        "/api/generate",
+        {"model": TINY, "prompt": "hi", "stream": False},
+        (
+            "model",
+            "prompt",
+            "suffix",
+            "system",
+            "template",
+            "context",
+            "stream",
+            "raw",
+            "format",
+            "images",
+            "keep_alive",
+            "think",
+            "logprobs",
+            "top_logprobs",
+            "truncate",
+            "shift",
+        ),
+        options=True,
+        extra={
+            "format": FORMATS,
+            "keep_alive": KEEP_ALIVES,
+            "context": [[1, 2, 3], [-1], [10**12], [Raw("NaN")]],
+            "images": [["!!"], ["aGk="], [""]],
+        },
+    ),
+    Route(
+        "POST",
+        "/api/chat",
+        {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        ("model", "messages", "tools", "format", "stream", "keep_alive", "think", "logprobs", "top_logprobs"),
+        options=True,
+        nested_list="messages",
+        nested_fields=msg_fields(),
+        extra={
+            "format": FORMATS,
+            "tools": TOOLS,
+            "keep_alive": KEEP_ALIVES,
+            "role": ["system", "assistant", "tool", "bogus", ""],
+            "messages": [[], [{}], [{"role": "user"}], [{"role": "assistant", "content": "x"}]],
+        },
+    ),
+    Route(
+        "POST",
+        "/api/embed",
+        {"model": TINY, "input": "hi"},
+        ("model", "input", "truncate", "keep_alive", "dimensions"),
+        options=True,
+        extra={
+            "input": [[], [""], ["a", 1], [[1, 2]], "", ["x"] * 300],
+            "dimensions": [0, -1, 10**9, 3],
+            "keep_alive": KEEP_ALIVES,
+        },
+    ),
+    Route(
+        "POST",
+        "/api/embeddings",
+        {"model": TINY, "prompt": "hi"},
+        ("model", "prompt", "keep_alive"),
+        options=True,
+        extra={"keep_alive": KEEP_ALIVES, "prompt": ["", " "]},
+    ),
     Route("POST", "/api/show", {"model": TINY}, ("model", "verbose", "system", "template", "name")),
     Route("GET", "/api/tags", None),
     Route("GET", "/api/ps", None),
@@ -138,42 +313,154 @@ ROUTES = [
     Route("DELETE", "/api/delete", {"model": "fuzz-missing"}, ("model", "name")),
     Route("POST", "/api/pull", {"model": "bad:", "stream": False}, ("stream", "insecure"), ("model", "name")),
     Route("POST", "/api/push", {"model": "a//b", "stream": False}, ("stream", "insecure"), ("model", "name")),
-    Route("POST", "/api/create", {"model": "fuzz-created", "from": TINY, "system": "S", "stream": False},
-          ("model", "system", "template", "license", "parameters", "messages", "stream", "quantize", "files",
-           "adapters", "modelfile"), ("from",),
-          extra={"parameters": [{"temperature": Raw("NaN")}, {"stop": [1]}, {"bogus": 1}, {"num_ctx": -1}],
-                 "files": [{"a.gguf": "sha256:" + "0" * 64}, {"../x": "bad"}, {"": ""}],
-                 "quantize": ["q4_K_M", "q8_0", "bogus", "4bit"], "template": ["{{ .Prompt", "{{ end }}"],
-                 "license": [["a", 1], "MIT"]}),
-    Route("POST", "/v1/chat/completions", {"model": TINY, "messages": [{"role": "user", "content": "hi"}],
-                                           "max_tokens": MAX_TOKENS},
-          ("model", "messages", "stream", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
-           "stop", "frequency_penalty", "presence_penalty", "response_format", "tools", "tool_choice",
-           "stream_options", "n", "logprobs", "top_logprobs", "reasoning_effort", "reasoning"),
-          nested_list="messages", nested_fields=msg_fields(),
-          extra={"response_format": [{"type": "json_object"}, {"type": "json_schema"}, {"type": "bogus"},
-                                     {"type": "json_schema", "json_schema": {"schema": {"type": "bogus"}}}],
-                 "content": [[{"type": "text"}], [{"type": "image_url", "image_url": {"url": "data:x"}}],
-                             [{"type": "bogus"}], [{"type": "input_audio", "input_audio": {}}]],
-                 "tools": TOOLS, "stream_options": [{"include_usage": True}, {"include_usage": "x"}]}),
-    Route("POST", "/v1/completions", {"model": TINY, "prompt": "hi", "max_tokens": MAX_TOKENS},
-          ("model", "prompt", "stream", "max_tokens", "temperature", "top_p", "seed", "stop", "suffix", "echo",
-           "logprobs", "frequency_penalty", "presence_penalty", "stream_options", "n", "best_of")),
-    Route("POST", "/v1/embeddings", {"model": TINY, "input": "hi"},
-          ("model", "input", "encoding_format", "dimensions", "user"),
-          extra={"input": [[1, 2, 3], [[1, 2]], [], [""]], "encoding_format": ["base64", "float", "bogus"]}),
-    Route("POST", "/v1/messages", {"model": TINY, "max_tokens": MAX_TOKENS,
-                                   "messages": [{"role": "user", "content": "hi"}]},
-          ("model", "max_tokens", "messages", "system", "stream", "temperature", "top_p", "top_k", "stop_sequences",
-           "tools", "tool_choice", "thinking", "metadata"),
-          nested_list="messages", nested_fields=("role", "content"),
-          extra={"content": [[{"type": "text"}], [{"type": "image", "source": {}}], [{"type": "tool_result"}],
-                             [{"type": "bogus"}], [{"type": "text", "text": 1}]],
-                 "thinking": [{"type": "enabled"}, {"type": "enabled", "budget_tokens": -1}, {"type": "bogus"}],
-                 "system": [[{"type": "text", "text": "s"}], [{"type": "text"}], [1]]}),
+    Route(
+        "POST",
+        "/api/create",
+        {"model": "fuzz-created", "from": TINY, "system": "S", "stream": False},
+        (
+            "model",
+            "system",
+            "template",
+            "license",
+            "parameters",
+            "messages",
+            "stream",
+            "quantize",
+            "files",
+            "adapters",
+            "modelfile",
+        ),
+        ("from",),
+        extra={
+            "parameters": [{"temperature": Raw("NaN")}, {"stop": [1]}, {"bogus": 1}, {"num_ctx": -1}],
+            "files": [{"a.gguf": "sha256:" + "0" * 64}, {"../x": "bad"}, {"": ""}],
+            "quantize": ["q4_K_M", "q8_0", "bogus", "4bit"],
+            "template": ["{{ .Prompt", "{{ end }}"],
+            "license": [["a", 1], "MIT"],
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/chat/completions",
+        {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": MAX_TOKENS},
+        (
+            "model",
+            "messages",
+            "stream",
+            "max_tokens",
+            "max_completion_tokens",
+            "temperature",
+            "top_p",
+            "seed",
+            "stop",
+            "frequency_penalty",
+            "presence_penalty",
+            "response_format",
+            "tools",
+            "tool_choice",
+            "stream_options",
+            "n",
+            "logprobs",
+            "top_logprobs",
+            "reasoning_effort",
+            "reasoning",
+        ),
+        nested_list="messages",
+        nested_fields=msg_fields(),
+        extra={
+            "response_format": [
+                {"type": "json_object"},
+                {"type": "json_schema"},
+                {"type": "bogus"},
+                {"type": "json_schema", "json_schema": {"schema": {"type": "bogus"}}},
+            ],
+            "content": [
+                [{"type": "text"}],
+                [{"type": "image_url", "image_url": {"url": "data:x"}}],
+                [{"type": "bogus"}],
+                [{"type": "input_audio", "input_audio": {}}],
+            ],
+            "tools": TOOLS,
+            "stream_options": [{"include_usage": True}, {"include_usage": "x"}],
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/completions",
+        {"model": TINY, "prompt": "hi", "max_tokens": MAX_TOKENS},
+        (
+            "model",
+            "prompt",
+            "stream",
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "seed",
+            "stop",
+            "suffix",
+            "echo",
+            "logprobs",
+            "frequency_penalty",
+            "presence_penalty",
+            "stream_options",
+            "n",
+            "best_of",
+        ),
+    ),
+    Route(
+        "POST",
+        "/v1/embeddings",
+        {"model": TINY, "input": "hi"},
+        ("model", "input", "encoding_format", "dimensions", "user"),
+        extra={"input": [[1, 2, 3], [[1, 2]], [], [""]], "encoding_format": ["base64", "float", "bogus"]},
+    ),
+    Route(
+        "POST",
+        "/v1/messages",
+        {"model": TINY, "max_tokens": MAX_TOKENS, "messages": [{"role": "user", "content": "hi"}]},
+        (
+            "model",
+            "max_tokens",
+            "messages",
+            "system",
+            "stream",
+            "temperature",
+            "top_p",
+            "top_k",
+            "stop_sequences",
+            "tools",
+            "tool_choice",
+            "thinking",
+            "metadata",
+        ),
+        nested_list="messages",
+        nested_fields=("role", "content"),
+        extra={
+            "content": [
+                [{"type": "text"}],
+                [{"type": "image", "source": {}}],
+                [{"type": "tool_result"}],
+                [{"type": "bogus"}],
+                [{"type": "text", "text": 1}],
+            ],
+            "thinking": [{"type": "enabled"}, {"type": "enabled", "budget_tokens": -1}, {"type": "bogus"}],
+            "system": [[{"type": "text", "text": "s"}], [{"type": "text"}], [1]],
+        },
+    ),
 ]
-BLOB_DIGESTS = ["sha256:" + "0" * 64, "sha256-" + "1" * 64, "sha256:" + "g" * 64, "sha256:abc", "md5:" + "0" * 32,
-                "sha256:" + "A" * 64, "%00", "..%2F..%2Fetc", "sha256:" + "0" * 65, "x" * 3000, "%ED%A0%80"]
+BLOB_DIGESTS = [
+    "sha256:" + "0" * 64,
+    "sha256-" + "1" * 64,
+    "sha256:" + "g" * 64,
+    "sha256:abc",
+    "md5:" + "0" * 32,
+    "sha256:" + "A" * 64,
+    "%00",
+    "..%2F..%2Fetc",
+    "sha256:" + "0" * 65,
+    "x" * 3000,
+    "%ED%A0%80",
+]
 UNKNOWN_FIELDS = ["zzz_unknown", "__proto__", "Model", "MODEL", "model ", "\ud800", "", "options.num_predict"]
 
 
@@ -193,8 +480,12 @@ def json_cases(draw, route: Route):
             choices.append("name")
         if route.options:
             choices += ["option", "option"]
-        if route.nested_list and isinstance(body.get(route.nested_list), list) and body[route.nested_list] \
-                and isinstance(body[route.nested_list][0], dict):
+        if (
+            route.nested_list
+            and isinstance(body.get(route.nested_list), list)
+            and body[route.nested_list]
+            and isinstance(body[route.nested_list][0], dict)
+        ):
             choices.append("nested")
         kind = draw(st.sampled_from(choices))
         extra = route.extra or {}
@@ -251,9 +542,11 @@ def bound(route: Route, body: dict) -> dict:
 
 def route_cases(route: Route):
     if route.base is None:
-        return st.builds(lambda q, b: ("query", q, b), st.sampled_from(
-            ["", "?x=1", "?model=%ED%A0%80", "?" + "a" * 4000, "?%zz", "?stream=true&stream=false"]),
-            st.sampled_from([None, b"", b"{", b'{"model": NaN}']))
+        return st.builds(
+            lambda q, b: ("query", q, b),
+            st.sampled_from(["", "?x=1", "?model=%ED%A0%80", "?" + "a" * 4000, "?%zz", "?stream=true&stream=false"]),
+            st.sampled_from([None, b"", b"{", b'{"model": NaN}']),
+        )
     raw = RAW_BODIES.map(lambda content: ("body", content))
     shaped = json_cases(route).map(lambda body: ("body", to_json(body).encode()))
     return st.one_of(raw, shaped, shaped, shaped)
@@ -306,8 +599,15 @@ def show_body(content: bytes | None) -> str:
 
 VALID = {
     "/api/generate": ("POST", {"model": TINY, "prompt": "hi", "stream": False, "options": {"num_predict": 2}}),
-    "/api/chat": ("POST", {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "stream": False,
-                           "options": {"num_predict": 2}}),
+    "/api/chat": (
+        "POST",
+        {
+            "model": TINY,
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": False,
+            "options": {"num_predict": 2},
+        },
+    ),
     "/api/embed": ("POST", {"model": TINY, "input": "hi"}),
     "/api/embeddings": ("POST", {"model": TINY, "prompt": "hi"}),
     "/api/show": ("POST", {"model": TINY}),
@@ -316,8 +616,7 @@ VALID = {
     "/api/pull": ("POST", {"model": "bad:"}),  # the valid request we can make offline: a clean 400
     "/api/push": ("POST", {"model": ""}),
     "/api/create": ("POST", {"model": "fuzz-valid-created", "from": TINY, "system": "S", "stream": False}),
-    "/v1/chat/completions": ("POST", {"model": TINY, "messages": [{"role": "user", "content": "hi"}],
-                                      "max_tokens": 2}),
+    "/v1/chat/completions": ("POST", {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
     "/v1/completions": ("POST", {"model": TINY, "prompt": "hi", "max_tokens": 2}),
     "/v1/embeddings": ("POST", {"model": TINY, "input": "hi"}),
     "/v1/messages": ("POST", {"model": TINY, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}),
@@ -346,9 +645,14 @@ def http(server):
                 c.request("DELETE", "/api/delete", json={"model": m["name"]})
 
 
-FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                         phases=[Phase.explicit, Phase.generate],  # every finding is collected, none shrunk
-                         suppress_health_check=list(HealthCheck))
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],  # every finding is collected, none shrunk
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def test_invalid_names_really_are_invalid():
@@ -387,8 +691,11 @@ def test_fuzz_route(http, route: Route):
 
 
 @FUZZ_SETTINGS
-@given(digest=st.sampled_from(BLOB_DIGESTS), method=st.sampled_from(["HEAD", "POST"]),
-       body=st.sampled_from([b"", b"x", b"\x00" * 1024]))
+@given(
+    digest=st.sampled_from(BLOB_DIGESTS),
+    method=st.sampled_from(["HEAD", "POST"]),
+    body=st.sampled_from([b"", b"x", b"\x00" * 1024]),
+)
 def test_fuzz_blobs(http, digest, method, body):
     problem = probe(http, method, "/api/blobs/" + digest, body if method == "POST" else None)
     assert problem is None, f"{method} /api/blobs/{digest[:80]} body={body[:20]!r}: {problem}"

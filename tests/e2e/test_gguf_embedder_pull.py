@@ -23,8 +23,15 @@ TEXTS = ["Hello world, the cat sat on the mat.", "def print(x): return x", "æ—¥æ
 
 
 def _config(family: str) -> dict:
-    return {"model_format": "gguf", "model_family": family, "model_families": [family],
-            "model_type": "137K", "file_type": "F16", "architecture": "amd64", "os": "linux"}
+    return {
+        "model_format": "gguf",
+        "model_family": family,
+        "model_families": [family],
+        "model_type": "137K",
+        "file_type": "F16",
+        "architecture": "amd64",
+        "os": "linux",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +41,11 @@ def models(tmp_path_factory):
     (unigram vocabulary, GGUF arch bert, like bge-m3)."""
     root = tmp_path_factory.mktemp("embedders")
     out = {}
-    for name, arch, pooling in [("tiny-minilm", "bert", "cls"), ("tiny-nomic", "nomic_bert", "mean"),
-                                ("tiny-bge", "xlm-roberta", "cls")]:
+    for name, arch, pooling in [
+        ("tiny-minilm", "bert", "cls"),
+        ("tiny-nomic", "nomic_bert", "mean"),
+        ("tiny-bge", "xlm-roberta", "cls"),
+    ]:
         hf = build_encoder_checkpoint(root / name, arch, seed=7, pooling=pooling)
         gguf = write_encoder_gguf(hf, root / f"{name}.gguf", QT.F16, ollama_keys=True)
         convert_sentence_transformers(hf, root / f"{name}-ref")

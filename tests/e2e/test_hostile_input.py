@@ -20,8 +20,7 @@ def http(server):
 
 
 def post_raw(http, path: str, text: str) -> httpx.Response:
-    return http.post(path, content=text.encode("utf-8", "surrogatepass"),
-                     headers={"content-type": "application/json"})
+    return http.post(path, content=text.encode("utf-8", "surrogatepass"), headers={"content-type": "application/json"})
 
 
 def test_a_lone_surrogate_is_replaced_as_go_does(http):
@@ -30,8 +29,10 @@ def test_a_lone_surrogate_is_replaced_as_go_does(http):
     r = post_raw(http, "/api/generate", body)
     assert r.status_code == 200, r.text
     assert r.json()["done"] is True
-    chat = ('{"model": "%s", "stream": false, "options": {"num_predict": 2}, '
-            '"messages": [{"role": "user", "content": "\\udfff"}]}' % TINY)
+    chat = (
+        '{"model": "%s", "stream": false, "options": {"num_predict": 2}, '
+        '"messages": [{"role": "user", "content": "\\udfff"}]}' % TINY
+    )
     assert post_raw(http, "/api/chat", chat).status_code == 200
 
 
@@ -41,8 +42,9 @@ def test_invalid_utf8_bytes_are_replaced_as_go_does(http):
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/api/embed", "/api/show", "/v1/chat/completions",
-                                  "/v1/messages"])
+@pytest.mark.parametrize(
+    "path", ["/api/generate", "/api/chat", "/api/embed", "/api/show", "/v1/chat/completions", "/v1/messages"]
+)
 def test_deep_nesting_is_a_400(http, path):
     body = '{"model": "%s", "x": %s1%s}' % (TINY, "[" * 20000, "]" * 20000)
     r = post_raw(http, path, body)
@@ -61,8 +63,10 @@ def test_non_finite_numbers_are_a_400(http, literal):
 def test_an_oversized_json_body_is_refused_before_it_is_read(server):
     parts = urlsplit(server.url)
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as s:
-        s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n{\"model\":" % (1 << 40))
+        s.sendall(
+            b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: %d\r\n\r\n{"model":' % (1 << 40)
+        )
         reply = s.recv(4096).decode("latin-1")
     assert reply.startswith("HTTP/1.1 413"), reply
 
@@ -92,10 +96,13 @@ def test_an_abandoned_blob_upload_leaves_no_temp_file(server, models_dir):
     assert httpx.head(f"{server.url}/api/blobs/{digest}").status_code == 404
 
 
-@pytest.mark.parametrize("template, text", [
-    ("{{ .Prompt.upper }}", "can't evaluate field upper"),
-    ("{{ range 4000 }}{{ range 4000 }}{{ range 4000 }}x{{ end }}{{ end }}{{ end }}", "exceeded its limit"),
-])
+@pytest.mark.parametrize(
+    "template, text",
+    [
+        ("{{ .Prompt.upper }}", "can't evaluate field upper"),
+        ("{{ range 4000 }}{{ range 4000 }}{{ range 4000 }}x{{ end }}{{ end }}{{ end }}", "exceeded its limit"),
+    ],
+)
 def test_a_hostile_request_template_is_a_400_and_the_server_keeps_answering(http, template, text):
     r = http.post("/api/generate", json={"model": TINY, "prompt": "hi", "template": template, "stream": False})
     assert r.status_code == 400, r.text
@@ -118,8 +125,10 @@ def test_empty_strings_embed_without_internals(http):
 
 
 def test_anthropic_text_of_another_type_is_a_400(http):
-    r = http.post("/v1/messages", json={"model": TINY, "max_tokens": 2,
-                                        "messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]})
+    r = http.post(
+        "/v1/messages",
+        json={"model": TINY, "max_tokens": 2, "messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
+    )
     assert r.status_code == 400, r.text
     assert "cannot unmarshal number" in r.text
 
@@ -133,8 +142,10 @@ def test_a_lone_surrogate_inside_deep_nesting_is_fine(http):
 def test_an_unreachable_registry_is_reported_without_python_internals(http):
     from ..support.liveserver import free_port
 
-    r = http.post("/api/pull", json={"model": f"127.0.0.1:{free_port()}/library/nothing:latest",
-                                     "insecure": True, "stream": False})
+    r = http.post(
+        "/api/pull",
+        json={"model": f"127.0.0.1:{free_port()}/library/nothing:latest", "insecure": True, "stream": False},
+    )
     assert r.status_code == 500, r.text
     error = r.json()["error"]
     assert error.startswith('pull model manifest: Get "http://127.0.0.1:'), error

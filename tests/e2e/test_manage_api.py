@@ -28,10 +28,14 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("manage")
-    srv = LiveServer(root / "models", root / "server.log", env={
-        "OLLAMA_MODELS": str(root / "no-ollama-store"),
-        "MLXOLLAMA_REGISTRY": "http://127.0.0.1:9",  # nothing listens: no test reaches a real registry
-    })
+    srv = LiveServer(
+        root / "models",
+        root / "server.log",
+        env={
+            "OLLAMA_MODELS": str(root / "no-ollama-store"),
+            "MLXOLLAMA_REGISTRY": "http://127.0.0.1:9",  # nothing listens: no test reaches a real registry
+        },
+    )
     yield srv
     srv.stop()
 
@@ -63,8 +67,10 @@ def upload(http, path: Path) -> str:
 
 
 def generate(http, model: str) -> dict:
-    r = http.post("/api/generate", json={"model": model, "prompt": "hello", "stream": False,
-                                          "options": {"num_predict": 3, "temperature": 0}})
+    r = http.post(
+        "/api/generate",
+        json={"model": model, "prompt": "hello", "stream": False, "options": {"num_predict": 3, "temperature": 0}},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["done"] is True and body["eval_count"] > 0
@@ -75,8 +81,15 @@ def generate(http, model: str) -> dict:
 def base(http, files) -> str:
     """`base`: the F16 GGUF created through /api/create with params and a system prompt."""
     digest = upload(http, files.f16)
-    r = http.post("/api/create", json={"model": "base", "files": {"tiny-F16.gguf": digest},
-                                       "system": "Be brief.", "parameters": {"temperature": 0.5, "stop": ["###"]}})
+    r = http.post(
+        "/api/create",
+        json={
+            "model": "base",
+            "files": {"tiny-F16.gguf": digest},
+            "system": "Be brief.",
+            "parameters": {"temperature": 0.5, "stop": ["###"]},
+        },
+    )
     lines = ndjson(r)
     assert lines[-1] == {"status": "success"}
     return "base:latest"
@@ -136,13 +149,23 @@ def test_create_from_gguf_file_progress_show_and_generate(http, store, base):
 
 def test_create_progress_lines(http, files):
     digest = upload(http, files.q8)
-    lines = ndjson(http.post("/api/create", json={"model": "progress-check", "files": {"m.gguf": digest},
-                                                  "template": "{{ .Prompt }}", "license": ["L1", "L2"]}))
+    lines = ndjson(
+        http.post(
+            "/api/create",
+            json={
+                "model": "progress-check",
+                "files": {"m.gguf": digest},
+                "template": "{{ .Prompt }}",
+                "license": ["L1", "L2"],
+            },
+        )
+    )
     statuses = [l["status"] for l in lines]
     assert statuses[:2] == ["parsing GGUF", "converting to mlx"]
     layer_lines = statuses[2:-2]
-    assert len(layer_lines) >= 6 and all(re.fullmatch(r"(creating new|using existing) layer sha256:[0-9a-f]{64}", s)
-                                         for s in layer_lines)
+    assert len(layer_lines) >= 6 and all(
+        re.fullmatch(r"(creating new|using existing) layer sha256:[0-9a-f]{64}", s) for s in layer_lines
+    )
     assert sum(s.startswith("creating new") for s in layer_lines) >= 4  # weights, config, template, licenses
     assert statuses[-2:] == ["writing manifest", "success"]
     # the template and license texts are layers of their own
@@ -151,17 +174,35 @@ def test_create_progress_lines(http, files):
     assert show["details"]["quantization_level"] == "Q8_0"
 
     # The same GGUF again: its earlier conversion is reused, nothing is converted or written anew.
-    lines = ndjson(http.post("/api/create", json={"model": "progress-again", "files": {"m.gguf": digest},
-                                                  "template": "{{ .Prompt }}", "license": ["L1", "L2"]}))
+    lines = ndjson(
+        http.post(
+            "/api/create",
+            json={
+                "model": "progress-again",
+                "files": {"m.gguf": digest},
+                "template": "{{ .Prompt }}",
+                "license": ["L1", "L2"],
+            },
+        )
+    )
     statuses = [l["status"] for l in lines]
     assert statuses[0] == "parsing GGUF" and "converting to mlx" not in statuses
     assert all(s.startswith("using existing layer") for s in statuses[1:-2])
 
 
 def test_create_from_existing_model(http, store, base):
-    lines = ndjson(http.post("/api/create", json={
-        "model": "derived", "from": "base", "system": "Be verbose.", "parameters": {"stop": ["<|im_end|>"]},
-        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}))
+    lines = ndjson(
+        http.post(
+            "/api/create",
+            json={
+                "model": "derived",
+                "from": "base",
+                "system": "Be verbose.",
+                "parameters": {"stop": ["<|im_end|>"]},
+                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+            },
+        )
+    )
     statuses = [l["status"] for l in lines]
     base_layers = store.get_manifest(base).manifest.layers
     reused = [s for s in statuses if s.startswith("using existing layer")]
@@ -175,8 +216,9 @@ def test_create_from_existing_model(http, store, base):
     assert len(derived.layers_by_type(media.SYSTEM)) == 1
     assert derived.read_layer_json(media.MESSAGES)[1] == {"role": "assistant", "content": "hello"}
     # weights are shared, not copied
-    assert {l.digest for l in derived.manifest.layers if l.media_type == media.MLX_WEIGHTS} == \
-           {l.digest for l in base_layers if l.media_type == media.MLX_WEIGHTS}
+    assert {l.digest for l in derived.manifest.layers if l.media_type == media.MLX_WEIGHTS} == {
+        l.digest for l in base_layers if l.media_type == media.MLX_WEIGHTS
+    }
 
 
 def test_create_quantizes_an_f16_model(http, store, base):
@@ -206,20 +248,29 @@ def test_quantize_errors(http, files, base):
     assert http.post("/api/show", json={"model": "nine"}).status_code == 404
 
 
-@pytest.mark.parametrize("body,status,error", [
-    ({"model": "x"}, 400, "neither 'from' or 'files' was specified"),
-    ({"model": "x", "files": {"../escape.gguf": ZERO_DIGEST}}, 400, "file path must be relative"),
-    ({"model": "x", "files": {"/abs.gguf": ZERO_DIGEST}}, 400, "file path must be relative"),
-    ({"model": "x", "files": {"a.gguf": ""}}, 400, "invalid digest format"),
-    ({"model": "x", "files": {"a.gguf": "sha256:123"}}, 400, "invalid digest format"),
-    ({"model": "", "from": "base"}, 400, "invalid model name"),
-    ({"model": "x", "from": "base", "template": "{{ nope }}"}, 400,
-     'template error: template: :1: function "nope" not defined'),
-    ({"model": "x", "files": {"a.gguf": ZERO_DIGEST}}, 400, f"blob not found for a.gguf (digest {ZERO_DIGEST})"),
-    ({"model": "x", "modelfile": "FROM base\nBOGUS x\n"}, 400,
-     '(line 2): command must be one of "from", "license", "template", "system", "adapter", "draft", '
-     '"renderer", "parser", "parameter", "message", or "requires"'),
-])
+@pytest.mark.parametrize(
+    "body,status,error",
+    [
+        ({"model": "x"}, 400, "neither 'from' or 'files' was specified"),
+        ({"model": "x", "files": {"../escape.gguf": ZERO_DIGEST}}, 400, "file path must be relative"),
+        ({"model": "x", "files": {"/abs.gguf": ZERO_DIGEST}}, 400, "file path must be relative"),
+        ({"model": "x", "files": {"a.gguf": ""}}, 400, "invalid digest format"),
+        ({"model": "x", "files": {"a.gguf": "sha256:123"}}, 400, "invalid digest format"),
+        ({"model": "", "from": "base"}, 400, "invalid model name"),
+        (
+            {"model": "x", "from": "base", "template": "{{ nope }}"},
+            400,
+            'template error: template: :1: function "nope" not defined',
+        ),
+        ({"model": "x", "files": {"a.gguf": ZERO_DIGEST}}, 400, f"blob not found for a.gguf (digest {ZERO_DIGEST})"),
+        (
+            {"model": "x", "modelfile": "FROM base\nBOGUS x\n"},
+            400,
+            '(line 2): command must be one of "from", "license", "template", "system", "adapter", "draft", '
+            '"renderer", "parser", "parameter", "message", or "requires"',
+        ),
+    ],
+)
 def test_create_errors(http, base, body, status, error):
     for stream in (True, False):
         r = http.post("/api/create", json={**body, "stream": stream})
@@ -227,9 +278,11 @@ def test_create_errors(http, base, body, status, error):
 
 
 def test_create_from_legacy_modelfile(http, store, base):
-    modelfile = ('FROM base\nSYSTEM """You are\nMario."""\nPARAMETER temperature 0.25\nPARAMETER stop A\n'
-                 "PARAMETER stop B\nMESSAGE user q\nMESSAGE assistant a\nLICENSE MIT\n"
-                 'TEMPLATE "{{ if .System }}{{ .System }} {{ end }}{{ .Prompt }}"\n')
+    modelfile = (
+        'FROM base\nSYSTEM """You are\nMario."""\nPARAMETER temperature 0.25\nPARAMETER stop A\n'
+        "PARAMETER stop B\nMESSAGE user q\nMESSAGE assistant a\nLICENSE MIT\n"
+        'TEMPLATE "{{ if .System }}{{ .System }} {{ end }}{{ .Prompt }}"\n'
+    )
     r = http.post("/api/create", json={"name": "legacy", "modelfile": modelfile, "stream": False})
     assert (r.status_code, r.json()) == (200, {"status": "success"})
     show = http.post("/api/show", json={"model": "legacy"}).json()
@@ -300,8 +353,12 @@ def test_copy(http, store, base):
 
 def test_delete_unloads_and_collects_blobs(http, store, files):
     digest = upload(http, files.f16)
-    assert ndjson(http.post("/api/create", json={"model": "doomed", "files": {"a.gguf": digest},
-                                                 "system": "only mine"}))[-1]["status"] == "success"
+    assert (
+        ndjson(http.post("/api/create", json={"model": "doomed", "files": {"a.gguf": digest}, "system": "only mine"}))[
+            -1
+        ]["status"]
+        == "success"
+    )
     assert http.post("/api/copy", json={"source": "doomed", "destination": "doomed-twin"}).status_code == 200
     generate(http, "doomed")
     assert "doomed:latest" in [m["name"] for m in http.get("/api/ps").json()["models"]]
@@ -337,14 +394,23 @@ def test_official_client_blob_create_copy_delete(server, files):
     digest = client.create_blob(files.f16)
     assert HEX64.match(digest)
     assert client.create_blob(files.f16) == digest  # already there: 200
-    progress = list(client.create(model="client-made", files={"model.gguf": digest}, system="Hi there.",
-                                  parameters={"temperature": 0.1}, stream=True))
+    progress = list(
+        client.create(
+            model="client-made",
+            files={"model.gguf": digest},
+            system="Hi there.",
+            parameters={"temperature": 0.1},
+            stream=True,
+        )
+    )
     assert progress[0].status == "parsing GGUF" and progress[-1].status == "success"
     assert client.create(model="client-made2", from_="client-made", system="Other.").status == "success"
     assert "\nSYSTEM Other.\n" in client.show("client-made2").modelfile  # quoted only when needed, as Ollama
     assert client.generate(model="client-made", prompt="hi", options={"num_predict": 2}).done
     assert client.copy("client-made", "client-copy").status == "success"
-    assert {"client-made:latest", "client-made2:latest", "client-copy:latest"} <= {m.model for m in client.list().models}
+    assert {"client-made:latest", "client-made2:latest", "client-copy:latest"} <= {
+        m.model for m in client.list().models
+    }
     assert client.delete("client-copy").status == "success"
     with pytest.raises(ollama.ResponseError) as e:
         client.delete("client-copy")
@@ -366,7 +432,10 @@ def test_convert_path_gguf_checkpoint_and_errors(files, tmp_path):
     statuses = [e["status"] for e in events]
     assert statuses[:3] == ["parsing GGUF", "converting to mlx", "quantizing F16 model to MXFP4"]
     assert json.loads(stored.read_named_text("config.json"))["quantization"] == {
-        "group_size": 32, "bits": 4, "mode": "mxfp4"}
+        "group_size": 32,
+        "bits": 4,
+        "mode": "mxfp4",
+    }
     assert stored.read_config()["file_type"] == "MXFP4"
 
     stored = convert_path(files.hf, "conv-hf", store=store)

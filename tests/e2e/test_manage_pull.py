@@ -22,7 +22,7 @@ from ..support.fakehub import FakeHub
 from ..support.fakeregistry import FakeRegistry
 from ..support.ggufwriter import write_gguf
 from ..support.liveserver import LiveServer
-from ..support.tinygguf import OLLAMA_CONFIG, TEMPLATE, PARAMS, LICENSE, MODEL, snapshot_tree, write_ollama_store
+from ..support.tinygguf import LICENSE, MODEL, OLLAMA_CONFIG, PARAMS, TEMPLATE, snapshot_tree, write_ollama_store
 from ..support.tinyhf import build_hf_checkpoint
 
 GO_TEMPLATE = "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
@@ -56,10 +56,17 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def registry(weights):
     reg = FakeRegistry(require_token=True, redirect_blobs=True)
-    reg.add_model("library/tiny", "latest", [
-        (MODEL, weights.gguf(0, QT.Q8_0)), (TEMPLATE, GO_TEMPLATE.encode()),
-        (LICENSE, b"tiny license"), (PARAMS, b'{"stop":["<|im_end|>"],"temperature":0.2}'),
-    ], OLLAMA_CONFIG)
+    reg.add_model(
+        "library/tiny",
+        "latest",
+        [
+            (MODEL, weights.gguf(0, QT.Q8_0)),
+            (TEMPLATE, GO_TEMPLATE.encode()),
+            (LICENSE, b"tiny license"),
+            (PARAMS, b'{"stop":["<|im_end|>"],"temperature":0.2}'),
+        ],
+        OLLAMA_CONFIG,
+    )
     yield reg
     reg.close()
 
@@ -83,11 +90,18 @@ def ollama_store(tmp_path_factory, weights):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, registry, hub, ollama_store):
     root = tmp_path_factory.mktemp("pullsrv")
-    srv = LiveServer(root / "models", root / "server.log", env={
-        "MLXOLLAMA_REGISTRY": registry.url, "OLLAMA_MODELS": str(ollama_store),
-        "HF_ENDPOINT": hub.url, "HF_HOME": str(root / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
-        "OLLAMA_NOPRUNE": "",  # replaced layers are pruned, as by default
-    })
+    srv = LiveServer(
+        root / "models",
+        root / "server.log",
+        env={
+            "MLXOLLAMA_REGISTRY": registry.url,
+            "OLLAMA_MODELS": str(ollama_store),
+            "HF_ENDPOINT": hub.url,
+            "HF_HOME": str(root / "hf-home"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "OLLAMA_NOPRUNE": "",  # replaced layers are pruned, as by default
+        },
+    )
     yield srv
     srv.stop()
 
@@ -119,8 +133,9 @@ def blob_gets(registry: FakeRegistry, digest: str) -> list:
 
 
 def generate(http, model: str) -> None:
-    r = http.post("/api/generate", json={"model": model, "prompt": "hi", "stream": False,
-                                          "options": {"num_predict": 2}})
+    r = http.post(
+        "/api/generate", json={"model": model, "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+    )
     assert r.status_code == 200 and r.json()["done"], r.text
 
 
@@ -135,8 +150,12 @@ def test_pull_progress_auth_redirects_and_conversion(http, store, registry):
     manifest = json.loads(registry.manifests[("library/tiny", "latest")])
     lines = pull(http, "tiny")
     assert lines[0] == {"status": "pulling manifest"}
-    assert [l["status"] for l in lines[-4:]] == ["verifying sha256 digest", "converting to mlx",
-                                                 "writing manifest", "success"]
+    assert [l["status"] for l in lines[-4:]] == [
+        "verifying sha256 digest",
+        "converting to mlx",
+        "writing manifest",
+        "success",
+    ]
     progress = lines[1:-4]
     # layers in manifest order, then the config; `completed` omitted until bytes arrive
     order = []
@@ -201,8 +220,10 @@ def test_repull_of_a_changed_model_removes_unused_layers(http, store, registry, 
 
 
 def test_pull_errors(http, registry, store):
-    assert pull(http, "nothing-here") == [{"status": "pulling manifest"},
-                                          {"error": "pull model manifest: file does not exist"}]
+    assert pull(http, "nothing-here") == [
+        {"status": "pulling manifest"},
+        {"error": "pull model manifest: file does not exist"},
+    ]
     r = http.post("/api/pull", json={"model": "nothing-here", "stream": False})
     assert (r.status_code, r.json()) == (500, {"error": "pull model manifest: file does not exist"})
     for bad in ("", "bad:", "a//b"):
@@ -295,8 +316,10 @@ def test_concurrent_pulls_share_one_download(http, server, store, registry, weig
             results[key] = lines_of(c.post("/api/pull", json={"model": name}))
 
     try:
-        threads = [threading.Thread(target=run, args=(k, n)) for k, n in
-                   (("a", "twin"), ("b", "twin"), ("c", "twin:other-tag"))]
+        threads = [
+            threading.Thread(target=run, args=(k, n))
+            for k, n in (("a", "twin"), ("b", "twin"), ("c", "twin:other-tag"))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -357,8 +380,10 @@ def test_push_then_pull_into_a_fresh_store(http, store, registry, tmp_path):
             copy = Store(tmp_path / "fresh").get_manifest(target)
             assert copy.raw == stored.raw  # byte for byte: same /api/tags digest
             for layer in copy.manifest.all_layers():
-                assert Store(tmp_path / "fresh").blob_path(layer.digest).read_bytes() == \
-                       store.blob_path(layer.digest).read_bytes()
+                assert (
+                    Store(tmp_path / "fresh").blob_path(layer.digest).read_bytes()
+                    == store.blob_path(layer.digest).read_bytes()
+                )
             generate(c, target)
     finally:
         fresh.stop()
@@ -366,7 +391,9 @@ def test_push_then_pull_into_a_fresh_store(http, store, registry, tmp_path):
 
 def test_push_errors(http):
     assert lines_of(http.post("/api/push", json={"model": "127.0.0.1:9/me/none", "insecure": True}))[:2] == [
-        {"status": "retrieving manifest"}, {"status": "couldn't retrieve manifest"}]
+        {"status": "retrieving manifest"},
+        {"status": "couldn't retrieve manifest"},
+    ]
     r = http.post("/api/push", json={"model": ""})
     assert (r.status_code, r.json()) == (400, {"error": "model is required"})
 
@@ -413,8 +440,12 @@ def test_hf_gguf_repo(http, store, hub, weights):
     progress = [l for l in lines if "digest" in l]
     assert progress and all(l == {**l, "status": f"pulling {d[7:19]}", "digest": d, "total": len(q8)} for l in progress)
     assert progress[-1]["completed"] == len(q8)
-    assert [l["status"] for l in lines[-4:]] == ["verifying sha256 digest", "converting to mlx",
-                                                 "writing manifest", "success"]
+    assert [l["status"] for l in lines[-4:]] == [
+        "verifying sha256 digest",
+        "converting to mlx",
+        "writing manifest",
+        "success",
+    ]
     tags = {m["name"]: m for m in http.get("/api/tags").json()["models"]}
     assert tags["hf.co/org/Tiny-GGUF:q8_0"]["details"]["quantization_level"] == "Q8_0"
     generate(http, "hf.co/org/Tiny-GGUF:q8_0")
@@ -436,7 +467,9 @@ def test_hf_digest_mismatch(http, hub, store, weights):
     hub.add_repo("org/bad-GGUF", {"m.gguf": data})
     hub.lfs_sha_override[("org/bad-GGUF", "m.gguf")] = "0" * 64
     lines = pull(http, "hf.co/org/bad-GGUF")
-    assert lines[-1] == {"error": f"digest mismatch, file must be downloaded again: want sha256:{'0' * 64}, got {sha(data)}"}
+    assert lines[-1] == {
+        "error": f"digest mismatch, file must be downloaded again: want sha256:{'0' * 64}, got {sha(data)}"
+    }
     assert store.get_manifest("hf.co/org/bad-GGUF") is None
 
 
@@ -449,7 +482,10 @@ def test_hf_safetensors_repo_is_converted_and_quantized(http, store, hub, weight
     assert statuses[-2:] == ["writing manifest", "success"]
     total = sum(len(p.read_bytes()) for p in weights.hf[0].iterdir() if p.is_file())
     assert [l for l in lines if l["status"] == "pulling model"][-1] == {
-        "status": "pulling model", "total": total, "completed": total}
+        "status": "pulling model",
+        "total": total,
+        "completed": total,
+    }
     stored = store.get_manifest("hf.co/org/tiny-hf")
     assert "README.md" not in {l.name for l in stored.manifest.layers}
     details = http.post("/api/show", json={"model": "hf.co/org/tiny-hf"}).json()["details"]
@@ -475,8 +511,10 @@ def test_hf_mlx_repo_is_stored_as_is(http, store, hub, tmp_path, weights):
     by_name = {l.name: l.digest for l in stored.manifest.layers if l.name}
     for p in mlx_dir.glob("*.safetensors"):
         assert by_name[p.name] == sha(p.read_bytes())  # the repo's weights, byte for byte
-    assert http.post("/api/show", json={"model": "hf.co/mlx-community/tiny-4bit"}).json()[
-        "details"]["quantization_level"] == "4bit"
+    assert (
+        http.post("/api/show", json={"model": "hf.co/mlx-community/tiny-4bit"}).json()["details"]["quantization_level"]
+        == "4bit"
+    )
     lines = pull(http, "hf.co/mlx-community/tiny-4bit:8bit")
     assert lines[-1] == {"error": "quantization is only supported for F16, BF16 and F32 models"}
     generate(http, "hf.co/mlx-community/tiny-4bit")

@@ -42,8 +42,9 @@ def test_greedy_output_is_deterministic(client, smollm):
 
 
 def test_num_predict_caps_eval_count(client, smollm):
-    r = client.generate(model=smollm, prompt="Write a long poem about the sea.",
-                        options={"temperature": 0, "num_predict": 4})
+    r = client.generate(
+        model=smollm, prompt="Write a long poem about the sea.", options={"temperature": 0, "num_predict": 4}
+    )
     assert r.eval_count == 4 and r.done_reason == "length"
 
 
@@ -60,13 +61,20 @@ def test_stop_strings(client, smollm):
 
 
 def test_streaming_chat(client, smollm):
-    parts = list(client.chat(model=smollm, messages=[{"role": "user", "content": "Say hello."}],
-                             options={"temperature": 0, "num_predict": 6}, stream=True))
+    parts = list(
+        client.chat(
+            model=smollm,
+            messages=[{"role": "user", "content": "Say hello."}],
+            options={"temperature": 0, "num_predict": 6},
+            stream=True,
+        )
+    )
     assert parts[-1].done and parts[-1].done_reason in ("stop", "length")
     assert all(not p.done for p in parts[:-1])
     text = "".join(p.message.content for p in parts)
-    whole = client.chat(model=smollm, messages=[{"role": "user", "content": "Say hello."}],
-                        options={"temperature": 0, "num_predict": 6})
+    whole = client.chat(
+        model=smollm, messages=[{"role": "user", "content": "Say hello."}], options={"temperature": 0, "num_predict": 6}
+    )
     assert text == whole.message.content
 
 

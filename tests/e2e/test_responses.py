@@ -27,8 +27,12 @@ from ..support.scriptedmodel import (
 )
 
 # The Responses API declares tools flat: name, description and parameters at the top.
-WEATHER = {"type": "function", "name": "get_weather", "description": WEATHER_TOOL["function"]["description"],
-           "parameters": WEATHER_TOOL["function"]["parameters"]}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": WEATHER_TOOL["function"]["description"],
+    "parameters": WEATHER_TOOL["function"]["parameters"],
+}
 WEATHER_Q = "What is the weather in Paris?"
 
 
@@ -62,14 +66,15 @@ def sse(resp) -> list[tuple[str, dict]]:
     for block in resp.text.split("\n\n")[:-1]:
         name, data = block.split("\n")
         assert name.startswith("event: ") and data.startswith("data: "), block
-        payload = json.loads(data[len("data: "):])
-        assert payload["type"] == name[len("event: "):]
+        payload = json.loads(data[len("data: ") :])
+        assert payload["type"] == name[len("event: ") :]
         out.append((payload["type"], payload))
     assert [p["sequence_number"] for _, p in out] == list(range(len(out)))
     return out
 
 
 # --- text ------------------------------------------------------------------------------------
+
 
 def test_text_response_object(client, scripted):
     r = client.responses.create(model="scripted-tools", input="Hi", instructions="Be brief.")
@@ -85,25 +90,38 @@ def test_text_response_object(client, scripted):
 
 
 def test_input_items_and_message_shorthand(client, scripted):
-    r = client.responses.create(model="scripted-tools", input=[
-        {"role": "developer", "content": "Be brief."},
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
-    ])
+    r = client.responses.create(
+        model="scripted-tools",
+        input=[
+            {"role": "developer", "content": "Be brief."},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+        ],
+    )
     assert r.output_text == REPLY
 
 
 def test_stream_event_sequence(http, scripted):
     events = sse(http.post("/v1/responses", json={"model": "scripted-tools", "input": "Hi", "stream": True}))
     names = [n for n, _ in events]
-    assert names[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                         "response.content_part.added"]
-    assert names[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                          "response.completed"]
+    assert names[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert names[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert set(names[4:-4]) == {"response.output_text.delta"}
     data = dict(events)
     item_id = data["response.output_item.added"]["item"]["id"]
     assert "".join(p["delta"] for n, p in events if n == "response.output_text.delta") == REPLY
-    assert data["response.output_text.done"]["text"] == REPLY and data["response.output_text.done"]["item_id"] == item_id
+    assert (
+        data["response.output_text.done"]["text"] == REPLY and data["response.output_text.done"]["item_id"] == item_id
+    )
     done = data["response.completed"]["response"]
     assert done["status"] == "completed" and done["id"] == data["response.created"]["response"]["id"]
     assert done["output"] == [data["response.output_item.done"]["item"]]
@@ -118,13 +136,15 @@ def test_sdk_stream_matches_non_stream(client, scripted):
 
 
 def test_max_output_tokens_and_sampling_fields(client):
-    r = client.responses.create(model="tiny", input="Why is the sky blue?", max_output_tokens=3, temperature=0,
-                                top_p=0.5)
+    r = client.responses.create(
+        model="tiny", input="Why is the sky blue?", max_output_tokens=3, temperature=0, top_p=0.5
+    )
     assert r.usage.output_tokens == 3 and r.max_output_tokens == 3
     assert r.temperature == 0 and r.top_p == 0.5
 
 
 # --- tools -----------------------------------------------------------------------------------
+
 
 def test_function_call_round_trip(request, server, client, scripted):
     needs_native(request, server, "tools")
@@ -134,22 +154,35 @@ def test_function_call_round_trip(request, server, client, scripted):
     assert json.loads(call.arguments) == WEATHER_ARGS
     assert first.tools[0].name == "get_weather"
     # Stateless: the client sends the call and its output back as input items.
-    second = client.responses.create(model="scripted-tools", tools=[WEATHER], input=[
-        {"role": "user", "content": WEATHER_Q},
-        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
-        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 24 degrees"},
-    ])
+    second = client.responses.create(
+        model="scripted-tools",
+        tools=[WEATHER],
+        input=[
+            {"role": "user", "content": WEATHER_Q},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 24 degrees"},
+        ],
+    )
     assert second.output_text == TOOL_ANSWER and second.output[0].type == "message"
 
 
 def test_function_call_streamed(request, server, http, scripted):
     needs_native(request, server, "tools")
-    events = sse(http.post("/v1/responses", json={"model": "scripted-tools", "input": WEATHER_Q, "tools": [WEATHER],
-                                                  "stream": True}))
+    events = sse(
+        http.post(
+            "/v1/responses", json={"model": "scripted-tools", "input": WEATHER_Q, "tools": [WEATHER], "stream": True}
+        )
+    )
     names = [n for n, _ in events]
-    assert names == ["response.created", "response.in_progress", "response.output_item.added",
-                     "response.function_call_arguments.delta", "response.function_call_arguments.done",
-                     "response.output_item.done", "response.completed"]
+    assert names == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     data = dict(events)
     added = data["response.output_item.added"]["item"]
     assert added["type"] == "function_call" and added["status"] == "in_progress" and added["arguments"] == ""
@@ -161,14 +194,18 @@ def test_function_call_streamed(request, server, http, scripted):
 
 def test_namespace_tools_are_flattened(request, server, client, scripted):
     needs_native(request, server, "tools")
-    r = client.responses.create(model="scripted-tools", input=WEATHER_Q, tools=[
-        {"type": "namespace", "name": "weather", "tools": [{**WEATHER, "name": "get_weather"}]}])
+    r = client.responses.create(
+        model="scripted-tools",
+        input=WEATHER_Q,
+        tools=[{"type": "namespace", "name": "weather", "tools": [{**WEATHER, "name": "get_weather"}]}],
+    )
     # The scripted model calls `get_weather`; the declared tool is `weather.get_weather`, which the
     # template lists. The call is still parsed (models may omit the namespace).
     assert r.output[0].type == "function_call"
 
 
 # --- reasoning and text.format -----------------------------------------------------------------
+
 
 def test_reasoning_effort_maps_to_think(request, server, client, http, scripted):
     needs_native(request, server, "thinking")
@@ -186,45 +223,90 @@ def test_reasoning_effort_maps_to_think(request, server, client, http, scripted)
     final = dict(events)["response.completed"]["response"]["output"]
     assert [o["type"] for o in final] == ["reasoning", "message"]
     # The reasoning item goes back as input and the conversation continues.
-    again = client.responses.create(model="scripted-think", input=[
-        {"role": "user", "content": "Hello"}, final[0],
-        {"role": "assistant", "content": [{"type": "output_text", "text": THOUGHTFUL_ANSWER}]},
-        {"role": "user", "content": "Hello again"}], reasoning={"effort": "none"})
+    again = client.responses.create(
+        model="scripted-think",
+        input=[
+            {"role": "user", "content": "Hello"},
+            final[0],
+            {"role": "assistant", "content": [{"type": "output_text", "text": THOUGHTFUL_ANSWER}]},
+            {"role": "user", "content": "Hello again"},
+        ],
+        reasoning={"effort": "none"},
+    )
     assert again.output_text == THOUGHTFUL_ANSWER
 
 
 def test_text_format_json_schema(request, server, client, scripted):
     needs_native(request, server, "format")
-    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
-              "required": ["answer"]}
-    r = client.responses.create(model="scripted-json", input="Answer in JSON.",
-                                text={"format": {"type": "json_schema", "name": "reply", "schema": schema}})
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+        "required": ["answer"],
+    }
+    r = client.responses.create(
+        model="scripted-json",
+        input="Answer in JSON.",
+        text={"format": {"type": "json_schema", "name": "reply", "schema": schema}},
+    )
     assert r.output_text == JSON_ANSWER and r.text.format.type == "json_schema"
     # A schema the script does not fit: the answer is forced into it, so the format really applies.
     other = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-    r = client.responses.create(model="scripted-json", input="Answer in JSON.", temperature=0, max_output_tokens=40,
-                                text={"format": {"type": "json_schema", "name": "n", "schema": other}})
+    r = client.responses.create(
+        model="scripted-json",
+        input="Answer in JSON.",
+        temperature=0,
+        max_output_tokens=40,
+        text={"format": {"type": "json_schema", "name": "n", "schema": other}},
+    )
     assert isinstance(json.loads(r.output_text)["n"], int)
 
 
 # --- errors ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body,status,kind,message", [
-    ({"input": "hi"}, 400, "invalid_request_error", "model is required"),
-    ({"model": "nope", "input": "hi"}, 404, "not_found_error", "model 'nope' not found"),
-    ({"model": "tiny", "input": [{"type": "bogus"}]}, 400, "invalid_request_error",
-     'input[0]: unknown input item type: "bogus"'),
-    ({"model": "tiny", "input": [{"content": "x"}]}, 400, "invalid_request_error",
-     "input[0]: input item missing required 'type' field"),
-    ({"model": "tiny", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, 400,
-     "invalid_request_error", "file inputs are not currently supported"),
-    ({"model": "tiny", "input": "hi", "reasoning": {"effort": "huge"}}, 400, "invalid_request_error",
-     'invalid reasoning value: "huge" (must be "minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")'),
-    ({"model": "tiny", "input": 5}, 400, "invalid_request_error",
-     "input must be a string or array: json: cannot unmarshal number into Go value of type []json.RawMessage"),
-    ({"model": "tiny", "input": "hi", "tools": [WEATHER]}, 400, "invalid_request_error",
-     "registry.ollama.ai/library/tiny:latest does not support tools"),
-])
+
+@pytest.mark.parametrize(
+    "body,status,kind,message",
+    [
+        ({"input": "hi"}, 400, "invalid_request_error", "model is required"),
+        ({"model": "nope", "input": "hi"}, 404, "not_found_error", "model 'nope' not found"),
+        (
+            {"model": "tiny", "input": [{"type": "bogus"}]},
+            400,
+            "invalid_request_error",
+            'input[0]: unknown input item type: "bogus"',
+        ),
+        (
+            {"model": "tiny", "input": [{"content": "x"}]},
+            400,
+            "invalid_request_error",
+            "input[0]: input item missing required 'type' field",
+        ),
+        (
+            {"model": "tiny", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            400,
+            "invalid_request_error",
+            "file inputs are not currently supported",
+        ),
+        (
+            {"model": "tiny", "input": "hi", "reasoning": {"effort": "huge"}},
+            400,
+            "invalid_request_error",
+            'invalid reasoning value: "huge" (must be "minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")',
+        ),
+        (
+            {"model": "tiny", "input": 5},
+            400,
+            "invalid_request_error",
+            "input must be a string or array: json: cannot unmarshal number into Go value of type []json.RawMessage",
+        ),
+        (
+            {"model": "tiny", "input": "hi", "tools": [WEATHER]},
+            400,
+            "invalid_request_error",
+            "registry.ollama.ai/library/tiny:latest does not support tools",
+        ),
+    ],
+)
 def test_errors_use_openai_envelope(http, body, status, kind, message):
     r = http.post("/v1/responses", json=body)
     assert r.status_code == status, r.text
@@ -243,13 +325,16 @@ def test_empty_input_loads_the_model(client):
 
 # --- Anthropic count_tokens --------------------------------------------------------------------
 
+
 def test_anthropic_count_tokens(server, scripted):
     client = anthropic.Anthropic(base_url=server.url, api_key="ollama", max_retries=0)
     small = client.messages.count_tokens(model="scripted-tools", messages=[{"role": "user", "content": "Hi"}])
     big = client.messages.count_tokens(
-        model="scripted-tools", system=[{"type": "text", "text": "You are helpful.", "cache_control": {"type": "ephemeral"}}],
+        model="scripted-tools",
+        system=[{"type": "text", "text": "You are helpful.", "cache_control": {"type": "ephemeral"}}],
         messages=[{"role": "user", "content": "Hi " * 400}],
-        tools=[{"name": "get_weather", "description": "Weather", "input_schema": WEATHER["parameters"]}])
+        tools=[{"name": "get_weather", "description": "Weather", "input_schema": WEATHER["parameters"]}],
+    )
     assert small.input_tokens >= 1 and big.input_tokens > small.input_tokens + 200
     with pytest.raises(anthropic.NotFoundError, match="model 'missing' not found"):
         client.messages.count_tokens(model="missing", messages=[{"role": "user", "content": "Hi"}])
@@ -258,14 +343,21 @@ def test_anthropic_count_tokens(server, scripted):
 def test_anthropic_ignores_claude_code_fields(server, scripted):
     client = anthropic.Anthropic(base_url=server.url, api_key="ollama", max_retries=0)
     r = client.messages.create(
-        model="scripted-tools", max_tokens=32, metadata={"user_id": "u"}, service_tier="auto",
+        model="scripted-tools",
+        max_tokens=32,
+        metadata={"user_id": "u"},
+        service_tier="auto",
         tool_choice={"type": "auto"},
         system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
-        messages=[{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}])
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}
+        ],
+    )
     assert r.content[0].text == REPLY
 
 
 # --- engine failures -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def faulty(models_dir, tmp_path_factory):
@@ -279,8 +371,15 @@ def faulty(models_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_engine_failure_is_an_openai_error_without_internals(faulty, stream):
-    r = faulty.post("/v1/responses", json={"model": "tiny", "input": "please mlxollama-test-fault:oom now",
-                                           "max_output_tokens": 3, "stream": stream})
+    r = faulty.post(
+        "/v1/responses",
+        json={
+            "model": "tiny",
+            "input": "please mlxollama-test-fault:oom now",
+            "max_output_tokens": 3,
+            "stream": stream,
+        },
+    )
     assert r.status_code == 500 and r.headers["content-type"].startswith("application/json")
     error = r.json()["error"]
     assert error["type"] == "api_error" and error["message"].startswith("generation failed: out of memory")

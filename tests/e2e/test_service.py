@@ -51,8 +51,13 @@ def sandbox(tmp_path):
         (bin_ / name).write_text(text)
         (bin_ / name).chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "MLXOLLAMA_", "XDG_"))}
-    env.update(HOME=str(home), PATH=f"{bin_}:{os.environ['PATH']}", FAKE_LOG=str(tmp_path / "calls.log"),
-               FAKE_STATE=str(tmp_path / "loaded"), MLXOLLAMA_SERVICE_WAIT="20")
+    env.update(
+        HOME=str(home),
+        PATH=f"{bin_}:{os.environ['PATH']}",
+        FAKE_LOG=str(tmp_path / "calls.log"),
+        FAKE_STATE=str(tmp_path / "loaded"),
+        MLXOLLAMA_SERVICE_WAIT="20",
+    )
     return tmp_path, home, env
 
 
@@ -62,8 +67,13 @@ def calls(tmp_path) -> list[str]:
 
 
 def script(path: Path, env: dict, *args: str, os_name: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(path), *args], env={**env, "MLXOLLAMA_SERVICE_OS": os_name},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", str(path), *args],
+        env={**env, "MLXOLLAMA_SERVICE_OS": os_name},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def dry_run_file(output: str, path: Path) -> str:
@@ -132,8 +142,11 @@ def test_install_and_uninstall_with_launchctl(sandbox, server):
     assert r.returncode == 0, r.stdout + r.stderr
     check_plist(plist_path.read_bytes(), home, env["OLLAMA_HOST"], str(home / "models"))
     assert (home / "Library" / "Logs" / "mlxollama").is_dir()
-    assert calls(tmp_path) == [f"launchctl print gui/{uid}/{LABEL}", f"launchctl enable gui/{uid}/{LABEL}",
-                               f"launchctl bootstrap gui/{uid} {plist_path}"]
+    assert calls(tmp_path) == [
+        f"launchctl print gui/{uid}/{LABEL}",
+        f"launchctl enable gui/{uid}/{LABEL}",
+        f"launchctl bootstrap gui/{uid} {plist_path}",
+    ]
     assert f"mlxollama is running at http://127.0.0.1:{server.port}" in r.stdout
 
     # again: the loaded agent is booted out first, then loaded from the rewritten file
@@ -175,7 +188,7 @@ def test_install_dry_run_lists_the_systemctl_commands(sandbox):
     unit = home / ".config" / "systemd" / "user" / "mlxollama.service"
     systemctl = [ln for ln in r.stdout.splitlines() if ln.startswith("+ systemctl")]
     assert systemctl == ["+ systemctl --user daemon-reload", "+ systemctl --user enable --now mlxollama.service"]
-    assert f"ExecStart=\"{VENV_PY}\" -m mlxollama.cli serve" in dry_run_file(r.stdout, unit)
+    assert f'ExecStart="{VENV_PY}" -m mlxollama.cli serve' in dry_run_file(r.stdout, unit)
     assert "journalctl --user -u mlxollama.service" in r.stdout
     assert calls(tmp_path) == ["systemctl --user is-active --quiet mlxollama.service"]  # only looked
     assert list(home.iterdir()) == []
@@ -227,8 +240,14 @@ def test_mlxollama_service_wraps_the_scripts(sandbox, server):
     tmp_path, home, env = sandbox
     env["OLLAMA_HOST"] = f"127.0.0.1:{server.port}"
     cmd = [sys.executable, "-m", "mlxollama.cli", "service"]
-    run = lambda *a: subprocess.run(cmd + list(a), env={**env, "MLXOLLAMA_SERVICE_OS": "darwin"},  # noqa: E731
-                                    capture_output=True, text=True, timeout=120, cwd=ROOT)
+    run = lambda *a: subprocess.run(
+        cmd + list(a),
+        env={**env, "MLXOLLAMA_SERVICE_OS": "darwin"},  # noqa: E731
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     r = run("install", "--dry-run", "--skip-import")
     assert r.returncode == 0 and f"+ launchctl bootstrap gui/{os.getuid()}" in r.stdout
     r = run("status")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-import json
 import time
 
 import httpx
@@ -13,13 +12,19 @@ import pytest
 from ..support.liveserver import LiveServer
 
 TINY = "tiny:latest"
-PROMPTS = [f"request number {i}: tell me about {w}" for i, w in
-           enumerate(["cats", "the sea", "rust", "python code", "mountains", "jazz", "bread", "stars"])]
+PROMPTS = [
+    f"request number {i}: tell me about {w}"
+    for i, w in enumerate(["cats", "the sea", "rust", "python code", "mountains", "jazz", "bread", "stars"])
+]
 
 
 def generate(url: str, prompt: str, **options) -> dict:
-    body = {"model": TINY, "prompt": prompt, "stream": False,
-            "options": {"temperature": 0, "num_predict": 16, **options}}
+    body = {
+        "model": TINY,
+        "prompt": prompt,
+        "stream": False,
+        "options": {"temperature": 0, "num_predict": 16, **options},
+    }
     r = httpx.post(url + "/api/generate", json=body, timeout=300)
     assert r.status_code == 200, r.text
     return r.json()
@@ -38,7 +43,8 @@ def test_concurrent_seeded_sampling_is_reproducible(server):
     alone = generate(server.url, PROMPTS[0], **opts)["response"]
     with cf.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(generate, server.url, PROMPTS[0], **opts)] + [
-            pool.submit(generate, server.url, p, temperature=1.0, top_k=0, top_p=1.0) for p in PROMPTS[1:4]]
+            pool.submit(generate, server.url, p, temperature=1.0, top_k=0, top_p=1.0) for p in PROMPTS[1:4]
+        ]
         results = [f.result()["response"] for f in futures]
     assert results[0] == alone
 
@@ -67,9 +73,18 @@ def test_prompt_cache_never_leaks_between_concurrent_requests(server):
 
 
 def test_logprobs(server):
-    r = httpx.post(server.url + "/api/generate", json={
-        "model": TINY, "prompt": "hello", "stream": False, "logprobs": True, "top_logprobs": 3,
-        "options": {"temperature": 0, "num_predict": 4}}, timeout=120).json()
+    r = httpx.post(
+        server.url + "/api/generate",
+        json={
+            "model": TINY,
+            "prompt": "hello",
+            "stream": False,
+            "logprobs": True,
+            "top_logprobs": 3,
+            "options": {"temperature": 0, "num_predict": 4},
+        },
+        timeout=120,
+    ).json()
     assert len(r["logprobs"]) == 4
     for entry in r["logprobs"]:
         assert entry["logprob"] <= 0 and isinstance(entry["bytes"], list)
@@ -100,8 +115,11 @@ def test_disconnect_frees_the_slot_for_the_next_request(server):
 
 @pytest.fixture(scope="module")
 def small_queue_server(models_dir, tmp_path_factory):
-    srv = LiveServer(models_dir, tmp_path_factory.mktemp("logs-q") / "server.log",
-                     env={"OLLAMA_MAX_QUEUE": "1", "OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_NUM_PARALLEL": "2"})
+    srv = LiveServer(
+        models_dir,
+        tmp_path_factory.mktemp("logs-q") / "server.log",
+        env={"OLLAMA_MAX_QUEUE": "1", "OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_NUM_PARALLEL": "2"},
+    )
     yield srv
     srv.stop()
 
@@ -152,8 +170,9 @@ def test_queue_full_returns_503(small_queue_server):
 @pytest.fixture(scope="module")
 def tight_memory_server(models_dir, tmp_path_factory):
     # A one-byte budget: any second model must push out the idle first one.
-    srv = LiveServer(models_dir, tmp_path_factory.mktemp("logs-mem") / "server.log",
-                     env={"MLXOLLAMA_MEMORY_BUDGET": "1"})
+    srv = LiveServer(
+        models_dir, tmp_path_factory.mktemp("logs-mem") / "server.log", env={"MLXOLLAMA_MEMORY_BUDGET": "1"}
+    )
     yield srv
     srv.stop()
 

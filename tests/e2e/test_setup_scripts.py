@@ -12,8 +12,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _setup(extras: str) -> subprocess.CompletedProcess:
     # Sourcing _setup.sh is what both scripts do before they serve or test.
-    return subprocess.run(["bash", "-c", f'source scripts/_setup.sh {extras} && echo READY'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["bash", "-c", f"source scripts/_setup.sh {extras} && echo READY"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_serve_after_test_and_test_after_serve_reuse_the_install():

@@ -13,13 +13,20 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
 
 
 def test_eight_clients_for_ten_seconds_lose_and_mix_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--clients", "8", "--seconds", "10", "--timeout", "60",
-                           "--json"], check=False, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--clients", "8", "--seconds", "10", "--timeout", "60", "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert proc.stdout.strip(), proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     counts = {k: summary[k] for k in ("lost", "failed", "mixed", "malformed")}
-    assert counts == {"lost": 0, "failed": 0, "mixed": 0, "malformed": 0}, \
-        json.dumps(summary["examples"], indent=1)[:4000]
+    assert counts == {"lost": 0, "failed": 0, "mixed": 0, "malformed": 0}, json.dumps(summary["examples"], indent=1)[
+        :4000
+    ]
     assert proc.returncode == 0
     # every route was exercised, generations most, and enough of them to mean something
     routes = summary["routes"]

@@ -79,9 +79,11 @@ def _make_handler(hub: FakeHub):
             self._send(200, json.dumps(obj).encode(), {"Content-Type": "application/json"})
 
         def _not_found(self, code: str = "RepoNotFound") -> None:
-            self._send(404, json.dumps({"error": "Repository not found"}).encode(),
-                       {"Content-Type": "application/json", "X-Error-Code": code,
-                        "X-Error-Message": "Repository not found"})
+            self._send(
+                404,
+                json.dumps({"error": "Repository not found"}).encode(),
+                {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": "Repository not found"},
+            )
 
         def do_GET(self):
             self._handle(head=False)
@@ -98,10 +100,15 @@ def _make_handler(hub: FakeHub):
                 files = hub.repos.get(m.group(1))
                 if files is None:
                     return self._not_found()
-                return self._json({
-                    "id": m.group(1), "modelId": m.group(1), "sha": COMMIT, "private": False,
-                    "siblings": [hub._sibling(m.group(1), p, d) for p, d in sorted(files.items())],
-                })
+                return self._json(
+                    {
+                        "id": m.group(1),
+                        "modelId": m.group(1),
+                        "sha": COMMIT,
+                        "private": False,
+                        "siblings": [hub._sibling(m.group(1), p, d) for p, d in sorted(files.items())],
+                    }
+                )
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
             if m:
                 files = hub.repos.get(m.group(1))
@@ -117,8 +124,12 @@ def _make_handler(hub: FakeHub):
                 if data is None:
                     return self._not_found("EntryNotFound")
                 etag = hashlib.sha256(data).hexdigest() if hub._is_lfs(m.group(3)) else hashlib.sha1(data).hexdigest()
-                headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
-                           "Content-Type": "application/octet-stream"}
+                headers = {
+                    "X-Repo-Commit": COMMIT,
+                    "ETag": f'"{etag}"',
+                    "Accept-Ranges": "bytes",
+                    "Content-Type": "application/octet-stream",
+                }
                 start = 0
                 rng = self.headers.get("Range")
                 if rng and not head:

@@ -150,11 +150,15 @@ def _make_handler(reg: FakeRegistry):
             m = re.match(r"/v2/(.+?)/(manifests|blobs)/", self.path)
             repo = m.group(1) if m else ""
             body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}).encode()
-            self._send(401, body, {
-                "Content-Type": "application/json",
-                "WWW-Authenticate": f'Bearer realm="{reg.url}/token",service="fake-registry",'
-                                    f'scope="repository:{repo}:pull"',
-            })
+            self._send(
+                401,
+                body,
+                {
+                    "Content-Type": "application/json",
+                    "WWW-Authenticate": f'Bearer realm="{reg.url}/token",service="fake-registry",'
+                    f'scope="repository:{repo}:pull"',
+                },
+            )
             return False
 
         def _blob(self, digest: str, head: bool) -> None:
@@ -201,7 +205,7 @@ def _make_handler(reg: FakeRegistry):
                 return
             step = 1 << 16
             for i in range(0, len(body), step):
-                self.wfile.write(body[i:i + step])
+                self.wfile.write(body[i : i + step])
                 if reg.blob_delay:
                     import time
 
@@ -217,8 +221,9 @@ def _make_handler(reg: FakeRegistry):
             self._body()
             uid = uuid.uuid4().hex
             reg.uploads[uid] = bytearray()
-            self._send(202, b"", {"Location": f"/v2/{m.group(1)}/blobs/uploads/{uid}?state=x",
-                                  "Docker-Upload-UUID": uid})
+            self._send(
+                202, b"", {"Location": f"/v2/{m.group(1)}/blobs/uploads/{uid}?state=x", "Docker-Upload-UUID": uid}
+            )
 
         def do_PUT(self):
             url = urlsplit(self.path)
@@ -233,7 +238,9 @@ def _make_handler(reg: FakeRegistry):
                 if digest_of(data) != want:
                     return self._error(400, "DIGEST_INVALID", f"got {digest_of(data)}")
                 reg.blobs[want] = data
-                return self._send(201, b"", {"Location": f"/v2/{m.group(1)}/blobs/{want}", "Docker-Content-Digest": want})
+                return self._send(
+                    201, b"", {"Location": f"/v2/{m.group(1)}/blobs/{want}", "Docker-Content-Digest": want}
+                )
             m = re.fullmatch(r"/v2/(.+)/manifests/([^/]+)", url.path)
             if m:
                 raw = self._body()

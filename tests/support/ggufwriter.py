@@ -19,22 +19,48 @@ from gguf import GGMLQuantizationType as QT
 
 from .tinyhf import load_hf_weights
 
-GGUF_ARCH = {"gemma": "gemma", "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-             "gemma2": "gemma2",
-             "gemma3_text": "gemma3", "phi3": "phi3", "ministral3": "mistral3", "mixtral": "llama",
-             "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "granite": "granite", "olmo2": "olmo2",
-             "smollm3": "smollm3", "starcoder2": "starcoder2", "cohere": "command-r",
-             "exaone": "exaone", "glm4": "glm4", "deepseek_v2": "deepseek2", "gpt_oss": "gpt-oss",
-             "olmoe": "olmoe", "cohere2": "cohere2", "granitemoe": "granitemoe",
-             "phi": "phi2", "gpt_bigcode": "starcoder", "stablelm": "stablelm", "nemotron": "nemotron"}
+GGUF_ARCH = {
+    "gemma": "gemma",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
+    "ministral3": "mistral3",
+    "mixtral": "llama",
+    "qwen2_moe": "qwen2moe",
+    "qwen3_moe": "qwen3moe",
+    "granite": "granite",
+    "olmo2": "olmo2",
+    "smollm3": "smollm3",
+    "starcoder2": "starcoder2",
+    "cohere": "command-r",
+    "exaone": "exaone",
+    "glm4": "glm4",
+    "deepseek_v2": "deepseek2",
+    "gpt_oss": "gpt-oss",
+    "olmoe": "olmoe",
+    "cohere2": "cohere2",
+    "granitemoe": "granitemoe",
+    "phi": "phi2",
+    "gpt_bigcode": "starcoder",
+    "stablelm": "stablelm",
+    "nemotron": "nemotron",
+}
 # Phi2Model and StarCoderModel write their own short key set: no rope base,
 # feed_forward_length 4 * n_embd, StarCoder's head_count_kv 1 (multi-query).
 _OWN_KEYS = {"phi", "gpt_bigcode"}
 # Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
 _LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "granitemoe", "smollm3"}
 _PERMUTED_ARCHS = {"llama", "mistral3", "granite", "granitemoe", "smollm3"}
-_FILE_TYPE = {QT.F16: gguf.LlamaFileType.MOSTLY_F16, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
-              QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_S, QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}
+_FILE_TYPE = {
+    QT.F16: gguf.LlamaFileType.MOSTLY_F16,
+    QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+    QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_S,
+    QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+}
 
 
 def quantize_q4_k(w: np.ndarray) -> np.ndarray:
@@ -107,8 +133,11 @@ def _gpt_oss_experts(w: gguf.GGUFWriter, names, weights: dict[str, np.ndarray], 
         bias = weights.pop(name)
         reference[name] = bias
         base = name.removesuffix("_bias")
-        split = ({"gate_proj": bias[:, ::2], "up_proj": bias[:, 1::2]} if base.endswith("gate_up_proj")
-                 else {"down_proj": bias})
+        split = (
+            {"gate_proj": bias[:, ::2], "up_proj": bias[:, 1::2]}
+            if base.endswith("gate_up_proj")
+            else {"down_proj": bias}
+        )
         for proj, b in split.items():
             hf = f"{base.rsplit('.', 1)[0]}.{proj}.bias"
             w.add_tensor(names.get_name(hf, try_suffixes=(".bias",)), np.ascontiguousarray(b, np.float32))
@@ -127,7 +156,7 @@ def _stack_experts(weights: dict[str, np.ndarray]) -> dict[str, list[str]]:
         if "experts" in parts:
             i = parts.index("experts")
             if i + 1 < len(parts) and parts[i + 1].isdigit():
-                merged = ".".join(parts[:i + 1] + parts[i + 2:])
+                merged = ".".join(parts[: i + 1] + parts[i + 2 :])
                 groups.setdefault(merged, []).append((int(parts[i + 1]), name))
     return {k: [n for _, n in sorted(v)] for k, v in groups.items()}
 
@@ -157,8 +186,9 @@ def _tokenizer_metadata(w: gguf.GGUFWriter, hf_dir: Path, cfg: dict) -> None:
         w.add_chat_template(tc["chat_template"])
 
 
-def write_gguf(hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None,
-               mla_legacy: bool = False) -> dict[str, np.ndarray]:
+def write_gguf(
+    hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None, mla_legacy: bool = False
+) -> dict[str, np.ndarray]:
     """``gguf_arch``: write under another architecture name, e.g. "mistral3"
     for a plain Mistral text model as llama.cpp's newer converter does.
     ``mla_legacy``: deepseek2 as converters before 2025 wrote it (kv_b_proj
@@ -392,12 +422,22 @@ def write_ollama_gptoss(hf_dir: Path, path: Path, qtype: QT, fused_qkv: bool = F
     w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
     _tokenizer_metadata(w, hf_dir, cfg)
 
-    renames = [("lm_head", "output"), ("model.embed_tokens", "token_embd"), ("model.layers", "blk"),
-               ("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
-               ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_out"), ("self_attn.sinks", "attn_sinks"),
-               ("post_attention_layernorm", "ffn_norm"), ("mlp.router", "ffn_gate_inp"),
-               ("mlp.experts.gate_up_proj_", "ffn_gate_up_exps."), ("mlp.experts.down_proj_", "ffn_down_exps."),
-               ("model.norm", "output_norm")]
+    renames = [
+        ("lm_head", "output"),
+        ("model.embed_tokens", "token_embd"),
+        ("model.layers", "blk"),
+        ("input_layernorm", "attn_norm"),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_out"),
+        ("self_attn.sinks", "attn_sinks"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("mlp.router", "ffn_gate_inp"),
+        ("mlp.experts.gate_up_proj_", "ffn_gate_up_exps."),
+        ("mlp.experts.down_proj_", "ffn_down_exps."),
+        ("model.norm", "output_norm"),
+    ]
 
     def rename(hf_name: str) -> str:
         for a, b in renames:

@@ -25,17 +25,22 @@ class LiveServer:
         self.models_dir = models_dir
         self.log_path = log_path
         full_env = dict(os.environ)
-        full_env.update({
-            "OLLAMA_HOST": f"127.0.0.1:{self.port}",
-            "MLXOLLAMA_MODELS": str(models_dir),
-            "MLXOLLAMA_EXIT_WITH_PARENT": "1",  # never outlive the test run
-            "OLLAMA_NOPRUNE": "1",
-        })
+        full_env.update(
+            {
+                "OLLAMA_HOST": f"127.0.0.1:{self.port}",
+                "MLXOLLAMA_MODELS": str(models_dir),
+                "MLXOLLAMA_EXIT_WITH_PARENT": "1",  # never outlive the test run
+                "OLLAMA_NOPRUNE": "1",
+            }
+        )
         full_env.update(env or {})
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlxollama.cli", "serve"],
-            env=full_env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self._wait_ready()
 

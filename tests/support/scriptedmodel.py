@@ -25,8 +25,11 @@ WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Get the current weather in a city",
-        "parameters": {"type": "object", "required": ["city"],
-                       "properties": {"city": {"type": "string", "description": "City name"}}},
+        "parameters": {
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string", "description": "City name"}},
+        },
     },
 }
 WEATHER_ARGS = {"city": "Paris"}
@@ -43,10 +46,10 @@ TOOLS_TEMPLATE = (
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
     "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools>\n\n"
     "For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n"
-    "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n{% endif %}"
+    '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n{% endif %}'
     "{%- for message in messages %}"
     "{%- if message.role == 'assistant' and message.tool_calls %}<|im_start|>assistant"
-    "{%- for tc in message.tool_calls %}\n<tool_call>\n{\"name\": \"{{ tc.function.name }}\", \"arguments\": "
+    '{%- for tc in message.tool_calls %}\n<tool_call>\n{"name": "{{ tc.function.name }}", "arguments": '
     "{{ tc.function.arguments | tojson }}}\n</tool_call>{%- endfor %}<|im_end|>\n"
     "{%- elif message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}\n</tool_response><|im_end|>\n"
     "{%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endif %}"
@@ -58,7 +61,11 @@ TOOLS_TEMPLATE = (
     "{%- else %}<|reply|>{%- endif %}{%- endif %}"
 )
 TOOLS_SCRIPTS = {
-    "<|call|>": ["<tool_call>", "\n" + json.dumps({"name": "get_weather", "arguments": WEATHER_ARGS}) + "\n", "</tool_call>"],
+    "<|call|>": [
+        "<tool_call>",
+        "\n" + json.dumps({"name": "get_weather", "arguments": WEATHER_ARGS}) + "\n",
+        "</tool_call>",
+    ],
     # One token for the whole call: a token has one successor, and <tool_call> already has one.
     "<|read|>": ["<tool_call>\n" + json.dumps({"name": "Read", "arguments": READ_ARGS}) + "\n</tool_call>"],
     "<|answer|>": [TOOL_ANSWER],
@@ -99,8 +106,14 @@ MODELS = {
 }
 
 
-def build_scripted_model(out: Path, template: str, scripts: dict[str, list[str]], specials: tuple[str, ...] = (),
-                         hidden: int = 64, context: int = 32768) -> Path:
+def build_scripted_model(
+    out: Path,
+    template: str,
+    scripts: dict[str, list[str]],
+    specials: tuple[str, ...] = (),
+    hidden: int = 64,
+    context: int = 32768,
+) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
@@ -128,9 +141,17 @@ def build_scripted_model(out: Path, template: str, scripts: dict[str, list[str]]
             successor[a] = b
 
     config = {
-        "model_type": "llama", "hidden_size": hidden, "num_hidden_layers": 1, "intermediate_size": hidden * 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "vocab_size": vocab_size,
-        "rope_theta": 10000.0, "max_position_embeddings": context, "tie_word_embeddings": False,
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": 1,
+        "intermediate_size": hidden * 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": vocab_size,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": context,
+        "tie_word_embeddings": False,
         "eos_token_id": eos,
     }
     mx.random.seed(1)
@@ -150,11 +171,17 @@ def build_scripted_model(out: Path, template: str, scripts: dict[str, list[str]]
     weights = {k: v.astype(mx.float16) for k, v in weights.items()}
     mx.save_safetensors(str(out / "model.safetensors"), weights)
     (out / "config.json").write_text(json.dumps(config))
-    (out / "model_info.json").write_text(json.dumps({
-        "general.architecture": "llama",
-        "general.parameter_count": sum(int(v.size) for v in weights.values()),
-        "llama.context_length": context, "llama.embedding_length": hidden, "llama.block_count": 1,
-    }))
+    (out / "model_info.json").write_text(
+        json.dumps(
+            {
+                "general.architecture": "llama",
+                "general.parameter_count": sum(int(v.size) for v in weights.values()),
+                "llama.context_length": context,
+                "llama.embedding_length": hidden,
+                "llama.block_count": 1,
+            }
+        )
+    )
     return out
 
 
@@ -170,13 +197,21 @@ def ensure_scripted_models(models_dir: Path, work: Path) -> None:
 _gaps: dict[tuple[str, str], str | None] = {}
 
 _PROBES = {
-    "tools": ("scripted-tools", {"messages": [{"role": "user", "content": "What is the weather in Paris?"}],
-                                 "tools": [WEATHER_TOOL]},
-              lambda body: bool(body.get("message", {}).get("tool_calls"))),
-    "thinking": ("scripted-think", {"messages": [{"role": "user", "content": "hi"}], "think": True},
-                 lambda body: bool(body.get("message", {}).get("thinking"))),
-    "format": ("scripted-json", {"messages": [{"role": "user", "content": "hi"}], "format": "json"},
-               lambda body: body.get("done") is True),
+    "tools": (
+        "scripted-tools",
+        {"messages": [{"role": "user", "content": "What is the weather in Paris?"}], "tools": [WEATHER_TOOL]},
+        lambda body: bool(body.get("message", {}).get("tool_calls")),
+    ),
+    "thinking": (
+        "scripted-think",
+        {"messages": [{"role": "user", "content": "hi"}], "think": True},
+        lambda body: bool(body.get("message", {}).get("thinking")),
+    ),
+    "format": (
+        "scripted-json",
+        {"messages": [{"role": "user", "content": "hi"}], "format": "json"},
+        lambda body: body.get("done") is True,
+    ),
 }
 
 
@@ -220,9 +255,14 @@ AGENT_TEMPLATE = (
     "{%- else %}<|reply|>{%- endif %}{%- endif %}"
 )
 AGENT_SCRIPTS = {
-    "<|exec|>": ["<tool_call>\n" + json.dumps({"name": "exec_command", "arguments": {"cmd": AGENT_COMMAND}}) + "\n</tool_call>"],
-    "<|bash|>": ["<tool_call>\n" + json.dumps({"name": "Bash", "arguments": {
-        "command": AGENT_COMMAND, "description": "Read the notes"}}) + "\n</tool_call>"],
+    "<|exec|>": [
+        "<tool_call>\n" + json.dumps({"name": "exec_command", "arguments": {"cmd": AGENT_COMMAND}}) + "\n</tool_call>"
+    ],
+    "<|bash|>": [
+        "<tool_call>\n"
+        + json.dumps({"name": "Bash", "arguments": {"command": AGENT_COMMAND, "description": "Read the notes"}})
+        + "\n</tool_call>"
+    ],
     "<|found|>": [AGENT_ANSWER],
     "<|reply|>": [REPLY],
 }

@@ -15,8 +15,13 @@ def package_tiny(store: Store, name: str, model_dir: Path, context_length: int |
 
     info = json.loads((model_dir / "model_info.json").read_text())
     config = build_config_blob(
-        model_format="mlx", model_family="llama", model_type="0.05M", file_type="F16", capabilities=None,
-        context_length=context_length or info["llama.context_length"], embedding_length=info["llama.embedding_length"],
+        model_format="mlx",
+        model_family="llama",
+        model_type="0.05M",
+        file_type="F16",
+        capabilities=None,
+        context_length=context_length or info["llama.context_length"],
+        embedding_length=info["llama.embedding_length"],
     )
     return package_model_dir(store, ModelName.parse(name), model_dir, config=config, **layers)
 

@@ -23,8 +23,15 @@ LICENSE = "application/vnd.ollama.image.license"
 CONFIG = "application/vnd.docker.container.image.v1+json"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
-OLLAMA_CONFIG = {"model_format": "gguf", "model_family": "llama", "model_families": ["llama"],
-                 "model_type": "1.4M", "file_type": "Q8_0", "architecture": "amd64", "os": "linux"}
+OLLAMA_CONFIG = {
+    "model_format": "gguf",
+    "model_family": "llama",
+    "model_families": ["llama"],
+    "model_type": "1.4M",
+    "file_type": "Q8_0",
+    "architecture": "amd64",
+    "os": "linux",
+}
 
 
 @dataclass
@@ -60,13 +67,20 @@ def build_lora_adapter(model_dir: Path, out: Path, *, rank: int = 2, scale: floa
     lora = {k: (mx.random.normal(v.shape) * 0.5).astype(mx.float32) for k, v in lora.items()}
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "adapters.safetensors"), lora)
-    (out / "adapter_config.json").write_text(json.dumps(
-        {"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": params}))
+    (out / "adapter_config.json").write_text(
+        json.dumps({"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": params})
+    )
     return out
 
 
-def write_ollama_store(root: Path, name_parts: tuple[str, str, str, str], gguf: Path, *,
-                       template: str = "{{ .Prompt }}", params: dict | None = None) -> bytes:
+def write_ollama_store(
+    root: Path,
+    name_parts: tuple[str, str, str, str],
+    gguf: Path,
+    *,
+    template: str = "{{ .Prompt }}",
+    params: dict | None = None,
+) -> bytes:
     """A model as Ollama itself stores it (§12): GGUF model layer, template, params, config."""
     blobs = root / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
@@ -77,12 +91,19 @@ def write_ollama_store(root: Path, name_parts: tuple[str, str, str, str], gguf: 
         return d
 
     layers = []
-    for mt, data in ((MODEL, gguf.read_bytes()), (TEMPLATE, template.encode()),
-                     (PARAMS, json.dumps(params or {"stop": ["<|im_end|>"]}).encode())):
+    for mt, data in (
+        (MODEL, gguf.read_bytes()),
+        (TEMPLATE, template.encode()),
+        (PARAMS, json.dumps(params or {"stop": ["<|im_end|>"]}).encode()),
+    ):
         layers.append({"mediaType": mt, "digest": blob(data), "size": len(data)})
     cfg = json.dumps(OLLAMA_CONFIG).encode()
-    manifest = {"schemaVersion": 2, "mediaType": MANIFEST_V2,
-                "config": {"mediaType": CONFIG, "digest": blob(cfg), "size": len(cfg)}, "layers": layers}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_V2,
+        "config": {"mediaType": CONFIG, "digest": blob(cfg), "size": len(cfg)},
+        "layers": layers,
+    }
     raw = json.dumps(manifest).encode()
     path = root.joinpath("manifests", *name_parts)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,127 +20,394 @@ EOS = "<|im_end|>"
 # hidden 256: the in-dimension of every matrix is a multiple of 256, as GGUF's
 # K-quants (Q4_K) need; still tiny (~1M parameters).
 _BASE = {
-    "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "vocab_size": VOCAB, "max_position_embeddings": 2048,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-6,
+    "vocab_size": VOCAB,
+    "max_position_embeddings": 2048,
 }
 _NO_RMS = {k: v for k, v in _BASE.items() if k != "rms_norm_eps"}
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "llama": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **_BASE, "rms_norm_eps": 1e-5,
-              "rope_theta": 500000.0, "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False},
-    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **_BASE, "rope_theta": 1000000.0,
-              "tie_word_embeddings": True},
-    "qwen3": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **_BASE, "head_dim": 128,
-              "rope_theta": 1000000.0, "tie_word_embeddings": True},
-    "gemma": {"architectures": ["GemmaForCausalLM"], "model_type": "gemma", **_BASE, "head_dim": 64,
-              "rope_theta": 10000.0, "hidden_act": "gelu"},
-    "gemma2": {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", **_BASE, "head_dim": 64,
-               "query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
-               "sliding_window": 4096, "rope_theta": 10000.0, "hidden_activation": "gelu_pytorch_tanh"},
+    "llama": {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        **_BASE,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+    },
+    "qwen2": {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        **_BASE,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+    },
+    "qwen3": {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        **_BASE,
+        "head_dim": 128,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+    },
+    "gemma": {
+        "architectures": ["GemmaForCausalLM"],
+        "model_type": "gemma",
+        **_BASE,
+        "head_dim": 64,
+        "rope_theta": 10000.0,
+        "hidden_act": "gelu",
+    },
+    "gemma2": {
+        "architectures": ["Gemma2ForCausalLM"],
+        "model_type": "gemma2",
+        **_BASE,
+        "head_dim": 64,
+        "query_pre_attn_scalar": 64,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "sliding_window": 4096,
+        "rope_theta": 10000.0,
+        "hidden_activation": "gelu_pytorch_tanh",
+    },
     # 6 layers: gemma3's fixed local/global pattern (5 sliding, 1 global) is
     # exercised, with a 4-token window that prompts overrun, and linear rope
     # scaling on the global layer only.
-    "gemma3": {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **_BASE,
-               "num_hidden_layers": 6, "head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": 4,
-               "sliding_window_pattern": 6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
-               "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "final_logit_softcapping": None,
-               "attn_logit_softcapping": None, "max_position_embeddings": 32768},
+    "gemma3": {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        **_BASE,
+        "num_hidden_layers": 6,
+        "head_dim": 64,
+        "query_pre_attn_scalar": 64,
+        "sliding_window": 4,
+        "sliding_window_pattern": 6,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "final_logit_softcapping": None,
+        "attn_logit_softcapping": None,
+        "max_position_embeddings": 32768,
+    },
     # Mistral-Nemo-like: head_dim differs from hidden / heads.
-    "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **_BASE, "head_dim": 32,
-                "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False},
+    "mistral": {
+        "architectures": ["MistralForCausalLM"],
+        "model_type": "mistral",
+        **_BASE,
+        "head_dim": 32,
+        "rope_theta": 1000000.0,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+    },
     # Phi-4-mini-like partial rotary with LongRoPE factors for the rotated 48 dims.
-    "phi3": {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", **_BASE, "num_key_value_heads": 4,
-             "rope_theta": 10000.0, "partial_rotary_factor": 0.75, "max_position_embeddings": 8192,
-             "original_max_position_embeddings": 1024, "sliding_window": 2047, "tie_word_embeddings": False,
-             "rope_scaling": {"type": "longrope",
-                              "long_factor": [1.0 + 0.25 * i for i in range(24)],
-                              "short_factor": [1.0 + 0.02 * i for i in range(24)]}},
+    "phi3": {
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        **_BASE,
+        "num_key_value_heads": 4,
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.75,
+        "max_position_embeddings": 8192,
+        "original_max_position_embeddings": 1024,
+        "sliding_window": 2047,
+        "tie_word_embeddings": False,
+        "rope_scaling": {
+            "type": "longrope",
+            "long_factor": [1.0 + 0.25 * i for i in range(24)],
+            "short_factor": [1.0 + 0.02 * i for i in range(24)],
+        },
+    },
     # Ministral-3-like (GGUF arch "mistral3"): yarn rope plus Llama-4
     # attention temperature; original context 8 so prompts cross it.
-    "ministral3": {"architectures": ["Ministral3ForCausalLM"], "model_type": "ministral3", **_BASE,
-                   "head_dim": 64, "tie_word_embeddings": False, "max_position_embeddings": 64,
-                   "rope_parameters": {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8,
-                                       "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
-                                       "llama_4_scaling_beta": 0.1, "rope_theta": 1000000.0}},
+    "ministral3": {
+        "architectures": ["Ministral3ForCausalLM"],
+        "model_type": "ministral3",
+        **_BASE,
+        "head_dim": 64,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 64,
+        "rope_parameters": {
+            "rope_type": "yarn",
+            "factor": 8.0,
+            "original_max_position_embeddings": 8,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+            "llama_4_scaling_beta": 0.1,
+            "rope_theta": 1000000.0,
+        },
+    },
     # Mixture-of-experts: 4 experts, 2 per token (GGUF: llama with experts, qwen2moe, qwen3moe).
-    "mixtral": {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", **_BASE, "num_local_experts": 4,
-                "num_experts_per_tok": 2, "rope_theta": 1000000.0, "tie_word_embeddings": False},
-    "qwen2_moe": {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", **_BASE, "num_experts": 4,
-                  "num_experts_per_tok": 2, "moe_intermediate_size": 128, "shared_expert_intermediate_size": 256,
-                  "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": False,
-                  "rope_theta": 1000000.0, "tie_word_embeddings": False},
-    "qwen3_moe": {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", **_BASE, "head_dim": 64,
-                  "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
-                  "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True,
-                  "rope_theta": 1000000.0, "tie_word_embeddings": False},
+    "mixtral": {
+        "architectures": ["MixtralForCausalLM"],
+        "model_type": "mixtral",
+        **_BASE,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+    },
+    "qwen2_moe": {
+        "architectures": ["Qwen2MoeForCausalLM"],
+        "model_type": "qwen2_moe",
+        **_BASE,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 128,
+        "shared_expert_intermediate_size": 256,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "norm_topk_prob": False,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+    },
+    "qwen3_moe": {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        **_BASE,
+        "head_dim": 64,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 128,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "norm_topk_prob": True,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+    },
     # Granite 3.x: the four multipliers set away from their neutral values.
-    "granite": {"architectures": ["GraniteForCausalLM"], "model_type": "granite", **_BASE, "rope_theta": 10000.0,
-                "logits_scaling": 4.0, "attention_multiplier": 0.0625, "embedding_multiplier": 6.0,
-                "residual_multiplier": 0.5, "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": True},
-    "granitemoe": {"architectures": ["GraniteMoeForCausalLM"], "model_type": "granitemoe", **_BASE,
-                   "intermediate_size": 256, "num_local_experts": 4, "num_experts_per_tok": 2, "rope_theta": 10000.0,
-                   "logits_scaling": 4.0, "attention_multiplier": 0.0625, "embedding_multiplier": 6.0,
-                   "residual_multiplier": 0.5, "attention_bias": False, "tie_word_embeddings": True},
-    "olmo2": {"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", **_BASE, "rope_theta": 500000.0,
-              "attention_bias": False, "tie_word_embeddings": False},
+    "granite": {
+        "architectures": ["GraniteForCausalLM"],
+        "model_type": "granite",
+        **_BASE,
+        "rope_theta": 10000.0,
+        "logits_scaling": 4.0,
+        "attention_multiplier": 0.0625,
+        "embedding_multiplier": 6.0,
+        "residual_multiplier": 0.5,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": True,
+    },
+    "granitemoe": {
+        "architectures": ["GraniteMoeForCausalLM"],
+        "model_type": "granitemoe",
+        **_BASE,
+        "intermediate_size": 256,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "rope_theta": 10000.0,
+        "logits_scaling": 4.0,
+        "attention_multiplier": 0.0625,
+        "embedding_multiplier": 6.0,
+        "residual_multiplier": 0.5,
+        "attention_bias": False,
+        "tie_word_embeddings": True,
+    },
+    "olmo2": {
+        "architectures": ["Olmo2ForCausalLM"],
+        "model_type": "olmo2",
+        **_BASE,
+        "rope_theta": 500000.0,
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+    },
     # 4 layers: SmolLM3's last layer of every 4 runs without rope.
-    "smollm3": {"architectures": ["SmolLM3ForCausalLM"], "model_type": "smollm3", **_BASE, "num_hidden_layers": 4,
-                "rope_theta": 2000000.0, "no_rope_layer_interval": 4, "tie_word_embeddings": True},
+    "smollm3": {
+        "architectures": ["SmolLM3ForCausalLM"],
+        "model_type": "smollm3",
+        **_BASE,
+        "num_hidden_layers": 4,
+        "rope_theta": 2000000.0,
+        "no_rope_layer_interval": 4,
+        "tie_word_embeddings": True,
+    },
     # LayerNorm models (no rms_norm_eps).
-    "starcoder2": {"architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2", **_NO_RMS,
-                   "norm_epsilon": 1e-5, "rope_theta": 100000.0, "use_bias": True, "tie_word_embeddings": True},
-    "cohere": {"architectures": ["CohereForCausalLM"], "model_type": "cohere", **_NO_RMS, "layer_norm_eps": 1e-5,
-               "logit_scale": 0.25, "use_qk_norm": False, "rope_theta": 10000.0, "tie_word_embeddings": True},
-    "olmoe": {"architectures": ["OlmoeForCausalLM"], "model_type": "olmoe", **_BASE, "num_experts": 4,
-              "num_experts_per_tok": 2, "norm_topk_prob": False, "rope_theta": 10000.0, "tie_word_embeddings": False},
+    "starcoder2": {
+        "architectures": ["Starcoder2ForCausalLM"],
+        "model_type": "starcoder2",
+        **_NO_RMS,
+        "norm_epsilon": 1e-5,
+        "rope_theta": 100000.0,
+        "use_bias": True,
+        "tie_word_embeddings": True,
+    },
+    "cohere": {
+        "architectures": ["CohereForCausalLM"],
+        "model_type": "cohere",
+        **_NO_RMS,
+        "layer_norm_eps": 1e-5,
+        "logit_scale": 0.25,
+        "use_qk_norm": False,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+    },
+    "olmoe": {
+        "architectures": ["OlmoeForCausalLM"],
+        "model_type": "olmoe",
+        **_BASE,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "norm_topk_prob": False,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+    },
     # Command R7B: 4 layers, the last global (no rope), a 4-token window on the others.
-    "cohere2": {"architectures": ["Cohere2ForCausalLM"], "model_type": "cohere2", **_NO_RMS, "num_hidden_layers": 4,
-                "head_dim": 64, "layer_norm_eps": 1e-5, "logit_scale": 0.25, "sliding_window": 4,
-                "sliding_window_pattern": 4, "rotary_pct": 1.0, "rope_theta": 50000.0, "tie_word_embeddings": True},
+    "cohere2": {
+        "architectures": ["Cohere2ForCausalLM"],
+        "model_type": "cohere2",
+        **_NO_RMS,
+        "num_hidden_layers": 4,
+        "head_dim": 64,
+        "layer_norm_eps": 1e-5,
+        "logit_scale": 0.25,
+        "sliding_window": 4,
+        "sliding_window_pattern": 4,
+        "rotary_pct": 1.0,
+        "rope_theta": 50000.0,
+        "tie_word_embeddings": True,
+    },
     # Phi-2: LayerNorm, biases, partial rotary, a biased lm_head.
-    "phi": {"architectures": ["PhiForCausalLM"], "model_type": "phi", **_NO_RMS, "num_key_value_heads": 4,
-            "intermediate_size": 1024, "partial_rotary_factor": 0.5, "layer_norm_eps": 1e-5, "rope_theta": 10000.0,
-            "tie_word_embeddings": False},
+    "phi": {
+        "architectures": ["PhiForCausalLM"],
+        "model_type": "phi",
+        **_NO_RMS,
+        "num_key_value_heads": 4,
+        "intermediate_size": 1024,
+        "partial_rotary_factor": 0.5,
+        "layer_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+    },
     # StarCoder / SantaCoder / granite-code 20B+ (GGUF "starcoder"): GPT-2 style, multi-query, learned positions.
-    "gpt_bigcode": {"architectures": ["GPTBigCodeForCausalLM"], "model_type": "gpt_bigcode", "n_embd": 256,
-                    "n_layer": 2, "n_inner": 1024, "n_head": 4, "n_positions": 2048, "layer_norm_epsilon": 1e-5,
-                    "vocab_size": VOCAB, "multi_query": True, "tie_word_embeddings": True},
-    "stablelm": {"architectures": ["StableLmForCausalLM"], "model_type": "stablelm", **_NO_RMS,
-                 "num_key_value_heads": 4, "partial_rotary_factor": 0.25, "layer_norm_eps": 1e-5, "use_qkv_bias": True,
-                 "use_parallel_residual": False, "qk_layernorm": False, "rope_theta": 10000.0,
-                 "tie_word_embeddings": False},
-    "nemotron": {"architectures": ["NemotronForCausalLM"], "model_type": "nemotron", **_NO_RMS, "head_dim": 64,
-                 "hidden_act": "relu2", "norm_eps": 1e-5, "partial_rotary_factor": 0.5, "rope_theta": 10000.0,
-                 "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False},
+    "gpt_bigcode": {
+        "architectures": ["GPTBigCodeForCausalLM"],
+        "model_type": "gpt_bigcode",
+        "n_embd": 256,
+        "n_layer": 2,
+        "n_inner": 1024,
+        "n_head": 4,
+        "n_positions": 2048,
+        "layer_norm_epsilon": 1e-5,
+        "vocab_size": VOCAB,
+        "multi_query": True,
+        "tie_word_embeddings": True,
+    },
+    "stablelm": {
+        "architectures": ["StableLmForCausalLM"],
+        "model_type": "stablelm",
+        **_NO_RMS,
+        "num_key_value_heads": 4,
+        "partial_rotary_factor": 0.25,
+        "layer_norm_eps": 1e-5,
+        "use_qkv_bias": True,
+        "use_parallel_residual": False,
+        "qk_layernorm": False,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+    },
+    "nemotron": {
+        "architectures": ["NemotronForCausalLM"],
+        "model_type": "nemotron",
+        **_NO_RMS,
+        "head_dim": 64,
+        "hidden_act": "relu2",
+        "norm_eps": 1e-5,
+        "partial_rotary_factor": 0.5,
+        "rope_theta": 10000.0,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+    },
     # EXAONE 3.x: GPT-2 style names, HF's num_layers / layer_norm_epsilon (RMSNorm).
-    "exaone": {"architectures": ["ExaoneForCausalLM"], "model_type": "exaone",
-               **{k: v for k, v in _NO_RMS.items() if k != "num_hidden_layers"}, "num_layers": 2,
-               "layer_norm_epsilon": 1e-5, "activation_function": "silu", "rope_theta": 10000.0,
-               "tie_word_embeddings": False},
+    "exaone": {
+        "architectures": ["ExaoneForCausalLM"],
+        "model_type": "exaone",
+        **{k: v for k, v in _NO_RMS.items() if k != "num_hidden_layers"},
+        "num_layers": 2,
+        "layer_norm_epsilon": 1e-5,
+        "activation_function": "silu",
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+    },
     # GLM-4-0414: half the head rotated, q/k/v biases, fused gate/up.
-    "glm4": {"architectures": ["Glm4ForCausalLM"], "model_type": "glm4", **_BASE, "head_dim": 64,
-             "partial_rotary_factor": 0.5, "attention_bias": True, "rope_theta": 10000.0,
-             "tie_word_embeddings": False},
+    "glm4": {
+        "architectures": ["Glm4ForCausalLM"],
+        "model_type": "glm4",
+        **_BASE,
+        "head_dim": 64,
+        "partial_rotary_factor": 0.5,
+        "attention_bias": True,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+    },
     # DeepSeek-V2-Lite-like: MLA (no q LoRA), 1 dense then MoE layers with a
     # shared expert, yarn rope with mscale == mscale_all_dim; original context 8.
-    "deepseek_v2": {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", **_BASE,
-                    "num_key_value_heads": 4, "kv_lora_rank": 64, "q_lora_rank": None, "qk_rope_head_dim": 32,
-                    "qk_nope_head_dim": 32, "v_head_dim": 32, "n_routed_experts": 4, "n_shared_experts": 1,
-                    "num_experts_per_tok": 2, "moe_intermediate_size": 128, "first_k_dense_replace": 1,
-                    "moe_layer_freq": 1, "routed_scaling_factor": 2.0, "topk_method": "greedy",
-                    "max_position_embeddings": 32, "rope_theta": 10000.0, "tie_word_embeddings": False,
-                    "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
-                                     "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}},
+    "deepseek_v2": {
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "model_type": "deepseek_v2",
+        **_BASE,
+        "num_key_value_heads": 4,
+        "kv_lora_rank": 64,
+        "q_lora_rank": None,
+        "qk_rope_head_dim": 32,
+        "qk_nope_head_dim": 32,
+        "v_head_dim": 32,
+        "n_routed_experts": 4,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 128,
+        "first_k_dense_replace": 1,
+        "moe_layer_freq": 1,
+        "routed_scaling_factor": 2.0,
+        "topk_method": "greedy",
+        "max_position_embeddings": 32,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "rope_scaling": {
+            "type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 8,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale": 0.707,
+            "mscale_all_dim": 0.707,
+        },
+    },
     # gpt-oss as OpenAI publishes it: experts in MXFP4 (HF "_blocks"/"_scales",
     # gate/up rows interleaved), sinks, biases, yarn, a 4-token sliding window
     # on even layers.
-    "gpt_oss": {"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", **_BASE, "num_hidden_layers": 4,
-                "head_dim": 64, "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 256,
-                "sliding_window": 4, "rope_theta": 150000.0, "max_position_embeddings": 64,
-                "layer_types": ["sliding_attention", "full_attention"] * 2, "tie_word_embeddings": False,
-                "rope_scaling": {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8,
-                                 "beta_fast": 32.0, "beta_slow": 1.0},
-                "quantization_config": {"quant_method": "mxfp4"}},
+    "gpt_oss": {
+        "architectures": ["GptOssForCausalLM"],
+        "model_type": "gpt_oss",
+        **_BASE,
+        "num_hidden_layers": 4,
+        "head_dim": 64,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "intermediate_size": 256,
+        "sliding_window": 4,
+        "rope_theta": 150000.0,
+        "max_position_embeddings": 64,
+        "layer_types": ["sliding_attention", "full_attention"] * 2,
+        "tie_word_embeddings": False,
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "factor": 8.0,
+            "original_max_position_embeddings": 8,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+        },
+        "quantization_config": {"quant_method": "mxfp4"},
+    },
 }
 
 _GEMMA = {"gemma", "gemma2", "gemma3_text"}
@@ -184,7 +451,8 @@ def _hf_layout(model_type: str, weights: dict[str, np.ndarray]) -> dict[str, np.
         for k in [k for k in weights if k.endswith("switch_mlp.gate_proj.weight")]:
             moe = k.removesuffix(".switch_mlp.gate_proj.weight")
             out[f"{moe}.input_linear.weight"] = np.concatenate(
-                [weights[k], weights[f"{moe}.switch_mlp.up_proj.weight"]], axis=1)
+                [weights[k], weights[f"{moe}.switch_mlp.up_proj.weight"]], axis=1
+            )
             out[f"{moe}.output_linear.weight"] = weights[f"{moe}.switch_mlp.down_proj.weight"]
         return out
     out = {}
@@ -225,8 +493,15 @@ def _random_weights(model_type: str, shapes: dict[str, tuple[int, ...]], rng) ->
     return out
 
 
-def build_hf_checkpoint(out: Path, arch: str, *, seed: int = 0, dtype: str = "bfloat16",
-                        shard: bool = False, overrides: dict[str, Any] | None = None) -> Path:
+def build_hf_checkpoint(
+    out: Path,
+    arch: str,
+    *,
+    seed: int = 0,
+    dtype: str = "bfloat16",
+    shard: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
     """A ``arch`` checkpoint as a Hugging Face repo folder would hold it
     (``overrides``: config.json keys replaced)."""
     from mlx.utils import tree_flatten
@@ -245,13 +520,15 @@ def build_hf_checkpoint(out: Path, arch: str, *, seed: int = 0, dtype: str = "bf
     shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
     if config.get("tie_word_embeddings", True) or config["model_type"] in ("gemma", "gemma2"):
         shapes.pop("lm_head.weight", None)  # tied: HF checkpoints carry no lm_head
-    weights = _hf_layout(config["model_type"], _random_weights(config["model_type"], shapes,
-                                                               np.random.default_rng(seed)))
-    arrays = {k: mx.array(v).astype(getattr(mx, dtype)) if v.dtype == np.float32 else mx.array(v)
-              for k, v in weights.items()}
+    weights = _hf_layout(
+        config["model_type"], _random_weights(config["model_type"], shapes, np.random.default_rng(seed))
+    )
+    arrays = {
+        k: mx.array(v).astype(getattr(mx, dtype)) if v.dtype == np.float32 else mx.array(v) for k, v in weights.items()
+    }
     if shard:  # two shards plus an index, as large HF repos come
         names = sorted(arrays)
-        parts = [names[: len(names) // 2], names[len(names) // 2:]]
+        parts = [names[: len(names) // 2], names[len(names) // 2 :]]
         weight_map = {}
         for i, part in enumerate(parts):
             fname = f"model-{i + 1:05d}-of-00002.safetensors"
@@ -284,8 +561,7 @@ def load_float32(model_dir: Path, weights: dict[str, np.ndarray] | None = None):
 
     model, _ = load_model(Path(model_dir))
     if weights is not None:
-        arrays = {k: mx.array(v, dtype=mx.float32) if v.dtype.kind == "f" else mx.array(v)
-                  for k, v in weights.items()}
+        arrays = {k: mx.array(v, dtype=mx.float32) if v.dtype.kind == "f" else mx.array(v) for k, v in weights.items()}
         if any(".experts." in k or "input_linear" in k for k in arrays):  # HF experts -> stacked, as load_model does
             arrays = model.sanitize(arrays)
         model.load_weights(list(arrays.items()), strict=True)

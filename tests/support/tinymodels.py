@@ -31,15 +31,19 @@ def build_tokenizer(out: Path, vocab_size: int = 384) -> None:
     )
     tok.train_from_iterator(_CORPUS, trainer)
     tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "chat_template": CHATML_TEMPLATE,
-        "model_max_length": 2048,
-    }))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": None,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": None,
+                "chat_template": CHATML_TEMPLATE,
+                "model_max_length": 2048,
+            }
+        )
+    )
     (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
 
 
@@ -81,11 +85,15 @@ def build_tiny_llama(out: Path, *, seed: int = 0, hidden: int = 64, layers: int 
     weights = {k: v.astype(mx.float16) for k, v in weights.items()}
     mx.save_safetensors(str(out / "model.safetensors"), weights)
     (out / "config.json").write_text(json.dumps(config))
-    (out / "model_info.json").write_text(json.dumps({
-        "general.architecture": "llama",
-        "general.parameter_count": sum(int(v.size) for v in weights.values()),
-        "llama.context_length": context,
-        "llama.embedding_length": hidden,
-        "llama.block_count": layers,
-    }))
+    (out / "model_info.json").write_text(
+        json.dumps(
+            {
+                "general.architecture": "llama",
+                "general.parameter_count": sum(int(v.size) for v in weights.values()),
+                "llama.context_length": context,
+                "llama.embedding_length": hidden,
+                "llama.block_count": layers,
+            }
+        )
+    )
     return out

@@ -15,12 +15,12 @@ from pathlib import Path
 _QWEN_TOOLS_PREAMBLE = (
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
-    "{{- \"# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}"
+    '{{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n'
+    'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}'
     "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
-    "{{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
-    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, "
-    "\\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}"
+    '{{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, '
+    '\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}'
 )
 
 _QWEN_TOOL_RESULT = (
@@ -33,7 +33,7 @@ _QWEN_TOOL_RESULT = (
 _QWEN_TOOL_CALLS = (
     "{%- for tool_call in message.tool_calls %}"
     "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{{- '\\n<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' + tool_call.name + \'", "arguments": \' }}'
     "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
     "{{- '}\\n</tool_call>' }}"
     "{%- endfor %}"
@@ -51,8 +51,10 @@ QWEN25_TEMPLATE = (
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
     "{%- elif message.role == 'assistant' %}"
     "{{- '<|im_start|>' + message.role }}{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
-    + _QWEN_TOOL_CALLS + "{{- '<|im_end|>\\n' }}"
-    + _QWEN_TOOL_RESULT + "{%- endif %}{%- endfor %}"
+    + _QWEN_TOOL_CALLS
+    + "{{- '<|im_end|>\\n' }}"
+    + _QWEN_TOOL_RESULT
+    + "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
@@ -76,8 +78,10 @@ QWEN3_TEMPLATE = (
     "{%- if loop.index0 > ns.last_query_index and reasoning_content %}"
     "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}"
     "{%- else %}{{- '<|im_start|>assistant\\n' + content }}{%- endif %}"
-    + _QWEN_TOOL_CALLS + "{{- '<|im_end|>\\n' }}"
-    + _QWEN_TOOL_RESULT + "{%- endif %}{%- endfor %}"
+    + _QWEN_TOOL_CALLS
+    + "{{- '<|im_end|>\\n' }}"
+    + _QWEN_TOOL_RESULT
+    + "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
     "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}"
@@ -107,7 +111,7 @@ LLAMA31_TEMPLATE = (
     "{{- '<|start_header_id|>user<|end_header_id|>\\n\\n' }}"
     "{{- 'Given the following functions, please respond with a JSON for a function call with its proper '"
     " 'arguments that best answers the given prompt.\\n\\n' }}"
-    "{{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}"
+    '{{- \'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.\' }}'
     "{{- 'Do not use variables.\\n\\n' }}"
     "{%- for t in tools %}{{- t | tojson(indent=4) }}{{- '\\n\\n' }}{%- endfor %}"
     "{{- first_user_message + '<|eot_id|>' }}"
@@ -148,8 +152,17 @@ GPTOSS_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|start|>assistant' }}{%- endif %}"
 )
 
-QWEN_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-               "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+QWEN_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+]
 QWEN_TEXT_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]  # special: false
 
 
@@ -170,19 +183,55 @@ class Family:
 
 FAMILIES = {
     "qwen25": Family("qwen25", QWEN25_TEMPLATE, QWEN_TOKENS, "<|im_end|>", text_tokens=QWEN_TEXT_TOKENS),
-    "qwen3": Family("qwen3", QWEN3_TEMPLATE, QWEN_TOKENS, "<|im_end|>",
-                    text_tokens=QWEN_TEXT_TOKENS + ["<think>", "</think>"]),
-    "r1": Family("r1", R1_TEMPLATE, ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"],
-                 "<｜end▁of▁sentence｜>", bos="<｜begin▁of▁sentence｜>", text_tokens=["<think>", "</think>"]),
-    "llama31": Family("llama31", LLAMA31_TEMPLATE,
-                      ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                       "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"], "<|eot_id|>", bos="<|begin_of_text|>"),
-    "gptoss": Family("gptoss", GPTOSS_TEMPLATE,
-                     ["<|endoftext|>", "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",
-                      "<|return|>", "<|call|>"], "<|return|>", more_eos=["<|call|>"]),
+    "qwen3": Family(
+        "qwen3", QWEN3_TEMPLATE, QWEN_TOKENS, "<|im_end|>", text_tokens=QWEN_TEXT_TOKENS + ["<think>", "</think>"]
+    ),
+    "r1": Family(
+        "r1",
+        R1_TEMPLATE,
+        ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"],
+        "<｜end▁of▁sentence｜>",
+        bos="<｜begin▁of▁sentence｜>",
+        text_tokens=["<think>", "</think>"],
+    ),
+    "llama31": Family(
+        "llama31",
+        LLAMA31_TEMPLATE,
+        [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|eom_id|>",
+            "<|python_tag|>",
+        ],
+        "<|eot_id|>",
+        bos="<|begin_of_text|>",
+    ),
+    "gptoss": Family(
+        "gptoss",
+        GPTOSS_TEMPLATE,
+        [
+            "<|endoftext|>",
+            "<|start|>",
+            "<|end|>",
+            "<|message|>",
+            "<|channel|>",
+            "<|constrain|>",
+            "<|return|>",
+            "<|call|>",
+        ],
+        "<|return|>",
+        more_eos=["<|call|>"],
+    ),
     # StarCoder2 base: no chat template, FIM tokens.
-    "starcoder": Family("starcoder", None, ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>",
-                                            "<fim_pad>", "<file_sep>"], "<|endoftext|>"),
+    "starcoder": Family(
+        "starcoder",
+        None,
+        ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<file_sep>"],
+        "<|endoftext|>",
+    ),
 }
 
 _CORPUS = [
@@ -198,8 +247,12 @@ def build_tokenizer(out: Path, family: Family, vocab_size: int = 512) -> dict:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=family.all_tokens,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=family.all_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_CORPUS, trainer)
     tok.save(str(out / "tokenizer.json"))
     data = json.loads((out / "tokenizer.json").read_text())
@@ -221,8 +274,9 @@ def build_tokenizer(out: Path, family: Family, vocab_size: int = 512) -> dict:
     return data["model"]["vocab"] | {a["content"]: a["id"] for a in data["added_tokens"]}
 
 
-def build_family_model(out: Path, family: str | Family, *, seed: int = 0, hidden: int = 64, layers: int = 2,
-                       context: int = 4096) -> Path:
+def build_family_model(
+    out: Path, family: str | Family, *, seed: int = 0, hidden: int = 64, layers: int = 2, context: int = 4096
+) -> Path:
     """A llama-architecture MLX model with random weights for one family's tokenizer and template.
     The end token's output row is zeroed, so greedy decoding rarely stops on its own."""
     import mlx.core as mx
@@ -235,10 +289,17 @@ def build_family_model(out: Path, family: str | Family, *, seed: int = 0, hidden
     vocab_size = max(vocab.values()) + 1
     eos = vocab[fam.eos]
     config = {
-        "model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers,
-        "intermediate_size": hidden * 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "rms_norm_eps": 1e-5, "vocab_size": vocab_size, "rope_theta": 10000.0,
-        "max_position_embeddings": context, "tie_word_embeddings": False,
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": hidden * 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": vocab_size,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": context,
+        "tie_word_embeddings": False,
         "eos_token_id": [eos] + [vocab[t] for t in fam.more_eos] if fam.more_eos else eos,
     }
     if fam.bos:
@@ -251,9 +312,15 @@ def build_family_model(out: Path, family: str | Family, *, seed: int = 0, hidden
     weights = {k: v.astype(mx.float16) for k, v in weights.items()}
     mx.save_safetensors(str(out / "model.safetensors"), weights)
     (out / "config.json").write_text(json.dumps(config))
-    (out / "model_info.json").write_text(json.dumps({
-        "general.architecture": "llama",
-        "general.parameter_count": sum(int(v.size) for v in weights.values()),
-        "llama.context_length": context, "llama.embedding_length": hidden, "llama.block_count": layers,
-    }))
+    (out / "model_info.json").write_text(
+        json.dumps(
+            {
+                "general.architecture": "llama",
+                "general.parameter_count": sum(int(v.size) for v in weights.values()),
+                "llama.context_length": context,
+                "llama.embedding_length": hidden,
+                "llama.block_count": layers,
+            }
+        )
+    )
     return out

@@ -30,18 +30,28 @@ def test_blocks_open_and_close_in_order():
     assert final["stop_reason"] == "tool_use"
     call_id = next(d["content_block"]["id"] for n, d in events if n == "content_block_start" and d["index"] == 2)
     assert w.message(final)["content"] == [
-        {"type": "thinking", "thinking": "hmm", "signature": ""}, {"type": "text", "text": "a"},
+        {"type": "thinking", "thinking": "hmm", "signature": ""},
+        {"type": "text", "text": "a"},
         {"type": "tool_use", "id": call_id, "name": "f", "input": {"x": 1}},
-        {"type": "text", "text": "b"}]
+        {"type": "text", "text": "b"},
+    ]
 
 
 def test_stop_sequence_split_across_events_is_held_back():
     w = MessageWriter("m", 10, ["STOP"])
-    text = [d["delta"]["text"] for ev in ("hello ST", "OP and more") for n, d in parse_events(w.feed(TextEvent(ev, logprobs=[{}])))
-            if n == "content_block_delta"]
+    text = [
+        d["delta"]["text"]
+        for ev in ("hello ST", "OP and more")
+        for n, d in parse_events(w.feed(TextEvent(ev, logprobs=[{}])))
+        if n == "content_block_delta"
+    ]
     assert "".join(text) == "hello " and w.stopped
     _, final = w.finish(None, FakeGen())
-    assert final == {"stop_reason": "stop_sequence", "stop_sequence": "STOP", "usage": {"input_tokens": 10, "output_tokens": 2}}
+    assert final == {
+        "stop_reason": "stop_sequence",
+        "stop_sequence": "STOP",
+        "usage": {"input_tokens": 10, "output_tokens": 2},
+    }
 
 
 class FakeGen:

@@ -8,7 +8,13 @@ import json
 import pytest
 
 from mlxollama.convert.bundled import (
-    BUNDLED, CHAT_MODEL, EMBED_MODEL, BundledSource, LibraryLayers, apply_library_layers, ensure_bundled,
+    BUNDLED,
+    CHAT_MODEL,
+    EMBED_MODEL,
+    BundledSource,
+    LibraryLayers,
+    apply_library_layers,
+    ensure_bundled,
     library_layers,
 )
 from mlxollama.engine.catalog import derive_capabilities, load_spec
@@ -16,9 +22,14 @@ from mlxollama.parsers.tools import HERMES, ToolCallParser, infer_tool_format
 from mlxollama.store import ModelName, Store, build_config_blob, media
 from mlxollama.template.ollama import render_messages
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather of a city",
-    "parameters": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}},
+    },
+}
 SMOLLM2 = library_layers("smollm2")
 
 TOOLS_SYSTEM = (
@@ -59,8 +70,11 @@ def test_smollm2_template_gives_tools_capability():
 def test_smollm2_template_renders_tool_conversation():
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "",
-         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
         {"role": "tool", "content": "18C and sunny"},
     ]
     prompt = render_messages(SMOLLM2.template, messages, tools=[WEATHER])
@@ -70,18 +84,27 @@ def test_smollm2_template_renders_tool_conversation():
         '{"name": "get_weather", "arguments": {"city":"Paris"}}\n'
         "]</tool_call><|im_end|>\n"
         "<|im_start|>user\n<tool_response>\n18C and sunny\n</tool_response><|im_end|>\n"
-        "<|im_start|>assistant\n")
+        "<|im_start|>assistant\n"
+    )
 
 
 def test_smollm2_template_without_tools_is_plain_chatml():
-    prompt = render_messages(SMOLLM2.template, [{"role": "user", "content": "Hi"},
-                                                {"role": "assistant", "content": "Hello!"},
-                                                {"role": "user", "content": "Bye"}])
-    assert prompt == ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
-                      "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n")
+    prompt = render_messages(
+        SMOLLM2.template,
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye"},
+        ],
+    )
+    assert prompt == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+    )
     # The library template's system turn has no <|im_end|>: kept as Ollama ships it.
     assert render_messages(SMOLLM2.template, [{"role": "user", "content": "Hi"}], "Be brief.") == (
-        "<|im_start|>system\nBe brief.\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>system\nBe brief.\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_smollm2_tool_calls_parse_as_a_json_array():
@@ -89,8 +112,10 @@ def test_smollm2_tool_calls_parse_as_a_json_array():
     fmt = infer_tool_format(None, SMOLLM2.template)
     assert fmt == HERMES
     parser = ToolCallParser(fmt, [WEATHER])
-    reply = ('<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Paris"}},\n'
-             '{"name": "get_weather", "arguments": {"city": "Rome"}}\n]</tool_call>')
+    reply = (
+        '<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Paris"}},\n'
+        '{"name": "get_weather", "arguments": {"city": "Rome"}}\n]</tool_call>'
+    )
     content, calls = "", []
     for ch in reply:  # streamed a character at a time: no call may leak into content
         text, found = parser.add(ch)
@@ -99,7 +124,9 @@ def test_smollm2_tool_calls_parse_as_a_json_array():
     content, calls = content + text, calls + found
     assert content.strip() == ""
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
-        ("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]
+        ("get_weather", {"city": "Paris"}),
+        ("get_weather", {"city": "Rome"}),
+    ]
 
 
 def _stored_plain_model(store: Store, name: str, tmp_path) -> ModelName:
@@ -110,8 +137,15 @@ def _stored_plain_model(store: Store, name: str, tmp_path) -> ModelName:
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (model_dir / "weights.safetensors").write_bytes(b"\0" * 16)
-    config = build_config_blob(model_format="mlx", model_family="llama", model_type="135M", file_type="Q4_1",
-                               capabilities=None, context_length=8192, embedding_length=576)
+    config = build_config_blob(
+        model_format="mlx",
+        model_family="llama",
+        model_type="135M",
+        file_type="Q4_1",
+        capabilities=None,
+        context_length=8192,
+        embedding_length=576,
+    )
     return package_model_dir(store, ModelName.parse(name), model_dir, config=config).name
 
 

@@ -10,11 +10,23 @@ from mlxollama.cli.progress import Bar
 
 
 def test_human_sizes_numbers_and_times():
-    assert [human_bytes(n) for n in (0, 999, 1000, 1500, 269_600_000, 2_019_393_189, 65_290_180_781)] == \
-        ["0 B", "999 B", "1 KB", "1.5 KB", "269 MB", "2.0 GB", "65 GB"]
+    assert [human_bytes(n) for n in (0, 999, 1000, 1500, 269_600_000, 2_019_393_189, 65_290_180_781)] == [
+        "0 B",
+        "999 B",
+        "1 KB",
+        "1.5 KB",
+        "269 MB",
+        "2.0 GB",
+        "65 GB",
+    ]
     assert human_bytes(270_000_000) == "270 MB" and human_bytes(1_300_000_000) == "1.3 GB"
-    assert [human_number(n) for n in (123_200, 22_000_000, 567_700_000, 3_212_749_888, 8_000_000_000)] == \
-        ["123K", "22M", "567.70M", "3.2B", "8B"]
+    assert [human_number(n) for n in (123_200, 22_000_000, 567_700_000, 3_212_749_888, 8_000_000_000)] == [
+        "123K",
+        "22M",
+        "567.70M",
+        "3.2B",
+        "8B",
+    ]
     now = datetime(2025, 1, 1, tzinfo=timezone.utc)
     ago = lambda **kw: human_time(now - timedelta(**kw), now=now)  # noqa: E731
     assert ago(seconds=0.5) == "Less than a second ago"
@@ -29,11 +41,25 @@ def test_human_sizes_numbers_and_times():
 
 
 def test_go_durations_and_verbose_summary():
-    assert [go_duration(n) for n in (0, 999, 1_500, 41_369_774, 2_617_759_579, 62_500_000_000, 3_723_000_000_000)] == \
-        ["0s", "999ns", "1.5µs", "41.369774ms", "2.617759579s", "1m2.5s", "1h2m3s"]
-    lines = summary_lines({"total_duration": 13_143_397_239, "load_duration": 2_617_759_579,
-                           "prompt_eval_count": 22, "prompt_eval_duration": 41_369_774,
-                           "eval_count": 2026, "eval_duration": 10_482_576_141})
+    assert [go_duration(n) for n in (0, 999, 1_500, 41_369_774, 2_617_759_579, 62_500_000_000, 3_723_000_000_000)] == [
+        "0s",
+        "999ns",
+        "1.5µs",
+        "41.369774ms",
+        "2.617759579s",
+        "1m2.5s",
+        "1h2m3s",
+    ]
+    lines = summary_lines(
+        {
+            "total_duration": 13_143_397_239,
+            "load_duration": 2_617_759_579,
+            "prompt_eval_count": 22,
+            "prompt_eval_duration": 41_369_774,
+            "eval_count": 2026,
+            "eval_duration": 10_482_576_141,
+        }
+    )
     assert lines == [
         "total duration:       13.143397239s",
         "load duration:        2.617759579s",
@@ -48,11 +74,15 @@ def test_go_durations_and_verbose_summary():
 
 def test_table_and_progress_bar_layout():
     out = table([["tiny:latest", "be9d174b615d", "262 KB", "2 minutes ago"]], header=["NAME", "ID", "SIZE", "MODIFIED"])
-    assert out == ("NAME           ID              SIZE      MODIFIED         \n"
-                   "tiny:latest    be9d174b615d    262 KB    2 minutes ago    \n")
+    assert out == (
+        "NAME           ID              SIZE      MODIFIED         \n"
+        "tiny:latest    be9d174b615d    262 KB    2 minutes ago    \n"
+    )
     bar = Bar("pulling 8dde1b6d8b85:", 270_000_000, 270_000_000)
     line = bar.render(80)
-    assert line.startswith("pulling 8dde1b6d8b85: 100% ▕██") and "▏ 270 MB" in line and len(line) == 79  # one column spare, as in ollama
+    assert (
+        line.startswith("pulling 8dde1b6d8b85: 100% ▕██") and "▏ 270 MB" in line and len(line) == 79
+    )  # one column spare, as in ollama
     half = Bar("pulling 8dde1b6d8b85:", 270_000_000, 0)
     half.set(135_000_000)
     assert " 50% ▕" in half.render(80) and "135 MB/270 MB" in half.render(80)

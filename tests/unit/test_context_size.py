@@ -9,16 +9,19 @@ from mlxollama.config import GIB, Config, default_context_length
 from mlxollama.engine.llm import generation_limit, shifted_window
 
 
-@pytest.mark.parametrize("memory, num_ctx", [
-    (0, 4096),
-    (8 * GIB, 4096),
-    (23 * GIB - 1, 4096),
-    (23 * GIB, 32768),  # a 24 GiB GPU that reports a little less still gets the middle tier
-    (36 * GIB, 32768),
-    (47 * GIB - 1, 32768),
-    (47 * GIB, 262144),
-    (192 * GIB, 262144),
-])
+@pytest.mark.parametrize(
+    "memory, num_ctx",
+    [
+        (0, 4096),
+        (8 * GIB, 4096),
+        (23 * GIB - 1, 4096),
+        (23 * GIB, 32768),  # a 24 GiB GPU that reports a little less still gets the middle tier
+        (36 * GIB, 32768),
+        (47 * GIB - 1, 32768),
+        (47 * GIB, 262144),
+        (192 * GIB, 262144),
+    ],
+)
 def test_context_sizing_picks_each_tier_from_a_stated_memory_figure(memory, num_ctx):
     assert default_context_length(memory) == num_ctx
     c = Config.from_env({"MLXOLLAMA_BACKEND_MEMORY": str(memory)})
@@ -54,12 +57,15 @@ def test_the_cpu_backend_has_no_gpu_memory_to_size_from():
         assert backend_memory() > 0
 
 
-@pytest.mark.parametrize("num_keep, expected", [
-    (4, list(range(4)) + list(range(18, 32))),  # keep 4, drop (32 - 4) / 2 = 14 of the oldest
-    (0, list(range(16, 32))),
-    (31, list(range(31))),  # num_keep is held below num_ctx: at least one token always goes
-    (100, list(range(31))),
-])
+@pytest.mark.parametrize(
+    "num_keep, expected",
+    [
+        (4, list(range(4)) + list(range(18, 32))),  # keep 4, drop (32 - 4) / 2 = 14 of the oldest
+        (0, list(range(16, 32))),
+        (31, list(range(31))),  # num_keep is held below num_ctx: at least one token always goes
+        (100, list(range(31))),
+    ],
+)
 def test_a_full_window_keeps_num_keep_and_drops_the_oldest_half_of_the_rest(num_keep, expected):
     assert shifted_window(list(range(32)), num_keep, 32) == expected
 

@@ -13,13 +13,28 @@ from mlxollama.engine.cpu_dense import dense_budget, dense_size, densify, has_qu
 GiB = 1 << 30
 
 
-@pytest.mark.parametrize("value,expected", [
-    (None, CPU_DENSE_AUTO), ("", CPU_DENSE_AUTO), ("auto", CPU_DENSE_AUTO), (" AUTO ", CPU_DENSE_AUTO),
-    ("junk", CPU_DENSE_AUTO), ("-5", CPU_DENSE_AUTO),
-    ("0", 0), ("off", 0), ("false", 0), ("OFF", 0), ("no", 0),
-    ("1", CPU_DENSE_ALL), ("on", CPU_DENSE_ALL), ("true", CPU_DENSE_ALL), ("yes", CPU_DENSE_ALL),
-    ("2000000000", 2_000_000_000), ('"8589934592"', 8 * GiB),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (None, CPU_DENSE_AUTO),
+        ("", CPU_DENSE_AUTO),
+        ("auto", CPU_DENSE_AUTO),
+        (" AUTO ", CPU_DENSE_AUTO),
+        ("junk", CPU_DENSE_AUTO),
+        ("-5", CPU_DENSE_AUTO),
+        ("0", 0),
+        ("off", 0),
+        ("false", 0),
+        ("OFF", 0),
+        ("no", 0),
+        ("1", CPU_DENSE_ALL),
+        ("on", CPU_DENSE_ALL),
+        ("true", CPU_DENSE_ALL),
+        ("yes", CPU_DENSE_ALL),
+        ("2000000000", 2_000_000_000),
+        ('"8589934592"', 8 * GiB),
+    ],
+)
 def test_setting_parses(value, expected):
     assert parse_cpu_dense(value) == expected
 
@@ -37,15 +52,18 @@ def test_budget_is_a_quarter_of_the_memory_budget_by_default():
     assert dense_budget(CPU_DENSE_ALL, 16 * GiB) == CPU_DENSE_ALL
 
 
-@pytest.mark.parametrize("size,budget,on_cpu,expected", [
-    (500 << 20, 4 * GiB, True, True),      # SmolLM2-135M's ~540 MB fits the automatic budget
-    (4 * GiB, 4 * GiB, True, True),        # exactly at the budget
-    (4 * GiB + 1, 4 * GiB, True, False),   # larger models keep their quantized weights
-    (1, 0, True, False),                   # MLXOLLAMA_CPU_DENSE=off
-    (0, 0, True, False),
-    (500 << 20, CPU_DENSE_ALL, False, False),  # Metal / CUDA: never, whatever the budget
-    (1, 4 * GiB, False, False),
-])
+@pytest.mark.parametrize(
+    "size,budget,on_cpu,expected",
+    [
+        (500 << 20, 4 * GiB, True, True),  # SmolLM2-135M's ~540 MB fits the automatic budget
+        (4 * GiB, 4 * GiB, True, True),  # exactly at the budget
+        (4 * GiB + 1, 4 * GiB, True, False),  # larger models keep their quantized weights
+        (1, 0, True, False),  # MLXOLLAMA_CPU_DENSE=off
+        (0, 0, True, False),
+        (500 << 20, CPU_DENSE_ALL, False, False),  # Metal / CUDA: never, whatever the budget
+        (1, 4 * GiB, False, False),
+    ],
+)
 def test_choice_per_backend(size, budget, on_cpu, expected):
     assert should_densify(size, budget, on_cpu) is expected
 

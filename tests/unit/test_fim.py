@@ -32,7 +32,11 @@ def test_fim_prompt_tokens(tmp_path):
     short = fim_tokens(tok, fmt, "x = 1\n" * 50 + "def f():", "\n    return 1\n" * 50, limit=40)
     assert len(short) <= 40
     text = tok.decode(short)
-    assert text.startswith("<fim_prefix>") and "def f():<fim_suffix>\n    return 1" in text and text.endswith("<fim_middle>")
+    assert (
+        text.startswith("<fim_prefix>")
+        and "def f():<fim_suffix>\n    return 1" in text
+        and text.endswith("<fim_middle>")
+    )
 
 
 @pytest.mark.parametrize("fmt", FIM_FORMATS, ids=lambda f: f.name)

@@ -112,13 +112,24 @@ def test_config_details(tmp_path, checkpoints):
         return json.loads((_import(d, checkpoints(arch)[0], QT.Q8_0)[1] / "config.json").read_text())
 
     g2 = imported("gemma2")
-    for key in ("head_dim", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
-                "sliding_window"):
+    for key in (
+        "head_dim",
+        "query_pre_attn_scalar",
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+        "sliding_window",
+    ):
         assert g2[key] == src["gemma2"][key], key
     assert g2["rope_theta"] == 10000.0  # Gemma2Model writes no freq_base: llama.cpp's default
     g3 = imported("gemma3")
-    for key in ("head_dim", "query_pre_attn_scalar", "sliding_window", "sliding_window_pattern",
-                "rope_theta", "rope_local_base_freq"):
+    for key in (
+        "head_dim",
+        "query_pre_attn_scalar",
+        "sliding_window",
+        "sliding_window_pattern",
+        "rope_theta",
+        "rope_local_base_freq",
+    ):
         assert g3[key] == src["gemma3"][key], key
     assert g3["rope_scaling"] == {"type": "linear", "factor": 8.0}
     p3 = imported("phi3")
@@ -179,8 +190,13 @@ def test_ollama_gptoss(tmp_path, checkpoints, fused_qkv):
     info = import_gguf(path, tmp_path / "mlx")
     assert (info.architecture, info.file_type) == ("gptoss", "MXFP4")
     cfg = json.loads((tmp_path / "mlx" / "config.json").read_text())
-    assert cfg["rope_scaling"] == {"rope_type": "yarn", "factor": 8.0, "beta_fast": 32.0, "beta_slow": 1.0,
-                                   "original_max_position_embeddings": 8}
+    assert cfg["rope_scaling"] == {
+        "rope_type": "yarn",
+        "factor": 8.0,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "original_max_position_embeddings": 8,
+    }
     _, tokens = _check_exact(tmp_path / "mlx", hf_dir, reference)
     assert tokens == src_tokens
 
@@ -196,9 +212,34 @@ def test_gemma3_without_sliding_window(tmp_path, checkpoints):
 
 def test_supported_architectures():
     assert SUPPORTED_GGUF_ARCHITECTURES == {
-        "llama", "mistral3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe", "granite",
-        "olmo2", "smollm3", "starcoder2", "command-r", "exaone", "glm4", "deepseek2", "gpt-oss", "olmoe", "cohere2",
-        "granitemoe", "phi2", "starcoder", "stablelm", "nemotron", "gptoss"}
+        "llama",
+        "mistral3",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "qwen2moe",
+        "qwen3moe",
+        "granite",
+        "olmo2",
+        "smollm3",
+        "starcoder2",
+        "command-r",
+        "exaone",
+        "glm4",
+        "deepseek2",
+        "gpt-oss",
+        "olmoe",
+        "cohere2",
+        "granitemoe",
+        "phi2",
+        "starcoder",
+        "stablelm",
+        "nemotron",
+        "gptoss",
+    }
     # every claimed architecture is exercised by test_import_matches_source
     assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3", "gptoss"}
     assert all(gguf_architecture_supported(a) for a in SUPPORTED_GGUF_ARCHITECTURES)
@@ -244,8 +285,9 @@ def test_gemma3_sliding_pattern_key():
     from mlxollama.convert.gguf import _gemma3_sliding_pattern, _Meta
 
     def pattern(v, layers=12):
-        return _gemma3_sliding_pattern(_Meta({} if v is None else {"gemma3.attention.sliding_window_pattern": v},
-                                             "gemma3"), layers)
+        return _gemma3_sliding_pattern(
+            _Meta({} if v is None else {"gemma3.attention.sliding_window_pattern": v}, "gemma3"), layers
+        )
 
     assert pattern(None) == 6  # llama.cpp's fixed gemma3 pattern
     assert pattern([True] * 5 + [False] + [True] * 5 + [False]) == 6
@@ -263,8 +305,9 @@ def test_deepseek_llm_pre_tokenizer():
 
     from mlxollama.convert.gguf_tokenizer import PRE_TOKENIZER_REGEXES
 
-    split = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r), behavior="isolated")
-                                     for r in PRE_TOKENIZER_REGEXES["deepseek-llm"]])
+    split = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZER_REGEXES["deepseek-llm"]]
+    )
     pieces = [p for p, _ in split.pre_tokenize_str("Hello \u4f60\u597d 2024\n\u0391\u03bb\u03c6\u03b1 \u2126\u212a")]
     # (U+2126 and U+212A also fall in the CJK split's U+0800-U+4E00 range, which takes them from the space)
     assert pieces == ["Hello", " ", "\u4f60\u597d", " ", "2024", "\n", "\u0391\u03bb\u03c6\u03b1", " ", "\u2126\u212a"]
@@ -304,7 +347,6 @@ def test_missing_or_misshapen_tensors_are_refused(tmp_path, checkpoints):
     _rewrite_without(tmp_path / "ok.gguf", tmp_path / "missing.gguf", "blk.1.ffn_down_exps.weight")
     with pytest.raises(UnsupportedGGUF, match=r"lacks tensors .*layers\.1\.mlp\.switch_mlp\.down_proj"):
         import_gguf(tmp_path / "missing.gguf", tmp_path / "out1")
-    _rewrite_without(tmp_path / "ok.gguf", tmp_path / "shape.gguf", "",
-                     reshape={"blk.0.attn_q.weight": (128, 512)})
+    _rewrite_without(tmp_path / "ok.gguf", tmp_path / "shape.gguf", "", reshape={"blk.0.attn_q.weight": (128, 512)})
     with pytest.raises(UnsupportedGGUF, match=r"blk\.0\.attn_q\.weight.* shape"):
         import_gguf(tmp_path / "shape.gguf", tmp_path / "out2")

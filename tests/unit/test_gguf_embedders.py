@@ -34,11 +34,24 @@ TEXTS = [
 # Mixed corpus for tokenizer parity: accents, CJK, Cyrillic, Greek, Arabic, emoji (ZWJ),
 # code, specials written in the text, control characters, runs of whitespace, an overlong word.
 CORPUS = [
-    "Hello, World! It's 3.14pm", "Café naïve façade — ÉCOLE", "日本語のテキストと中文",
-    "def f(x):\n    return x**2  # code", "emoji 🎉🚀 and 👨\u200d👩\u200d👧", "Привет мир",
-    "[CLS] inside [SEP] text [MASK] [unused0]", "  multiple   spaces\ttabs\n", "ünïcödé ßtraße",
-    "x" * 150, "", "αβγ δ Ελληνικά", "العربية", "don't stop-believing; (parens) [brackets]",
-    "ctrl\x00chars\x07here\ufffd", "fullwidth ＡＢＣ１２３", "walking talked quickly", "<html>&amp;</html>",
+    "Hello, World! It's 3.14pm",
+    "Café naïve façade — ÉCOLE",
+    "日本語のテキストと中文",
+    "def f(x):\n    return x**2  # code",
+    "emoji 🎉🚀 and 👨\u200d👩\u200d👧",
+    "Привет мир",
+    "[CLS] inside [SEP] text [MASK] [unused0]",
+    "  multiple   spaces\ttabs\n",
+    "ünïcödé ßtraße",
+    "x" * 150,
+    "",
+    "αβγ δ Ελληνικά",
+    "العربية",
+    "don't stop-believing; (parens) [brackets]",
+    "ctrl\x00chars\x07here\ufffd",
+    "fullwidth ＡＢＣ１２３",
+    "walking talked quickly",
+    "<html>&amp;</html>",
 ]
 
 
@@ -56,9 +69,11 @@ def _load(store: Store, stored, run: Path) -> EncoderModel:
     return EncoderModel.load(store.materialize(stored, run))
 
 
-@pytest.fixture(scope="module", params=[("bert", "cls"), ("nomic_bert", "mean"), ("xlm-roberta", "cls"),
-                                        ("roberta", "mean")],
-                ids=["bert", "nomic-bert", "xlm-roberta", "roberta"])
+@pytest.fixture(
+    scope="module",
+    params=[("bert", "cls"), ("nomic_bert", "mean"), ("xlm-roberta", "cls"), ("roberta", "mean")],
+    ids=["bert", "nomic-bert", "xlm-roberta", "roberta"],
+)
 def pair(request, tmp_path_factory, store):
     """(reference model via the sentence-transformers path, hf dir, work dir) per architecture."""
     arch, pooling = request.param
@@ -72,8 +87,9 @@ def pair(request, tmp_path_factory, store):
 def test_gguf_embeddings_match_sentence_transformers_path(pair, store, qtype, floor):
     ref, hf, root = pair
     gguf_path = write_encoder_gguf(hf, root / f"{qtype.name}.gguf", qtype)
-    imported = _load(store, convert_path(gguf_path, f"imp-{root.name}-{qtype.name}".lower(), store=store),
-                     root / f"run-{qtype.name}")
+    imported = _load(
+        store, convert_path(gguf_path, f"imp-{root.name}-{qtype.name}".lower(), store=store), root / f"run-{qtype.name}"
+    )
     assert imported.pooling.mode == ref.pooling.mode
     assert imported.config.model_type == ref.config.model_type
     a, na = ref.embed(TEXTS, normalize=True)
@@ -124,7 +140,7 @@ def _nomic_reference(hf: Path, ids: list[int]) -> np.ndarray:
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
 
     def rope(x):  # (heads, t, d)
-        rot = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1)
+        rot = np.concatenate([-x[..., d // 2 :], x[..., : d // 2]], -1)
         return x * cos + rot * sin
 
     x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.token_type_embeddings.weight"][0]
@@ -175,10 +191,15 @@ def test_pooling_and_normalisation_read_from_metadata(tmp_path):
 def _bert_meta(tokens: list[str], special: set[str]) -> dict:
     def phantom(t):
         return t if t.startswith("[") and t.endswith("]") else t[2:] if t.startswith("##") else "\u2581" + t
-    return {"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": [phantom(t) for t in tokens],
-            "tokenizer.ggml.token_type": [3 if t in special else 1 for t in tokens],
-            "tokenizer.ggml.unknown_token_id": tokens.index("[UNK]"),
-            "tokenizer.ggml.bos_token_id": tokens.index("[CLS]"), "tokenizer.ggml.eos_token_id": tokens.index("[SEP]")}
+
+    return {
+        "tokenizer.ggml.model": "bert",
+        "tokenizer.ggml.tokens": [phantom(t) for t in tokens],
+        "tokenizer.ggml.token_type": [3 if t in special else 1 for t in tokens],
+        "tokenizer.ggml.unknown_token_id": tokens.index("[UNK]"),
+        "tokenizer.ggml.bos_token_id": tokens.index("[CLS]"),
+        "tokenizer.ggml.eos_token_id": tokens.index("[SEP]"),
+    }
 
 
 def test_cased_vocabulary_is_not_lowercased():
@@ -225,8 +246,10 @@ def test_refusals_name_the_reason(tmp_path):
     path = write_encoder_gguf(hf, tmp_path / "m.gguf")
     reader = gguf.GGUFReader(str(path))
     # A reranker (pooling_type rank) and a vocabulary of another kind are refused by name.
-    for key, value, needle in [("bert.pooling_type", 4, "reranker"),
-                               ("tokenizer.ggml.model", "rwkv", "tokenizer 'rwkv' is not supported")]:
+    for key, value, needle in [
+        ("bert.pooling_type", 4, "reranker"),
+        ("tokenizer.ggml.model", "rwkv", "tokenizer 'rwkv' is not supported"),
+    ]:
         w = gguf.GGUFWriter(str(tmp_path / "x.gguf"), "bert")
         for name, f in reader.fields.items():
             if name.startswith("GGUF.") or name == "general.architecture":
@@ -238,8 +261,9 @@ def test_refusals_name_the_reason(tmp_path):
             else:
                 w.add_key_value(name, val, vtype)
         for t in reader.tensors:
-            w.add_tensor(t.name, np.asarray(t.data), raw_shape=list(reversed([int(x) for x in t.shape])),
-                         raw_dtype=t.tensor_type)
+            w.add_tensor(
+                t.name, np.asarray(t.data), raw_shape=list(reversed([int(x) for x in t.shape])), raw_dtype=t.tensor_type
+            )
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

@@ -58,27 +58,43 @@ def test_unusable_entries_are_left_out():
 
 def test_default_origins():
     policy = OriginPolicy(list(_DEFAULT_ORIGINS))
-    for origin in ("http://localhost", "https://localhost:3000", "http://127.0.0.1:8080", "http://0.0.0.0",
-                   "app://obsidian.md", "file://", "tauri://localhost", "vscode-webview://abc",
-                   "vscode-file://vscode-app"):
+    for origin in (
+        "http://localhost",
+        "https://localhost:3000",
+        "http://127.0.0.1:8080",
+        "http://0.0.0.0",
+        "app://obsidian.md",
+        "file://",
+        "tauri://localhost",
+        "vscode-webview://abc",
+        "vscode-file://vscode-app",
+    ):
         assert policy.allows(origin), origin
-    for origin in ("http://localhost.evil.com", "http://127.0.0.1.nip.io", "https://evil.com",
-                   "http://[::1]:3000", "null"):
+    for origin in (
+        "http://localhost.evil.com",
+        "http://127.0.0.1.nip.io",
+        "https://evil.com",
+        "http://[::1]:3000",
+        "null",
+    ):
         assert not policy.allows(origin), origin
 
 
-@pytest.mark.parametrize("hostport, host", [
-    ("localhost:11434", "localhost"),
-    ("localhost", "localhost"),  # no port: the whole value
-    ("[::1]:11434", "::1"),
-    ("[::1]", "[::1]"),  # Go's SplitHostPort fails ("missing port"): the value stays bracketed
-    ("::1", "::1"),  # too many colons: the whole value
-    ("127.0.0.1:80", "127.0.0.1"),
-    (":80", ""),
-    ("", ""),
-    ("[a]b:1", "[a]b:1"),
-    ("a]:1", "a]:1"),
-])
+@pytest.mark.parametrize(
+    "hostport, host",
+    [
+        ("localhost:11434", "localhost"),
+        ("localhost", "localhost"),  # no port: the whole value
+        ("[::1]:11434", "::1"),
+        ("[::1]", "[::1]"),  # Go's SplitHostPort fails ("missing port"): the value stays bracketed
+        ("::1", "::1"),  # too many colons: the whole value
+        ("127.0.0.1:80", "127.0.0.1"),
+        (":80", ""),
+        ("", ""),
+        ("[a]b:1", "[a]b:1"),
+        ("a]:1", "a]:1"),
+    ],
+)
 def test_split_host_port_as_go(hostport, host):
     assert split_host_port(hostport) == host
 
@@ -87,23 +103,57 @@ def never_local(_ip) -> bool:
     return False
 
 
-@pytest.mark.parametrize("host", [
-    "", "localhost", "localhost:11434", "LOCALHOST:1", "app.localhost", "box.local:8080", "svc.internal",
-    "127.0.0.1:11434", "127.9.9.9", "[::1]:11434", "::1", "[::ffff:127.0.0.1]:80",
-    "10.1.2.3", "172.16.0.1:80", "172.31.255.255", "192.168.1.20:11434", "[fd00::5]:11434", "[fc00::1]:1",
-    "0.0.0.0:11434", "[::]:11434",
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "localhost",
+        "localhost:11434",
+        "LOCALHOST:1",
+        "app.localhost",
+        "box.local:8080",
+        "svc.internal",
+        "127.0.0.1:11434",
+        "127.9.9.9",
+        "[::1]:11434",
+        "::1",
+        "[::ffff:127.0.0.1]:80",
+        "10.1.2.3",
+        "172.16.0.1:80",
+        "172.31.255.255",
+        "192.168.1.20:11434",
+        "[fd00::5]:11434",
+        "[fc00::1]:1",
+        "0.0.0.0:11434",
+        "[::]:11434",
+    ],
+)
 def test_host_guard_allows_this_machine(host):
     assert host_allowed(host, is_local_address=never_local)
 
 
-@pytest.mark.parametrize("host", [
-    "evil.com", "evil.com:11434", "localhost.evil.com", "127.0.0.1.nip.io",
-    "169.254.1.1:80", "[fe80::1]:80",  # link-local
-    "192.0.2.1", "198.51.100.7:80", "[2001:db8::1]:80",  # documentation ranges
-    "198.18.0.1", "240.0.0.1", "255.255.255.255", "100.64.0.1", "172.32.0.1", "11.0.0.1",
-    "[::ffff:0.0.0.0]:80", "[::1]",
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.com",
+        "evil.com:11434",
+        "localhost.evil.com",
+        "127.0.0.1.nip.io",
+        "169.254.1.1:80",
+        "[fe80::1]:80",  # link-local
+        "192.0.2.1",
+        "198.51.100.7:80",
+        "[2001:db8::1]:80",  # documentation ranges
+        "198.18.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "100.64.0.1",
+        "172.32.0.1",
+        "11.0.0.1",
+        "[::ffff:0.0.0.0]:80",
+        "[::1]",
+    ],
+)
 def test_host_guard_refuses_other_names_and_ranges(host):
     assert not host_allowed(host, is_local_address=never_local)
 

@@ -22,10 +22,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxollama.convert.hf import (
-    QUANTIZE_CHOICES, UnsupportedCheckpoint, convert_hf_checkpoint, is_mlx_checkpoint,
-)
 from mlxollama.convert.create import ManageError, convert_path
+from mlxollama.convert.hf import (
+    QUANTIZE_CHOICES,
+    UnsupportedCheckpoint,
+    convert_hf_checkpoint,
+    is_mlx_checkpoint,
+)
 from mlxollama.store import ModelName, Store
 
 from ..support import tinyhf as th
@@ -63,8 +66,10 @@ def _qdq_reference(hf_dir: Path, bits: int, group: int, mode: str) -> dict[str, 
         for k, v in mx.load(str(f)).items():
             if v.ndim == 2 and v.shape[-1] % group == 0:
                 # quantized from bf16 (as stored), dequantized in float32 (as run)
-                q = [a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a
-                     for a in mx.quantize(v, group_size=group, bits=bits, mode=mode)]
+                q = [
+                    a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a
+                    for a in mx.quantize(v, group_size=group, bits=bits, mode=mode)
+                ]
                 v = mx.dequantize(*q, group_size=group, bits=bits, mode=mode, dtype=mx.float32)
             ref[k] = np.array(v.astype(mx.float32))
     return ref
@@ -92,7 +97,8 @@ def test_convert_matches_source(tmp_path, checkpoints, arch, quantize):
     arch_key = hf_cfg["model_type"]
     mi = json.loads((out / "model_info.json").read_text())
     assert mi == {
-        "general.architecture": arch_key, "general.parameter_count": info.parameter_count,
+        "general.architecture": arch_key,
+        "general.parameter_count": info.parameter_count,
         f"{arch_key}.context_length": hf_cfg["max_position_embeddings"],
         f"{arch_key}.embedding_length": hf_cfg["hidden_size"],
         f"{arch_key}.block_count": hf_cfg["num_hidden_layers"],

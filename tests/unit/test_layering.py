@@ -74,8 +74,12 @@ def test_rooms_never_import_against_the_flow():
 
 
 def test_only_engine_and_convert_import_mlx():
-    wrong = [f"{m} imports {n}" for m, names in graph().items() for n in names
-             if (n == "mlx" or n.startswith(("mlx.", "mlx_lm"))) and room_of(m) not in MLX_ROOMS]
+    wrong = [
+        f"{m} imports {n}"
+        for m, names in graph().items()
+        for n in names
+        if (n == "mlx" or n.startswith(("mlx.", "mlx_lm"))) and room_of(m) not in MLX_ROOMS
+    ]
     assert not wrong, "\n".join(wrong)
 
 

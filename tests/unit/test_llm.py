@@ -51,6 +51,7 @@ def script_ids(engine, pieces: list[str]) -> list[int]:
 
 def run_engine(engine, spec: PromptSpec, sampler, monkeypatch, **options) -> list:
     """Admit one job and step the engine to the end, the sampler choosing every token."""
+
     async def go():
         if sampler is not None:
             monkeypatch.setattr(llm_module, "make_request_sampler", lambda opts, vocab_size: sampler)
@@ -77,8 +78,11 @@ def scripted(engine, pieces: list[str]):
 
 def joined(events):
     text = [e for e in events if isinstance(e, TextEvent)]
-    return ("".join(e.text for e in text), "".join(e.thinking for e in text),
-            [c for e in text for c in (e.tool_calls or [])])
+    return (
+        "".join(e.text for e in text),
+        "".join(e.thinking for e in text),
+        [c for e in text for c in (e.tool_calls or [])],
+    )
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "alone"])
@@ -87,8 +91,16 @@ def test_engine_separates_thinking_and_tool_calls(engines, monkeypatch, batched)
     # models whose caches cannot merge run alone through mlx-lm's stream_generate
     monkeypatch.setattr(eng, "batchable", batched)
     msgs = [{"role": "user", "content": "weather in Tokyo?"}]
-    pieces = ["<think>", "\nI should call", " the tool.\n", "</think>", "\n\n", "<tool_call>",
-              '\n{"name": "get_weather", "arguments": {"city": "Tokyo"}}\n', "</tool_call>"]
+    pieces = [
+        "<think>",
+        "\nI should call",
+        " the tool.\n",
+        "</think>",
+        "\n\n",
+        "<tool_call>",
+        '\n{"name": "get_weather", "arguments": {"city": "Tokyo"}}\n',
+        "</tool_call>",
+    ]
     events = run_engine(eng, PromptSpec(messages=msgs, tools=TOOLS, think=True), scripted(eng, pieces), monkeypatch)
     content, thinking, calls = joined(events)
     assert (content, thinking) == ("", "I should call the tool.\n")
@@ -108,28 +120,64 @@ def test_engine_think_false_and_preopened_thinking(engines, monkeypatch):
     assert joined(events)[:2] == ("Hello there", "")
     r1 = engines("r1")
     # the R1 template opens <think> in the prompt: reasoning is separated even with think:false
-    events = run_engine(r1, PromptSpec(messages=msgs, think=False), scripted(r1, ["hmm", "</think>", "\n\nHi!"]),
-                        monkeypatch)
+    events = run_engine(
+        r1, PromptSpec(messages=msgs, think=False), scripted(r1, ["hmm", "</think>", "\n\nHi!"]), monkeypatch
+    )
     assert joined(events)[:2] == ("Hi!", "hmm")
 
 
 def test_engine_harmony_reasoning_calls_and_format(engines, monkeypatch):
     eng = engines("gptoss")
     msgs = [{"role": "user", "content": "weather in Tokyo?"}]
-    pieces = ["<|channel|>", "analysis", "<|message|>", "Need weather.", "<|end|>", "<|start|>", "assistant to=functions.",
-              "get_weather", "<|channel|>", "commentary json", "<|message|>", '{"city": "Tokyo"}', "<|call|>"]
+    pieces = [
+        "<|channel|>",
+        "analysis",
+        "<|message|>",
+        "Need weather.",
+        "<|end|>",
+        "<|start|>",
+        "assistant to=functions.",
+        "get_weather",
+        "<|channel|>",
+        "commentary json",
+        "<|message|>",
+        '{"city": "Tokyo"}',
+        "<|call|>",
+    ]
     events = run_engine(eng, PromptSpec(messages=msgs, tools=TOOLS, think=False), scripted(eng, pieces), monkeypatch)
     content, thinking, calls = joined(events)
     assert (content, thinking) == ("", "Need weather.")
     assert fn(calls) == [(0, "get_weather", {"city": "Tokyo"})]
     # with `format`, the grammar starts at the final channel's message
-    header = iter(script_ids(eng, ["<|channel|>", "analysis", "<|message|>", "ok", "<|end|>", "<|start|>",
-                                   "assistant", "<|channel|>", "final", "<|message|>"]))
-    sampler = lambda logprobs: next((mx.array([t], dtype=mx.uint32) for t in header),  # noqa: E731
-                                    mx.argmax(logprobs, axis=-1).astype(mx.uint32))
+    header = iter(
+        script_ids(
+            eng,
+            [
+                "<|channel|>",
+                "analysis",
+                "<|message|>",
+                "ok",
+                "<|end|>",
+                "<|start|>",
+                "assistant",
+                "<|channel|>",
+                "final",
+                "<|message|>",
+            ],
+        )
+    )
+    sampler = lambda logprobs: next(
+        (mx.array([t], dtype=mx.uint32) for t in header),  # noqa: E731
+        mx.argmax(logprobs, axis=-1).astype(mx.uint32),
+    )
     schema = SCHEMAS[2]
-    events = run_engine(eng, PromptSpec(messages=msgs, think=True, grammar=format_grammar(schema)), sampler,
-                        monkeypatch, num_predict=300)
+    events = run_engine(
+        eng,
+        PromptSpec(messages=msgs, think=True, grammar=format_grammar(schema)),
+        sampler,
+        monkeypatch,
+        num_predict=300,
+    )
     content, thinking, _ = joined(events)
     assert thinking == "ok"
     validate(json.loads(content), schema)
@@ -137,9 +185,13 @@ def test_engine_harmony_reasoning_calls_and_format(engines, monkeypatch):
 
 def test_engine_stop_strings_cut_before_parsing(engines, monkeypatch):
     eng = engines("qwen3")
-    events = run_engine(eng, PromptSpec(messages=[{"role": "user", "content": "x"}], think=True),
-                        scripted(eng, ["<think>", "a b", "</think>", "one two three four"]), monkeypatch,
-                        stop=["three"])
+    events = run_engine(
+        eng,
+        PromptSpec(messages=[{"role": "user", "content": "x"}], think=True),
+        scripted(eng, ["<think>", "a b", "</think>", "one two three four"]),
+        monkeypatch,
+        stop=["three"],
+    )
     assert joined(events)[:2] == ("one two ", "a b")
     assert events[-1].done_reason == "stop"
 

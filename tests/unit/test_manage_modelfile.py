@@ -6,10 +6,18 @@ import pytest
 
 from mlxollama.cli.modelfile import to_create_request
 from mlxollama.convert.modelfile import (
-    ClientSide, Command, ModelfileError, format_command, go_value, parse, quote, to_create_fields,
+    ClientSide,
+    Command,
+    ModelfileError,
+    format_command,
+    go_value,
+    parse,
+    quote,
+    to_create_fields,
 )
 
-FULL = '''# a comment line
+FULL = (
+    '''# a comment line
 FROM llama3.2
 PARAMETER temperature 0.7
 PARAMETER stop "<|eot_id|>"
@@ -21,7 +29,10 @@ TEMPLATE "{{ .Prompt }}"
 MESSAGE user Is Toronto in Canada?
 MESSAGE assistant yes
 LICENSE MIT license
-ADAPTER @sha256:''' + "a" * 64 + "\n"
+ADAPTER @sha256:'''
+    + "a" * 64
+    + "\n"
+)
 
 
 def test_commands_keep_ollamas_shape():
@@ -64,24 +75,33 @@ def test_crlf_tabs_and_bom():
     assert cmds == [Command("model", "x"), Command("system", "indented  words")]
 
 
-@pytest.mark.parametrize("text,message", [
-    ("SYSTEM hi\n", "no FROM line"),
-    ("FOO bar\nFROM x\n", '(line 1): command must be one of "from", "license", "template", "system", "adapter", '
-                          '"draft", "renderer", "parser", "parameter", "message", or "requires"'),
-    ("FROM x\nMESSAGE bot hi\n", '(line 2): message role must be one of "system", "user", or "assistant"'),
-    ('FROM x\nSYSTEM """never closed\n', "unexpected EOF"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("SYSTEM hi\n", "no FROM line"),
+        (
+            "FOO bar\nFROM x\n",
+            '(line 1): command must be one of "from", "license", "template", "system", "adapter", '
+            '"draft", "renderer", "parser", "parameter", "message", or "requires"',
+        ),
+        ("FROM x\nMESSAGE bot hi\n", '(line 2): message role must be one of "system", "user", or "assistant"'),
+        ('FROM x\nSYSTEM """never closed\n', "unexpected EOF"),
+    ],
+)
 def test_parse_errors(text, message):
     with pytest.raises(ModelfileError) as e:
         parse(text)
     assert str(e.value) == message
 
 
-@pytest.mark.parametrize("line,message", [
-    ("PARAMETER temperature hot", "invalid float value hot"),
-    ("PARAMETER num_ctx lots", "invalid int value lots"),
-    ("PARAMETER nonsense 1", "unknown parameter 'nonsense'"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("PARAMETER temperature hot", "invalid float value hot"),
+        ("PARAMETER num_ctx lots", "invalid int value lots"),
+        ("PARAMETER nonsense 1", "unknown parameter 'nonsense'"),
+    ],
+)
 def test_parameter_typing_errors(line, message):
     with pytest.raises(ModelfileError) as e:
         to_create_fields(parse(f"FROM x\n{line}\n"))
@@ -111,10 +131,22 @@ def test_commands_written_as_ollama_writes_them():
         assert parse("FROM x\n" + format_command(cmd) + "\n")[1] == cmd
 
 
-@pytest.mark.parametrize("value,text", [
-    (0.7, "0.7"), (1.0, "1"), (4096, "4096"), (1e6, "1e+06"), (1234567.0, "1.234567e+06"), (123456.0, "123456"),
-    (1e-05, "1e-05"), (0.0001, "0.0001"), (True, "true"), (False, "false"), ("<|eot|>", "<|eot|>"),
-])
+@pytest.mark.parametrize(
+    "value,text",
+    [
+        (0.7, "0.7"),
+        (1.0, "1"),
+        (4096, "4096"),
+        (1e6, "1e+06"),
+        (1234567.0, "1.234567e+06"),
+        (123456.0, "123456"),
+        (1e-05, "1e-05"),
+        (0.0001, "0.0001"),
+        (True, "true"),
+        (False, "false"),
+        ("<|eot|>", "<|eot|>"),
+    ],
+)
 def test_parameter_values_print_as_go_does(value, text):
     assert go_value(value) == text
 
@@ -135,11 +167,15 @@ def test_client_uploads_local_files_and_keeps_names_otherwise(tmp_path):
     (tmp_path / "lora" / "README.md").write_text("not sent")
     uploaded: list = []
     fields, warnings = client_fields(
-        "FROM ./m.gguf\nADAPTER lora\nPARAMETER stop a\nPARAMETER stop b\nMESSAGE user hi\n", tmp_path, uploaded)
+        "FROM ./m.gguf\nADAPTER lora\nPARAMETER stop a\nPARAMETER stop b\nMESSAGE user hi\n", tmp_path, uploaded
+    )
     digest = "sha256:" + "c" * 64
-    assert fields == {"files": {"m.gguf": digest},
-                      "adapters": {"adapters.safetensors": digest, "adapter_config.json": digest},
-                      "parameters": {"stop": ["a", "b"]}, "messages": [{"role": "user", "content": "hi"}]}
+    assert fields == {
+        "files": {"m.gguf": digest},
+        "adapters": {"adapters.safetensors": digest, "adapter_config.json": digest},
+        "parameters": {"stop": ["a", "b"]},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     assert sorted(uploaded) == ["adapter_config.json", "adapters.safetensors", "m.gguf"] and warnings == []
     fields, _ = client_fields("FROM llama3.2\n", tmp_path, uploaded)
     assert fields == {"from": "llama3.2"}

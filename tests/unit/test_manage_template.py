@@ -49,16 +49,16 @@ def test_response_is_appended_to_templates_without_it():
 
 
 TOOLS_TEMPLATE = (
-    '{{- if .System }}[S]{{ .System }}{{ end }}'
-    '{{- range $i, $m := .Messages }}'
+    "{{- if .System }}[S]{{ .System }}{{ end }}"
+    "{{- range $i, $m := .Messages }}"
     '{{- if eq .Role "user" }}[U{{ $i }}]{{ .Content }}'
     '{{- else if eq .Role "assistant" }}[A]'
-    '{{- if .ToolCalls }}{{ range .ToolCalls }}{{ .Function.Name }}{{ .Function.Arguments }}{{ end }}'
-    '{{- else }}{{ .Content }}{{ end }}'
-    '{{- else }}[T:{{ .ToolName }}]{{ .Content }}{{ end }}'
-    '{{- if eq (len (slice $.Messages $i)) 1 }}[END]{{ end }}'
-    '{{- end }}'
-    '{{- if .Tools }}[TOOLS]{{ range $.Tools }}{{ . }}{{ end }}{{ end }}'
+    "{{- if .ToolCalls }}{{ range .ToolCalls }}{{ .Function.Name }}{{ .Function.Arguments }}{{ end }}"
+    "{{- else }}{{ .Content }}{{ end }}"
+    "{{- else }}[T:{{ .ToolName }}]{{ .Content }}{{ end }}"
+    "{{- if eq (len (slice $.Messages $i)) 1 }}[END]{{ end }}"
+    "{{- end }}"
+    "{{- if .Tools }}[TOOLS]{{ range $.Tools }}{{ . }}{{ end }}{{ end }}"
 )
 
 
@@ -67,13 +67,26 @@ def test_messages_template_collates_and_prints_tool_calls_like_go():
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "a"},
         {"role": "user", "content": "b"},
-        {"role": "assistant", "content": "",
-         "tool_calls": [{"function": {"name": "f", "arguments": {"z": 1, "a": "<&>"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "f", "arguments": {"z": 1, "a": "<&>"}}}],
+        },
         {"role": "tool", "content": "42", "tool_name": "f"},
         {"role": "tool", "content": "43", "tool_name": "f"},
     ]
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"zeta": {"type": "string"}, "alpha": {"type": "integer"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"zeta": {"type": "string"}, "alpha": {"type": "integer"}},
+                },
+            },
+        }
+    ]
     out = render_messages(TOOLS_TEMPLATE, msgs, tools=tools)
     # consecutive user messages merge with a blank line, tool messages never do; arguments are a Go
     # map (sorted keys, HTML-escaped JSON); system messages stay in .Messages as well as .System
@@ -94,8 +107,10 @@ def test_whitespace_trimming_and_comments():
 
 def test_variables_control_flow_and_functions():
     data = {"L": [1, 2, 3, 4, 5], "Empty": [], "M": {"b": 2, "a": "<"}, "S": "héllo", "H": "<a&b>"}
-    t = ("{{ $n := 0 }}{{ range .L }}{{ if eq . 2 }}{{ continue }}{{ end }}{{ if eq . 4 }}{{ break }}{{ end }}"
-         "{{ $n = . }}{{ . }}{{ end }}|{{ $n }}")
+    t = (
+        "{{ $n := 0 }}{{ range .L }}{{ if eq . 2 }}{{ continue }}{{ end }}{{ if eq . 4 }}{{ break }}{{ end }}"
+        "{{ $n = . }}{{ . }}{{ end }}|{{ $n }}"
+    )
     assert parse(t).execute(data) == "13|3"
     assert parse("{{ with .Missing }}yes{{ else }}no{{ end }}").execute(data) == "no"
     assert parse("{{ with .M }}{{ .b }}{{ end }}").execute(data) == "2"
@@ -115,14 +130,17 @@ def test_think_fields():
     assert render_messages(t, [{"role": "user", "content": "q"}]) == "falseq"
 
 
-@pytest.mark.parametrize("bad,message", [
-    ("{{ nope }}", 'function "nope" not defined'),
-    ("{{ if .X }}open", "unexpected EOF"),
-    ("stray {{ end }}", "unexpected {{end}}"),
-    ("{{ $x }}", 'undefined variable "$x"'),
-    ("{{ .X ", "unclosed action"),
-    ('{{ template "x" }}', "not supported"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("{{ nope }}", 'function "nope" not defined'),
+        ("{{ if .X }}open", "unexpected EOF"),
+        ("stray {{ end }}", "unexpected {{end}}"),
+        ("{{ $x }}", 'undefined variable "$x"'),
+        ("{{ .X ", "unclosed action"),
+        ('{{ template "x" }}', "not supported"),
+    ],
+)
 def test_parse_errors(bad, message):
     with pytest.raises(TemplateError, match=message.replace("{", r"\{").replace("}", r"\}").replace("$", r"\$")):
         parse(bad)
@@ -132,12 +150,18 @@ def test_generate_render_keeps_its_single_turn_contract():
     assert render("[INST] {{ .System }} {{ .Prompt }} [/INST]", system="S", prompt="P") == "[INST] S P [/INST]"
     assert render(CHATML_LEGACY, prompt="P") == "<|im_start|>user\nP<|im_end|>\n<|im_start|>assistant\n"
     # a messages-style template given to /api/generate renders the prompt as one user message
-    assert render("{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}", system="S", prompt="P") == "<system>S<user>P"
+    assert (
+        render("{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}", system="S", prompt="P")
+        == "<system>S<user>P"
+    )
 
 
 # Cases from Ollama's own template tests (template_test.go): same inputs, same expected outputs.
-_HELLO = [{"role": "user", "content": "Hello friend!"}, {"role": "assistant", "content": "Hello human!"},
-          {"role": "user", "content": "What is your name?"}]
+_HELLO = [
+    {"role": "user", "content": "Hello friend!"},
+    {"role": "assistant", "content": "Hello human!"},
+    {"role": "user", "content": "What is your name?"},
+]
 _MISTRAL = [
     "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}[/INST] ",
     "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}[/INST] {{ .Response }}",
@@ -149,22 +173,29 @@ _MISTRAL = [
 
 @pytest.mark.parametrize("template", _MISTRAL)
 def test_ollama_cases_mistral(template):
-    assert render_messages(template, _HELLO) == "[INST] Hello friend![/INST] Hello human![INST] What is your name?[/INST] "
+    assert (
+        render_messages(template, _HELLO) == "[INST] Hello friend![/INST] Hello human![INST] What is your name?[/INST] "
+    )
     system = [{"role": "system", "content": "You are a helpful assistant!"}]
     assert render_messages(template, system + _HELLO) == (
-        "[INST] You are a helpful assistant!\n\nHello friend![/INST] Hello human![INST] What is your name?[/INST] ")
+        "[INST] You are a helpful assistant!\n\nHello friend![/INST] Hello human![INST] What is your name?[/INST] "
+    )
 
 
-@pytest.mark.parametrize("template", [
-    "[INST] {{ .Prompt }}[/INST] ",
-    "[INST] {{ .Prompt }}[/INST] {{ .Response }}",
-    '\n{{- range $i, $m := .Messages }}\n{{- if eq .Role "user" }}[INST] {{ .Content }}[/INST] '
-    '{{ else if eq .Role "assistant" }}{{ .Content }}{{ end }}\n{{- end }}',
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "[INST] {{ .Prompt }}[/INST] ",
+        "[INST] {{ .Prompt }}[/INST] {{ .Response }}",
+        '\n{{- range $i, $m := .Messages }}\n{{- if eq .Role "user" }}[INST] {{ .Content }}[/INST] '
+        '{{ else if eq .Role "assistant" }}{{ .Content }}{{ end }}\n{{- end }}',
+    ],
+)
 def test_ollama_cases_assistant_prefill(template):
     msgs = _HELLO + [{"role": "assistant", "content": "My name is Ollama and I"}]
     assert render_messages(template, msgs) == (
-        "[INST] Hello friend![/INST] Hello human![INST] What is your name?[/INST] My name is Ollama and I")
+        "[INST] Hello friend![/INST] Hello human![INST] What is your name?[/INST] My name is Ollama and I"
+    )
 
 
 def test_ollama_cases_suffix_and_vars():
@@ -173,7 +204,11 @@ def test_ollama_cases_suffix_and_vars():
     assert render_messages(t, [], prompt="def add(", suffix="return x") == "<PRE> def add( <SUF>return x <MID>"
     assert template_vars("{{ .Prompt }}") == ["prompt", "response"]
     assert template_vars("{{ with .Tools }}{{ . }}{{ end }} {{ .System }} {{ .Prompt }}") == [
-        "prompt", "response", "system", "tools"]
+        "prompt",
+        "response",
+        "system",
+        "tools",
+    ]
     assert template_vars("{{ range .Messages }}{{ .Role }} {{ .Content }}{{ end }}") == ["content", "messages", "role"]
 
 
@@ -210,8 +245,16 @@ QWEN3_LIKE = """{{- $lastUserIdx := -1 -}}
 
 
 def test_qwen3_style_template():
-    tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {
-        "type": "object", "properties": {"x": {"type": "integer"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "description": "d",
+                "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}},
+            },
+        }
+    ]
     msgs = [
         {"role": "system", "content": "S"},
         {"role": "user", "content": "q1"},
@@ -229,4 +272,5 @@ def test_qwen3_style_template():
     )
     # think unset: no marker; no tools and no system: no system turn
     assert render_messages(QWEN3_LIKE, [{"role": "user", "content": "hi"}]) == (
-        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )

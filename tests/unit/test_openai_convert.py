@@ -13,13 +13,29 @@ PNG = b"\x89PNG\r\n\x1a\nfake"
 
 
 def test_chat_request_becomes_the_native_request_and_overrides():
-    body = {"model": "m", "max_tokens": -1, "stop": "END", "stream": True, "stream_options": {"include_usage": True},
-            "reasoning_effort": "high", "response_format": {"type": "json_object"},
-            "messages": [{"role": "system", "content": "be brief"},
-                         {"role": "user", "content": [
-                             {"type": "text", "text": "what is this?"},
-                             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode()}},
-                             {"type": "text", "text": "really"}]}]}
+    body = {
+        "model": "m",
+        "max_tokens": -1,
+        "stop": "END",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "reasoning_effort": "high",
+        "response_format": {"type": "json_object"},
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode()},
+                    },
+                    {"type": "text", "text": "really"},
+                ],
+            },
+        ],
+    }
     req, overrides, include_usage = chat_request(body)
     assert (req.model, req.stream, req.think, req.format, include_usage) == ("m", True, "high", "json", True)
     assert [m.role for m in req.messages] == ["system", "user"]
@@ -31,22 +47,46 @@ def test_chat_request_becomes_the_native_request_and_overrides():
 
 
 def test_tool_turns_keep_their_ids_and_names():
-    req, _, _ = chat_request({"model": "m", "messages": [
-        {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
-                                              "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]})
+    req, _, _ = chat_request(
+        {
+            "model": "m",
+            "messages": [
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            ],
+        }
+    )
     call, result = req.messages
     assert call.tool_calls == [{"id": "call_1", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]
     assert (result.tool_name, result.tool_call_id, result.content) == ("weather", "call_1", "sunny")
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"model": "m", "messages": []}, "[] is too short - 'messages'"),
-    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "https://x/y.png"}]}]},
-     "image URLs are not currently supported, please use base64 encoded data instead"),
-    ({"model": "m", "reasoning_effort": "huge", "messages": [{"role": "user", "content": "hi"}]},
-     'invalid reasoning value: "huge" (must be "minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")'),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"model": "m", "messages": []}, "[] is too short - 'messages'"),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "https://x/y.png"}]}],
+            },
+            "image URLs are not currently supported, please use base64 encoded data instead",
+        ),
+        (
+            {"model": "m", "reasoning_effort": "huge", "messages": [{"role": "user", "content": "hi"}]},
+            'invalid reasoning value: "huge" (must be "minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")',
+        ),
+    ],
+)
 def test_chat_request_refusals_carry_ollamas_text(body, message):
     with pytest.raises(APIError) as e:
         chat_request(body)
@@ -54,11 +94,18 @@ def test_chat_request_refusals_carry_ollamas_text(body, message):
 
 
 def test_completion_request_is_a_parsed_generate_request():
-    req, include_usage = completion_request({"model": "m", "prompt": "def f(", "suffix": "return 1", "max_tokens": 5,
-                                             "logprobs": 2, "stream": True})
+    req, include_usage = completion_request(
+        {"model": "m", "prompt": "def f(", "suffix": "return 1", "max_tokens": 5, "logprobs": 2, "stream": True}
+    )
     assert isinstance(req, GenerateRequest)
-    assert (req.model, req.prompt, req.suffix, req.stream, req.logprobs, req.top_logprobs) == \
-        ("m", "def f(", "return 1", True, True, 2)
+    assert (req.model, req.prompt, req.suffix, req.stream, req.logprobs, req.top_logprobs) == (
+        "m",
+        "def f(",
+        "return 1",
+        True,
+        True,
+        2,
+    )
     assert req.options["num_predict"] == 5
     assert include_usage is False
 

@@ -68,7 +68,9 @@ def test_tool_calls_get_ids_and_stream_wide_indices():
 
 def test_mid_stream_error_is_an_error_object_without_done():
     out = stream_chunks(TextEvent("Hi"), ErrorEvent("out of memory", 500))
-    assert json.loads(out[-1]) == {"error": {"message": "out of memory", "type": "api_error", "param": None, "code": None}}
+    assert json.loads(out[-1]) == {
+        "error": {"message": "out of memory", "type": "api_error", "param": None, "code": None}
+    }
     assert "[DONE]" not in out
 
 

@@ -15,21 +15,24 @@ def merged(**request) -> Options:
     return Options.merged(validate_options(request), num_ctx=4096)
 
 
-@pytest.mark.parametrize("key, given, expected", [
-    ("temperature", -3.0, 0.0),      # Ollama's sampler: temperature < 0 is 0
-    ("top_p", 7.0, 1.0),             # top_p and min_p are kept within [0, 1]
-    ("top_p", -1.0, 0.0),
-    ("min_p", -1.0, 0.0),
-    ("min_p", 2.0, 1.0),
-    ("top_k", -3, 0),                # <= 0 disables it
-    ("repeat_last_n", -5, -1),       # any negative is "the whole window"
-    ("num_ctx", -5, 4),              # Ollama clamps num_ctx to >= 4
-    ("num_ctx", 1 << 70, MAX_NUM_CTX),
-    ("seed", 1 << 70, INT64_MAX),    # Go's int64 option: saturated, never wrapped into MLX
-    ("seed", -(1 << 70), INT64_MIN),
-    ("num_predict", 1 << 70, INT64_MAX),
-    ("temperature", 1e300, FLOAT32_MAX),  # a float32 option
-])
+@pytest.mark.parametrize(
+    "key, given, expected",
+    [
+        ("temperature", -3.0, 0.0),  # Ollama's sampler: temperature < 0 is 0
+        ("top_p", 7.0, 1.0),  # top_p and min_p are kept within [0, 1]
+        ("top_p", -1.0, 0.0),
+        ("min_p", -1.0, 0.0),
+        ("min_p", 2.0, 1.0),
+        ("top_k", -3, 0),  # <= 0 disables it
+        ("repeat_last_n", -5, -1),  # any negative is "the whole window"
+        ("num_ctx", -5, 4),  # Ollama clamps num_ctx to >= 4
+        ("num_ctx", 1 << 70, MAX_NUM_CTX),
+        ("seed", 1 << 70, INT64_MAX),  # Go's int64 option: saturated, never wrapped into MLX
+        ("seed", -(1 << 70), INT64_MIN),
+        ("num_predict", 1 << 70, INT64_MAX),
+        ("temperature", 1e300, FLOAT32_MAX),  # a float32 option
+    ],
+)
 def test_out_of_range_values_are_clamped(key, given, expected):
     assert validate_options({key: given})[key] == expected
     assert getattr(merged(**{key: given}), key) == expected
@@ -61,8 +64,16 @@ def test_wrong_types_stay_ollamas_500():
 
 
 def test_valid_values_pass_unchanged():
-    given = {"temperature": 0.7, "top_p": 0.95, "min_p": 0.05, "top_k": 20, "seed": 42, "num_predict": 16,
-             "repeat_last_n": 0, "num_ctx": 8192}
+    given = {
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "min_p": 0.05,
+        "top_k": 20,
+        "seed": 42,
+        "num_predict": 16,
+        "repeat_last_n": 0,
+        "num_ctx": 8192,
+    }
     assert validate_options(given) == given
 
 
@@ -75,7 +86,9 @@ def test_samplers_never_get_a_value_their_compiled_filters_refuse():
     assert s.top_k == 0 and s.min_p == 1.0 and s.top_p == 0.0 and s.temperature == 0.0
     s = SamplerSettings.of(merged(top_k=vocab - 1, min_p=-1.0, top_p=0.5, temperature=0.8), vocab)
     assert (s.top_k, s.min_p, s.top_p, s.temperature) == (vocab - 1, 0.0, 0.5, 0.8)
-    assert SamplerSettings.of(merged(top_p=0.0, temperature=0.8), vocab).temperature == 0.0  # Ollama keeps the top token
+    assert (
+        SamplerSettings.of(merged(top_p=0.0, temperature=0.8), vocab).temperature == 0.0
+    )  # Ollama keeps the top token
 
 
 def test_seeded_sampling_takes_any_64_bit_seed():

@@ -15,7 +15,7 @@ from ..support.tinytemplates import LLAMA31_TEMPLATE, QWEN3_TEMPLATE, QWEN25_TEM
 def chunked(parser_add, text: str, size: int):
     out = []
     for i in range(0, len(text), size):
-        out.append(parser_add(text[i:i + size]))
+        out.append(parser_add(text[i : i + size]))
     return out
 
 
@@ -27,7 +27,10 @@ def run_thinking(text: str, size: int, opened: bool = False) -> tuple[str, str]:
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
 def test_thinking_split_is_independent_of_chunking(size):
-    assert run_thinking("<think>\nLet me see: 17*23 = 391.\n</think>\n\n391", size) == ("Let me see: 17*23 = 391.\n", "391")
+    assert run_thinking("<think>\nLet me see: 17*23 = 391.\n</think>\n\n391", size) == (
+        "Let me see: 17*23 = 391.\n",
+        "391",
+    )
     assert run_thinking("  \n<think>a</think>b", size) == ("a", "b")
     # no opening tag: thinking was skipped and nothing is swallowed
     assert run_thinking("  Hello <think> there", size) == ("", "  Hello <think> there")
@@ -53,8 +56,10 @@ def run_tools(fmt: ToolFormat, text: str, size: int, tools=TOOLS):
 
 @pytest.mark.parametrize("size", [1, 4, 1000])
 def test_hermes_tool_calls(size):
-    text = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Tokyo", "unit": "c"}}\n</tool_call>\n'
-            '<tool_call>\n{"name": "get_time", "arguments": "{}"}\n</tool_call>')
+    text = (
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Tokyo", "unit": "c"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_time", "arguments": "{}"}\n</tool_call>'
+    )
     content, calls = run_tools(HERMES, text, size)
     assert content == "Let me check.\n"  # call text never leaks; whitespace between calls is dropped
     assert fn(calls) == [(0, "get_weather", {"city": "Tokyo", "unit": "c"}), (1, "get_time", {})]
@@ -70,8 +75,11 @@ def test_hermes_tool_calls(size):
 def test_bare_json_tool_calls(size):
     content, calls = run_tools(BARE_JSON, ' {"name": "get_weather", "parameters": {"city": "Paris"}}', size)
     assert content == "" and fn(calls) == [(0, "get_weather", {"city": "Paris"})]
-    content, calls = run_tools(BARE_JSON, '<|python_tag|>{"name": "get_time", "parameters": {}}; '
-                                          '{"name": "get_weather", "parameters": {"city": "Rome"}}', size)
+    content, calls = run_tools(
+        BARE_JSON,
+        '<|python_tag|>{"name": "get_time", "parameters": {}}; {"name": "get_weather", "parameters": {"city": "Rome"}}',
+        size,
+    )
     assert content == "" and fn(calls) == [(0, "get_time", {}), (1, "get_weather", {"city": "Rome"})]
     # an answer, or JSON that calls no known tool, is content
     assert run_tools(BARE_JSON, "The weather is fine.", size) == ("The weather is fine.", [])
@@ -106,17 +114,22 @@ def test_mlx_lm_parsers_are_used_where_they_cover_the_family():
 @pytest.mark.parametrize("size", [1, 3, 1000])
 def test_harmony_channels(size):
     """gpt-oss: analysis is reasoning, final the answer, a to=functions.X message a call."""
-    text = ("<|channel|>analysis<|message|>Need the weather.<|end|>"
-            "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>"
-            '{"city": "Tokyo"}<|call|>')
+    text = (
+        "<|channel|>analysis<|message|>Need the weather.<|end|>"
+        "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>"
+        '{"city": "Tokyo"}<|call|>'
+    )
     p = HarmonyParser()
     parts = chunked(lambda t: p.feed(t), text, size) + [p.flush()]
     assert "".join(c for c, _, _ in parts) == ""
     assert "".join(t for _, t, _ in parts) == "Need the weather."
     assert fn([c for _, _, cs in parts for c in cs]) == [(0, "get_weather", {"city": "Tokyo"})]
     p = HarmonyParser()
-    parts = chunked(lambda t: p.feed(t), "<|channel|>analysis<|message|>hm<|end|><|start|>assistant<|channel|>final"
-                                         "<|message|>Hi there<|return|>", size) + [p.flush()]
+    parts = chunked(
+        lambda t: p.feed(t),
+        "<|channel|>analysis<|message|>hm<|end|><|start|>assistant<|channel|>final<|message|>Hi there<|return|>",
+        size,
+    ) + [p.flush()]
     assert ("".join(c for c, _, _ in parts), "".join(t for _, t, _ in parts)) == ("Hi there", "hm")
     # output that never uses the format is still shown
     p = HarmonyParser()

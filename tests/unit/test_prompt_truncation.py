@@ -41,16 +41,25 @@ def linear_rule(tokenizer, messages, num_ctx) -> list[int]:
     raise AssertionError
 
 
-@pytest.mark.parametrize("n, num_ctx, system_every", [
-    (2, 20, 0), (7, 60, 0), (30, 200, 0), (30, 200, 4), (61, 333, 7), (40, 5, 0), (40, 10_000, 0),
-])
+@pytest.mark.parametrize(
+    "n, num_ctx, system_every",
+    [
+        (2, 20, 0),
+        (7, 60, 0),
+        (30, 200, 0),
+        (30, 200, 4),
+        (61, 333, 7),
+        (40, 5, 0),
+        (40, 10_000, 0),
+    ],
+)
 def test_bisection_keeps_the_same_messages_as_the_linear_rule(tokenizer, n, num_ctx, system_every):
     messages = conversation(n, system_every=system_every)
     spec = PromptSpec(messages=messages)
     got = build_prompt_tokens(tokenizer, spec, num_ctx)
     expected = linear_rule(tokenizer, messages, num_ctx)
     if len(expected) >= num_ctx:  # even the last message alone does not fit: its end is kept
-        expected = expected[len(expected) - (num_ctx - 1):]
+        expected = expected[len(expected) - (num_ctx - 1) :]
     assert got == expected
 
 

@@ -26,8 +26,17 @@ def test_string_input_and_instructions():
 
 
 def test_sampling_overrides_and_echo():
-    req = responses_request({"model": "m", "input": "hi", "temperature": 0, "top_p": 0.5, "max_output_tokens": 7,
-                             "reasoning": {"effort": "minimal", "summary": "auto"}, "truncation": "auto"})
+    req = responses_request(
+        {
+            "model": "m",
+            "input": "hi",
+            "temperature": 0,
+            "top_p": 0.5,
+            "max_output_tokens": 7,
+            "reasoning": {"effort": "minimal", "summary": "auto"},
+            "truncation": "auto",
+        }
+    )
     assert req.overrides == {"temperature": 0.0, "top_p": 0.5, "num_predict": 7}
     assert req.native.think == "low" and req.reasoning == {"effort": "minimal", "summary": "auto"}
     assert req.truncation == "auto" and req.max_output_tokens == 7
@@ -35,54 +44,72 @@ def test_sampling_overrides_and_echo():
 
 def test_text_format_json_schema_becomes_format():
     schema = {"type": "object"}
-    req = responses_request({"model": "m", "input": "hi", "text": {"format": {"type": "json_schema", "name": "x",
-                                                                              "schema": schema, "strict": True}}})
+    req = responses_request(
+        {
+            "model": "m",
+            "input": "hi",
+            "text": {"format": {"type": "json_schema", "name": "x", "schema": schema, "strict": True}},
+        }
+    )
     assert req.native.format == schema
     assert req.text_format == {"type": "json_schema", "name": "x", "schema": schema, "strict": True}
 
 
 def test_function_call_items_join_the_assistant_turn():
-    messages = convert_input([
-        {"role": "user", "content": "weather?"},
-        {"type": "reasoning", "summary": [], "encrypted_content": "thinking it over"},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me look."}]},
-        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
-        {"type": "function_call", "call_id": "c2", "name": "get_time", "arguments": ""},
-        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
-        {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "noon"}]},
-    ])
+    messages = convert_input(
+        [
+            {"role": "user", "content": "weather?"},
+            {"type": "reasoning", "summary": [], "encrypted_content": "thinking it over"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me look."}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+            {"type": "function_call", "call_id": "c2", "name": "get_time", "arguments": ""},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "noon"}]},
+        ]
+    )
     assert roles(messages) == [("user", "weather?"), ("assistant", "Let me look."), ("tool", "sunny"), ("tool", "noon")]
     assistant = messages[1]
     assert assistant.thinking == "thinking it over"
     assert [c["function"] for c in assistant.tool_calls] == [
-        {"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]
+        {"name": "get_weather", "arguments": {"city": "Paris"}},
+        {"name": "get_time", "arguments": {}},
+    ]
     assert [(m.tool_call_id, m.tool_name) for m in messages[2:]] == [("c1", "get_weather"), ("c2", "get_time")]
 
 
 def test_assistant_message_between_call_and_output_folds_into_the_call():
-    messages = convert_input([
-        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
-        {"role": "assistant", "content": "running f"},
-        {"type": "function_call_output", "call_id": "c1", "output": "done"},
-    ])
+    messages = convert_input(
+        [
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"role": "assistant", "content": "running f"},
+            {"type": "function_call_output", "call_id": "c1", "output": "done"},
+        ]
+    )
     assert roles(messages) == [("assistant", "running f"), ("tool", "done")]
     assert messages[0].tool_calls[0]["id"] == "c1"
 
 
 def test_trailing_reasoning_is_its_own_turn():
-    assert [(m.role, m.thinking) for m in convert_input([{"role": "user", "content": "x"},
-                                                         {"type": "reasoning", "encrypted_content": "hmm"}])] == \
-        [("user", ""), ("assistant", "hmm")]
+    assert [
+        (m.role, m.thinking)
+        for m in convert_input([{"role": "user", "content": "x"}, {"type": "reasoning", "encrypted_content": "hmm"}])
+    ] == [("user", ""), ("assistant", "hmm")]
 
 
-@pytest.mark.parametrize("raw,message", [
-    ([{"type": "bogus"}], 'input[0]: unknown input item type: "bogus"'),
-    ([{"content": "x"}], "input[0]: input item missing required 'type' field"),
-    ([{"role": "user", "content": [{"type": "audio"}]}], "input[0]: content[0]: unknown content type: audio"),
-    ([{"role": "user", "content": [{"type": "input_file", "file_data": "x"}]}], "file inputs are not currently supported"),
-    ([{"type": "function_call", "name": "f", "arguments": "{"}], "failed to parse function call arguments"),
-    (3, "input must be a string or array"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ([{"type": "bogus"}], 'input[0]: unknown input item type: "bogus"'),
+        ([{"content": "x"}], "input[0]: input item missing required 'type' field"),
+        ([{"role": "user", "content": [{"type": "audio"}]}], "input[0]: content[0]: unknown content type: audio"),
+        (
+            [{"role": "user", "content": [{"type": "input_file", "file_data": "x"}]}],
+            "file inputs are not currently supported",
+        ),
+        ([{"type": "function_call", "name": "f", "arguments": "{"}], "failed to parse function call arguments"),
+        (3, "input must be a string or array"),
+    ],
+)
 def test_input_errors(raw, message):
     with pytest.raises(APIError, match=message.replace("[", r"\[").replace("]", r"\]")) as e:
         convert_input(raw)
@@ -91,11 +118,19 @@ def test_input_errors(raw, message):
 
 def test_tools_flatten_namespaces_and_leave_out_web_search():
     fn = {"type": "function", "name": "close", "description": "Close", "parameters": {"type": "object"}}
-    tools = convert_tools([fn, {"type": "namespace", "name": "agents", "tools": [fn]}, {"type": "web_search"},
-                           {"type": "custom", "name": "apply_patch"}])
+    tools = convert_tools(
+        [
+            fn,
+            {"type": "namespace", "name": "agents", "tools": [fn]},
+            {"type": "web_search"},
+            {"type": "custom", "name": "apply_patch"},
+        ]
+    )
     assert [t["function"]["name"] for t in tools] == ["close", "agents.close", "apply_patch"]
-    assert tools[0] == {"type": "function", "function": {"name": "close", "description": "Close",
-                                                         "parameters": {"type": "object"}}}
+    assert tools[0] == {
+        "type": "function",
+        "function": {"name": "close", "description": "Close", "parameters": {"type": "object"}},
+    }
 
 
 def test_builder_whole_with_calls_has_no_message_item():

@@ -241,8 +241,9 @@ def test_failed_load_fails_every_waiter_and_is_retried():
     async def main():
         machine = Machine(load_s=0.03, fail={"a"})
         sched = make(machine)
-        results = await asyncio.gather(*(sched.acquire(Spec("a"), None, 2048) for _ in range(3)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(sched.acquire(Spec("a"), None, 2048) for _ in range(3)), return_exceptions=True
+        )
         assert all(isinstance(r, EngineError) for r in results)
         assert machine.loads == ["a"]
         await asyncio.sleep(0)

@@ -11,9 +11,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_plist_template_escapes_odd_paths():
-    values = {"LABEL": LABEL, "PYTHON": "/Users/a & b/<x>/.venv/bin/python", "ROOT": "/Users/a & b/<x>",
-              "OLLAMA_HOST": "0.0.0.0:11434", "MODELS": "/Volumes/Big Disk/models", "KEEP_ALIVE": "-1",
-              "PATH": "/usr/bin:/bin", "LOG_DIR": "/Users/a & b/Library/Logs/mlxollama"}
+    values = {
+        "LABEL": LABEL,
+        "PYTHON": "/Users/a & b/<x>/.venv/bin/python",
+        "ROOT": "/Users/a & b/<x>",
+        "OLLAMA_HOST": "0.0.0.0:11434",
+        "MODELS": "/Volumes/Big Disk/models",
+        "KEEP_ALIVE": "-1",
+        "PATH": "/usr/bin:/bin",
+        "LOG_DIR": "/Users/a & b/Library/Logs/mlxollama",
+    }
     template = (ROOT / "launchd" / f"{LABEL}.plist").read_text()
     plist = plistlib.loads(render(template, values, "darwin").encode())
     assert plist["ProgramArguments"][0] == values["PYTHON"]
@@ -22,8 +29,14 @@ def test_plist_template_escapes_odd_paths():
 
 
 def test_systemd_template_quotes_odd_paths():
-    values = {"PYTHON": '/home/a b/"q"/py', "ROOT": "/home/a b/100%", "OLLAMA_HOST": "127.0.0.1:1",
-              "MODELS": "/m", "KEEP_ALIVE": "5m", "PATH": "/bin"}
+    values = {
+        "PYTHON": '/home/a b/"q"/py',
+        "ROOT": "/home/a b/100%",
+        "OLLAMA_HOST": "127.0.0.1:1",
+        "MODELS": "/m",
+        "KEEP_ALIVE": "5m",
+        "PATH": "/bin",
+    }
     unit = render((ROOT / "launchd" / "mlxollama.service").read_text(), values, "linux")
     assert 'ExecStart="/home/a b/\\"q\\"/py" -m mlxollama.cli serve' in unit
     assert "WorkingDirectory=/home/a b/100%%" in unit

@@ -58,8 +58,14 @@ def leftovers(store: Store) -> list[str]:
     return sorted(n for n in os.listdir(store.blobs_dir) if not n.startswith("sha256-") or len(n) != 71)
 
 
-def make_model(store: Store, name: str, files: dict[str, bytes] | None = None, *, template: str | None = None,
-               config: dict | None = None) -> ModelName:
+def make_model(
+    store: Store,
+    name: str,
+    files: dict[str, bytes] | None = None,
+    *,
+    template: str | None = None,
+    config: dict | None = None,
+) -> ModelName:
     layers = []
     for fname, data in (files or {}).items():
         layers.append(store.add_layer(data, media.MLX_FILE, name=fname))
@@ -76,12 +82,24 @@ VALID = [
     ("llama3.2", "registry.ollama.ai", "library", "llama3.2", "latest", "llama3.2:latest"),
     ("llama3.2:3b", "registry.ollama.ai", "library", "llama3.2", "3b", "llama3.2:3b"),
     ("mattw/pygmalion:latest", "registry.ollama.ai", "mattw", "pygmalion", "latest", "mattw/pygmalion:latest"),
-    ("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M", "hf.co", "bartowski", "Llama-3.2-1B-Instruct-GGUF",
-     "Q4_K_M", "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"),
+    (
+        "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+        "hf.co",
+        "bartowski",
+        "Llama-3.2-1B-Instruct-GGUF",
+        "Q4_K_M",
+        "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+    ),
     ("localhost:5000/me/m:v1", "localhost:5000", "me", "m", "v1", "localhost:5000/me/m:v1"),
     ("localhost:5000/me/m", "localhost:5000", "me", "m", "latest", "localhost:5000/me/m:latest"),
-    ("registry.ollama.ai/library/llama3.2:latest", "registry.ollama.ai", "library", "llama3.2", "latest",
-     "llama3.2:latest"),
+    (
+        "registry.ollama.ai/library/llama3.2:latest",
+        "registry.ollama.ai",
+        "library",
+        "llama3.2",
+        "latest",
+        "llama3.2:latest",
+    ),
     ("Registry.Ollama.AI/Library/X:Y", "Registry.Ollama.AI", "Library", "X", "Y", "X:Y"),
     ("registry.ollama.ai/mattw/p", "registry.ollama.ai", "mattw", "p", "latest", "mattw/p:latest"),
     ("_m", "registry.ollama.ai", "library", "_m", "latest", "_m:latest"),
@@ -102,12 +120,36 @@ def test_parse_valid(text, host, ns, model, tag, short):
 
 
 INVALID = [
-    "", "foo:", ":foo", ":", "/foo", "foo/", "a//b", "/", "//", "a/b/c/d",
-    "x@sha256:" + HEX, "x@latest", "x:y@z",
-    "m" * 81, "m:" + "t" * 81, "n" * 81 + "/m", "h" * 351 + "/n/m",
+    "",
+    "foo:",
+    ":foo",
+    ":",
+    "/foo",
+    "foo/",
+    "a//b",
+    "/",
+    "//",
+    "a/b/c/d",
+    "x@sha256:" + HEX,
+    "x@latest",
+    "x:y@z",
+    "m" * 81,
+    "m:" + "t" * 81,
+    "n" * 81 + "/m",
+    "h" * 351 + "/n/m",
     "ns.dot/m",  # namespace may not contain '.'
-    "-m", ".m", "m/-x", "m:.t", "-h/n/m",
-    "mod el", "modèl", "m:t!", "m$", "foo:bar:baz", "foo:bar/baz", "http://m",
+    "-m",
+    ".m",
+    "m/-x",
+    "m:.t",
+    "-h/n/m",
+    "mod el",
+    "modèl",
+    "m:t!",
+    "m$",
+    "foo:bar:baz",
+    "foo:bar/baz",
+    "http://m",
     "h/n/m:t\n",
 ]
 
@@ -157,23 +199,55 @@ def test_from_parts_validates():
 # ----------------------------------------------------------------------------- formatting / config
 
 
-@pytest.mark.parametrize("n,expected", [
-    (0, "0"), (999, "999"), (1000, "1K"), (1001, "1K"), (22_000, "22K"), (1_000_000, "1M"),
-    (22_000_000, "22M"), (137_000_000, "137M"), (125_000_000, "125M"), (500_500_000, "500.50M"),
-    (500_550_000, "500.55M"), (567_700_000, "567.70M"), (136_730_000, "136.73M"),
-    (1_000_000_000, "1B"), (2_800_000_000, "2.8B"), (2_850_000_000, "2.9B"), (3_212_749_888, "3.2B"),
-    (8_030_261_248, "8.0B"), (1_000_000_000_000, "1000B"),
-])
+@pytest.mark.parametrize(
+    "n,expected",
+    [
+        (0, "0"),
+        (999, "999"),
+        (1000, "1K"),
+        (1001, "1K"),
+        (22_000, "22K"),
+        (1_000_000, "1M"),
+        (22_000_000, "22M"),
+        (137_000_000, "137M"),
+        (125_000_000, "125M"),
+        (500_500_000, "500.50M"),
+        (500_550_000, "500.55M"),
+        (567_700_000, "567.70M"),
+        (136_730_000, "136.73M"),
+        (1_000_000_000, "1B"),
+        (2_800_000_000, "2.8B"),
+        (2_850_000_000, "2.9B"),
+        (3_212_749_888, "3.2B"),
+        (8_030_261_248, "8.0B"),
+        (1_000_000_000_000, "1000B"),
+    ],
+)
 def test_format_parameter_size(n, expected):
     assert format_parameter_size(n) == expected
 
 
 def test_build_config_blob(monkeypatch):
     monkeypatch.setattr(store_mod.platform, "machine", lambda: "x86_64")
-    cfg = build_config_blob(model_family="llama", model_families=["llama"], model_type="3.2B", file_type="Q4_K_M",
-                            capabilities=["completion"], context_length=4096)
-    assert list(cfg) == ["model_format", "model_family", "model_families", "model_type", "file_type",
-                         "capabilities", "context_length", "architecture", "os"]
+    cfg = build_config_blob(
+        model_family="llama",
+        model_families=["llama"],
+        model_type="3.2B",
+        file_type="Q4_K_M",
+        capabilities=["completion"],
+        context_length=4096,
+    )
+    assert list(cfg) == [
+        "model_format",
+        "model_family",
+        "model_families",
+        "model_type",
+        "file_type",
+        "capabilities",
+        "context_length",
+        "architecture",
+        "os",
+    ]
     assert cfg["model_format"] == "mlx" and cfg["architecture"] == "amd64"
     assert cfg["os"] == {"darwin": "darwin", "linux": "linux"}.get(sys.platform, cfg["os"])
     monkeypatch.setattr(store_mod.platform, "machine", lambda: "arm64")
@@ -190,8 +264,16 @@ def test_build_config_blob(monkeypatch):
 def test_validate_digest():
     assert validate_digest("sha256:" + HEX) == "sha256:" + HEX
     assert validate_digest("sha256-" + HEX.upper()) == "sha256:" + HEX
-    for bad in ["", "sha256:" + "a" * 63, "sha256:" + "g" * 64, "sha512:" + HEX, "sha256:" + HEX + "\n",
-                HEX, "sha256:" + HEX + "0", None]:
+    for bad in [
+        "",
+        "sha256:" + "a" * 63,
+        "sha256:" + "g" * 64,
+        "sha512:" + HEX,
+        "sha256:" + HEX + "\n",
+        HEX,
+        "sha256:" + HEX + "0",
+        None,
+    ]:
         with pytest.raises(InvalidDigest) as e:
             validate_digest(bad)  # type: ignore[arg-type]
         assert str(e.value) == "invalid digest format"
@@ -368,8 +450,12 @@ def test_manifest_roundtrip(store):
     d = json.loads(raw)
     assert list(d) == ["schemaVersion", "mediaType", "config", "layers"]
     assert d["schemaVersion"] == 2 and d["mediaType"] == media.MANIFEST_V2
-    assert d["layers"][0] == {"mediaType": media.MLX_WEIGHTS, "digest": w.digest, "size": 1000,
-                              "name": "model.safetensors"}
+    assert d["layers"][0] == {
+        "mediaType": media.MLX_WEIGHTS,
+        "digest": w.digest,
+        "size": 1000,
+        "name": "model.safetensors",
+    }
     assert d["layers"][5]["from"] == "llama3.2:latest" and "name" not in d["layers"][1]
 
     s = store.get_manifest(N("tiny:V1"))
@@ -401,10 +487,15 @@ def test_pulled_manifest_bytes_kept_verbatim(store):
     cfg_data = b'{"model_format":"gguf"}'
     cd, cs = store.write_blob(cfg_data)
     md, ms = store.write_blob(b"weights")
-    raw = json.dumps({"schemaVersion": 2, "mediaType": media.MANIFEST_V2,
-                      "config": {"mediaType": media.CONFIG, "digest": cd, "size": cs},
-                      "layers": [{"mediaType": media.MODEL, "digest": md, "size": ms, "urls": ["x"]}]},
-                     indent=3).encode()
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media.MANIFEST_V2,
+            "config": {"mediaType": media.CONFIG, "digest": cd, "size": cs},
+            "layers": [{"mediaType": media.MODEL, "digest": md, "size": ms, "urls": ["x"]}],
+        },
+        indent=3,
+    ).encode()
     store.write_manifest(N("hf.co/org/repo:Q4_K_M"), raw)
     s = store.get_manifest(N("hf.co/org/repo:Q4_K_M"))
     assert s.raw == raw and s.digest_hex == hashlib.sha256(raw).hexdigest()
@@ -435,8 +526,12 @@ def test_manifest_write_is_atomic(store, monkeypatch):
 def test_resolve_case_insensitive(store):
     make_model(store, "llama3.2", {"f": b"1"})
     make_model(store, "Mattw/Pygmalion:Latest", {"f": b"2"})
-    assert store.resolve(N("LLAMA3.2:LATEST")).manifest_parts() == \
-        ("registry.ollama.ai", "library", "llama3.2", "latest")
+    assert store.resolve(N("LLAMA3.2:LATEST")).manifest_parts() == (
+        "registry.ollama.ai",
+        "library",
+        "llama3.2",
+        "latest",
+    )
     assert store.resolve(N("REGISTRY.OLLAMA.AI/LIBRARY/llama3.2")).display_shortest() == "llama3.2:latest"
     assert store.resolve(N("mattw/pygmalion")).display_shortest() == "Mattw/Pygmalion:Latest"
     assert store.resolve("Llama3.2") == store.resolve(N("llama3.2"))  # plain strings accepted
@@ -477,13 +572,11 @@ def test_list_models_order_and_junk(store):
     # junk: bad JSON, invalid names, wrong depths, a directory at tag level
     (mdir / "registry.ollama.ai" / "library" / "a" / "broken").write_bytes(b"{not json")
     (mdir / "registry.ollama.ai" / "library" / "bad..name@").mkdir()
-    (mdir / "registry.ollama.ai" / "library" / "bad..name@" / "latest").write_bytes(
-        store.get_manifest(a).raw)
+    (mdir / "registry.ollama.ai" / "library" / "bad..name@" / "latest").write_bytes(store.get_manifest(a).raw)
     (mdir / "registry.ollama.ai" / "library" / "a" / ".hidden").write_bytes(store.get_manifest(a).raw)
     (mdir / "registry.ollama.ai" / "library" / "toplevel-file").write_bytes(b"{}")
     (mdir / "registry.ollama.ai" / "library" / "a" / "dir-tag").mkdir()
-    (mdir / "registry.ollama.ai" / "library" / "a" / "dir-tag" / "deeper").write_bytes(
-        store.get_manifest(a).raw)
+    (mdir / "registry.ollama.ai" / "library" / "a" / "dir-tag" / "deeper").write_bytes(store.get_manifest(a).raw)
     (mdir / "stray.json").write_bytes(b"{}")
     (mdir / "registry.ollama.ai" / "library" / "a" / "notmanifest").write_bytes(b"[1,2]")
 
@@ -641,8 +734,10 @@ def test_store_lock_reentrant_and_interprocess(tmp_path):
             pass
         if store_mod.fcntl is None:  # pragma: no cover - Windows
             return
-        code = ("import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR);"
-                "\ntry: fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError: sys.exit(3)\nsys.exit(0)")
+        code = (
+            "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR);"
+            "\ntry: fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError: sys.exit(3)\nsys.exit(0)"
+        )
         held = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.lock")])
         assert held.returncode == 3
     free = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.lock")])

@@ -13,8 +13,11 @@ def test_format_errors_and_closed_objects():
     with pytest.raises(FormatError):
         format_grammar({"type": "nonsense"})
     assert format_grammar(None) is None and format_grammar("") is None
-    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}}},
-              "$defs": {"X": {"type": "object", "properties": {}}}}
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}}},
+        "$defs": {"X": {"type": "object", "properties": {}}},
+    }
     closed = closed_objects(schema)
     assert closed["additionalProperties"] is False and closed["properties"]["a"]["additionalProperties"] is False
     assert closed["$defs"]["X"]["additionalProperties"] is False

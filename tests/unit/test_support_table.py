@@ -89,8 +89,18 @@ def _rows() -> list[Row]:
         assert len(cells) == 6, line
         family, arch, hf_type, g, m, h = cells
         vision = arch.endswith(" + vision")
-        rows.append(Row(family, arch.removesuffix(" + vision"), vision, hf_type,
-                        _status(g, family), _status(m, family), _status(h, family), embedder))
+        rows.append(
+            Row(
+                family,
+                arch.removesuffix(" + vision"),
+                vision,
+                hf_type,
+                _status(g, family),
+                _status(m, family),
+                _status(h, family),
+                embedder,
+            )
+        )
     return rows
 
 
@@ -139,8 +149,9 @@ def _copy_gguf(src: Path, dst: Path, *, extra_kv: dict | None = None, extra_tens
     for name, (value, vtype) in (extra_kv or {}).items():
         w.add_key_value(name, value, vtype)
     for t in reader.tensors:
-        w.add_tensor(t.name, np.asarray(t.data), raw_shape=list(reversed([int(x) for x in t.shape])),
-                     raw_dtype=t.tensor_type)
+        w.add_tensor(
+            t.name, np.asarray(t.data), raw_shape=list(reversed([int(x) for x in t.shape])), raw_dtype=t.tensor_type
+        )
     for name, array in (extra_tensors or {}).items():
         w.add_tensor(name, array)
     w.write_header_to_file()
@@ -163,8 +174,11 @@ def test_gguf_column(row, tmp_path):
     if row.vision:
         # The Ollama library writes the vision tower into the model's GGUF (v.*, mm.* tensors).
         assert admitted, f"{row}: the text architecture {row.gguf_arch!r} is not even admitted"
-        path = _copy_gguf(_tiny_gguf(tmp_path, TINY_FOR_ARCH[row.gguf_arch]), tmp_path / "vision.gguf",
-                          extra_tensors={"v.patch_embd.weight": np.zeros((16, 32), np.float32)})
+        path = _copy_gguf(
+            _tiny_gguf(tmp_path, TINY_FOR_ARCH[row.gguf_arch]),
+            tmp_path / "vision.gguf",
+            extra_tensors={"v.patch_embd.weight": np.zeros((16, 32), np.float32)},
+        )
         try:
             import_gguf(path, tmp_path / "out")
             imported = True
@@ -176,8 +190,11 @@ def test_gguf_column(row, tmp_path):
         # A decoder embedder (Qwen3-Embedding, pooling_type last token): supported only if the
         # import carries that pooling; "partial" while it is served mean-pooled.
         assert row.gguf_arch == "qwen3", f"{row}: no tiny checkpoint to check it with"
-        path = _copy_gguf(_tiny_gguf(tmp_path, "qwen3"), tmp_path / "embed.gguf",
-                          extra_kv={"qwen3.pooling_type": (3, gguf.GGUFValueType.UINT32)})
+        path = _copy_gguf(
+            _tiny_gguf(tmp_path, "qwen3"),
+            tmp_path / "embed.gguf",
+            extra_kv={"qwen3.pooling_type": (3, gguf.GGUFValueType.UINT32)},
+        )
         import_gguf(path, tmp_path / "out")
         info = json.loads((tmp_path / "out" / "model_info.json").read_text())
         assert info.get("qwen3.pooling_type") == 3  # served as an embedding model
@@ -186,8 +203,9 @@ def test_gguf_column(row, tmp_path):
     else:
         assert admitted == (row.gguf == "supported"), f"{row}: README says GGUF {row.gguf}"
         if admitted:  # and a test imports it: a tiny file of that architecture against its source
-            assert row.gguf_arch in (ENCODER_ARCHITECTURES if row.embedder else
-                                     set(GGUF_ARCH.values()) | OTHER_IMPORT_TESTS), row
+            assert row.gguf_arch in (
+                ENCODER_ARCHITECTURES if row.embedder else set(GGUF_ARCH.values()) | OTHER_IMPORT_TESTS
+            ), row
 
 
 def _hf_supported(row: Row) -> bool:
@@ -205,8 +223,10 @@ def test_hugging_face_column(row):
     assert _hf_supported(row) == (row.hf == "supported"), f"{row}: README says Hugging Face {row.hf}"
 
 
-@pytest.mark.parametrize("model_type", sorted({r.hf_type for r in ROWS if r.embedder and r.hf == "supported"
-                                               and r.hf_type in SUPPORTED_MODEL_TYPES}))
+@pytest.mark.parametrize(
+    "model_type",
+    sorted({r.hf_type for r in ROWS if r.embedder and r.hf == "supported" and r.hf_type in SUPPORTED_MODEL_TYPES}),
+)
 def test_converted_encoders_carry_the_rows_architecture(model_type, tmp_path):
     """A sentence-transformers folder reports the general.architecture Ollama shows for the same model."""
     arches = {r.gguf_arch for r in ROWS if r.embedder and r.hf_type == model_type}
@@ -225,11 +245,19 @@ def test_mlx_column(tmp_path):
 
     async def pull(arch: str) -> bool:
         model = "x-" + re.sub(r"[^a-z0-9]+", "-", arch)
-        registry.add_model(f"library/{model}", "latest", [(media.OLLAMA_TENSOR, b"\0" * 64)],
-                           {"model_format": "safetensors", "model_family": arch, "model_families": [arch]})
+        registry.add_model(
+            f"library/{model}",
+            "latest",
+            [(media.OLLAMA_TENSOR, b"\0" * 64)],
+            {"model_format": "safetensors", "model_family": arch, "model_families": [arch]},
+        )
         try:
-            await pull_registry(store, ModelName.parse(f"http://{registry.host}/library/{model}:latest"),
-                                insecure=True, emit=lambda _: None)
+            await pull_registry(
+                store,
+                ModelName.parse(f"http://{registry.host}/library/{model}:latest"),
+                insecure=True,
+                emit=lambda _: None,
+            )
         except ManageError as e:
             if e.status == 400 and "Ollama's own safetensors format" in str(e) and "GGUF tag" in str(e):
                 return False

@@ -31,8 +31,10 @@ def test_deep_nesting_is_a_template_error():
 
 
 def test_a_long_real_conversation_stays_within_the_limit():
-    template = ("{{ range .Messages }}<|{{ .Role }}|>{{ .Content }}{{ range .ToolCalls }}"
-                "{{ .Function.Name }}{{ end }}\n{{ end }}<|assistant|>")
+    template = (
+        "{{ range .Messages }}<|{{ .Role }}|>{{ .Content }}{{ range .ToolCalls }}"
+        "{{ .Function.Name }}{{ end }}\n{{ end }}<|assistant|>"
+    )
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"} for i in range(20000)]
     out = render_messages(template, messages)
     assert out.count("<|user|>") == 10000
