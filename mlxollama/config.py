@@ -22,7 +22,7 @@ Server (`Config.from_env`):
 | OLLAMA_NOPRUNE | | noprune: keep unreferenced blobs and replaced layers |
 | MLXOLLAMA_REPORTED_VERSION | 0.14.0 | reported_version: what /api/version says |
 | MLXOLLAMA_MEMORY_BUDGET | 75% of memory | memory_budget: bytes loaded models may use |
-| MLXOLLAMA_CPU_DENSE | auto: a quarter of the memory budget | cpu_dense: on the CPU backend, models whose float32 weights fit this many bytes are dequantized at load (prompts run through BLAS); 0/off none, 1/on all |
+| MLXOLLAMA_CPU_DENSE | auto: a quarter of the memory budget | cpu_dense: on the CPU backend, models whose float32 weights fit this many bytes are dequantized at load (prompts run through BLAS; auto only with OpenBLAS loaded); 0/off none, 1/on all |
 | MLXOLLAMA_PREFILL_STEP | 512 | prefill_step: prompt tokens per prefill step |
 | MLXOLLAMA_PROMPT_CACHE_ENTRIES | 16 | prompt_cache_entries: prompt (KV) caches kept |
 | MLXOLLAMA_PROMPT_CACHE_BYTES | 1 GiB | prompt_cache_bytes: bytes those caches may hold |

@@ -6,10 +6,14 @@ dense than quantized, and decoding gets faster too (docs/benchmarks.md). Dense w
 8x (4-bit) or 4x (8-bit) the memory, so only models whose float32 size fits a budget
 (MLXOLLAMA_CPU_DENSE, by default a quarter of the memory budget) are dequantized; larger ones
 keep their quantized weights. On Metal and CUDA nothing changes: there, memory bandwidth rules
-and the quantized kernels are fast.
+and the quantized kernels are fast. With MLX's bundled reference BLAS dense weights buy nothing
+(same prefill, half the decode speed), so the automatic choice also wants a fast BLAS loaded.
 """
 
 from __future__ import annotations
+
+import ctypes
+import sys
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -52,9 +56,34 @@ def has_quantized_layers(model: nn.Module) -> bool:
     return any(_quantized(m) for _, m in model.named_modules())
 
 
-def should_densify(size: int, budget: int, on_cpu: bool) -> bool:
-    """The per-backend choice: dense only on the CPU, and only within the budget."""
-    return on_cpu and budget > 0 and size <= budget
+def should_densify(size: int, budget: int, on_cpu: bool, fast_blas: bool = True) -> bool:
+    """The per-backend choice: dense only on the CPU, within the budget, and with a fast sgemm."""
+    return on_cpu and fast_blas and budget > 0 and size <= budget
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def fast_blas_loaded() -> bool:
+    """Whether MLX's float matmuls run through a real BLAS rather than its Linux wheel's reference one.
+
+    MLX calls cblas_sgemm through the dynamic linker, so a library in the global scope (an
+    LD_PRELOAD of OpenBLAS, scripts/_setup.sh) takes the place of the one bundled in mlx_cpu.libs,
+    which Python loads privately with libmlx. Elsewhere (macOS: Accelerate) the BLAS is fast.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        libc = ctypes.CDLL(None)
+        address = ctypes.cast(libc.cblas_sgemm, ctypes.c_void_p).value
+    except (AttributeError, OSError):
+        return False  # only libmlx's own reference BLAS has it
+    info = _DlInfo()
+    if not libc.dladdr(ctypes.c_void_p(address), ctypes.byref(info)) or not info.dli_fname:
+        return False
+    return "mlx_cpu.libs" not in info.dli_fname.decode(errors="replace")
 
 
 def _dequantized(module) -> mx.array:

@@ -21,14 +21,14 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prom
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer
 from mlx_lm.utils import load as mlx_lm_load
 
-from ..config import DEFAULT_NUM_PARALLEL, Config, fault_injection_enabled
+from ..config import CPU_DENSE_AUTO, DEFAULT_NUM_PARALLEL, Config, fault_injection_enabled
 from ..options import Options
 from ..parsers.harmony import FINAL_HEADER, HarmonyParser, is_harmony_template
 from ..parsers.reply import Piece, ReplyParser
 from ..parsers.stops import StopMatcher
 from ..parsers.thinking import ThinkingParser, infer_think_tags, prompt_opens_thinking
 from ..parsers.tools import ToolCallParser, infer_tool_format
-from .cpu_dense import dense_budget, dense_size, densify, has_quantized_layers, should_densify
+from .cpu_dense import dense_budget, dense_size, densify, fast_blas_loaded, has_quantized_layers, should_densify
 from .fim import fim_format_for, fim_stop_ids
 from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
 from .prompt import PromptCancelled, build_prompt_tokens
@@ -72,6 +72,7 @@ class EngineSettings:
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 1 << 30
     cpu_dense_bytes: int = 0  # see cpu_dense.py; 0 keeps quantized weights quantized
+    cpu_dense_auto: bool = False  # the automatic budget also wants a fast BLAS loaded
 
     @classmethod
     def from_config(cls, config: Config) -> "EngineSettings":
@@ -81,6 +82,7 @@ class EngineSettings:
             prompt_cache_entries=config.prompt_cache_entries,
             prompt_cache_bytes=config.prompt_cache_bytes,
             cpu_dense_bytes=dense_budget(config.cpu_dense, config.memory_budget),
+            cpu_dense_auto=config.cpu_dense == CPU_DENSE_AUTO,
         )
 
 
@@ -145,7 +147,8 @@ class LoadedLLM:
         if not has_quantized_layers(self.model):
             return False
         size = dense_size(self.model)
-        if not should_densify(size, self.settings.cpu_dense_bytes, runs_on_cpu()):
+        fast_blas = not self.settings.cpu_dense_auto or fast_blas_loaded()
+        if not should_densify(size, self.settings.cpu_dense_bytes, runs_on_cpu(), fast_blas):
             return False
         layers = densify(self.model)
         log.info(

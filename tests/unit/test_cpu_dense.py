@@ -68,6 +68,21 @@ def test_choice_per_backend(size, budget, on_cpu, expected):
     assert should_densify(size, budget, on_cpu) is expected
 
 
+def test_no_dense_weights_without_a_fast_blas():
+    # MLX's bundled reference BLAS: dense prefill is no faster and decode is half as fast.
+    assert not should_densify(500 << 20, 4 * GiB, True, fast_blas=False)
+    assert should_densify(500 << 20, 4 * GiB, True, fast_blas=True)
+
+
+def test_engine_settings_keep_the_automatic_choice_apart():
+    from mlxollama.engine.llm import EngineSettings
+
+    auto = EngineSettings.from_config(Config.from_env({"MLXOLLAMA_MEMORY_BUDGET": str(8 * GiB)}))
+    assert auto.cpu_dense_bytes == 2 * GiB and auto.cpu_dense_auto
+    explicit = EngineSettings.from_config(Config.from_env({"MLXOLLAMA_CPU_DENSE": "on"}))
+    assert explicit.cpu_dense_bytes == CPU_DENSE_ALL and not explicit.cpu_dense_auto
+
+
 class _Tiny(nn.Module):
     def __init__(self):
         super().__init__()
