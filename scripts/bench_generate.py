@@ -55,8 +55,11 @@ def prompt_text(tokenizer, n_tokens: int) -> str:
 
 
 def _median_rates(samples: list[tuple[float, float]], prompt_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "prefill_tps": statistics.median(p for p, _ in samples),
-            "decode_tps": statistics.median(d for _, d in samples)}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "prefill_tps": statistics.median(p for p, _ in samples),
+        "decode_tps": statistics.median(d for _, d in samples),
+    }
 
 
 def bench_mlx(model_dir: Path, texts: dict[int, str], decode: int, runs: int, dense: bool) -> dict[int, dict]:
@@ -77,8 +80,9 @@ def bench_mlx(model_dir: Path, texts: dict[int, str], decode: int, runs: int, de
         samples = []
         for i in range(runs + 1):
             tokens = tokenizer.encode(f"Run {i}. {text}", add_special_tokens=False)
-            for last in stream_generate(model, tokenizer, mx.array(tokens), max_tokens=decode,
-                                        sampler=make_sampler(0.0)):
+            for last in stream_generate(
+                model, tokenizer, mx.array(tokens), max_tokens=decode, sampler=make_sampler(0.0)
+            ):
                 pass
             if i:  # the first run is a warm-up: kernels compiled, caches primed
                 samples.append((last.prompt_tps, last.generation_tps))
@@ -93,22 +97,41 @@ def bench_server(url: str, model: str, texts: dict[int, str], decode: int, runs:
             samples = []
             for i in range(runs + 1):
                 # a different start each run, so the prompt cache cannot serve it
-                body = {"model": model, "prompt": f"Run {i}. {text}", "raw": True, "stream": False, "keep_alive": -1,
-                        "options": {"temperature": 0, "num_predict": decode, "repeat_penalty": 1.0,
-                                    "num_ctx": max(4096, size + decode + 64)}}
+                body = {
+                    "model": model,
+                    "prompt": f"Run {i}. {text}",
+                    "raw": True,
+                    "stream": False,
+                    "keep_alive": -1,
+                    "options": {
+                        "temperature": 0,
+                        "num_predict": decode,
+                        "repeat_penalty": 1.0,
+                        "num_ctx": max(4096, size + decode + 64),
+                    },
+                }
                 final = c.post(url + "/api/generate", json=body).raise_for_status().json()
                 if i:
                     # decode as mlx-lm counts it: tokens over the time after the first token
-                    samples.append((final["prompt_eval_count"] / final["prompt_eval_duration"] * 1e9,
-                                    final["eval_count"] / final["eval_duration"] * 1e9))
+                    samples.append(
+                        (
+                            final["prompt_eval_count"] / final["prompt_eval_duration"] * 1e9,
+                            final["eval_count"] / final["eval_duration"] * 1e9,
+                        )
+                    )
             out[size] = _median_rates(samples, final["prompt_eval_count"])
     return out
 
 
 def chat_ttft(url: str, model: str, text: str) -> float:
     """Seconds to the first streamed /api/chat chunk for a fresh prompt (Open WebUI's first turn)."""
-    body = {"model": model, "stream": True, "keep_alive": -1, "messages": [{"role": "user", "content": text}],
-            "options": {"temperature": 0, "num_predict": 4, "num_ctx": 8192}}
+    body = {
+        "model": model,
+        "stream": True,
+        "keep_alive": -1,
+        "messages": [{"role": "user", "content": text}],
+        "options": {"temperature": 0, "num_predict": 4, "num_ctx": 8192},
+    }
     start = time.perf_counter()
     with httpx.stream("POST", url + "/api/chat", json=body, timeout=3600) as r:
         for line in r.iter_lines():
@@ -141,8 +164,11 @@ print(json.dumps(out))
 
 
 def bench_llama_cpp(python: str, gguf: Path, threads: int, texts: dict[int, str], decode: int, runs: int):
-    r = subprocess.run([python, "-c", LLAMA_CPP_CHILD, str(gguf), str(threads), str(decode), str(runs),
-                        json.dumps(texts)], capture_output=True, text=True)
+    r = subprocess.run(
+        [python, "-c", LLAMA_CPP_CHILD, str(gguf), str(threads), str(decode), str(runs), json.dumps(texts)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         print(f"llama.cpp run failed:\n{r.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -155,18 +181,33 @@ def llama_cpp_python(choice: str) -> str:
         return choice
     venv = ROOT / ".venv" / "bench-llama-cpp"
     python = venv / "bin" / "python"
-    if subprocess.run([str(python), "-c", "import llama_cpp"], capture_output=True).returncode if python.exists() else True:
+    if (
+        subprocess.run([str(python), "-c", "import llama_cpp"], capture_output=True).returncode
+        if python.exists()
+        else True
+    ):
         print("building llama-cpp-python into .venv/bench-llama-cpp ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "llama-cpp-python"], check=True)
+        # A portable AVX2 build: the native one picked AMX here, whose batched prompt kernels crash
+        # (SIGSEGV) in a VM that does not grant AMX.
+        env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=OFF")}
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "llama-cpp-python"], check=True, env=env)
     return str(python)
 
 
 def setup_blas_env() -> dict[str, str]:
     """LD_PRELOAD and OPENBLAS_NUM_THREADS as scripts/_setup.sh chooses them (system or shipped OpenBLAS)."""
-    r = subprocess.run(["bash", "-c", 'source scripts/_setup.sh >/dev/null 2>&1; '
-                        'echo "${LD_PRELOAD:-}"; echo "${OPENBLAS_NUM_THREADS:-}"'],
-                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "LD_PRELOAD": ""})
+    r = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'source scripts/_setup.sh >/dev/null 2>&1; echo "${LD_PRELOAD:-}"; echo "${OPENBLAS_NUM_THREADS:-}"',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LD_PRELOAD": ""},
+    )
     preload, threads = (r.stdout.splitlines() + ["", ""])[:2]
     return {"LD_PRELOAD": preload, "OPENBLAS_NUM_THREADS": threads} if preload else {}
 
@@ -196,13 +237,15 @@ def measure(args, blas_label: str, fast_blas: bool) -> list[tuple[str, dict[int,
     with tempfile.TemporaryDirectory() as logs:
         server = LiveServer(models_dir, Path(logs) / "server.log", env={"OLLAMA_NOPRUNE": "1"})
         try:
-            rows.append((f"mlxollama /api/generate (auto) [{blas_label}]",
-                         bench_server(server.url, args.model, texts if fast_blas else short,
-                                      args.decode_tokens, args.runs)))
+            rows.append(
+                (
+                    f"mlxollama /api/generate (auto) [{blas_label}]",
+                    bench_server(server.url, args.model, texts if fast_blas else short, args.decode_tokens, args.runs),
+                )
+            )
             longest = max(texts if fast_blas else short)
             ttft = chat_ttft(server.url, args.model, f"Read this and wait. {texts[longest]}")
-            print(f"  /api/chat time to first token, {longest}-token message, fresh prompt: {ttft:.1f} s",
-                  flush=True)
+            print(f"  /api/chat time to first token, {longest}-token message, fresh prompt: {ttft:.1f} s", flush=True)
         finally:
             server.stop()
     return rows
@@ -220,9 +263,12 @@ def print_table(rows, sizes: list[int]) -> None:
     base_label, base = rows[0]
     print(f"ratios to {base_label} (prefill, decode):")
     for label, by_size in rows[1:]:
-        ratios = ", ".join(f"{n} tok {by_size[n]['prefill_tps'] / base[n]['prefill_tps']:.2f}x "
-                           f"{by_size[n]['decode_tps'] / base[n]['decode_tps']:.2f}x"
-                           for n in sizes if n in by_size and n in base)
+        ratios = ", ".join(
+            f"{n} tok {by_size[n]['prefill_tps'] / base[n]['prefill_tps']:.2f}x "
+            f"{by_size[n]['decode_tps'] / base[n]['decode_tps']:.2f}x"
+            for n in sizes
+            if n in by_size and n in base
+        )
         print(f"  {label}: {ratios}")
 
 
@@ -239,15 +285,30 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", default="64", help="comma-separated prompt sizes, e.g. 64,512,4096")
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--models-dir", default=None, help="store to use (default: MLXOLLAMA_MODELS or ~/.mlxollama/models)")
-    ap.add_argument("--blas", choices=("setup", "none", "both"), default="both",
-                    help="setup: the OpenBLAS scripts/_setup.sh preloads; none: MLX's bundled BLAS; both (default)")
-    ap.add_argument("--llama-cpp", metavar="PYTHON", nargs="?", const="auto",
-                    help="adds llama.cpp rows: a Python with llama-cpp-python, or none to build it into "
-                         ".venv/bench-llama-cpp (pip compiles it: a C compiler and several minutes)")
+    ap.add_argument(
+        "--models-dir", default=None, help="store to use (default: MLXOLLAMA_MODELS or ~/.mlxollama/models)"
+    )
+    ap.add_argument(
+        "--blas",
+        choices=("setup", "none", "both"),
+        default="both",
+        help="setup: the OpenBLAS scripts/_setup.sh preloads; none: MLX's bundled BLAS; both (default)",
+    )
+    ap.add_argument(
+        "--llama-cpp",
+        metavar="PYTHON",
+        nargs="?",
+        const="auto",
+        help="adds llama.cpp rows: a Python with llama-cpp-python, or none to build it into "
+        ".venv/bench-llama-cpp (pip compiles it: a C compiler and several minutes)",
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads")
-    ap.add_argument("--slow-max", type=int, default=512,
-                    help="longer prompts only where prefill is fast (dense weights with OpenBLAS)")
+    ap.add_argument(
+        "--slow-max",
+        type=int,
+        default=512,
+        help="longer prompts only where prefill is fast (dense weights with OpenBLAS)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure here, write rows as JSON
     args = ap.parse_args()
     args.sizes = [int(n) for n in args.prompt_tokens.split(",")]
@@ -270,17 +331,25 @@ def main() -> int:
 
     import mlx.core as mx
 
-    print(f"machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores, {platform.processor() or ''}"
-          f" mlx {mx.__version__} on {mx.default_device()}")
-    print(f"model: {args.model}, prompts of ~{args.prompt_tokens} tokens, {args.decode_tokens} decoded tokens, "
-          f"median of {args.runs} runs after a warm-up; {load_average()}", flush=True)
+    print(
+        f"machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores, {platform.processor() or ''}"
+        f" mlx {mx.__version__} on {mx.default_device()}"
+    )
+    print(
+        f"model: {args.model}, prompts of ~{args.prompt_tokens} tokens, {args.decode_tokens} decoded tokens, "
+        f"median of {args.runs} runs after a warm-up; {load_average()}",
+        flush=True,
+    )
 
     base_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPENBLAS_NUM_THREADS")}
     blas_env = setup_blas_env() if platform.system() == "Linux" else {}
     variants = []
     if args.blas in ("setup", "both"):
-        label = (f"OpenBLAS {Path(blas_env['LD_PRELOAD']).name}, {blas_env['OPENBLAS_NUM_THREADS']} threads"
-                 if blas_env else "no OpenBLAS")
+        label = (
+            f"OpenBLAS {Path(blas_env['LD_PRELOAD']).name}, {blas_env['OPENBLAS_NUM_THREADS']} threads"
+            if blas_env
+            else "no OpenBLAS"
+        )
         variants.append((label, {**base_env, **blas_env}))
     if args.blas in ("none", "both") and (blas_env or args.blas == "none"):
         variants.append(("bundled BLAS", base_env))
@@ -289,9 +358,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for label, env in variants:
             out = Path(tmp) / "rows.json"
-            argv = [sys.executable, __file__, "--child", str(out), "--model", args.model, "--prompt-tokens",
-                    args.prompt_tokens, "--decode-tokens", str(args.decode_tokens), "--runs", str(args.runs),
-                    "--models-dir", str(models_dir), "--slow-max", str(args.slow_max)]
+            argv = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(out),
+                "--model",
+                args.model,
+                "--prompt-tokens",
+                args.prompt_tokens,
+                "--decode-tokens",
+                str(args.decode_tokens),
+                "--runs",
+                str(args.runs),
+                "--models-dir",
+                str(models_dir),
+                "--slow-max",
+                str(args.slow_max),
+            ]
             subprocess.run(argv, env={**env, "BENCH_BLAS_LABEL": label}, check=True)
             rows += [(lab, {int(k): v for k, v in by.items()}) for lab, by in json.loads(out.read_text())]
 
