@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_generate import bench_raw, prompt_text  # noqa: E402
+from bench_generate import bench_mlx, prompt_text  # noqa: E402
 
 from mlxollama.config import Config  # noqa: E402
 from mlxollama.convert.bundled import BUNDLED, import_source  # noqa: E402
@@ -206,7 +206,11 @@ def main() -> int:
     )
 
     results: dict[str, float] = {}
-    raw = bench_raw(model_dir, prompt_text(tokenizer, 16), args.tokens, 2, apply_policy=True)
+    # Raw mlx-lm with the weights the server's automatic choice gives a small model on this backend.
+    from mlxollama.engine.cpu_dense import fast_blas_loaded
+
+    dense = mx.default_device() == mx.cpu and fast_blas_loaded()
+    raw = bench_mlx(model_dir, {16: prompt_text(tokenizer, 16)}, args.tokens, 2, dense=dense)[16]
     results["raw decode tok/s"] = raw["decode_tps"]
     with tempfile.TemporaryDirectory() as logs:
         server = LiveServer(
