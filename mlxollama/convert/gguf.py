@@ -86,7 +86,7 @@ def read_metadata(reader: gguf.GGUFReader) -> tuple[dict[str, Any], dict[str, An
     return meta, types
 
 
-def _model_info(meta: Mapping[str, Any], types: Mapping[str, Any], parameter_count: int) -> dict[str, Any]:
+def model_info_from_metadata(meta: Mapping[str, Any], types: Mapping[str, Any], parameter_count: int) -> dict[str, Any]:
     """Key/values for Ollama's /api/show ``model_info``."""
     info: dict[str, Any] = {}
     for key, value in meta.items():
@@ -1396,7 +1396,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     _write_json(out / "generation_config.json", gen)
 
     parameter_count = sum(int(t.n_elements) for t in reader.tensors)
-    _write_json(out / "model_info.json", _model_info(meta, types, parameter_count))
+    _write_json(out / "model_info.json", model_info_from_metadata(meta, types, parameter_count))
     _write_json(
         out / "gguf_tensors.json",
         [{"name": t.name, "type": QT(t.tensor_type).name, "shape": [int(x) for x in t.shape]} for t in reader.tensors],

@@ -26,6 +26,7 @@ from gguf import GGMLQuantizationType as QT
 from mlx.utils import tree_flatten
 
 from ..engine.encoder import BertEncoder, EncoderConfig, PoolingConfig
+from .gguf import model_info_from_metadata, read_metadata
 from .gguf_tokenizer import UnsupportedTokenizer, write_tokenizer_files
 
 log = logging.getLogger(__name__)
@@ -94,41 +95,6 @@ def read_architecture(path: str | Path) -> str:
 
 def is_encoder_architecture(arch: str) -> bool:
     return arch in ENCODER_ARCHITECTURES
-
-
-def _metadata(reader: gguf.GGUFReader) -> tuple[dict[str, Any], dict[str, Any]]:
-    meta: dict[str, Any] = {}
-    types: dict[str, Any] = {}
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF.") or not f.types:
-            continue
-        try:
-            meta[key] = f.contents()
-        except UnicodeDecodeError:
-            if f.types[0] == gguf.GGUFValueType.ARRAY:
-                meta[key] = [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]
-            else:
-                meta[key] = bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
-        types[key] = f.types
-    return meta, types
-
-
-def _model_info(meta: Mapping[str, Any], types: Mapping[str, Any], parameter_count: int) -> dict[str, Any]:
-    """The key/values /api/show reports as model_info (long arrays emptied, as Ollama does)."""
-    info: dict[str, Any] = {}
-    for key, value in meta.items():
-        if key in ("general.name", "tokenizer.chat_template"):
-            continue
-        t = types.get(key) or []
-        if isinstance(value, list):
-            value = [] if len(value) > 5 else value
-        elif t and t[0] == gguf.GGUFValueType.FLOAT32:
-            value = float(str(np.float32(value)))  # 1e-12, not 9.9999999e-13
-        elif isinstance(value, np.generic):
-            value = value.item()
-        info[key] = value
-    info.setdefault("general.parameter_count", parameter_count)
-    return info
 
 
 def _file_type(meta: Mapping[str, Any]) -> str:
@@ -298,7 +264,7 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
     """Convert a ``bert`` / ``nomic-bert`` GGUF into an encoder folder at ``out_dir``."""
     out = Path(out_dir)
     reader = gguf.GGUFReader(str(gguf_path), "r")
-    meta, types = _metadata(reader)
+    meta, types = read_metadata(reader)
     arch = str(meta.get("general.architecture", ""))
     if arch not in ENCODER_ARCHITECTURES:
         raise UnsupportedEncoderGGUF(f"GGUF architecture {arch!r} is not an embedding model we import")
@@ -356,7 +322,7 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
     (out / "pooling.json").write_text(json.dumps({"mode": pooling.mode, "normalize": pooling.normalize}) + "\n")
     files.append("pooling.json")
     parameter_count = sum(int(t.n_elements) for t in reader.tensors)
-    info = _model_info(meta, types, parameter_count)
+    info = model_info_from_metadata(meta, types, parameter_count)
     info.setdefault(f"{arch}.pooling_type", pooling.ollama_pooling_type)  # marks it an embedder
     (out / "model_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     files.append("model_info.json")
