@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from sanic import Blueprint
 
 from ..convert.modelfile import Command, format_modelfile, go_value
@@ -13,7 +11,7 @@ from ..store import media
 from ..timefmt import rfc3339_local
 from .errors import APIError, json_body, plain
 from .protocol import Fields, parse_body
-from .state import state_of
+from .state import read_metadata, state_of
 
 bp = Blueprint("models")
 
@@ -55,7 +53,7 @@ async def tags(request):
                 continue
         return out
 
-    return json_body({"models": await asyncio.to_thread(collect)})
+    return json_body({"models": await read_metadata(collect)})
 
 
 @bp.get("/api/ps")

@@ -9,7 +9,6 @@ and the writers.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import random
 import time
@@ -38,7 +37,7 @@ from .openai_convert import (
 )
 from .protocol import parse_body
 from .service import Generation, prepare_chat, start_generation
-from .state import state_of
+from .state import read_metadata, state_of
 
 bp = Blueprint("openai")
 
@@ -307,7 +306,7 @@ async def embeddings(request):
 @bp.get("/v1/models")
 @openai_errors
 async def list_models(request):
-    stored = await asyncio.to_thread(state_of(request).store.list_models)
+    stored = await read_metadata(state_of(request).store.list_models)
     data = [
         {
             "id": s.name.display_shortest(),

@@ -486,3 +486,15 @@ def test_client_disconnect_stops_generation(http, server):
     r = http.post("/api/generate", json={"model": TINY, "prompt": "hi", "stream": False, "options": {"num_predict": 1}})
     assert r.status_code == 200
     assert time.time() - t < 20
+
+
+def test_show_follows_a_model_recreated_or_deleted_under_the_same_name(http):
+    # Lookups are remembered while the manifest file is unchanged: a new manifest must be seen.
+    for system in ("First.", "Second."):
+        r = http.post(
+            "/api/create", json={"model": "recent-x", "from": "tiny:latest", "system": system, "stream": False}
+        )
+        assert r.status_code == 200, r.text
+        assert http.post("/api/show", json={"model": "recent-x"}).json()["system"] == system
+    assert http.request("DELETE", "/api/delete", json={"model": "recent-x"}).status_code == 200
+    assert http.post("/api/show", json={"model": "recent-x"}).status_code == 404
