@@ -107,6 +107,16 @@ def model_info_from_metadata(meta: Mapping[str, Any], types: Mapping[str, Any], 
     return info
 
 
+# llama.cpp's enum llama_pooling_type, as the embedders' pooling.json names the modes.
+_POOLING_MODES = {1: "mean", 2: "cls", 3: "lasttoken"}
+
+
+def _embedding_pooling(pooling_type: Any, normalize: Any) -> dict[str, Any] | None:
+    if pooling_type is None:
+        return None
+    return {"mode": _POOLING_MODES.get(int(pooling_type), "mean"), "normalize": bool(normalize)}
+
+
 def file_type_name(meta: Mapping[str, Any], tensors: list[Any]) -> str:
     """Ollama-style quantization name (Q4_K_M, Q4_1, F16, ...) from general.file_type."""
     ft = meta.get("general.file_type")
@@ -1397,6 +1407,9 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
 
     parameter_count = sum(int(t.n_elements) for t in reader.tensors)
     _write_json(out / "model_info.json", model_info_from_metadata(meta, types, parameter_count))
+    pooling = _embedding_pooling(meta.get(f"{arch}.pooling_type"), meta.get(f"{arch}.normalize_embeddings"))
+    if pooling is not None:  # a decoder embedder (Qwen3-Embedding: last token), served through /api/embed
+        _write_json(out / "pooling.json", pooling)
     _write_json(
         out / "gguf_tensors.json",
         [{"name": t.name, "type": QT(t.tensor_type).name, "shape": [int(x) for x in t.shape]} for t in reader.tensors],
