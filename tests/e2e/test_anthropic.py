@@ -18,7 +18,6 @@ from ..support.scriptedmodel import (
     WEATHER_ARGS,
     WEATHER_TOOL,
     ensure_scripted_models,
-    native_gap,
 )
 
 TINY = "tiny:latest"
@@ -47,12 +46,6 @@ def client(server):
 @pytest.fixture(scope="module")
 def scripted(models_dir, tmp_path_factory):
     ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
-
-
-def needs_native(request, server, feature):
-    gap = native_gap(server.url, feature)
-    if gap:
-        request.applymarker(pytest.mark.xfail(strict=False, reason=gap))
 
 
 def messages(http, **body):
@@ -224,16 +217,14 @@ def test_thinking_is_relaxed_on_models_without_it(http):
 # --- tools -----------------------------------------------------------------------------------
 
 
-def test_tool_use(request, server, client, scripted):
-    needs_native(request, server, "tools")
+def test_tool_use(server, client, scripted):
     r = client.messages.create(model="scripted-tools", max_tokens=50, tools=[WEATHER], messages=WEATHER_Q)
     assert r.stop_reason == "tool_use"
     (block,) = r.content
     assert block.type == "tool_use" and block.name == "get_weather" and block.input == WEATHER_ARGS and block.id
 
 
-def test_tool_use_streamed(request, server, http, client, scripted):
-    needs_native(request, server, "tools")
+def test_tool_use_streamed(server, http, client, scripted):
     events = sse_events(
         http.post(
             "/v1/messages",
@@ -264,8 +255,7 @@ def test_tool_use_streamed(request, server, http, client, scripted):
     assert final.content[0].input == WEATHER_ARGS and final.stop_reason == "tool_use"
 
 
-def test_tool_result_round_trip(request, server, client, scripted):
-    needs_native(request, server, "tools")
+def test_tool_result_round_trip(server, client, scripted):
     first = client.messages.create(model="scripted-tools", max_tokens=50, tools=[WEATHER], messages=WEATHER_Q)
     call = first.content[0]
     history = WEATHER_Q + [
@@ -288,8 +278,7 @@ def test_tool_result_round_trip(request, server, client, scripted):
 # --- thinking --------------------------------------------------------------------------------
 
 
-def test_thinking_blocks(request, server, client, http, scripted):
-    needs_native(request, server, "thinking")
+def test_thinking_blocks(server, client, http, scripted):
     kw = {
         "model": "scripted-think",
         "max_tokens": 50,

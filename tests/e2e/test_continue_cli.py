@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support.scriptedmodel import READ_ARGS, REPLY, TOOL_ANSWER, ensure_scripted_models, native_gap
+from ..support.scriptedmodel import READ_ARGS, REPLY, TOOL_ANSWER, ensure_scripted_models
 
 CN_VERSION = "1.5.47"
 NODE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "node"
@@ -82,9 +82,7 @@ def test_cn_answers_with_its_tools_sent(cn, server, scripted, tmp_path):
     assert r.stdout.strip() == REPLY
 
 
-def test_cn_runs_a_tool_and_answers_from_its_result(request, cn, server, scripted, tmp_path):
-    if native_gap(server.url, "tools"):
-        request.applymarker(pytest.mark.xfail(strict=False, reason=native_gap(server.url, "tools")))
+def test_cn_runs_a_tool_and_answers_from_its_result(cn, server, scripted, tmp_path):
     (tmp_path / READ_ARGS["filepath"]).write_text("The secret word is banana.\n")
     # The scripted model calls cn's Read tool; it answers only once a tool result comes back.
     r = run_cn(cn, tmp_path, server.url, "scripted-tools", "Please read my notes.")

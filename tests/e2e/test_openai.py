@@ -26,7 +26,6 @@ from ..support.scriptedmodel import (
     WEATHER_ARGS,
     WEATHER_TOOL,
     ensure_scripted_models,
-    native_gap,
 )
 
 TINY = "tiny:latest"
@@ -47,12 +46,6 @@ def client(server):
 @pytest.fixture(scope="module")
 def scripted(models_dir, tmp_path_factory):
     ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
-
-
-def needs_native(request, server, feature):
-    gap = native_gap(server.url, feature)
-    if gap:
-        request.applymarker(pytest.mark.xfail(strict=False, reason=gap))
 
 
 def sse_events(resp) -> list:
@@ -321,8 +314,7 @@ def test_malformed_body(http):
 WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-def test_tool_calls(request, server, client, scripted):
-    needs_native(request, server, "tools")
+def test_tool_calls(server, client, scripted):
     r = client.chat.completions.create(
         model="scripted-tools", messages=WEATHER_Q, tools=[WEATHER_TOOL], tool_choice="auto"
     )
@@ -334,8 +326,7 @@ def test_tool_calls(request, server, client, scripted):
     assert choice.message.content == ""
 
 
-def test_tool_calls_streamed_whole(request, server, http, scripted):
-    needs_native(request, server, "tools")
+def test_tool_calls_streamed_whole(server, http, scripted):
     events = sse_events(chat(http, model="scripted-tools", messages=WEATHER_Q, tools=[WEATHER_TOOL], stream=True))
     calls = [tc for e in events[:-1] for tc in e["choices"][0]["delta"].get("tool_calls", []) if e["choices"]]
     (call,) = calls
@@ -344,8 +335,7 @@ def test_tool_calls_streamed_whole(request, server, http, scripted):
     assert events[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
 
 
-def test_tool_result_round_trip(request, server, client, scripted):
-    needs_native(request, server, "tools")
+def test_tool_result_round_trip(server, client, scripted):
     first = client.chat.completions.create(model="scripted-tools", messages=WEATHER_Q, tools=[WEATHER_TOOL])
     call = first.choices[0].message.tool_calls[0]
     history = WEATHER_Q + [
@@ -357,16 +347,14 @@ def test_tool_result_round_trip(request, server, client, scripted):
     assert not r.choices[0].message.tool_calls
 
 
-def test_tools_model_without_a_call_stops(request, server, client, scripted):
-    needs_native(request, server, "tools")
+def test_tools_model_without_a_call_stops(server, client, scripted):
     r = client.chat.completions.create(
         model="scripted-tools", messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER_TOOL]
     )
     assert r.choices[0].message.content == REPLY and r.choices[0].finish_reason == "stop"
 
 
-def test_reasoning_effort_maps_to_thinking(request, server, client, http, scripted):
-    needs_native(request, server, "thinking")
+def test_reasoning_effort_maps_to_thinking(server, client, http, scripted):
     messages = [{"role": "user", "content": "Hello"}]
     r = client.chat.completions.create(model="scripted-think", messages=messages, reasoning_effort="high")
     msg = r.choices[0].message
@@ -389,8 +377,7 @@ def test_reasoning_effort_maps_to_thinking(request, server, client, http, script
     assert all(not d.get("reasoning") for d in deltas[first_content:])
 
 
-def test_response_format_json_schema(request, server, client, scripted):
-    needs_native(request, server, "format")
+def test_response_format_json_schema(server, client, scripted):
     messages = [{"role": "user", "content": "Answer in JSON."}]
     schema = {
         "type": "object",

@@ -23,7 +23,6 @@ from ..support.scriptedmodel import (
     WEATHER_ARGS,
     WEATHER_TOOL,
     ensure_scripted_models,
-    native_gap,
 )
 
 # The Responses API declares tools flat: name, description and parameters at the top.
@@ -50,12 +49,6 @@ def client(server):
 @pytest.fixture(scope="module")
 def scripted(models_dir, tmp_path_factory):
     ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
-
-
-def needs_native(request, server, feature):
-    gap = native_gap(server.url, feature)
-    if gap:
-        request.applymarker(pytest.mark.xfail(strict=False, reason=gap))
 
 
 def sse(resp) -> list[tuple[str, dict]]:
@@ -146,8 +139,7 @@ def test_max_output_tokens_and_sampling_fields(client):
 # --- tools -----------------------------------------------------------------------------------
 
 
-def test_function_call_round_trip(request, server, client, scripted):
-    needs_native(request, server, "tools")
+def test_function_call_round_trip(server, client, scripted):
     first = client.responses.create(model="scripted-tools", input=WEATHER_Q, tools=[WEATHER], tool_choice="auto")
     (call,) = first.output
     assert call.type == "function_call" and call.name == "get_weather" and call.call_id
@@ -166,8 +158,7 @@ def test_function_call_round_trip(request, server, client, scripted):
     assert second.output_text == TOOL_ANSWER and second.output[0].type == "message"
 
 
-def test_function_call_streamed(request, server, http, scripted):
-    needs_native(request, server, "tools")
+def test_function_call_streamed(server, http, scripted):
     events = sse(
         http.post(
             "/v1/responses", json={"model": "scripted-tools", "input": WEATHER_Q, "tools": [WEATHER], "stream": True}
@@ -192,8 +183,7 @@ def test_function_call_streamed(request, server, http, scripted):
     assert data["response.completed"]["response"]["output"] == [item]
 
 
-def test_namespace_tools_are_flattened(request, server, client, scripted):
-    needs_native(request, server, "tools")
+def test_namespace_tools_are_flattened(server, client, scripted):
     r = client.responses.create(
         model="scripted-tools",
         input=WEATHER_Q,
@@ -207,8 +197,7 @@ def test_namespace_tools_are_flattened(request, server, client, scripted):
 # --- reasoning and text.format -----------------------------------------------------------------
 
 
-def test_reasoning_effort_maps_to_think(request, server, client, http, scripted):
-    needs_native(request, server, "thinking")
+def test_reasoning_effort_maps_to_think(server, client, http, scripted):
     r = client.responses.create(model="scripted-think", input="Hello", reasoning={"effort": "high"})
     reasoning, message = r.output
     assert message.type == "message" and reasoning.type == "reasoning" and reasoning.summary[0].text.strip() == THINKING
@@ -236,8 +225,7 @@ def test_reasoning_effort_maps_to_think(request, server, client, http, scripted)
     assert again.output_text == THOUGHTFUL_ANSWER
 
 
-def test_text_format_json_schema(request, server, client, scripted):
-    needs_native(request, server, "format")
+def test_text_format_json_schema(server, client, scripted):
     schema = {
         "type": "object",
         "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},

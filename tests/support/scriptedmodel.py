@@ -194,43 +194,6 @@ def ensure_scripted_models(models_dir: Path, work: Path) -> None:
             package_tiny(store, name, model_dir)
 
 
-_gaps: dict[tuple[str, str], str | None] = {}
-
-_PROBES = {
-    "tools": (
-        "scripted-tools",
-        {"messages": [{"role": "user", "content": "What is the weather in Paris?"}], "tools": [WEATHER_TOOL]},
-        lambda body: bool(body.get("message", {}).get("tool_calls")),
-    ),
-    "thinking": (
-        "scripted-think",
-        {"messages": [{"role": "user", "content": "hi"}], "think": True},
-        lambda body: bool(body.get("message", {}).get("thinking")),
-    ),
-    "format": (
-        "scripted-json",
-        {"messages": [{"role": "user", "content": "hi"}], "format": "json"},
-        lambda body: body.get("done") is True,
-    ),
-}
-
-
-def native_gap(url: str, feature: str) -> str | None:
-    """Why the native /api/chat cannot do `feature` yet (probed once per server), or None.
-
-    The /v1 layers only translate; their tests of tools, thinking and structured output are
-    expected failures exactly while the native engine lacks the feature, and real tests after."""
-    key = (url, feature)
-    if key not in _gaps:
-        import httpx
-
-        model, body, works = _PROBES[feature]
-        r = httpx.post(url + "/api/chat", json={"model": model, "stream": False, **body}, timeout=120)
-        ok = r.status_code == 200 and works(r.json())
-        _gaps[key] = None if ok else f"native /api/chat has no {feature} yet ({r.status_code}: {r.text[:200]})"
-    return _gaps[key]
-
-
 # --- coding agents (Codex CLI, Claude Code) ----------------------------------------------------
 # Their requests carry ~50 KB of instructions and tools (about 32k tokens with the tiny
 # tokenizer), so this model has a 128k window and asks for it with PARAMETER num_ctx, as an
