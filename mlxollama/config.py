@@ -27,7 +27,7 @@ Server (`Config.from_env`):
 | MLXOLLAMA_PROMPT_CACHE_ENTRIES | 16 | prompt_cache_entries: prompt (KV) caches kept |
 | MLXOLLAMA_PROMPT_CACHE_BYTES | 1 GiB | prompt_cache_bytes: bytes those caches may hold |
 | MLXOLLAMA_EXIT_WITH_PARENT | | `exit_with_parent()`: test harnesses; stop when the parent process goes |
-| MLXOLLAMA_TEST_FAULT | | `fault_injection_enabled()`: tests only; a prompt holding `mlxollama-test-fault:<kind>` makes the engine fail (engine/llm.py) |
+| MLXOLLAMA_TEST_FAULT | | test_faults: tests only; a prompt holding `mlxollama-test-fault:<kind>` makes the engine fail (engine/llm.py) |
 
 Pull and import (read at each use; the convert code runs without a Config):
 
@@ -203,6 +203,7 @@ class Config:
     prefill_step: int = 512
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 1 << 30
+    test_faults: bool = False
 
     @classmethod
     def from_env(cls, env: Env | None = None, *, backend_memory: Callable[[], int] | None = None) -> "Config":
@@ -238,6 +239,7 @@ class Config:
             prefill_step=parse_uint(var("MLXOLLAMA_PREFILL_STEP"), 0) or 512,
             prompt_cache_entries=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_ENTRIES"), 16),
             prompt_cache_bytes=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_BYTES"), 1 << 30),
+            test_faults=parse_bool(var("MLXOLLAMA_TEST_FAULT")),
         )
 
 
@@ -288,8 +290,3 @@ def xdg_config_home(env: Env | None = None) -> Path:
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """The environment for a program `mlxollama launch` starts: ours, with its settings on top."""
     return {**os.environ, **extra}
-
-
-def fault_injection_enabled(env: Env | None = None) -> bool:
-    """Off by default: lets tests make a model's engine fail on demand (out of memory and the like)."""
-    return parse_bool(_var("MLXOLLAMA_TEST_FAULT", env))

@@ -21,7 +21,7 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prom
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer
 from mlx_lm.utils import load as mlx_lm_load
 
-from ..config import CPU_DENSE_AUTO, DEFAULT_NUM_PARALLEL, Config, fault_injection_enabled
+from ..config import CPU_DENSE_AUTO, DEFAULT_NUM_PARALLEL, Config
 from ..options import Options
 from ..parsers.harmony import FINAL_HEADER, HarmonyParser, is_harmony_template
 from ..parsers.reply import Piece, ReplyParser
@@ -73,6 +73,7 @@ class EngineSettings:
     prompt_cache_bytes: int = 1 << 30
     cpu_dense_bytes: int = 0  # see cpu_dense.py; 0 keeps quantized weights quantized
     cpu_dense_auto: bool = False  # the automatic budget also wants a fast BLAS loaded
+    test_faults: bool = False  # MLXOLLAMA_TEST_FAULT: prompts may ask for injected failures
 
     @classmethod
     def from_config(cls, config: Config) -> "EngineSettings":
@@ -83,6 +84,7 @@ class EngineSettings:
             prompt_cache_bytes=config.prompt_cache_bytes,
             cpu_dense_bytes=dense_budget(config.cpu_dense, config.memory_budget),
             cpu_dense_auto=config.cpu_dense == CPU_DENSE_AUTO,
+            test_faults=config.test_faults,
         )
 
 
@@ -126,7 +128,6 @@ class LoadedLLM:
         self.eos_ids = sorted(self.tokenizer.eos_token_ids)
         # Rows of the embedding (and width of the logits): the only token ids the model takes.
         self.vocab_size = int(getattr(getattr(self.model, "args", None), "vocab_size", None) or len(self.tokenizer))
-        self.faults = fault_injection_enabled()
         self.stop_sequences = StopSequences([(t,) for t in self.eos_ids])
         template = getattr(self.tokenizer, "chat_template", None)
         if isinstance(template, dict):  # named templates (e.g. "default" and "tool_use")
@@ -242,7 +243,7 @@ class LoadedLLM:
         processors = make_request_processors(opts)
         if job.prompt.grammar:
             processors.append(self._grammar_processor(job.prompt.grammar, gate))
-        if self.faults and (fault := _requested_fault(job.prompt)):
+        if self.settings.test_faults and (fault := _requested_fault(job.prompt)):
             processors.append(fault)
         stop_ids = list(self.eos_ids)
         if job.prompt.fim is not None and self.fim_format is not None:
