@@ -13,6 +13,7 @@ import time
 from .api.app import create_app
 from .api.state import ServerState
 from .config import Config, exit_with_parent
+from .convert.create import sweep_work_dirs
 from .engine.device import backend_memory
 from .engine.scheduler import Scheduler
 from .store import Store
@@ -94,6 +95,9 @@ def serve(config: Config | None = None) -> None:
     if not config.noprune:
         # Unreferenced blobs older than an hour go, as in Ollama; younger ones may belong to a pull.
         state.store.gc(min_age_seconds=3600)
+    # A server killed mid-create left its work folder behind; its pid names it as gone.
+    if removed := sweep_work_dirs(state.store):
+        log.info("removed %d work folder(s) left by a stopped process", len(removed))
     app = create_app(state)
 
     @app.after_server_start
@@ -104,10 +108,8 @@ def serve(config: Config | None = None) -> None:
     async def unload_models(app):
         await state.scheduler.shutdown()  # already done when a signal stopped us
 
-    logging.getLogger("mlxollama").info(
-        "mlxollama listening on %s:%d, models in %s", config.host, config.port, config.models_dir
-    )
-    logging.getLogger("mlxollama").info(
+    log.info("mlxollama listening on %s:%d, models in %s", config.host, config.port, config.models_dir)
+    log.info(
         "default context length %d (backend memory %.1f GiB)", config.context_length, config.backend_memory / (1 << 30)
     )
     app.run(

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from sanic import Blueprint, response
 
-from ..convert.create import ManageError, create_model, parse_create_request, sweep_work_dirs
+from ..convert.create import ManageError, create_model, parse_create_request
 from ..errors import StatusError
 from ..store import DigestMismatch, InvalidDigest, InvalidName, ModelName, validate_digest
 from .errors import APIError, dumps, error_response, json_body
@@ -165,14 +165,6 @@ async def push(request):
 
 
 # --------------------------------------------------------------------------------- create
-
-
-@bp.listener("before_server_start")
-async def sweep_work_folders(app, _loop) -> None:
-    # A server killed mid-create left its work folder behind; its pid names it as gone.
-    removed = await asyncio.to_thread(sweep_work_dirs, app.ctx.state.store)
-    if removed:
-        log.info("removed %d work folder(s) left by a stopped process", len(removed))
 
 
 @bp.post("/api/create")

@@ -97,7 +97,7 @@ class Scheduler:
         try:
             await asyncio.shield(runner.loaded)
         except BaseException:
-            self._release(runner)
+            self.release(runner)
             raise
         return runner
 
@@ -140,9 +140,6 @@ class Scheduler:
         self._cancel_expiry(runner)
 
     def release(self, runner: Runner) -> None:
-        self._release(runner)
-
-    def _release(self, runner: Runner) -> None:
         runner.active -= 1
         if runner.active > 0 or runner.unloading:
             return
