@@ -22,7 +22,7 @@ from ..parsers.stops import StopMatcher
 from . import sse
 from .errors import APIError, dumps, json_body
 from .openai_convert import OpenAIFields, go_type
-from .protocol import ChatRequest, Message, parse_body
+from .protocol import ChatRequest, Fields, Message, parse_body
 from .service import Generation, prepare_chat, start_generation
 from .state import state_of
 
@@ -103,21 +103,6 @@ def _blocks(content) -> list[dict]:
     return content
 
 
-_JSON_KIND = {bool: "bool", int: "number", float: "number", list: "array", dict: "object"}
-
-
-def _text_field(block: dict, key: str) -> str:
-    """A content block's string field, refused like Go's decoder when it is another JSON type."""
-    value = block.get(key)
-    if value is None or isinstance(value, str):
-        return value or ""
-    raise APIError(
-        f"json: cannot unmarshal {_JSON_KIND.get(type(value), 'value')} into Go struct field "
-        f"ContentBlock.messages.content.{key} of type string",
-        400,
-    )
-
-
 def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
     """One Anthropic message → native messages: tool results become `tool` messages (before the
     user's text, which answers them), everything else one message of the same role."""
@@ -125,14 +110,16 @@ def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
     text, images, calls, thinking, results = [], [], [], "", []
     for block in _blocks(raw.get("content")):
         kind = block.get("type")
+        # Its string fields are refused like Go's decoder when they hold another JSON type.
+        fields = Fields(block, "ContentBlock.messages.content")
         if kind == "text":
-            text.append(_text_field(block, "text"))
+            text.append(fields.str("text"))
         elif kind == "image":
             images.append(_image(block.get("source")))
         elif kind == "tool_use":
-            if not _text_field(block, "id"):
+            if not fields.str("id"):
                 raise APIError("tool_use block missing required 'id' field", 400)
-            if not _text_field(block, "name"):
+            if not fields.str("name"):
                 raise APIError("tool_use block missing required 'name' field", 400)
             tool_names[block["id"]] = block["name"]
             calls.append(
@@ -140,7 +127,7 @@ def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
             )
         elif kind == "tool_result":
             content, result_images = _tool_result_content(block.get("content"))
-            call_id = _text_field(block, "tool_use_id")
+            call_id = fields.str("tool_use_id")
             # Ollama leaves tool_name empty here; templates that print the tool's name need it.
             results.append(
                 Message(
@@ -152,7 +139,7 @@ def convert_message(raw: dict, tool_names: dict[str, str]) -> list[Message]:
                 )
             )
         elif kind == "thinking":
-            thinking = _text_field(block, "thinking")
+            thinking = fields.str("thinking")
         # redacted_thinking, documents and server tool blocks carry nothing a local model can use
     out = results if role == "user" else []
     if text or images or calls or thinking:
