@@ -59,3 +59,11 @@ def minilm(models_dir) -> str:
     from mlxollama.convert.bundled import EMBED_MODEL
 
     return import_bundled(models_dir, EMBED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def scripted(models_dir, tmp_path_factory):
+    """The scripted models (tests/support/scriptedmodel.py) in the session store."""
+    from .support.scriptedmodel import ensure_scripted_models
+
+    ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))

@@ -17,7 +17,6 @@ from ..support.scriptedmodel import (
     TOOL_ANSWER,
     WEATHER_ARGS,
     WEATHER_TOOL,
-    ensure_scripted_models,
 )
 
 TINY = "tiny:latest"
@@ -41,11 +40,6 @@ def http(server):
 @pytest.fixture(scope="module")
 def client(server):
     return anthropic.Anthropic(base_url=server.url, api_key="ollama", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def scripted(models_dir, tmp_path_factory):
-    ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
 
 
 def messages(http, **body):

@@ -293,14 +293,7 @@ def test_official_client_tools_think_format(server, fam_models):
 # --- end to end on scripted models (tests/scriptedmodel.py: next token = f(last token)) ------------
 
 
-@pytest.fixture(scope="module")
-def scripted_models(models_dir, tmp_path_factory):
-    from ..support.scriptedmodel import ensure_scripted_models
-
-    ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
-
-
-def test_scripted_tool_call_streams_whole_and_gathers(http, server, scripted_models):
+def test_scripted_tool_call_streams_whole_and_gathers(http, server, scripted):
     from ..support.scriptedmodel import WEATHER_ARGS, WEATHER_TOOL
 
     body = {
@@ -331,7 +324,7 @@ def test_scripted_tool_call_streams_whole_and_gathers(http, server, scripted_mod
     assert r2.message.content and not r2.message.tool_calls
 
 
-def test_scripted_thinking_streams_and_switches_off(http, server, scripted_models):
+def test_scripted_thinking_streams_and_switches_off(http, server, scripted):
     from ..support.scriptedmodel import THINKING, THOUGHTFUL_ANSWER
 
     msgs = [{"role": "user", "content": "hi"}]
@@ -350,7 +343,7 @@ def test_scripted_thinking_streams_and_switches_off(http, server, scripted_model
     assert (g["thinking"], g["response"]) == (THINKING + "\n", THOUGHTFUL_ANSWER)
 
 
-def test_scripted_json_and_fim(http, server, scripted_models):
+def test_scripted_json_and_fim(http, server, scripted):
     from ..support.scriptedmodel import FIM_MIDDLE, JSON_ANSWER
 
     r = ollama.Client(host=server.url).chat(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support.scriptedmodel import READ_ARGS, REPLY, TOOL_ANSWER, ensure_scripted_models
+from ..support.scriptedmodel import READ_ARGS, REPLY, TOOL_ANSWER
 
 CN_VERSION = "1.5.47"
 NODE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "node"
@@ -43,11 +43,6 @@ def cn() -> Path:
                 )
             pytest.fail(f"npm install @continuedev/cli@{CN_VERSION} failed:\n{r.stderr[-2000:]}")
     return NODE_DIR / "node_modules" / ".bin" / "cn"
-
-
-@pytest.fixture(scope="module")
-def scripted(models_dir, tmp_path_factory):
-    ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
 
 
 def run_cn(cn: Path, cwd: Path, url: str, model: str, prompt: str, *args: str) -> subprocess.CompletedProcess:

@@ -25,7 +25,6 @@ from ..support.scriptedmodel import (
     TOOL_ANSWER,
     WEATHER_ARGS,
     WEATHER_TOOL,
-    ensure_scripted_models,
 )
 
 TINY = "tiny:latest"
@@ -41,11 +40,6 @@ def http(server):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="ollama", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def scripted(models_dir, tmp_path_factory):
-    ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
 
 
 def sse_events(resp) -> list:

@@ -22,7 +22,6 @@ from ..support.scriptedmodel import (
     TOOL_ANSWER,
     WEATHER_ARGS,
     WEATHER_TOOL,
-    ensure_scripted_models,
 )
 
 # The Responses API declares tools flat: name, description and parameters at the top.
@@ -44,11 +43,6 @@ def http(server):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="ollama", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def scripted(models_dir, tmp_path_factory):
-    ensure_scripted_models(models_dir, tmp_path_factory.mktemp("scripted"))
 
 
 def sse(resp) -> list[tuple[str, dict]]:
