@@ -493,6 +493,8 @@ def _mlx_parameter_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...
     return {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
 
 
+_VISION_PREFIXES = ("v.", "mm.")
+
 # Stacked expert tensors (llama.cpp's ffn_*_exps) -> mlx-lm's SwitchGLU, which
 # sits next to the router (ffn_gate_inp) in every mlx-lm MoE block.
 _EXPERT_PROJ = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
@@ -522,7 +524,9 @@ def tensor_name_map(
 
     names: dict[str, Any] = {}
     for name, t in tensors.items():
-        if name in spec.skip_tensors:
+        # The Ollama library's multimodal GGUFs (gemma3, mistral3) carry the vision tower and its
+        # projector (v.*, mm.*) beside the text model: the text model is imported, for text chat.
+        if name in spec.skip_tensors or name.startswith(_VISION_PREFIXES):
             names[name] = None
             continue
         # Ollama's gptoss names its sinks without ".weight"
@@ -1136,6 +1140,34 @@ def _deepseek2_kv_b(cfg: Mapping[str, Any], k_b: np.ndarray, v_b: np.ndarray) ->
     return np.concatenate([k_rows, v_rows], axis=1).reshape(-1, cfg["kv_lora_rank"])
 
 
+def _internlm2_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """InternLM2: llama with q/k/v fused in one wqkv, grouped per KV head
+    (each group: its query heads, then one key and one value head), which
+    llama.cpp's converter splits into attn_q/k/v and permutes like llama."""
+    cfg = {"model_type": "internlm2", **_common_config(m, tensors)}
+    # the converter splits only the wqkv weight (a bias would not survive its reshape)
+    cfg["bias"] = False
+    _dense_only(cfg, "internlm2", "head_dim")
+    scaling = cfg.get("rope_scaling")
+    if scaling and scaling["type"] != "linear":
+        raise UnsupportedGGUF(f"internlm2: rope scaling {scaling['type']} is not supported by mlx-lm's internlm2")
+    return cfg
+
+
+def _internlm2_wqkv(cfg: Mapping[str, Any], q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """wqkv from llama.cpp's permuted attn_q/k/v: rows un-permuted, then per
+    KV head [its query heads; key; value], the layout mlx-lm's internlm2 splits."""
+    n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    q, k = q[_rows_permutation(q.shape[0], n_head)], k[_rows_permutation(k.shape[0], n_kv)]
+    head_dim, cols = q.shape[0] // n_head, q.shape[1]
+    groups = [
+        q.reshape(n_kv, n_head // n_kv, head_dim, cols),
+        k.reshape(n_kv, 1, head_dim, cols),
+        v.reshape(n_kv, 1, head_dim, cols),
+    ]
+    return np.concatenate(groups, axis=1).reshape(-1, cols)
+
+
 def _gpt_oss_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     """gpt-oss: attention sinks, biases everywhere, experts (often MXFP4, kept
     so), yarn rope, sliding-window layers alternating with global ones."""
@@ -1230,6 +1262,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "starcoder": ArchSpec(_starcoder_config),
     "stablelm": ArchSpec(_stablelm_config),
     "nemotron": ArchSpec(_nemotron_config, norm_shift=1.0),
+    "internlm2": ArchSpec(
+        _internlm2_config, joined={"attn_v": (("attn_q", "attn_k", "attn_v"), "attention.wqkv", _internlm2_wqkv)}
+    ),
     "phi3": ArchSpec(_phi3_config, skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),
 }
 
@@ -1310,6 +1345,9 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     # Fails early, before writing anything, on a tensor or shape mlx-lm has no place for.
     params = _mlx_parameter_shapes(config)
     names = tensor_name_map(arch, spec, tensors, params, config["num_hidden_layers"], config)
+    vision = sum(1 for n in tensors if n.startswith(_VISION_PREFIXES))
+    if vision:
+        log.info("%s: importing the text model; %d vision tensors left out (images are not supported)", arch, vision)
     n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
 
     out.mkdir(parents=True, exist_ok=True)

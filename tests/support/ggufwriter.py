@@ -48,13 +48,14 @@ GGUF_ARCH = {
     "gpt_bigcode": "starcoder",
     "stablelm": "stablelm",
     "nemotron": "nemotron",
+    "internlm2": "internlm2",
 }
 # Phi2Model and StarCoderModel write their own short key set: no rope base,
 # feed_forward_length 4 * n_embd, StarCoder's head_count_kv 1 (multi-query).
 _OWN_KEYS = {"phi", "gpt_bigcode"}
 # Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
 _LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "granitemoe", "smollm3"}
-_PERMUTED_ARCHS = {"llama", "mistral3", "granite", "granitemoe", "smollm3"}
+_PERMUTED_ARCHS = {"llama", "mistral3", "granite", "granitemoe", "smollm3", "internlm2"}
 _FILE_TYPE = {
     QT.F16: gguf.LlamaFileType.MOSTLY_F16,
     QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
@@ -343,6 +344,15 @@ def write_gguf(
     for hf_name, (gate, up) in fused_experts.items():
         reference[hf_name] = np.concatenate([reference.pop(gate), reference.pop(up)], axis=1)
     experts = _stack_experts(weights)
+    # InternLM2Model splits wqkv (per KV head: its query heads, key, value) into q/k/v, permuted below.
+    wqkv_split: dict[str, list[str]] = {}
+    for hf_name in [k for k in weights if k.endswith("attention.wqkv.weight")]:
+        qkv = weights.pop(hf_name).reshape(n_kv, n_head // n_kv + 2, head_dim, hidden)
+        prefix = hf_name.removesuffix("attention.wqkv.weight")
+        parts = [f"{prefix}self_attn.{p}_proj.weight" for p in "qkv"]
+        for part, rows in zip(parts, (qkv[:, :-2], qkv[:, -2], qkv[:, -1])):
+            weights[part] = np.ascontiguousarray(rows.reshape(-1, hidden))
+        wqkv_split[hf_name] = parts
     # DeepseekV2Model splits kv_b_proj per head into k_b (transposed) and v_b.
     kv_split: dict[str, tuple[str, str]] = {}
     for hf_name in [k for k in weights if k.endswith("kv_b_proj.weight") and not mla_legacy]:
@@ -380,6 +390,10 @@ def write_gguf(
             reference.update(zip(experts[hf_name], decoded))
         else:
             reference[hf_name] = decoded
+    for hf_name, parts in wqkv_split.items():
+        q, k, v = (reference.pop(p) for p in parts)
+        groups = [q.reshape(n_kv, -1, head_dim, hidden), *(x.reshape(n_kv, 1, head_dim, hidden) for x in (k, v))]
+        reference[hf_name] = np.concatenate(groups, axis=1).reshape(-1, hidden)
     for hf_name, (k_b, v_b) in kv_split.items():
         joined = np.concatenate([reference.pop(k_b).transpose(0, 2, 1), reference.pop(v_b)], axis=1)
         reference[hf_name] = joined.reshape(-1, cfg["kv_lora_rank"])

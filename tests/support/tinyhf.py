@@ -382,6 +382,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
             "mscale_all_dim": 0.707,
         },
     },
+    # InternLM2: q/k/v fused per KV head in wqkv (2 query heads per group).
+    "internlm2": {
+        "architectures": ["InternLM2ForCausalLM"],
+        "model_type": "internlm2",
+        **_BASE,
+        "bias": False,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+    },
     # gpt-oss as OpenAI publishes it: experts in MXFP4 (HF "_blocks"/"_scales",
     # gate/up rows interleaved), sinks, biases, yarn, a 4-token sliding window
     # on even layers.
@@ -471,6 +480,7 @@ def _hf_layout(model_type: str, weights: dict[str, np.ndarray]) -> dict[str, np.
 # Output projections scaled up so the layers, not the token embedding, decide
 # the next token: greedy continuations vary and top-1 margins are not tiny.
 _GAIN = {"o_proj": 8.0, "down_proj": 8.0, "lm_head": 8.0, "v_proj": 2.0}
+_GAIN_BY_TYPE = {"internlm2": {"wo": 8.0, "w2": 8.0, "output": 8.0}}
 
 
 def _random_weights(model_type: str, shapes: dict[str, tuple[int, ...]], rng) -> dict[str, np.ndarray]:
@@ -488,7 +498,8 @@ def _random_weights(model_type: str, shapes: dict[str, tuple[int, ...]], rng) ->
             # gemma multiplies embeddings by sqrt(hidden) = 16
             w = rng.normal(0, 1.0 / 16 if gemma else 1.0, shape)
         else:
-            w = rng.normal(0, _GAIN.get(name.split(".")[-2], 1.0) / np.sqrt(shape[-1]), shape)
+            gain = {**_GAIN, **_GAIN_BY_TYPE.get(model_type, {})}.get(name.split(".")[-2], 1.0)
+            w = rng.normal(0, gain / np.sqrt(shape[-1]), shape)
         out[name] = w.astype(np.float32)
     return out
 

@@ -239,11 +239,12 @@ def test_supported_architectures():
         "stablelm",
         "nemotron",
         "gptoss",
+        "internlm2",
     }
     # every claimed architecture is exercised by test_import_matches_source
     assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3", "gptoss"}
     assert all(gguf_architecture_supported(a) for a in SUPPORTED_GGUF_ARCHITECTURES)
-    for arch in ("mamba", "gemma3n", "mistral4", "internlm2", "", "LLAMA"):
+    for arch in ("mamba", "gemma3n", "gemma4", "qwen35", "qwen35moe", "qwen3next", "granitehybrid", "", "LLAMA"):
         assert not gguf_architecture_supported(arch)
 
 
@@ -313,8 +314,8 @@ def test_deepseek_llm_pre_tokenizer():
     assert pieces == ["Hello", " ", "\u4f60\u597d", " ", "2024", "\n", "\u0391\u03bb\u03c6\u03b1", " ", "\u2126\u212a"]
 
 
-def _rewrite_without(src: Path, dst: Path, drop: str, reshape: dict | None = None) -> None:
-    """Copy a GGUF, leaving out tensor ``drop`` and writing others reshaped."""
+def _rewrite_without(src: Path, dst: Path, drop: str, reshape: dict | None = None, extra: dict | None = None) -> None:
+    """Copy a GGUF, leaving out tensor ``drop``, writing others reshaped and adding ``extra`` tensors."""
     r = gguf.GGUFReader(str(src))
     arch = r.fields["general.architecture"].contents()
     w = gguf.GGUFWriter(str(dst), arch)
@@ -333,6 +334,8 @@ def _rewrite_without(src: Path, dst: Path, drop: str, reshape: dict | None = Non
         if reshape and t.name in reshape:
             data = data.reshape(reshape[t.name])
         w.add_tensor(t.name, data)
+    for name, data in (extra or {}).items():
+        w.add_tensor(name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -350,3 +353,25 @@ def test_missing_or_misshapen_tensors_are_refused(tmp_path, checkpoints):
     _rewrite_without(tmp_path / "ok.gguf", tmp_path / "shape.gguf", "", reshape={"blk.0.attn_q.weight": (128, 512)})
     with pytest.raises(UnsupportedGGUF, match=r"blk\.0\.attn_q\.weight.* shape"):
         import_gguf(tmp_path / "shape.gguf", tmp_path / "out2")
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "ministral3"])
+def test_vision_tower_is_left_out(tmp_path, checkpoints, arch):
+    """The Ollama library's multimodal gemma3 / mistral-small3.x GGUFs hold the vision tower
+    and projector (v.*, mm.*) beside the text model: the text model imports as from a text-only file."""
+    hf_dir, _, _, src_tokens = checkpoints(arch)
+    plain = tmp_path / "plain.gguf"
+    reference = write_gguf(hf_dir, plain, QT.F16)
+    rng = np.random.default_rng(3)
+    extra = {
+        "v.patch_embd.weight": rng.normal(size=(64, 48)).astype(np.float16),
+        "v.blk.0.attn_q.weight": rng.normal(size=(64, 64)).astype(np.float16),
+        "mm.input_projection.weight": rng.normal(size=(64, 256)).astype(np.float16),
+    }
+    _rewrite_without(plain, tmp_path / "vision.gguf", "", extra=extra)
+    info = import_gguf(tmp_path / "vision.gguf", tmp_path / "mlx")
+    assert info.architecture == GGUF_ARCH[json.loads((hf_dir / "config.json").read_text())["model_type"]]
+    stored = set(th.load_hf_weights(tmp_path / "mlx"))
+    assert not any("patch_embd" in k or "projection" in k or k.startswith(("v.", "mm.")) for k in stored)
+    _, tokens = _check_exact(tmp_path / "mlx", hf_dir, reference)
+    assert tokens == src_tokens
