@@ -26,6 +26,7 @@ Server (`Config.from_env`):
 | MLXOLLAMA_PREFILL_STEP | 512 | prefill_step: prompt tokens per prefill step |
 | MLXOLLAMA_PROMPT_CACHE_ENTRIES | 16 | prompt_cache_entries: prompt (KV) caches kept |
 | MLXOLLAMA_PROMPT_CACHE_BYTES | 1 GiB | prompt_cache_bytes: bytes those caches may hold |
+| OLLAMA_KV_CACHE_TYPE | f16 | kv_cache_type: KV cache element type, as Ollama's: f16 (the model's dtype), q8_0 or q4_0 (MLX 8- and 4-bit caches, group 64); unknown values log a warning and use f16 (engine/kvcache.py); a model's `PARAMETER kv_cache_type` overrides it |
 | MLXOLLAMA_EXIT_WITH_PARENT | | `exit_with_parent()`: test harnesses; stop when the parent process goes |
 | MLXOLLAMA_TEST_FAULT | | test_faults: tests only; a prompt holding `mlxollama-test-fault:<kind>` makes the engine fail (engine/llm.py) |
 
@@ -203,6 +204,7 @@ class Config:
     prefill_step: int = 512
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 1 << 30
+    kv_cache_type: str = ""  # checked (and warned about) where a model loads, as Ollama does
     test_faults: bool = False
 
     @classmethod
@@ -239,6 +241,7 @@ class Config:
             prefill_step=parse_uint(var("MLXOLLAMA_PREFILL_STEP"), 0) or 512,
             prompt_cache_entries=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_ENTRIES"), 16),
             prompt_cache_bytes=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_BYTES"), 1 << 30),
+            kv_cache_type=var("OLLAMA_KV_CACHE_TYPE").lower(),
             test_faults=parse_bool(var("MLXOLLAMA_TEST_FAULT")),
         )
 

@@ -175,6 +175,8 @@ def parse(text: str) -> list[Command]:
 
 def format_parameter(name: str, value: str):
     """Ollama's api.FormatParams for one PARAMETER line: typed by the option's Go type."""
+    if name in MODEL_PARAMETERS:
+        return value
     kind = OPTION_TYPES.get(name)
     if kind is None:
         raise ModelfileError(f"unknown parameter '{name}'")
@@ -197,6 +199,11 @@ def format_parameter(name: str, value: str):
             return False
         raise ModelfileError(f"invalid bool value {value}")
     raise ModelfileError(f"unknown type {kind} for {name}")
+
+
+# Ours, beyond Ollama: strings a model may set that are not request options. They take effect
+# when the model loads (kv_cache_type: engine/kvcache.py; an unknown value there logs and uses f16).
+MODEL_PARAMETERS = ("kv_cache_type",)
 
 
 # Ollama's client (parser.deprecatedParameters) warns about these and leaves them out of the request.

@@ -31,6 +31,7 @@ from ..parsers.tools import ToolCallParser, infer_tool_format
 from .cpu_dense import dense_budget, dense_size, densify, fast_blas_loaded, has_quantized_layers, should_densify
 from .fim import fim_format_for, fim_stop_ids
 from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
+from .kvcache import kv_bytes_per_element, make_cache_factory, parse_kv_cache_type
 from .prompt import PromptCancelled, build_prompt_tokens
 from .sampling import make_request_processors, make_request_sampler, token_bytes, token_logprobs
 from .structured import FormatError, GrammarProcessor, LazyGrammarTokenizer, ThinkGate
@@ -74,9 +75,12 @@ class EngineSettings:
     cpu_dense_bytes: int = 0  # see cpu_dense.py; 0 keeps quantized weights quantized
     cpu_dense_auto: bool = False  # the automatic budget also wants a fast BLAS loaded
     test_faults: bool = False  # MLXOLLAMA_TEST_FAULT: prompts may ask for injected failures
+    kv_cache_type: str = "f16"  # OLLAMA_KV_CACHE_TYPE, or the model's PARAMETER kv_cache_type (kvcache.py)
 
     @classmethod
-    def from_config(cls, config: Config) -> "EngineSettings":
+    def from_config(cls, config: Config, params: dict | None = None) -> "EngineSettings":
+        """`params`: the model's stored parameters; a load-time kv_cache_type there overrides the server's."""
+        model_kv = (params or {}).get("kv_cache_type")
         return cls(
             num_parallel=config.num_parallel,
             prefill_step=config.prefill_step,
@@ -85,6 +89,11 @@ class EngineSettings:
             cpu_dense_bytes=dense_budget(config.cpu_dense, config.memory_budget),
             cpu_dense_auto=config.cpu_dense == CPU_DENSE_AUTO,
             test_faults=config.test_faults,
+            kv_cache_type=(
+                parse_kv_cache_type(config.kv_cache_type)
+                if model_kv is None
+                else parse_kv_cache_type(model_kv, "PARAMETER kv_cache_type")
+            ),
         )
 
 
@@ -120,6 +129,13 @@ class LoadedLLM:
         self.weights_bytes = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
         self.on_gpu = not runs_on_cpu()
         self.model_key = str(model_dir)
+        # q8_0/q4_0: every cache mlx-lm makes for this model (batch, prompt cache) comes from the
+        # model's make_cache hook, so quantized caches are the only change generation sees.
+        make_cache = make_cache_factory(self.model, self.settings.kv_cache_type)
+        self.kv_cache_type = "f16" if make_cache is None else self.settings.kv_cache_type
+        if make_cache is not None:
+            self.model.make_cache = make_cache
+        self.decoding = 0  # sequences in the last decode step (logged when it changes)
         # Models whose caches cannot be merged (and so cannot join a batch) run one at a time.
         self.batchable = all(hasattr(c, "merge") for c in make_prompt_cache(self.model))
         self.prompt_cache = LRUPromptCache(
@@ -170,7 +186,7 @@ class LoadedLLM:
             kv_heads = getattr(args, "num_key_value_heads", None) or heads
             head_dim = getattr(args, "head_dim", None) or args.hidden_size // heads
             itemsize = 4 if runs_on_cpu() else 2
-            kv = 2 * layers * kv_heads * head_dim * itemsize * num_ctx
+            kv = int(2 * layers * kv_heads * head_dim * kv_bytes_per_element(self.kv_cache_type, itemsize) * num_ctx)
         except (AttributeError, TypeError):
             kv = 0
         return self.weights_bytes + kv
@@ -375,6 +391,9 @@ class LoadedLLM:
             if not self.active:
                 return
             _, responses = self.batch.next()
+            if len(responses) != self.decoding:
+                self.decoding = len(responses)
+                log.debug("decoding %d sequences together (kv cache %s)", self.decoding, self.kv_cache_type)
             self._deliver(responses)
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: fail this batch, keep serving
             log.exception("batch step failed")

@@ -27,7 +27,7 @@ def _load_state(spec: ModelSpec, model_dir: Path, config: Config):
         return LoadedEmbedder(model_dir)
     from .llm import EngineSettings, LoadedLLM
 
-    return LoadedLLM(model_dir, EngineSettings.from_config(config))
+    return LoadedLLM(model_dir, EngineSettings.from_config(config, spec.params))
 
 
 class ModelRunner:
