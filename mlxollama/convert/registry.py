@@ -380,11 +380,7 @@ async def pull_registry(store: Store, name: ModelName, *, insecure: bool, emit: 
         elif kind == "gguf":
             await _pull_gguf(reg, store, name, manifest, emit, noprune)
         elif kind == "ollama-mlx":
-            raise ManageError(
-                "this model is in Ollama's own safetensors format, which mlxollama cannot convert yet; "
-                "pull a GGUF tag of it instead",
-                400,
-            )
+            await _pull_ollama_mlx(reg, store, name, manifest, emit, noprune)
         else:
             raise ManageError("pull model manifest: manifest has no model layer")
 
@@ -461,6 +457,64 @@ async def _pull_gguf(
         )
         # The GGUF and Ollama's config are not part of what we store: drop them unless referenced.
         await asyncio.to_thread(prune_unreferenced, store, {model.digest, manifest.config.digest})
+
+
+async def _pull_ollama_mlx(
+    reg: Registry, store: Store, name: ModelName, manifest: Manifest, emit: Emit, noprune: bool
+) -> None:
+    """Ollama's own MLX format (`-mlx` tags): config.json first, refused by architecture before the
+    tensor layers download; then every layer to the store, then one MLX folder assembled from them."""
+    from . import ollama_mlx
+
+    jsons = ollama_mlx.json_layers(manifest.layers)
+    fetched = {manifest.config.digest, *(l.digest for l in manifest.layers)}
+    async with _blob_lock(store, ollama_mlx.source_digest(manifest.layers) + "#convert"):
+        reuse = await asyncio.to_thread(ollama_mlx.find_import, store, manifest.layers)
+        original_config: dict = {}
+        if reuse is None:
+            small = [manifest.config, *jsons.values()]
+            for layer in small:
+                await reg.fetch_blob(store, layer, None)
+            try:
+                original_config = json.loads(store.blob_path(manifest.config.digest).read_bytes())
+            except ValueError:
+                pass
+            if not isinstance(original_config, dict):
+                original_config = {}
+            try:
+                if "config.json" not in jsons:
+                    raise ManageError("pull model: the model has no config.json layer", 400)
+                try:
+                    hf_config = json.loads(store.blob_path(jsons["config.json"].digest).read_bytes())
+                except ValueError as e:
+                    raise ManageError("pull model: config.json is not valid JSON", 400) from e
+                if not isinstance(hf_config, dict):
+                    raise ManageError("pull model: config.json is not a JSON object", 400)
+                ollama_mlx.check_architecture(hf_config)
+            except ManageError:
+                await asyncio.to_thread(prune_unreferenced, store, {l.digest for l in small})
+                raise
+        for layer in manifest.layers:
+            if reuse is not None and layer.media_type in (media.OLLAMA_TENSOR, media.OLLAMA_JSON):
+                emit(_progress(layer.digest, layer.size, layer.size))
+            else:
+                await reg.fetch_blob(store, layer, emit)
+        emit(_progress(manifest.config.digest, manifest.config.size, manifest.config.size))
+        emit({"status": "verifying sha256 digest"})
+        try:
+            await asyncio.to_thread(
+                ollama_mlx.import_pulled,
+                store,
+                name,
+                manifest_layers=manifest.layers,
+                original_config=original_config,
+                reuse=reuse,
+                emit=emit,
+                noprune=noprune,
+            )
+        finally:
+            # Ollama's tensor and config layers are not what we store: drop them unless referenced.
+            await asyncio.to_thread(prune_unreferenced, store, fetched)
 
 
 # ----------------------------------------------------------------------------------- push

@@ -1,0 +1,339 @@
+"""Ollama's own MLX model format (the library's `-mlx` tags) → an MLX folder mlx-lm loads.
+
+What Ollama's MLX engine stores (read from ollama/ollama's x/create, x/mlxrunner and x/quant):
+
+- the manifest config is Ollama's usual config blob with ``model_format: "safetensors"`` and
+  ``file_type`` the quantization it applied (``int4``, ``int8``, ``mxfp4``, ``mxfp8``, ``nvfp4``
+  or empty);
+- every weight is an ``application/vnd.ollama.image.tensor`` layer whose ``name`` is the tensor's
+  Hugging Face name and whose blob is a small safetensors file holding that tensor under the same
+  name (the per-expert weights of an MoE layer are stacked into one ``[experts, out, in]`` tensor
+  per projection and share a blob named after the expert group);
+- a quantized weight ``X.weight`` is what ``mlx.core.quantize`` returns, stored as ``X.weight``
+  (uint32 words), ``X.weight.scale`` and, for affine, ``X.weight.bias``; the blob's
+  ``__metadata__`` says ``quant_type`` and ``group_size`` (or ``X.weight.quant_type`` /
+  ``X.weight.group_size`` per tensor when a blob mixes types); an imported NVFP4 checkpoint adds
+  ``X.weight.global_scale``;
+- every ``*.json`` of the Hugging Face folder (``config.json``, ``tokenizer.json``, ...) is an
+  ``application/vnd.ollama.image.json`` layer named by its file name.
+
+mlx-lm's packing is the same (Ollama quantizes with MLX itself), so nothing is repacked: tensors
+are renamed onto mlx-lm's ``X.scales`` / ``X.biases`` and their bytes copied, blob by blob, into
+the folder's safetensors files; the quantization of each layer goes into config.json the way
+mlx-lm writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..store import Layer, ModelName, Store, StoredManifest, media
+from .create import (
+    TEXT_LAYER_TYPES,
+    Emit,
+    LayerSet,
+    ManageError,
+    _count_parameters,
+    find_converted,
+    mlx_layers,
+    model_config,
+    work_dir,
+    write_model,
+)
+from .hf import UnsupportedCheckpoint, check_supported
+
+log = logging.getLogger("mlxollama.convert")
+
+# model_type values whose Ollama tensor layout is checked here against mlx-lm (logits of tiny
+# checkpoints): Ollama's MLX engine runs LlamaForCausalLM, Qwen3ForCausalLM and Gemma3ForCausalLM
+# with its generic writer. Its other MLX architectures (gemma4, qwen3.5, glm4-moe-lite,
+# nemotron-h, laguna, cohere2-moe) go through per-architecture rewrites not mapped yet.
+SUPPORTED_MODEL_TYPES = ("gemma3_text", "llama", "qwen3")
+
+# Ollama's quantization types (x/quant): group size, bits, MLX mode.
+QUANT_TYPES: dict[str, tuple[int, int, str]] = {
+    "int4": (64, 4, "affine"),
+    "int8": (64, 8, "affine"),
+    "mxfp4": (32, 4, "mxfp4"),
+    "mxfp8": (32, 8, "mxfp8"),
+    "nvfp4": (16, 4, "nvfp4"),
+}
+_ALIASES = {"q4": "int4", "fp4": "int4", "q8": "int8", "fp8": "int8"}
+
+_SHARD_BYTES = 4 << 30
+_COPY_CHUNK = 8 << 20
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.json$")
+
+
+def canonical_quant(quant_type: str) -> str:
+    q = quant_type.strip().lower()
+    return _ALIASES.get(q, q)
+
+
+def source_digest(manifest_layers: list[Layer]) -> str:
+    """What identifies an Ollama MLX model's weights and side files, so a re-pull (or another tag of
+    the same weights) reuses the earlier conversion without downloading anything."""
+    parts = sorted(
+        f"{l.media_type}|{l.name or ''}|{l.digest}"
+        for l in manifest_layers
+        if l.media_type in (media.OLLAMA_TENSOR, media.OLLAMA_JSON)
+    )
+    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def json_layers(manifest_layers: list[Layer]) -> dict[str, Layer]:
+    out: dict[str, Layer] = {}
+    for l in manifest_layers:
+        if l.media_type != media.OLLAMA_JSON:
+            continue
+        if not l.name or not _SAFE_NAME.match(l.name) or l.name in (".json", "..json"):
+            raise ManageError(f"pull model: invalid config layer name {l.name!r}", 400)
+        out[l.name] = l
+    return out
+
+
+def check_architecture(hf_config: dict) -> str:
+    """The model_type, or a 400 naming the architecture when it cannot be imported; called with the
+    model's config.json, before any weight downloads."""
+    model_type = str(hf_config.get("model_type") or "")
+    archs = hf_config.get("architectures") or []
+    named = model_type or (str(archs[0]) if archs else "unknown")
+    try:
+        check_supported(hf_config)
+    except UnsupportedCheckpoint as e:
+        log.info("refusing Ollama MLX model: %s", e)
+        raise ManageError(f'unsupported model architecture "{named}": mlx-lm has no model class for it', 400) from e
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ManageError(
+            f'unsupported model architecture "{named}": mlxollama converts Ollama MLX models of '
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}",
+            400,
+        )
+    return model_type
+
+
+# ------------------------------------------------------------------------------ assembly
+
+
+@dataclass
+class _Piece:
+    name: str  # mlx-lm name
+    blob: Path
+    dtype: str
+    shape: list[int]
+    start: int  # absolute file offsets
+    end: int
+
+
+@dataclass
+class _Plan:
+    pieces: list[_Piece] = field(default_factory=list)
+    quant: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # module -> params
+
+
+def _blob_header(path: Path) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > 100_000_000:
+            raise ValueError("not a safetensors file")
+        return json.loads(f.read(n)), 8 + n
+
+
+def _quant_params(meta: dict, tensor: str, shapes: dict[str, list[int]]) -> tuple[int, int, str]:
+    qt = canonical_quant(str(meta.get(f"{tensor}.quant_type") or meta.get("quant_type") or ""))
+    gs = meta.get(f"{tensor}.group_size") or meta.get("group_size")
+    if qt:
+        if qt not in QUANT_TYPES:
+            raise ManageError(f'unsupported quantization type "{qt}"', 400)
+        group, bits, mode = QUANT_TYPES[qt]
+        return (int(gs) if gs else group), bits, mode
+    # No metadata: affine, inferred from the shapes as Ollama's loader does.
+    cols, scale_cols = shapes[tensor][-1], shapes[tensor + ".scale"][-1]
+    group4, group8 = cols * 8 // scale_cols, cols * 4 // scale_cols
+    common = (16, 32, 64, 128)
+    if group4 == 32 or (group4 in common and group8 not in common):
+        return group4, 4, "affine"
+    if group8 == 64 or (group8 in common and group4 not in common):
+        return group8, 8, "affine"
+    raise ManageError(f"cannot tell how tensor {tensor} is quantized", 400)
+
+
+def _mlx_name(name: str) -> str:
+    # An MoE layer's stacked experts are what mlx-lm's switch_mlp holds.
+    return re.sub(r"\.mlp\.experts\.(gate_proj|up_proj|down_proj)\.", r".mlp.switch_mlp.\1.", name)
+
+
+def plan_tensors(blobs: list[Path]) -> _Plan:
+    plan = _Plan()
+    seen: set[str] = set()
+    for blob in blobs:
+        try:
+            header, data_start = _blob_header(blob)
+        except (OSError, ValueError) as e:
+            log.info("tensor blob %s unreadable: %s", blob.name, e)
+            raise ManageError("pull model: a tensor layer is not a safetensors file", 400) from e
+        meta = header.pop("__metadata__", None) or {}
+        shapes = {k: list(v.get("shape", [])) for k, v in header.items()}
+        for key, info in header.items():
+            base, _, suffix = key.rpartition(".")
+            if suffix in ("scale", "bias", "global_scale") and base + ".scale" in header and base in header:
+                continue  # side data of a quantized tensor, written with it below
+            renames = {key: _mlx_name(key)}
+            if key + ".scale" in header:
+                if not key.endswith(".weight"):
+                    raise ManageError(f"pull model: quantized tensor {key} is not a weight", 400)
+                module = _mlx_name(key.removesuffix(".weight"))
+                plan.quant[module] = _quant_params(meta, key, shapes)
+                renames[key + ".scale"] = module + ".scales"
+                if key + ".bias" in header:
+                    renames[key + ".bias"] = module + ".biases"
+                if key + ".global_scale" in header:
+                    renames[key + ".global_scale"] = module + ".global_scale"
+            for src, dst in renames.items():
+                if dst in seen:
+                    raise ManageError(f"pull model: tensor {dst} appears twice", 400)
+                seen.add(dst)
+                t = header[src]
+                begin, end = t["data_offsets"]
+                plan.pieces.append(
+                    _Piece(dst, blob, t["dtype"], list(t["shape"]), data_start + int(begin), data_start + int(end))
+                )
+    return plan
+
+
+def _write_shards(pieces: list[_Piece], out: Path) -> list[str]:
+    shards: list[list[_Piece]] = [[]]
+    size = 0
+    for p in pieces:
+        if shards[-1] and size + (p.end - p.start) > _SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(p)
+        size += p.end - p.start
+    names = []
+    for i, shard in enumerate(shards):
+        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
+        offset = 0
+        for p in shard:
+            header[p.name] = {"dtype": p.dtype, "shape": p.shape, "data_offsets": [offset, offset + p.end - p.start]}
+            offset += p.end - p.start
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(out / fname, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+            for p in shard:  # bytes are copied as they are: a blob never sits whole in memory
+                with open(p.blob, "rb") as src:
+                    src.seek(p.start)
+                    left = p.end - p.start
+                    while left:
+                        chunk = src.read(min(_COPY_CHUNK, left))
+                        if not chunk:
+                            raise ManageError("pull model: a tensor layer is shorter than its header says", 400)
+                        f.write(chunk)
+                        left -= len(chunk)
+        names.append(fname)
+    return names
+
+
+def _quantization_config(quant: dict[str, tuple[int, int, str]]) -> dict | None:
+    if not quant:
+        return None
+    (group, bits, mode), _ = Counter(quant.values()).most_common(1)[0]
+    cfg: dict[str, Any] = {"group_size": group, "bits": bits, "mode": mode}
+    for module, (g, b, m) in sorted(quant.items()):
+        if (g, b, m) != (group, bits, mode):
+            cfg[module] = {"group_size": g, "bits": b, "mode": m}
+    return cfg
+
+
+def assemble(store: Store, manifest_layers: list[Layer], out: Path) -> dict:
+    """Write the MLX folder for a pulled Ollama MLX model (its blobs are in the store); returns its
+    config.json."""
+    jsons = json_layers(manifest_layers)
+    if "config.json" not in jsons:
+        raise ManageError("pull model: the model has no config.json layer", 400)
+    if "tokenizer.json" not in jsons:
+        raise ManageError("pull model: the model has no tokenizer.json layer", 400)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = [l for l in manifest_layers if l.media_type == media.OLLAMA_TENSOR]
+    blobs = list(dict.fromkeys(store.blob_path(l.digest) for l in tensors))  # a shared blob is read once
+    plan = plan_tensors(blobs)
+    _write_shards(plan.pieces, out)
+    for name, layer in jsons.items():
+        if name in ("config.json", "model.safetensors.index.json"):
+            continue
+        shutil.copyfile(store.blob_path(layer.digest), out / name)
+    config = json.loads(store.blob_path(jsons["config.json"].digest).read_bytes())
+    if not isinstance(config, dict):
+        raise ManageError("pull model: config.json is not a JSON object", 400)
+    qcfg = _quantization_config(plan.quant)
+    for key in ("quantization", "quantization_config"):
+        config.pop(key, None)
+        if qcfg:
+            config[key] = qcfg
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return config
+
+
+def _file_type(original_config: dict, config: dict) -> str:
+    """Ollama's file_type as it is (what its /api/show reports); our dtype name for an older config."""
+    ft = str(original_config.get("file_type") or "")
+    if ft:
+        return ft
+    q = config.get("quantization")
+    if isinstance(q, dict):
+        return next((k for k, v in QUANT_TYPES.items() if v == (q["group_size"], q["bits"], q["mode"])), "")
+    return {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}.get(str(config.get("torch_dtype")), "")
+
+
+def import_pulled(
+    store: Store,
+    name: ModelName,
+    *,
+    manifest_layers: list[Layer],
+    original_config: dict,
+    reuse: StoredManifest | None,
+    emit: Emit,
+    noprune: bool = False,
+) -> StoredManifest:
+    """Store the pulled model as our MLX layers plus its template/params/system/license layers."""
+    source = source_digest(manifest_layers)
+    text_layers = [l for l in manifest_layers if l.media_type in TEXT_LAYER_TYPES]
+    with work_dir(store, "import") as work:
+        ls = LayerSet()
+        if reuse is not None:
+            for layer in mlx_layers(reuse):
+                ls.add_existing(layer)
+            config = reuse.read_config()
+        else:
+            emit({"status": "converting to mlx"})
+            out = work / "mlx"
+            hf_config = assemble(store, manifest_layers, out)
+            text = hf_config.get("text_config") if isinstance(hf_config.get("text_config"), dict) else {}
+            config = model_config(
+                family=str(hf_config.get("model_type") or ""),
+                parameter_count=_count_parameters(out, hf_config),
+                file_type=_file_type(original_config, hf_config),
+                context_length=hf_config.get("max_position_embeddings") or text.get("max_position_embeddings"),
+                embedding_length=hf_config.get("hidden_size") or text.get("hidden_size"),
+                source_digest=source,
+                base=original_config,
+            )
+            ls.add_dir(store, out, move=True)
+        for layer in text_layers:
+            ls.add_existing(layer)
+        return write_model(store, name, ls, config, emit, noprune=noprune, print_statuses=False, announce_prune=True)
+
+
+def find_import(store: Store, manifest_layers: list[Layer]) -> StoredManifest | None:
+    return find_converted(store, source_digest(manifest_layers))

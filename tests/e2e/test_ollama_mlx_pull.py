@@ -1,0 +1,158 @@
+"""Ollama's own `-mlx` tags (tensor layers, tests/support/ollamamlx.py) pulled through a live
+server's /api/pull from a loopback registry, then run with mlx-lm.
+
+Reference: mlx-lm on the original Hugging Face checkpoint in float32. Unquantized tags must give
+the same logits exactly. A quantized tag holds, for each tensor Ollama's policy quantizes, mlx's
+quantize() of it: the reference gets those tensors dequantized (in float32), so the import is
+checked for exact placement of every packed weight, scale and bias, not for quantization error.
+Measured max abs logit difference against that reference (logits of magnitude ~10): 0 for bf16,
+<= 1e-4 for every quantized type (float32 summation order only); against the float original
+(quantization error, for information) up to ~16 for the 4-bit types.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxollama.store import ModelName, Store
+
+from ..support import tinyhf as th
+from ..support.fakeregistry import FakeRegistry
+from ..support.liveserver import LiveServer
+from ..support.ollamamlx import QUANT, TENSOR, ollama_config, ollama_mlx_layers, serve
+
+ARCHS = ("llama", "qwen3", "gemma3")  # tinyhf names; gemma3 is Gemma3ForCausalLM (gemma3_text)
+QUANTS = ("", "int4", "int8", "mxfp4", "mxfp8", "nvfp4")
+TEMPLATE = "application/vnd.ollama.image.template"
+PARAMS = "application/vnd.ollama.image.params"
+
+
+def tag(q: str) -> str:
+    return f"{q or 'bf16'}-mlx"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {arch: th.build_hf_checkpoint(root / arch, arch, seed=3) for arch in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def served(checkpoints):
+    reg = FakeRegistry()
+    chosen = {}
+    for arch, hf in checkpoints.items():
+        for q in QUANTS:
+            layers, chosen[arch, q] = ollama_mlx_layers(hf, q)
+            serve(
+                reg,
+                f"library/tiny-{arch}",
+                tag(q),
+                layers,
+                ollama_config(q),
+                extra=[(TEMPLATE, b"{{ .Prompt }}"), (PARAMS, b'{"temperature":0}')],
+            )
+    phi3 = checkpoints["llama"].parent / "phi3"
+    th.build_hf_checkpoint(phi3, "phi3")
+    layers, _ = ollama_mlx_layers(phi3)
+    serve(reg, "library/tiny-phi3", "latest", layers, ollama_config())
+    falcon = [(mt, n, b) for mt, n, b in layers if mt == TENSOR][:1]
+    falcon.append(("application/vnd.ollama.image.json", "config.json", b'{"model_type":"falcon"}'))
+    serve(reg, "library/tiny-falcon", "latest", falcon, ollama_config())
+    yield reg, chosen
+    reg.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, served):
+    root = tmp_path_factory.mktemp("mlxpull")
+    srv = LiveServer(root / "models", root / "server.log", env={"MLXOLLAMA_REGISTRY": served[0].url})
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
+
+
+def pull(http, name: str) -> list[dict]:
+    r = http.post("/api/pull", json={"model": name})
+    assert r.status_code == 200, r.text
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def _reference(hf: Path, chosen: dict[str, str]) -> np.ndarray:
+    weights = th.load_hf_weights(hf)
+    for name, q in chosen.items():
+        group, bits, mode = QUANT[q]
+        parts = mx.quantize(mx.array(weights[name]).astype(mx.bfloat16), group_size=group, bits=bits, mode=mode)
+        scales = parts[1].astype(mx.float32) if mode == "affine" else parts[1]
+        biases = parts[2].astype(mx.float32) if mode == "affine" else None
+        deq = mx.dequantize(parts[0], scales, biases, group_size=group, bits=bits, mode=mode)
+        weights[name] = np.array(deq.astype(mx.float32))
+    return th.logits(th.load_float32(hf, weights), th.PROMPT)
+
+
+@pytest.mark.parametrize("q", QUANTS, ids=lambda q: q or "bf16")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pulled_mlx_tag_matches_mlx_lm(arch, q, http, server, served, checkpoints, tmp_path):
+    reg, chosen = served
+    name = f"tiny-{arch}:{tag(q)}"
+    lines = pull(http, name)
+    assert lines[0] == {"status": "pulling manifest"} and lines[-1] == {"status": "success"}, lines[-3:]
+    assert {"status": "converting to mlx"} in lines
+    assert bool(chosen[arch, q]) == bool(q)
+
+    store = Store(server.models_dir)
+    stored = store.get_manifest(ModelName.parse(name))
+    assert stored is not None
+    config = stored.read_config()
+    assert config["model_format"] == "mlx" and config["file_type"] == (q or "BF16")
+    assert not [l for l in stored.manifest.layers if l.media_type == TENSOR]  # Ollama's layers are not kept
+    folder = store.materialize(stored, tmp_path / "run")
+    hf = checkpoints[arch]
+    got = th.logits(th.load_float32(folder), th.PROMPT)
+    ref = _reference(hf, chosen[arch, q])
+    err = float(np.abs(got - ref).max())
+    assert (got.argmax(-1) == ref.argmax(-1)).all(), f"{arch} {q}: top-1 differs"
+    assert err <= (0.0 if not q else 1e-3), f"{arch} {q or 'bf16'}: max abs logit diff {err:.2e}"
+    assert np.abs(ref).max() > 1  # the reference is not degenerate
+
+    if q in ("", "int4"):  # and it serves
+        r = http.post(
+            "/api/generate",
+            json={"model": name, "prompt": "hi", "stream": False, "options": {"num_predict": 2}},
+        )
+        assert r.status_code == 200 and r.json()["done"], r.text
+
+
+def test_repull_downloads_nothing(http, served):
+    reg, _ = served
+    pull(http, "tiny-llama:int8-mlx")
+    before = len(reg.requests("GET", "/blobs/"))
+    lines = pull(http, "tiny-llama:int8-mlx")
+    assert lines[-1] == {"status": "success"}
+    assert len(reg.requests("GET", "/blobs/")) == before
+
+
+@pytest.mark.parametrize(
+    ("model", "arch", "why"),
+    [("tiny-phi3", "phi3", "mlxollama converts Ollama MLX models of"), ("tiny-falcon", "falcon", "mlx-lm")],
+)
+def test_unsupported_architecture_refused_before_weights(http, served, model, arch, why):
+    reg, _ = served
+    manifest = json.loads(reg.manifests[(f"library/{model}", "latest")])
+    lines = pull(http, model)
+    assert lines[-1]["error"].startswith(f'unsupported model architecture "{arch}"'), lines[-1]
+    assert why in lines[-1]["error"]
+    for layer in manifest["layers"]:
+        if layer["mediaType"] == TENSOR:
+            assert not reg.requests("GET", layer["digest"]), "a tensor layer was downloaded"

@@ -1,0 +1,197 @@
+"""A Hugging Face folder written as one of Ollama's `-mlx` tags, following the rules of Ollama's
+MLX importer (ollama/ollama x/create, x/quant; read there, written here):
+
+- one `application/vnd.ollama.image.tensor` layer per tensor, named by its Hugging Face name,
+  holding a safetensors file with that one tensor (per-expert MoE weights stacked per projection
+  into one blob named after the expert group);
+- with a quantization, the tensors its default policy picks are replaced by mlx's quantize()
+  output stored as `X.weight`, `X.weight.scale`, `X.weight.bias` with `quant_type` and
+  `group_size` in the blob's metadata;
+- every `*.json` of the folder but the shard index as an `application/vnd.ollama.image.json`
+  layer named by its file name; the config blob says `model_format: safetensors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+
+from .fakeregistry import CONFIG, MANIFEST_V2, FakeRegistry
+
+TENSOR = "application/vnd.ollama.image.tensor"
+JSON = "application/vnd.ollama.image.json"
+
+# x/quant: canonical type -> (group size, bits, mode)
+QUANT = {
+    "int4": (64, 4, "affine"),
+    "int8": (64, 8, "affine"),
+    "mxfp4": (32, 4, "mxfp4"),
+    "mxfp8": (32, 8, "mxfp8"),
+    "nvfp4": (16, 4, "nvfp4"),
+}
+
+
+def _eight_bit(q: str) -> str:
+    return "int8" if q in ("int4", "int8") else "mxfp8"
+
+
+def _aligned(shape: tuple[int, ...], q: str) -> bool:
+    return shape[-1] % {"nvfp4": 16, "int4": 64, "int8": 64}.get(q, 32) == 0
+
+
+def _stacked_expert(name: str) -> bool:
+    if name.endswith((".bias", ".scale", ".qbias")):
+        return False
+    return any(m in name for m in (".experts.", ".mlp.switch_mlp.", ".mlp.shared_experts.", ".mixer.shared_experts."))
+
+
+def _should_quantize(name: str) -> bool:
+    if "audio_tower" in name or "embed_audio" in name or "embed" in name:
+        return False
+    if "norm" in name or "ln_" in name or name.endswith(".bias"):
+        return False
+    return name.endswith(".weight")
+
+
+def tensor_quantization(name: str, shape: tuple[int, ...], q: str) -> str:
+    """Ollama's default policy (GetTensorQuantization) for one tensor; "" keeps it as it is."""
+    stacked = _stacked_expert(name)
+    if not stacked and not _should_quantize(name):
+        return ""
+    if len(shape) != 2 and not (len(shape) == 3 and stacked):
+        return ""
+    n = 1
+    for d in shape:
+        n *= d
+    if n < 1024:
+        return ""
+    if name.endswith((".mlp.gate.weight", ".mixer.gate.weight", ".shared_expert_gate.weight", ".router.proj.weight")):
+        return ""
+    if name.endswith("lm_head.weight"):
+        return _eight_bit(q) if _aligned(shape, _eight_bit(q)) else ""
+    if "vision" in name or "visual" in name:
+        return ""
+    if not _aligned(shape, q):
+        return ""
+    if q == "int4" or (q in ("nvfp4", "mxfp4") and not stacked):
+        if any(p in name for p in (".v_proj", ".k_proj", "down_proj")) and _aligned(shape, _eight_bit(q)):
+            return _eight_bit(q)
+    return q
+
+
+def _blob(arrays: dict[str, mx.array], metadata: dict[str, str] | None) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "blob.safetensors"
+        mx.save_safetensors(str(path), arrays, metadata=metadata or {})
+        return path.read_bytes()
+
+
+def _expert_group(name: str) -> tuple[str, int, str] | None:
+    m = re.match(r"^(.*\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight$", name)
+    return (m.group(1), int(m.group(2)), m.group(3)) if m else None
+
+
+def ollama_mlx_layers(hf_dir: Path, quantize: str = "") -> tuple[list[tuple[str, str, bytes]], dict[str, str]]:
+    """(mediaType, name, blob) in Ollama's layer order, and which tensors were quantized to what."""
+    weights: dict[str, mx.array] = {}
+    for f in sorted(Path(hf_dir).glob("model*.safetensors")):
+        weights.update(mx.load(str(f)))
+    layers: list[tuple[str, str, bytes]] = []
+    chosen: dict[str, str] = {}
+
+    def quantized(name: str, w: mx.array) -> dict[str, mx.array]:
+        q = tensor_quantization(name, tuple(w.shape), quantize) if quantize else ""
+        if not q:
+            return {name: w}
+        chosen[name] = q
+        group, bits, mode = QUANT[q]
+        if w.dtype not in (mx.bfloat16, mx.float16, mx.float32):
+            w = w.astype(mx.bfloat16)
+        out = mx.quantize(w, group_size=group, bits=bits, mode=mode)
+        parts = {name: out[0], name + ".scale": out[1]}
+        if len(out) > 2 and out[2] is not None:
+            parts[name + ".bias"] = out[2]
+        return parts
+
+    groups: dict[str, dict[str, list[tuple[int, mx.array]]]] = {}
+    for name in sorted(weights):
+        g = _expert_group(name)
+        if g:
+            groups.setdefault(g[0], {}).setdefault(g[2], []).append((g[1], weights[name]))
+            continue
+        parts = quantized(name, weights[name])
+        meta = None
+        if name in chosen:
+            meta = {"quant_type": chosen[name], "group_size": str(QUANT[chosen[name]][0])}
+        layers.append((TENSOR, name, _blob(parts, meta)))
+    for prefix in sorted(groups):
+        stacked = {
+            f"{prefix}.{proj}.weight": mx.stack([w for _, w in sorted(ws, key=lambda e: e[0])])
+            for proj, ws in sorted(groups[prefix].items())
+        }
+        parts: dict[str, mx.array] = {}
+        for name, w in stacked.items():
+            parts.update(quantized(name, w))
+        types = {chosen.get(n, "") for n in stacked}
+        if len(types) == 1:
+            q = types.pop()
+            meta = {"quant_type": q, "group_size": str(QUANT[q][0])} if q else None
+            layers.append((TENSOR, prefix, _blob(parts, meta)))
+        else:  # mixed precisions: one blob per projection
+            for name in stacked:
+                q = chosen.get(name, "")
+                meta = {"quant_type": q, "group_size": str(QUANT[q][0])} if q else None
+                own = {k: v for k, v in parts.items() if k == name or k.startswith(name + ".")}
+                layers.append((TENSOR, name, _blob(own, meta)))
+    for f in sorted(Path(hf_dir).glob("*.json")):
+        if f.name != "model.safetensors.index.json":
+            layers.append((JSON, f.name, f.read_bytes()))
+    return layers, chosen
+
+
+def ollama_config(quantize: str = "") -> dict:
+    """The config blob Ollama's MLX importer writes (types/model ConfigV2)."""
+    return {
+        "model_format": "safetensors",
+        "model_family": "",
+        "model_families": None,
+        "model_type": "",
+        "file_type": quantize,
+        "capabilities": ["completion"],
+        "architecture": "",
+        "os": "",
+    }
+
+
+def serve(
+    registry: FakeRegistry,
+    repo: str,
+    tag: str,
+    layers: list[tuple[str, str, bytes]],
+    config: dict,
+    extra: list[tuple[str, bytes]] = (),
+) -> dict:
+    """Put a manifest with named layers (plus unnamed `extra` ones: template, params, ...) on the
+    loopback registry; returns the manifest."""
+    cfg = json.dumps(config).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_V2,
+        "config": {"mediaType": CONFIG, "digest": registry.add_blob(cfg), "size": len(cfg)},
+        "layers": [
+            {"mediaType": mt, "digest": registry.add_blob(data), "size": len(data), "name": name}
+            for mt, name, data in layers
+        ]
+        + [{"mediaType": mt, "digest": registry.add_blob(data), "size": len(data)} for mt, data in extra],
+    }
+    registry.manifests[(repo, tag)] = json.dumps(manifest).encode()
+    return manifest
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
