@@ -129,6 +129,10 @@ _PRE_GROUPS: list[tuple[tuple[str, ...], list[str]]] = [
 PRE_TOKENIZER_REGEXES: dict[str, list[str]] = {n: rx for names, rx in _PRE_GROUPS for n in names}
 # llama.cpp matches a whole pre-token against the vocab before merging for these.
 _IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "tekken"}
+# Their Hugging Face tokenizers compose text (NFC) before splitting (Qwen2/2.5/3 and the
+# R1 distills on them); llama.cpp does not, so decomposed accents tokenized byte by byte
+# there, unlike anything the model saw in training.
+_NFC_FIRST = {"qwen2", "deepseek-r1-qwen"}
 # llama.cpp turns add_bos on for these when the file does not say.
 _ADD_BOS_DEFAULT = _IGNORE_MERGES | {"chameleon"}
 
@@ -190,7 +194,7 @@ def _byte_level_bpe(meta: Mapping[str, Any], tokens: list[str]) -> Tokenizer:
     tok = Tokenizer(
         models.BPE(vocab=vocab, merges=merges, ignore_merges=pre in _IGNORE_MERGES, fuse_unk=False, byte_fallback=False)
     )
-    tok.normalizer = None
+    tok.normalizer = normalizers.NFC() if pre in _NFC_FIRST else None
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in regexes]
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
@@ -373,7 +377,9 @@ def _unigram(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> tu
     if charsmap is not None and len(charsmap):
         norm.append(normalizers.Precompiled(bytes(bytearray(int(b) & 0xFF for b in charsmap))))
     if bool(_get(meta, "tokenizer.ggml.remove_extra_whitespaces", True)):
-        norm += [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")]
+        # sentencepiece drops trailing *spaces* only (a final newline stays a piece); \z, as
+        # Onig's $ would also match before a newline
+        norm += [normalizers.Replace(Regex(r" +\z"), ""), normalizers.Replace(Regex(" {2,}"), "▁")]
     tok.normalizer = normalizers.Sequence(norm) if norm else None
     scheme = "always" if bool(_get(meta, "tokenizer.ggml.add_space_prefix", True)) else "never"
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=True)

@@ -109,8 +109,9 @@ def build_unigram_tokenizer(out: Path) -> Tokenizer:
     vocab = [(t, 0.0) for t in XLMR_SPECIALS] + [(p, float(-2.0 - len(p) * 0.1 - rng.uniform(0, 3))) for p in pieces]
     vocab.append(("<mask>", 0.0))
     tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    # sentencepiece's remove_extra_whitespaces: trailing spaces (not newlines) go, runs collapse
     tok.normalizer = normalizers.Sequence(
-        [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")]
+        [normalizers.Replace(Regex(r" +\z"), ""), normalizers.Replace(Regex(" {2,}"), "▁")]
     )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
