@@ -35,11 +35,12 @@ from mlxollama.convert.hf import UnsupportedCheckpoint, check_supported
 from mlxollama.convert.hf_encoder import convert_sentence_transformers, is_decoder_embedder
 from mlxollama.convert.registry import pull_registry
 from mlxollama.engine.encoder import SUPPORTED_MODEL_TYPES, read_pooling
-from mlxollama.store import ModelName, Store, media
+from mlxollama.store import ModelName, Store
 
 from ..support import tinyhf as th
 from ..support.fakeregistry import FakeRegistry
 from ..support.ggufwriter import GGUF_ARCH, write_gguf
+from ..support.ollamamlx import JSON, TENSOR, ollama_config, ollama_mlx_layers, serve
 from ..support.tinybert import build_encoder_checkpoint
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -238,19 +239,27 @@ def test_converted_encoders_carry_the_rows_architecture(model_type, tmp_path):
     assert f"{result.architecture}.block_count" in info
 
 
+def _mlx_tag(hf_type: str, root: Path) -> list[tuple[str, str, bytes]]:
+    """An Ollama `-mlx` tag of that model_type: a tiny checkpoint's where tests/support has one,
+    else its config.json beside a tensor layer (enough for the refusal, which comes first)."""
+    tiny = [name for name, cfg in th.CONFIGS.items() if cfg["model_type"] == hf_type]
+    if tiny:
+        return ollama_mlx_layers(th.build_hf_checkpoint(root / hf_type, tiny[0]))[0]
+    return [(JSON, "config.json", json.dumps({"model_type": hf_type}).encode()), (TENSOR, "x.weight", b"\0" * 64)]
+
+
 def test_mlx_column(tmp_path):
-    """Each architecture as an Ollama `-mlx` tag (tensor layers), pulled from a loopback registry."""
+    """Each row's Hugging Face model_type as an Ollama `-mlx` tag (tensor layers plus config.json),
+    pulled from a loopback registry: "supported" when it converts, "refused" when the pull names
+    the architecture before any tensor layer downloads; an embedder whose decoder converts is
+    "partial" (the tag carries no pooling metadata)."""
     registry = FakeRegistry()
     store = Store(tmp_path / "store")
 
-    async def pull(arch: str) -> bool:
-        model = "x-" + re.sub(r"[^a-z0-9]+", "-", arch)
-        registry.add_model(
-            f"library/{model}",
-            "latest",
-            [(media.OLLAMA_TENSOR, b"\0" * 64)],
-            {"model_format": "safetensors", "model_family": arch, "model_families": [arch]},
-        )
+    async def pull(hf_type: str) -> bool:
+        model = "x-" + re.sub(r"[^a-z0-9]+", "-", hf_type)
+        manifest = serve(registry, f"library/{model}", "latest", _mlx_tag(hf_type, tmp_path), ollama_config())
+        seen = len(registry.requests("GET"))  # tiny checkpoints share some blobs (norms of ones)
         try:
             await pull_registry(
                 store,
@@ -259,14 +268,23 @@ def test_mlx_column(tmp_path):
                 emit=lambda _: None,
             )
         except ManageError as e:
-            if e.status == 400 and "Ollama's own safetensors format" in str(e) and "GGUF tag" in str(e):
+            if e.status == 400 and str(e).startswith(f'unsupported model architecture "{hf_type}"'):
+                tensors = [l["digest"] for l in manifest["layers"] if l["mediaType"] == TENSOR]
+                gets = [r.path for r in registry.requests("GET")[seen:]]
+                assert not [d for d in tensors if any(d in p for p in gets)], f"{hf_type}: refused after download"
                 return False
             raise
         return True
 
     try:
-        pulled = {arch: asyncio.run(pull(arch)) for arch in sorted({r.gguf_arch for r in ROWS})}
+        pulled = {t: asyncio.run(pull(t)) for t in sorted({r.hf_type for r in ROWS})}
     finally:
         registry.close()
-    wrong = [f"{r} (README: {r.mlx})" for r in ROWS if pulled[r.gguf_arch] != (r.mlx == "supported")]
+
+    def expected(r: Row) -> str:
+        if not pulled[r.hf_type]:
+            return "refused"
+        return "partial" if r.embedder else "supported"
+
+    wrong = [f"{r} (README: {r.mlx}, code: {expected(r)})" for r in ROWS if expected(r) != r.mlx]
     assert not wrong, wrong
