@@ -60,6 +60,8 @@ class Options:
     main_gpu: int = 0
     use_mmap: bool = True
     num_thread: int = 0
+    # tokens a draft model proposes per speculative step (Ollama's default); 0 turns drafting off
+    draft_num_predict: int = 4
 
     @classmethod
     def merged(cls, *sources: dict | None, num_ctx: int = 4096) -> "Options":
@@ -114,6 +116,7 @@ _TYPES = {f.name: _PY_TO_KIND[f.type] for f in fields(Options)}
 
 # Largest context window we take: MLX indexes with 32-bit integers, and no cache could hold more.
 MAX_NUM_CTX = (1 << 31) - 1
+MAX_DRAFT_NUM_PREDICT = 64
 
 
 def _clamp(value, low, high):
@@ -133,6 +136,8 @@ _RANGES = {
     # -1 is the whole window (reference §3.1); other negatives mean the same rather than an error.
     "repeat_last_n": lambda v: -1 if v < 0 else v,
     "num_ctx": lambda v: _clamp(v, 4, MAX_NUM_CTX),  # Ollama clamps to >= 4 (reference §3.2)
+    # Ollama's runner drafts nothing at <= 0; past a few dozen tokens every step is mostly rejected work.
+    "draft_num_predict": lambda v: _clamp(v, 0, MAX_DRAFT_NUM_PREDICT),
 }
 
 

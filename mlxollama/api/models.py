@@ -61,18 +61,20 @@ async def ps(request):
     runners = sorted(state_of(request).scheduler.loaded(), key=lambda r: r.expires_at, reverse=True)
     models = []
     for r in runners:
-        models.append(
-            {
-                "name": r.spec.short_name,
-                "model": r.spec.short_name,
-                "size": r.size,
-                "digest": r.spec.digest_hex,
-                "details": r.spec.details(),
-                "expires_at": rfc3339_local(r.expires_at),
-                "size_vram": r.size if r.on_gpu else 0,
-                "context_length": r.num_ctx,
-            }
-        )
+        entry = {
+            "name": r.spec.short_name,
+            "model": r.spec.short_name,
+            "size": r.size,
+            "digest": r.spec.digest_hex,
+            "details": r.spec.details(),
+            "expires_at": rfc3339_local(r.expires_at),
+            "size_vram": r.size if r.on_gpu else 0,
+            "context_length": r.num_ctx,
+        }
+        # A DRAFT loads into its model's runner, as in Ollama: `size` counts both; this says how.
+        if draft_size := getattr(r, "draft_size", 0):
+            entry["draft"] = {"model": r.spec.draft_name, "size": draft_size}
+        models.append(entry)
     return json_body({"models": models})
 
 
@@ -80,6 +82,8 @@ def _modelfile(spec: ModelSpec, system: str | None, params: dict) -> str:
     weights = next((l for l in spec.stored.manifest.layers if l.media_type == media.MLX_WEIGHTS), None)
     # Ollama's Model.String: the commands, each written (and quoted) by the Modelfile writer
     commands = [Command("model", str(spec.store.blob_path(weights.digest)) if weights else spec.short_name)]
+    if spec.draft_name:
+        commands.append(Command("draft", spec.draft_name))
     template = spec.go_template or spec.chat_template
     if template:
         commands.append(Command("template", template))
@@ -120,6 +124,8 @@ async def show(request):
     if system:
         out["system"] = system
     out["details"] = spec.details(parent=spec.parent_model)
+    if spec.draft_name:
+        out["draft"] = spec.draft_name
     if spec.messages:
         out["messages"] = spec.messages
     info = dict(spec.model_info)

@@ -204,7 +204,7 @@ def _cmd_create(args) -> int:
         for k, v in req.items()
         if k in ("from", "files", "adapters", "template", "license", "system", "parameters", "messages")
     }
-    extras = {k: v for k, v in req.items() if k in ("renderer", "parser", "requires")}
+    extras = {k: v for k, v in req.items() if k in ("renderer", "parser", "requires", "draft")}
     if extras:
         # fields the typed client does not know travel in a raw streaming request
         body = {"model": args.name, **req, "stream": True}

@@ -640,6 +640,7 @@ class CreateRequest:
     parameters: dict | None = None
     messages: list[dict] | None = None
     license: list[str] = field(default_factory=list)
+    draft: str = ""  # DRAFT: a model in the store that drafts tokens for this one (engine/speculative.py)
 
 
 def _valid_rel_path(p: str) -> bool:
@@ -714,6 +715,9 @@ def parse_create_request(body: dict) -> CreateRequest:
             "json: cannot unmarshal into Go struct field CreateRequest.messages of type []api.Message", 400
         )
     quantize = body.get("quantize") or body.get("quantization") or ""
+    draft = body.get("draft") or ""
+    if not isinstance(draft, str):
+        raise ManageError("json: cannot unmarshal into Go struct field CreateRequest.draft of type string", 400)
     return CreateRequest(
         name=name,
         display=name_text,
@@ -732,7 +736,67 @@ def parse_create_request(body: dict) -> CreateRequest:
         if messages
         else None,
         license=licenses,
+        draft=draft,
     )
+
+
+# ------------------------------------------------------------------------------ DRAFT
+
+# The config blob's `draft` (Ollama's config.Draft, plus the draft's name: our draft is a model in
+# the store rather than a layer of this manifest).
+DRAFT_KEY = "draft"
+
+
+def draft_reference(store: Store, name_text: str, layers: list[Layer]) -> dict:
+    """What the config blob records for DRAFT `name_text`; a 400 when the draft is missing, is not a
+    text model, or reads another vocabulary (its proposals would be other tokens' ids)."""
+    try:
+        name = ModelName.parse(name_text)
+    except InvalidName:
+        raise ManageError("invalid draft model name", 400) from None
+    draft = store.get_manifest(name)
+    if draft is None:
+        raise ManageError(f"draft model '{name_text}' not found", 400)
+    config = draft.read_config() or {}
+    if "embedding" in (config.get("capabilities") or []) or not draft.layers_by_type(media.MLX_WEIGHTS):
+        raise ManageError(f"draft model '{name_text}' is not a text generation model", 400)
+    if DRAFT_KEY in config:
+        raise ManageError(f"draft model '{name_text}' has a draft of its own; name its main model instead", 400)
+    if not same_vocabulary(store, layers, draft.manifest.layers):
+        raise ManageError(
+            f"draft model '{name_text}' does not share this model's vocabulary: "
+            "speculative decoding needs a draft with the same tokenizer",
+            400,
+        )
+    return {
+        "model": draft.name.display_shortest(),
+        "model_format": "mlx",
+        "architecture": config.get("model_family", ""),
+    }
+
+
+def _vocabulary(store: Store, layers: list[Layer]):
+    """What decides which id is which token: tokenizer.json's vocabulary and added tokens, else the
+    digest of a sentencepiece or vocab file; None when the model carries none of them."""
+    by_name = {l.name: l.digest for l in layers if l.media_type == media.MLX_TOKENIZER and l.name}
+    if "tokenizer.json" in by_name:
+        tok = json.loads(store.blob_path(by_name["tokenizer.json"]).read_text(encoding="utf-8"))
+        added = sorted((t.get("id"), t.get("content")) for t in tok.get("added_tokens") or [])
+        return ("tokenizer.json", json.dumps((tok.get("model") or {}).get("vocab"), sort_keys=True), added)
+    for name in ("tokenizer.model", "vocab.json", "vocab.txt"):
+        if name in by_name:
+            return (name, by_name[name])
+    return None
+
+
+def same_vocabulary(store: Store, main: list[Layer], draft: list[Layer]) -> bool:
+    def tokenizer_json(layers):
+        return next((l.digest for l in layers if l.name == "tokenizer.json"), None)
+
+    if tokenizer_json(main) is not None and tokenizer_json(main) == tokenizer_json(draft):
+        return True  # the same file (a quantized copy shares it): no need to read it
+    ours = _vocabulary(store, main)
+    return ours is not None and ours == _vocabulary(store, draft)
 
 
 def check_template(template: str) -> None:
@@ -868,6 +932,8 @@ def _create_in(
     else:
         raise ManageError("neither 'from' or 'files' was specified", 400)
     _apply_modelfile_layers(store, ls, req, base_params)
+    if req.draft:
+        config = {**config, DRAFT_KEY: draft_reference(store, req.draft, ls.layers)}
     return write_model(store, req.name, ls, config, emit, noprune=noprune)
 
 

@@ -243,9 +243,9 @@ def to_create_fields(commands: list[Command], client: ClientSide | None = None) 
     The server (client=None) reads a legacy `modelfile` request: `FROM @sha256:…` → files, any other
     FROM → from (a model name: a path there is an invalid name, as in Ollama, and never read),
     `ADAPTER @sha256:…` → adapters, any other ADAPTER is refused (the server reads no paths a client
-    names); DRAFT is refused and every ignored option key skipped. The client uploads local
-    files instead, warns about DRAFT and Ollama's deprecated parameters, and refuses an ADAPTER that
-    names nothing local. `stop` accumulates in both.
+    names); DRAFT → draft (the name of a model in the store) and every ignored option key skipped.
+    The client uploads local files instead, warns about Ollama's deprecated parameters, and refuses
+    an ADAPTER that names nothing local. `stop` accumulates in both.
     """
     fields: dict = {}
     params: dict = {}
@@ -269,9 +269,8 @@ def to_create_fields(commands: list[Command], client: ClientSide | None = None) 
         elif c.name in ("template", "system", "renderer", "parser", "requires"):
             fields[c.name] = c.args
         elif c.name == "draft":
-            if client is None:
-                raise ModelfileError("DRAFT models are not supported")
-            client.warn("warning: DRAFT is not supported and was ignored")
+            # A model in the store (Ollama also takes a local path, uploaded as draft_files; we do not)
+            fields["draft"] = c.args
         elif c.name == "license":
             licenses.append(c.args)
         elif c.name == "message":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from ..parsers.harmony import is_harmony_template
 from ..parsers.thinking import template_supports_thinking
 from ..store import ModelName, Store, media
 from .fim import FimFormat, fim_format_in_text
+
+log = logging.getLogger("mlxollama.engine")
 
 
 class ModelNotFoundError(LookupError):
@@ -41,10 +44,19 @@ class ModelSpec:
     capabilities: list[str] = field(default_factory=list)
     modified_at: float = 0.0
     size: int = 0
+    # DRAFT: the model that proposes tokens for this one (speculative.py); None when it has none or
+    # the draft has since been deleted (the model then runs without it).
+    draft: "ModelSpec | None" = None
 
     @property
     def short_name(self) -> str:
         return self.name.display_shortest()
+
+    @property
+    def draft_name(self) -> str:
+        """The DRAFT this model was created with (as /api/show reports it), even if since deleted."""
+        draft = self.config.get("draft")
+        return str(draft.get("model") or "") if isinstance(draft, dict) else ""
 
     @property
     def family(self) -> str:
@@ -136,7 +148,19 @@ def _fim_format(store: Store, stored) -> FimFormat | None:
     return _fim_in_blobs(paths) if paths else None
 
 
-def load_spec(store: Store, name: ModelName) -> ModelSpec:
+def _draft_spec(store: Store, config: dict) -> ModelSpec | None:
+    draft = config.get("draft")
+    if not isinstance(draft, dict) or not draft.get("model"):
+        return None
+    try:
+        spec = load_spec(store, ModelName.parse(str(draft["model"])), with_draft=False)
+    except (ModelNotFoundError, ValueError):
+        log.warning("draft model %s is not in the store: running without it", draft["model"])
+        return None
+    return spec if spec.kind == "llm" else None
+
+
+def load_spec(store: Store, name: ModelName, with_draft: bool = True) -> ModelSpec:
     stored = store.get_manifest(name)
     if stored is None:
         raise ModelNotFoundError(name.display_shortest())
@@ -185,4 +209,5 @@ def load_spec(store: Store, name: ModelName) -> ModelSpec:
         capabilities=derive_capabilities(kind, all_templates if isinstance(all_templates, str) else None, go_template),
         modified_at=stored.modified_at,
         size=stored.size,
+        draft=_draft_spec(store, config) if with_draft and kind == "llm" else None,
     )

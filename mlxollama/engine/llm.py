@@ -34,6 +34,7 @@ from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec,
 from .kvcache import kv_bytes_per_element, make_cache_factory, parse_kv_cache_type
 from .prompt import PromptCancelled, build_prompt_tokens
 from .sampling import make_request_processors, make_request_sampler, token_bytes, token_logprobs
+from .speculative import Drafter, SpeculativeStream, speculation_possible
 from .structured import FormatError, GrammarProcessor, LazyGrammarTokenizer, ThinkGate
 
 log = logging.getLogger("mlxollama.engine")
@@ -120,7 +121,7 @@ class _Active:
 class LoadedLLM:
     kind = "llm"
 
-    def __init__(self, model_dir: Path, settings: EngineSettings | None = None):
+    def __init__(self, model_dir: Path, settings: EngineSettings | None = None, draft_dir: Path | None = None):
         self.settings = settings or EngineSettings()
         self.model, self.tokenizer = mlx_lm_load(str(model_dir))
         apply_backend_dtype(self.model)
@@ -158,6 +159,14 @@ class LoadedLLM:
         self.stream = mx.default_stream(mx.default_device())
         self.batch: BatchGenerator | None = None
         self.active: dict[int, _Active] = {}
+        # DRAFT: a lone stream decodes speculatively (speculative.py) until another one joins.
+        self.drafter = None
+        if draft_dir is not None:
+            self.drafter = Drafter(
+                draft_dir, apply_backend_dtype, self.settings.prompt_cache_entries, self.settings.prompt_cache_bytes
+            )
+        self.speculating = self.batchable and speculation_possible(self.model, self.drafter)
+        self.spec_stream: SpeculativeStream | None = None
 
     def _densify_for_cpu(self) -> bool:
         """On the CPU, float32 weights within the budget so prompts run through BLAS (cpu_dense.py)."""
@@ -189,7 +198,11 @@ class LoadedLLM:
             kv = int(2 * layers * kv_heads * head_dim * kv_bytes_per_element(self.kv_cache_type, itemsize) * num_ctx)
         except (AttributeError, TypeError):
             kv = 0
-        return self.weights_bytes + kv
+        return self.weights_bytes + kv + self.draft_memory_bytes(num_ctx)
+
+    def draft_memory_bytes(self, num_ctx: int) -> int:
+        """The draft's share of memory_bytes (its weights and its own KV cache)."""
+        return 0 if self.drafter is None else self.drafter.memory_bytes(num_ctx, 4 if runs_on_cpu() else 2)
 
     @property
     def busy(self) -> bool:
@@ -273,7 +286,10 @@ class LoadedLLM:
             return
 
         stops = self.stop_sequences if len(stop_ids) == len(self.eos_ids) else StopSequences([(t,) for t in stop_ids])
-        uid, cached = self._enqueue(prompt, max_tokens, sampler, processors, stops)
+        if self.spec_stream is not None and self.spec_stream.uid in self.active:
+            self._spec_to_batch()  # someone joins: nobody waits behind a speculative stream
+        spec = self._start_speculative(job, prompt, max_tokens, sampler, processors, set(stop_ids))
+        uid, cached = spec or self._enqueue(prompt, max_tokens, sampler, processors, stops)
         self.active[uid] = _Active(
             job=job,
             detokenizer=self._detokenizer(),
@@ -313,6 +329,43 @@ class LoadedLLM:
             stop_sequences=[stops],
         )
         return uid, cached
+
+    def _start_speculative(
+        self, job: GenerationJob, prompt: list[int], max_tokens: int, sampler, processors: list, stop_ids: set[int]
+    ) -> tuple[int, int] | None:
+        """Decode speculatively when this is the model's only sequence: (uid, cached tokens), or None
+        for the batch. A grammar (format) goes to the batch: its processor advances with every token
+        it sees and cannot take back the drafted ones the model rejects."""
+        if not self.speculating or self.active or job.options.draft_num_predict <= 0:
+            return None
+        if any(isinstance(p, GrammarProcessor) for p in processors):
+            return None
+        cache, rest = self.prompt_cache.fetch_nearest_cache(self.model_key, prompt)
+        if cache is None:
+            cache, rest = make_prompt_cache(self.model), prompt
+        elif not rest:
+            trim_prompt_cache(cache, 1)  # the last prompt token is the first round's input
+            rest = prompt[-1:]
+        self.spec_stream = SpeculativeStream(
+            self.model,
+            self.drafter,
+            prompt,
+            cache,
+            len(prompt) - len(rest),
+            max_tokens=max_tokens,
+            sampler=sampler,
+            processors=processors,
+            stop_ids=stop_ids,
+            num_draft=job.options.draft_num_predict,
+            prefill_step=self.settings.prefill_step,
+        )
+        return self.spec_stream.uid, len(prompt) - len(rest)
+
+    def _spec_to_batch(self) -> None:
+        """Hand the speculative stream to the continuous batch, with its KV cache."""
+        stream, self.spec_stream = self.spec_stream, None
+        a = self.active.pop(stream.uid)
+        self.active[stream.handoff(self._generator(), sampler=a.sampler, processors=a.processors, stops=a.stops)] = a
 
     def _shift(self, uid: int, a: _Active, tokens: list[int]) -> None:
         """Ollama's context shift for a sequence whose window is full: keep the first num_keep
@@ -390,7 +443,11 @@ class LoadedLLM:
             self._drop_cancelled()
             if not self.active:
                 return
-            _, responses = self.batch.next()
+            if self.spec_stream is not None and self.spec_stream.uid in self.active:
+                responses = self.spec_stream.step()
+            else:
+                self.spec_stream = None  # finished, shifted into the batch, cancelled or failed
+                _, responses = self.batch.next()
             if len(responses) != self.decoding:
                 self.decoding = len(responses)
                 log.debug("decoding %d sequences together (kv cache %s)", self.decoding, self.kv_cache_type)
@@ -434,7 +491,10 @@ class LoadedLLM:
             elif shifting:
                 self._shift(r.uid, a, list(r.all_tokens))
             elif a.reply.stopped:
-                saved = self.batch.remove([r.uid], return_prompt_caches=True)
+                if r.uid < 0:  # the speculative stream
+                    saved = self.spec_stream.take_out()
+                else:
+                    saved = self.batch.remove([r.uid], return_prompt_caches=True)
                 for cache, tokens in saved.values():
                     self.prompt_cache.insert_cache(self.model_key, list(tokens), cache)
                 self._finish(r.uid, "stop")
@@ -460,7 +520,8 @@ class LoadedLLM:
     def _drop_cancelled(self) -> None:
         gone = [uid for uid, a in self.active.items() if a.job.cancelled]
         if gone:
-            self.batch.remove(gone)
+            if any(uid >= 0 for uid in gone):  # a speculative stream (uid < 0) is not in the batch
+                self.batch.remove([uid for uid in gone if uid >= 0])
             for uid in gone:
                 del self.active[uid]
 

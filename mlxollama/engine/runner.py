@@ -20,14 +20,16 @@ log = logging.getLogger("mlxollama.engine")
 _STOP = object()
 
 
-def _load_state(spec: ModelSpec, model_dir: Path, config: Config):
+def _load_state(spec: ModelSpec, model_dir: Path, config: Config, run_dir: Path | None = None):
     if spec.kind == "embedding":
         from .embedder import LoadedEmbedder
 
         return LoadedEmbedder(model_dir)
     from .llm import EngineSettings, LoadedLLM
 
-    return LoadedLLM(model_dir, EngineSettings.from_config(config, spec.params))
+    # A DRAFT loads on this thread beside the model it drafts for (speculative.py)
+    draft_dir = spec.draft.materialize(run_dir) if spec.draft is not None and run_dir is not None else None
+    return LoadedLLM(model_dir, EngineSettings.from_config(config, spec.params), draft_dir=draft_dir)
 
 
 class ModelRunner:
@@ -47,6 +49,7 @@ class ModelRunner:
         self.expires_at = time.time() + keep_alive_ns / 1e9
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.size = 0
+        self.draft_size = 0  # the DRAFT's part of size
         self.on_gpu = False
         self.unloading = False
         self._thread = threading.Thread(target=self._main, name=f"engine {spec.short_name}", daemon=True)
@@ -111,8 +114,9 @@ class ModelRunner:
     def _main(self) -> None:
         try:
             model_dir = self.spec.materialize(self.run_dir)
-            state = _load_state(self.spec, model_dir, self.config)
+            state = _load_state(self.spec, model_dir, self.config, self.run_dir)
             self.size = state.memory_bytes(self.num_ctx)
+            self.draft_size = state.draft_memory_bytes(self.num_ctx) if hasattr(state, "draft_memory_bytes") else 0
             self.on_gpu = state.on_gpu
         except Exception as e:  # noqa: BLE001 - every load failure becomes the request's error
             log.exception("loading %s failed", self.spec.short_name)

@@ -182,16 +182,15 @@ def test_client_uploads_local_files_and_keeps_names_otherwise(tmp_path):
 
 
 def test_client_and_server_differ_only_where_ollama_does(tmp_path):
-    text = "FROM x\nDRAFT y\nPARAMETER mirostat 1\nPARAMETER tfs_z 1\n"
-    with pytest.raises(ModelfileError, match="DRAFT models are not supported"):
-        to_create_fields(parse(text))
+    # DRAFT names a model in the store on both sides
+    assert to_create_fields(parse("FROM x\nDRAFT y\n")) == {"from": "x", "draft": "y"}
     # the server skips every ignored option key silently
     assert to_create_fields(parse("FROM x\nPARAMETER mirostat 1\nPARAMETER tfs_z 1\n")) == {"from": "x"}
-    # the client warns about Ollama's deprecated ones and DRAFT, and types the rest itself
+    # the client warns about Ollama's deprecated ones, and types the rest itself
     warned: list = []
     side = ClientSide(lambda arg: None, warned.append)
-    assert to_create_fields(parse("FROM x\nDRAFT y\nPARAMETER mirostat 1\n"), side) == {"from": "x"}
-    assert warned == ["warning: DRAFT is not supported and was ignored", "warning: parameter mirostat is deprecated"]
+    assert to_create_fields(parse("FROM x\nDRAFT y\nPARAMETER mirostat 1\n"), side) == {"from": "x", "draft": "y"}
+    assert warned == ["warning: parameter mirostat is deprecated"]
     with pytest.raises(ModelfileError, match="unknown parameter 'tfs_z'"):
         to_create_fields(parse("FROM x\nPARAMETER tfs_z 1\n"), side)
     # an ADAPTER the client cannot find is an error there; the server reads no path a client names
