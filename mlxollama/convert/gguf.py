@@ -694,13 +694,14 @@ def _qwen3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def _gemma_query_scalar(m: _Meta, cfg: Mapping[str, Any], size_27b_layers: int) -> float:
+def _gemma_query_scalar(m: _Meta, cfg: Mapping[str, Any], size_27b_layers: int) -> int:
     """GGUF has no query_pre_attn_scalar; llama.cpp (like gemma_pytorch) uses
     hidden / heads for the 27B models, recognised by their layer count, and
-    the head size for every other size."""
+    the head size for every other size.  An int, as transformers' strict
+    Gemma2Config / Gemma3TextConfig (read when the tokenizer loads) demand."""
     if cfg["num_hidden_layers"] == size_27b_layers:
-        return float(cfg["hidden_size"] // cfg["num_attention_heads"])
-    return float(cfg["head_dim"])
+        return cfg["hidden_size"] // cfg["num_attention_heads"]
+    return int(cfg["head_dim"])
 
 
 def _gemma_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,7 @@ _FILE_TYPE = {
     QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
     QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_S,
     QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+    QT.Q6_K: gguf.LlamaFileType.MOSTLY_Q6_K,
 }
 
 
@@ -92,16 +93,41 @@ def quantize_q4_k(w: np.ndarray) -> np.ndarray:
     return blocks.reshape(rows, -1)
 
 
+def quantize_q6_k(w: np.ndarray) -> np.ndarray:
+    """Rows (n, k*256) -> Q6_K blocks (n, k*210) uint8: ggml's block_q6_K (ql: low
+    nibbles, qh: high 2 bits, 16 int8 sub-block scales, f16 d), with a plain
+    absmax fit per 16-element sub-block (not llama.cpp's search), which gguf-py
+    (which cannot quantize Q6_K) decodes."""
+    rows, cols = w.shape
+    x = w.reshape(-1, 16, 16).astype(np.float32)  # super-blocks of 16 sub-blocks
+    sub = np.abs(x).max(-1) / 31.0
+    d = (sub.max(-1) / 127.0).astype(np.float16)
+    d32 = d.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d32 > 0, np.clip(np.rint(sub / d32), 1, 127), 0).astype(np.int8)
+        step = (d32 * sc)[..., None]
+        q = np.where(step > 0, np.rint(x / step), 0)
+    q = (np.clip(q, -32, 31) + 32).astype(np.uint8).reshape(-1, 2, 4, 32)  # (block, half, quarter j, l)
+    ql = np.concatenate([(q[:, :, 0] & 15) | ((q[:, :, 2] & 15) << 4), (q[:, :, 1] & 15) | ((q[:, :, 3] & 15) << 4)], 2)
+    qh = (q[:, :, 0] >> 4) | ((q[:, :, 1] >> 4) << 2) | ((q[:, :, 2] >> 4) << 4) | ((q[:, :, 3] >> 4) << 6)
+    n = x.shape[0]
+    blocks = [ql.reshape(n, 128), qh.reshape(n, 64), sc.view(np.uint8), d.view(np.uint8).reshape(n, 2)]
+    return np.concatenate(blocks, 1).reshape(rows, -1)
+
+
 def _encode(w: np.ndarray, qtype: QT) -> tuple[np.ndarray, np.ndarray, QT]:
     """(data to write, what llama.cpp decodes it to, the type used); rows are
     the last axis (stacked experts: (experts, out, in))."""
     if qtype == QT.Q4_K and w.shape[-1] % 256:
         qtype = QT.Q5_0  # llama.cpp's fallback when rows do not fill 256-element super-blocks
+    if qtype == QT.Q6_K and w.shape[-1] % 256:
+        qtype = QT.Q8_0
     if qtype == QT.F16:
         data = w.astype(np.float16)
         return data, data.astype(np.float32), qtype
     rows = w.reshape(-1, w.shape[-1])
-    data = quantize_q4_k(rows) if qtype == QT.Q4_K else gguf.quants.quantize(rows, qtype)
+    own = {QT.Q4_K: quantize_q4_k, QT.Q6_K: quantize_q6_k}
+    data = own[qtype](rows) if qtype in own else gguf.quants.quantize(rows, qtype)
     decoded = gguf.quants.dequantize(data, qtype).astype(np.float32).reshape(w.shape)
     return data.reshape(*w.shape[:-1], -1), decoded, qtype
 
@@ -187,11 +213,30 @@ def _tokenizer_metadata(w: gguf.GGUFWriter, hf_dir: Path, cfg: dict) -> None:
         w.add_chat_template(tc["chat_template"])
 
 
+def q4_k_m_type(name: str, n_layer: int) -> QT:
+    """llama-quantize's Q4_K_M mix: Q6_K for output.weight and for attn_v / ffn_down
+    of the layers its use_more_bits picks (first and last eighth, every third between), Q4_K elsewhere."""
+    if name == "output.weight":
+        return QT.Q6_K
+    parts = name.split(".")
+    if parts[0] == "blk" and parts[2] in ("attn_v", "ffn_down"):
+        i = int(parts[1])
+        if i < n_layer / 8 or i >= 7 * n_layer / 8 or (i - n_layer / 8) % 3 == 2:
+            return QT.Q6_K
+    return QT.Q4_K
+
+
 def write_gguf(
-    hf_dir: Path, path: Path, qtype: QT, gguf_arch: str | None = None, mla_legacy: bool = False
+    hf_dir: Path,
+    path: Path,
+    qtype: QT,
+    gguf_arch: str | None = None,
+    mla_legacy: bool = False,
+    mix: bool = False,
 ) -> dict[str, np.ndarray]:
     """``gguf_arch``: write under another architecture name, e.g. "mistral3"
     for a plain Mistral text model as llama.cpp's newer converter does.
+    ``mix``: with ``qtype`` Q4_K, llama-quantize's Q4_K_M mix (``q4_k_m_type``).
     ``mla_legacy``: deepseek2 as converters before 2025 wrote it (kv_b_proj
     whole, MLA head sizes in key_length/value_length), as in Ollama's library."""
     hf_dir = Path(hf_dir)
@@ -236,7 +281,7 @@ def write_gguf(
             continue
         if key in cfg:
             w.add_layer_norm_eps(cfg[key])
-    w.add_file_type(int(_FILE_TYPE[qtype]))
+    w.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q4_K_M if mix else _FILE_TYPE[qtype]))
     if "head_dim" in cfg and mt != "phi3":
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
@@ -382,7 +427,7 @@ def write_gguf(
             used = QT.F32  # the converter keeps MoE routers in F32 whatever the output type
             data = decoded = t.astype(np.float32)
         else:
-            data, decoded, used = _encode(t, qtype)
+            data, decoded, used = _encode(t, q4_k_m_type(name, n_layer) if mix else qtype)
         w.add_tensor(name, data, raw_dtype=None if used in (QT.F16, QT.F32) else used)
         if perm is not None:
             decoded = decoded[np.argsort(perm)]
