@@ -28,6 +28,9 @@ Server (`Config.from_env`):
 | MLXOLLAMA_PROMPT_CACHE_BYTES | 1 GiB | prompt_cache_bytes: bytes those caches may hold |
 | OLLAMA_KV_CACHE_TYPE | f16 | kv_cache_type: KV cache element type, as Ollama's: f16 (the model's dtype), q8_0 or q4_0 (MLX 8- and 4-bit caches, group 64); unknown values log a warning and use f16 (engine/kvcache.py); a model's `PARAMETER kv_cache_type` overrides it |
 | MLXOLLAMA_EXIT_WITH_PARENT | | `exit_with_parent()`: test harnesses; stop when the parent process goes |
+| MLXOLLAMA_DISTRIBUTED | auto | distributed: under mlx.launch, how a model is split over the ranks: tensor, pipeline, or unset for tensor where the model can, else pipeline (engine/distributed.py) |
+| MLXOLLAMA_DISTRIBUTED_TIMEOUT | 60 | distributed_timeout: seconds a collective may block before the group is declared down |
+| MLXOLLAMA_DISTRIBUTED_MIN_SIZE | a quarter of the memory budget | distributed_min_size: models smaller than this many bytes run on rank 0 alone (0: shard every model that can be) |
 | MLXOLLAMA_TEST_FAULT | | test_faults: tests only; a prompt holding `mlxollama-test-fault:<kind>` makes the engine fail (engine/llm.py) |
 
 Pull and import (read at each use; the convert code runs without a Config):
@@ -166,6 +169,12 @@ def parse_cpu_dense(value: str | None) -> int:
 GIB = 1 << 30
 
 
+def parse_distributed(value: str | None) -> str:
+    """MLXOLLAMA_DISTRIBUTED: tensor or pipeline; anything else chooses per model."""
+    v = _clean(value).lower()
+    return v if v in ("tensor", "pipeline") else ""
+
+
 def default_context_length(memory: int) -> int:
     """Ollama 0.15.5+'s default num_ctx when OLLAMA_CONTEXT_LENGTH is unset, from the memory the
     backend can use (server/routes.go: thresholds just under 48 and 24 GiB, so a 48 GiB machine
@@ -206,6 +215,9 @@ class Config:
     prompt_cache_bytes: int = 1 << 30
     kv_cache_type: str = ""  # checked (and warned about) where a model loads, as Ollama does
     test_faults: bool = False
+    distributed: str = ""  # "", "tensor" or "pipeline"
+    distributed_timeout: float = 60.0
+    distributed_min_size: int = -1  # -1: a quarter of memory_budget
 
     @classmethod
     def from_env(cls, env: Env | None = None, *, backend_memory: Callable[[], int] | None = None) -> "Config":
@@ -243,6 +255,9 @@ class Config:
             prompt_cache_bytes=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_BYTES"), 1 << 30),
             kv_cache_type=var("OLLAMA_KV_CACHE_TYPE").lower(),
             test_faults=parse_bool(var("MLXOLLAMA_TEST_FAULT")),
+            distributed=parse_distributed(var("MLXOLLAMA_DISTRIBUTED")),
+            distributed_timeout=float(parse_uint(var("MLXOLLAMA_DISTRIBUTED_TIMEOUT"), 0) or 60),
+            distributed_min_size=parse_uint(var("MLXOLLAMA_DISTRIBUTED_MIN_SIZE"), -1),
         )
 
 

@@ -91,6 +91,15 @@ def serve(config: Config | None = None) -> None:
         level=logging.DEBUG if config.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from .engine.group import init_group
+
+    # Under mlx.launch every rank runs this: rank 0 serves, the others follow its engine threads.
+    if init_group().rank > 0:
+        from .engine.distributed import run_follower
+
+        run_follower(config)
+        logging.shutdown()
+        os._exit(1)  # the group has ended (rank 0 is gone): the launcher or launchd restarts us
     state = build_state(config)
     if not config.noprune:
         # Unreferenced blobs older than an hour go, as in Ollama; younger ones may belong to a pull.

@@ -74,6 +74,9 @@ async def ps(request):
         # A DRAFT loads into its model's runner, as in Ollama: `size` counts both; this says how.
         if draft_size := getattr(r, "draft_size", 0):
             entry["draft"] = {"model": r.spec.draft_name, "size": draft_size}
+        # A model sharded over an mlx.launch group: its ranks, mode and whether the group is up.
+        if (group := getattr(r, "distributed", None)) is not None:
+            entry["distributed"] = group()
         models.append(entry)
     return json_body({"models": models})
 

@@ -123,7 +123,7 @@ class LoadedLLM:
 
     def __init__(self, model_dir: Path, settings: EngineSettings | None = None, draft_dir: Path | None = None):
         self.settings = settings or EngineSettings()
-        self.model, self.tokenizer = mlx_lm_load(str(model_dir))
+        self.model, self.tokenizer = self._load_model(model_dir)
         apply_backend_dtype(self.model)
         self.dense = self._densify_for_cpu()
         mx.eval(self.model.parameters())
@@ -167,6 +167,10 @@ class LoadedLLM:
             )
         self.speculating = self.batchable and speculation_possible(self.model, self.drafter)
         self.spec_stream: SpeculativeStream | None = None
+
+    def _load_model(self, model_dir: Path):
+        """(model, tokenizer); engine/distributed.py loads a shard of the model instead."""
+        return mlx_lm_load(str(model_dir))
 
     def _densify_for_cpu(self) -> bool:
         """On the CPU, float32 weights within the budget so prompts run through BLAS (cpu_dense.py)."""

@@ -32,6 +32,13 @@ def _load_state(spec: ModelSpec, model_dir: Path, config: Config, run_dir: Path 
     return LoadedLLM(model_dir, EngineSettings.from_config(config, spec.params), draft_dir=draft_dir)
 
 
+def _sharded(runner: "ModelRunner", model_dir: Path):
+    """The model split over the mlx.launch group (engine/distributed.py), or None: it runs here alone."""
+    from .distributed import load_sharded
+
+    return load_sharded(runner.spec, model_dir, runner.config, runner)
+
+
 class ModelRunner:
     def __init__(self, spec: ModelSpec, run_dir: Path, keep_alive_ns: int, num_ctx: int, config: Config):
         self.spec = spec
@@ -52,12 +59,17 @@ class ModelRunner:
         self.draft_size = 0  # the DRAFT's part of size
         self.on_gpu = False
         self.unloading = False
+        self.group_down: str | None = None  # set when the distributed group this model spans fails
+        self.distributed = None  # for a sharded model: () -> its group's state, for /api/ps
         self._thread = threading.Thread(target=self._main, name=f"engine {spec.short_name}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
+        if self.group_down:  # its engine thread may be stuck in a collective: answer here
+            job.emit(ErrorEvent(self.group_down, 503))
+            return
         self._live.add(job)
         self._jobs.put(job)
 
@@ -114,7 +126,7 @@ class ModelRunner:
     def _main(self) -> None:
         try:
             model_dir = self.spec.materialize(self.run_dir)
-            state = _load_state(self.spec, model_dir, self.config, self.run_dir)
+            state = _sharded(self, model_dir) or _load_state(self.spec, model_dir, self.config, self.run_dir)
             self.size = state.memory_bytes(self.num_ctx)
             self.draft_size = state.draft_memory_bytes(self.num_ctx) if hasattr(state, "draft_memory_bytes") else 0
             self.on_gpu = state.on_gpu
