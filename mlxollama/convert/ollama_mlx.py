@@ -53,10 +53,11 @@ from .hf import UnsupportedCheckpoint, check_supported
 log = logging.getLogger("mlxollama.convert")
 
 # model_type values whose Ollama tensor layout is checked here against mlx-lm (logits of tiny
-# checkpoints): Ollama's MLX engine runs LlamaForCausalLM, Qwen3ForCausalLM and Gemma3ForCausalLM
-# with its generic writer. Its other MLX architectures (gemma4, qwen3.5, glm4-moe-lite,
+# checkpoints): Ollama's MLX engine runs LlamaForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM and
+# Gemma3ForConditionalGeneration from its generic writer (Hugging Face names; mlx-lm's gemma3
+# drops the vision tower). Its other MLX architectures (gemma4, qwen3.5, glm4-moe-lite,
 # nemotron-h, laguna, cohere2-moe) go through per-architecture rewrites not mapped yet.
-SUPPORTED_MODEL_TYPES = ("gemma3_text", "llama", "qwen3")
+SUPPORTED_MODEL_TYPES = ("gemma3", "gemma3_text", "llama", "qwen3")
 
 # Ollama's quantization types (x/quant): group size, bits, MLX mode.
 QUANT_TYPES: dict[str, tuple[int, int, str]] = {

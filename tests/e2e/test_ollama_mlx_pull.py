@@ -25,9 +25,10 @@ from mlxollama.store import ModelName, Store
 from ..support import tinyhf as th
 from ..support.fakeregistry import FakeRegistry
 from ..support.liveserver import LiveServer
-from ..support.ollamamlx import QUANT, TENSOR, ollama_config, ollama_mlx_layers, serve
+from ..support.ollamamlx import QUANT, TENSOR, build_gemma3_multimodal, ollama_config, ollama_mlx_layers, serve
 
-ARCHS = ("llama", "qwen3", "gemma3")  # tinyhf names; gemma3 is Gemma3ForCausalLM (gemma3_text)
+# tinyhf names (gemma3: Gemma3ForCausalLM, gemma3_text), and the multimodal gemma3 repos' layout
+ARCHS = ("llama", "qwen3", "gemma3", "gemma3-vision")
 QUANTS = ("", "int4", "int8", "mxfp4", "mxfp8", "nvfp4")
 TEMPLATE = "application/vnd.ollama.image.template"
 PARAMS = "application/vnd.ollama.image.params"
@@ -40,7 +41,9 @@ def tag(q: str) -> str:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
-    return {arch: th.build_hf_checkpoint(root / arch, arch, seed=3) for arch in ARCHS}
+    out = {arch: th.build_hf_checkpoint(root / arch, arch, seed=3) for arch in ARCHS if arch != "gemma3-vision"}
+    out["gemma3-vision"] = build_gemma3_multimodal(root / "gemma3-vision", seed=3)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,8 @@ def pull(http, name: str) -> list[dict]:
 
 
 def _reference(hf: Path, chosen: dict[str, str]) -> np.ndarray:
+    if (hf / "text").is_dir():  # the multimodal layout: its text model's own checkpoint
+        hf, chosen = hf / "text", {k.removeprefix("language_model."): q for k, q in chosen.items()}
     weights = th.load_hf_weights(hf)
     for name, q in chosen.items():
         group, bits, mode = QUANT[q]

@@ -195,3 +195,50 @@ def serve(
 
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def build_gemma3_multimodal(out: Path, *, seed: int = 0) -> Path:
+    """A tiny Gemma3ForConditionalGeneration folder as the Hugging Face repos of gemma3 4b/12b/27b
+    hold it (the names Ollama's gemma3 loader reads: `language_model.model.*`, plus a vision tower
+    and projector), with the text weights of tinyhf's gemma3 checkpoint, which `out/text` keeps."""
+    from . import tinyhf as th
+
+    text_dir = th.build_hf_checkpoint(out / "text", "gemma3", seed=seed)
+    text_cfg = json.loads((text_dir / "config.json").read_text())
+    text_cfg.pop("architectures", None)
+    config = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": text_cfg,
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 64, "patch_size": 14},
+        "mm_tokens_per_image": 4,
+        "vocab_size": text_cfg["vocab_size"],
+        "eos_token_id": text_cfg["eos_token_id"],
+        "torch_dtype": text_cfg["torch_dtype"],
+    }
+    weights = {f"language_model.{k}": v for k, v in mx.load(str(text_dir / "model.safetensors")).items()}
+    key = mx.random.key(seed)
+    for name, shape in (
+        ("vision_tower.vision_model.embeddings.patch_embedding.weight", (64, 14, 14, 3)),
+        ("vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight", (64, 64)),
+        ("multi_modal_projector.mm_input_projection_weight", (64, text_cfg["hidden_size"])),
+        ("multi_modal_projector.mm_soft_emb_norm.weight", (64,)),
+    ):
+        weights[name] = (mx.random.normal(shape, key=key) * 0.02).astype(mx.bfloat16)
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
+    for f in text_dir.glob("*.json"):
+        if f.name != "config.json":
+            (out / f.name).write_bytes(f.read_bytes())
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def tiny_checkpoint(model_type: str, out: Path, *, seed: int = 0) -> Path | None:
+    """A tiny Hugging Face folder of that model_type (tests/support/tinyhf.py's, or the multimodal
+    gemma3 above), or None."""
+    from . import tinyhf as th
+
+    if model_type == "gemma3":
+        return build_gemma3_multimodal(out, seed=seed)
+    names = [name for name, cfg in th.CONFIGS.items() if cfg["model_type"] == model_type]
+    return th.build_hf_checkpoint(out, names[0], seed=seed) if names else None

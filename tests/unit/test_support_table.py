@@ -40,7 +40,7 @@ from mlxollama.store import ModelName, Store
 from ..support import tinyhf as th
 from ..support.fakeregistry import FakeRegistry
 from ..support.ggufwriter import GGUF_ARCH, write_gguf
-from ..support.ollamamlx import JSON, TENSOR, ollama_config, ollama_mlx_layers, serve
+from ..support.ollamamlx import JSON, TENSOR, ollama_config, ollama_mlx_layers, serve, tiny_checkpoint
 from ..support.tinybert import build_encoder_checkpoint
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -242,9 +242,9 @@ def test_converted_encoders_carry_the_rows_architecture(model_type, tmp_path):
 def _mlx_tag(hf_type: str, root: Path) -> list[tuple[str, str, bytes]]:
     """An Ollama `-mlx` tag of that model_type: a tiny checkpoint's where tests/support has one,
     else its config.json beside a tensor layer (enough for the refusal, which comes first)."""
-    tiny = [name for name, cfg in th.CONFIGS.items() if cfg["model_type"] == hf_type]
-    if tiny:
-        return ollama_mlx_layers(th.build_hf_checkpoint(root / hf_type, tiny[0]))[0]
+    hf = tiny_checkpoint(hf_type, root / hf_type)
+    if hf is not None:
+        return ollama_mlx_layers(hf)[0]
     return [(JSON, "config.json", json.dumps({"model_type": hf_type}).encode()), (TENSOR, "x.weight", b"\0" * 64)]
 
 
