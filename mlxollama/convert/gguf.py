@@ -462,6 +462,8 @@ class ArchSpec:
     renamed: Mapping[str, str] = field(default_factory=dict)
     split: Mapping[str, tuple[tuple[str, Callable[[Mapping[str, Any], int], Any]], ...]] = field(default_factory=dict)
     mxfp4_interleaved: bool = False
+    # Where mlx-lm's model class keeps the text model ("language_model." in multimodal classes)
+    param_prefix: str = ""
 
 
 _ARCH_ENUM = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -515,11 +517,13 @@ def tensor_name_map(
     by name rather than mis-loaded."""
     inverse = _gguf_to_hf(spec.table_arch or arch, n_blocks)
 
+    prefix = spec.param_prefix
+
     def pick(base: str, suffix: str) -> list[str]:
-        found = {f"{hf}.{suffix}" for hf in inverse.get(base, ()) if f"{hf}.{suffix}" in params}
+        found = {f"{prefix}{hf}.{suffix}" for hf in inverse.get(base, ()) if f"{prefix}{hf}.{suffix}" in params}
         if not found and suffix == "weight":
             # bare parameters (gpt-oss's attention sinks): the converter appended ".weight"
-            found = {hf for hf in inverse.get(base, ()) if hf in params}
+            found = {f"{prefix}{hf}" for hf in inverse.get(base, ()) if f"{prefix}{hf}" in params}
         return sorted(found)
 
     names: dict[str, Any] = {}
@@ -1207,6 +1211,46 @@ def _gpt_oss_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _llama4_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Llama 4 (Scout, Maverick) text model: MoE every interleave_moe_layer_step-th layer (one
+    routed expert, sigmoid gate, a shared expert), dense MLPs between; what llama.cpp's graph
+    fixes rather than reads (chunked attention of 8192 on three layers of four, the fourth
+    without rope and with attention temperature tuning, q/k norms unless 128 experts) is what
+    mlx-lm's llama4 hard-codes or is told here.  Q/K are not permuted (interleaved rope)."""
+    cfg = _common_config(m, tensors)
+    if cfg.pop("tie_word_embeddings"):
+        raise UnsupportedGGUF("llama4: tied embeddings are not supported by mlx-lm's llama4")
+    experts, used = m.int("expert_count"), m.int("expert_used_count")
+    if not experts or used != 1:
+        raise UnsupportedGGUF(f"llama4: {used} experts per token; mlx-lm's llama4 routes exactly one")
+    if m.get("attention.sliding_window") == 0:  # llama.cpp: then no chunking and rope on every layer
+        raise UnsupportedGGUF("llama4 without chunked attention is not supported by mlx-lm's llama4")
+    head_dim = cfg.pop("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    scaling = cfg.pop("rope_scaling", None)
+    if scaling and scaling.get("rope_type") != "llama3":
+        raise UnsupportedGGUF(f"llama4: rope scaling {scaling} is not supported")
+    text = {
+        **cfg,
+        "model_type": "llama4_text",
+        "head_dim": head_dim,
+        "attention_bias": "blk.0.attn_q.bias" in tensors,
+        "attention_chunk_size": 8192,
+        "interleave_moe_layer_step": m.int("interleave_moe_layer_step", 1),
+        "intermediate_size": m.int("expert_feed_forward_length"),
+        "intermediate_size_mlp": cfg["intermediate_size"],
+        "num_local_experts": experts,
+        "num_experts_per_tok": used,
+        "use_qk_norm": experts != 128,  # llama.cpp: Maverick (128 experts) has no q/k norm
+        "rope_scaling": scaling,
+        "attn_temperature_tuning": True,  # a bool for transformers' strict Llama4TextConfig
+        "floor_scale": 8192,
+        "attn_scale": 0.1,
+    }
+    # The top level repeats what the importer and the server read from any config.
+    top = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "vocab_size")
+    return {"model_type": "llama4", "text_config": text, **{k: text[k] for k in top if k in text}}
+
+
 def _qkv_rows(part: int) -> Callable[[Mapping[str, Any], int], slice]:
     """Rows of q, k or v in a fused [q; k; v] projection."""
 
@@ -1263,6 +1307,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "starcoder": ArchSpec(_starcoder_config),
     "stablelm": ArchSpec(_stablelm_config),
     "nemotron": ArchSpec(_nemotron_config, norm_shift=1.0),
+    "llama4": ArchSpec(_llama4_config, param_prefix="language_model."),
     "internlm2": ArchSpec(
         _internlm2_config, joined={"attn_v": (("attn_q", "attn_k", "attn_v"), "attention.wqkv", _internlm2_wqkv)}
     ),

@@ -49,12 +49,13 @@ GGUF_ARCH = {
     "stablelm": "stablelm",
     "nemotron": "nemotron",
     "internlm2": "internlm2",
+    "llama4": "llama4",
 }
 # Phi2Model and StarCoderModel write their own short key set: no rope base,
 # feed_forward_length 4 * n_embd, StarCoder's head_count_kv 1 (multi-query).
 _OWN_KEYS = {"phi", "gpt_bigcode"}
 # Converter classes derived from LlamaModel (which permutes Q/K rows and writes vocab_size / rope dims).
-_LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "granitemoe", "smollm3"}
+_LLAMA_FAMILY = {"llama", "mistral", "ministral3", "mixtral", "granite", "granitemoe", "smollm3", "llama4"}
 _PERMUTED_ARCHS = {"llama", "mistral3", "granite", "granitemoe", "smollm3", "internlm2"}
 _FILE_TYPE = {
     QT.F16: gguf.LlamaFileType.MOSTLY_F16,
@@ -173,6 +174,26 @@ def _gpt_oss_experts(w: gguf.GGUFWriter, names, weights: dict[str, np.ndarray], 
         w.add_tensor(names.get_name(f"{name}.weight", try_suffixes=(".weight",)), reference[name])
 
 
+def _llama4_experts(w: gguf.GGUFWriter, names, weights: dict, reference: dict, qtype: QT) -> None:
+    """Llama4Model's experts: bare (experts, in, out) tensors transposed to (experts, out, in),
+    gate_up_proj split into ffn_gate_exps and ffn_up_exps."""
+    for hf_name in [k for k in weights if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        t = weights.pop(hf_name).swapaxes(1, 2)
+        base = hf_name.removeprefix("language_model.")
+        if base.endswith("gate_up_proj"):
+            gate, up = np.split(t, 2, axis=1)
+            parts = {base.replace("gate_up_proj", "gate_proj"): gate, base.replace("gate_up_proj", "up_proj"): up}
+        else:
+            parts = {base: t}
+        decoded = []
+        for hf_part, part in parts.items():
+            data, dec, used = _encode(np.ascontiguousarray(part), qtype)
+            w.add_tensor(names.get_name(hf_part + ".weight", try_suffixes=(".weight",)), data,
+                         raw_dtype=None if used == QT.F16 else used)  # fmt: skip
+            decoded.append(dec)
+        reference[hf_name] = np.ascontiguousarray(np.concatenate(decoded, axis=1).swapaxes(1, 2))
+
+
 def _stack_experts(weights: dict[str, np.ndarray]) -> dict[str, list[str]]:
     """llama.cpp's MoE converters stack the per-expert HF tensors
     ("...experts.E.w1.weight") into one (experts, out, in) tensor named as
@@ -242,6 +263,15 @@ def write_gguf(
     hf_dir = Path(hf_dir)
     cfg = json.loads((hf_dir / "config.json").read_text())
     mt = cfg["model_type"]
+    if mt == "llama4":  # Llama4Model: the text config; the dense MLP width is feed_forward_length
+        text = cfg["text_config"]
+        cfg = {
+            **text,
+            "model_type": mt,
+            "eos_token_id": cfg["eos_token_id"],
+            "intermediate_size": text["intermediate_size_mlp"],
+            "moe_intermediate_size": text["intermediate_size"],
+        }
     arch = gguf_arch or GGUF_ARCH[mt]
     weights = load_hf_weights(hf_dir)
     # exaone: num_layers; gpt_bigcode: GPT-2 style n_* names
@@ -376,6 +406,9 @@ def write_gguf(
     reference: dict[str, np.ndarray] = {}
     if mt == "gpt_oss":
         _gpt_oss_experts(w, names, weights, reference)
+    if mt == "llama4":
+        w.add_interleave_moe_layer_step(cfg["interleave_moe_layer_step"])
+        _llama4_experts(w, names, weights, reference, qtype)
     # GraniteMoeModel: input_linear rows are [gate; up], written as ffn_gate_exps / ffn_up_exps.
     fused_experts: dict[str, tuple[str, str]] = {}
     for hf_name in [k for k in weights if k.endswith("block_sparse_moe.input_linear.weight")]:
@@ -409,7 +442,8 @@ def write_gguf(
     for merged, parts in experts.items():
         weights[merged] = np.stack([weights.pop(p) for p in parts])
     for hf_name, t in weights.items():
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        # (Llama4Model drops the multimodal class's "language_model." first)
+        name = names.get_name(hf_name.removeprefix("language_model."), try_suffixes=(".weight", ".bias"))
         assert name, hf_name
         if t.ndim == 1 or name.endswith("_norm.weight"):  # the converter keeps these F32 (command-r+ q/k norms are 2-D)
             if mt in ("gemma", "gemma2", "gemma3_text", "nemotron") and hf_name.endswith("norm.weight"):

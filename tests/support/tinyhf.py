@@ -391,6 +391,31 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "rope_theta": 1000000.0,
         "tie_word_embeddings": False,
     },
+    # Llama 4 (Scout-like): 4 layers so the fourth runs without rope (global, temperature
+    # tuned), MoE on every second layer (1 routed expert of 4 + a shared one), dense MLPs
+    # between; q/k norms; llama.cpp's fixed 8192-token attention chunks.
+    "llama4": {
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "model_type": "llama4",
+        "tie_word_embeddings": False,
+        "text_config": {
+            "model_type": "llama4_text",
+            **_BASE,
+            "num_hidden_layers": 4,
+            "head_dim": 64,
+            "intermediate_size": 128,
+            "intermediate_size_mlp": 512,
+            "interleave_moe_layer_step": 2,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 1,
+            "attention_bias": False,
+            "attention_chunk_size": 8192,
+            "use_qk_norm": True,
+            "rope_theta": 500000.0,
+            "rope_scaling": None,
+            "tie_word_embeddings": False,
+        },
+    },
     # gpt-oss as OpenAI publishes it: experts in MXFP4 (HF "_blocks"/"_scales",
     # gate/up rows interleaved), sinks, biases, yarn, a 4-token sliding window
     # on even layers.
@@ -452,9 +477,28 @@ def _gpt_oss_mxfp4(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def _llama4_experts(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Llama 4 checkpoints keep each layer's experts as bare (experts, in, out) tensors,
+    gate and up side by side in gate_up_proj."""
+    out = {}
+    for name, w in weights.items():
+        if ".experts." not in name:
+            out[name] = w
+        elif name.endswith("experts.gate_proj.weight"):
+            up = weights[name.replace("gate_proj", "up_proj")]
+            out[name.replace("gate_proj.weight", "gate_up_proj")] = np.concatenate(
+                [w.swapaxes(1, 2), up.swapaxes(1, 2)], axis=-1
+            )
+        elif name.endswith("experts.down_proj.weight"):
+            out[name.removesuffix(".weight")] = np.ascontiguousarray(w.swapaxes(1, 2))
+    return out
+
+
 def _hf_layout(model_type: str, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if model_type == "gpt_oss":
         return _gpt_oss_mxfp4(weights)
+    if model_type == "llama4":
+        return _llama4_experts(weights)
     if model_type == "granitemoe":  # HF keeps [gate; up] fused per expert (input_linear), down as output_linear
         out = {k: v for k, v in weights.items() if ".switch_mlp." not in k}
         for k in [k for k in weights if k.endswith("switch_mlp.gate_proj.weight")]:

@@ -240,6 +240,7 @@ def test_supported_architectures():
         "nemotron",
         "gptoss",
         "internlm2",
+        "llama4",
     }
     # every claimed architecture is exercised by test_import_matches_source
     assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3", "gptoss"}

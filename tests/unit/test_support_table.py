@@ -48,7 +48,7 @@ STATUSES = ("supported", "refused", "partial")
 # GGUF architectures whose import tests are not test_gguf_archs' per-model_type ones
 OTHER_IMPORT_TESTS = {"gptoss"}  # test_gguf_archs.test_ollama_gptoss
 # tiny checkpoints (tests/support/tinyhf.py) for the "+ vision" rows' text models
-TINY_FOR_ARCH = {"gemma3": "gemma3", "mistral3": "ministral3"}
+TINY_FOR_ARCH = {"gemma3": "gemma3", "mistral3": "ministral3", "llama4": "llama4"}
 
 
 @dataclass(frozen=True)
