@@ -7,8 +7,9 @@ What Ollama's MLX engine stores (read from ollama/ollama's x/create, x/mlxrunner
   or empty);
 - every weight is an ``application/vnd.ollama.image.tensor`` layer whose ``name`` is the tensor's
   Hugging Face name and whose blob is a small safetensors file holding that tensor under the same
-  name (the per-expert weights of an MoE layer are stacked into one ``[experts, out, in]`` tensor
-  per projection and share a blob named after the expert group);
+  name (Ollama's writer stacks per-expert MoE weights into one ``[experts, out, in]`` tensor per
+  projection, in a blob named after the expert group: none of the architectures admitted here has
+  experts);
 - a quantized weight ``X.weight`` is what ``mlx.core.quantize`` returns, stored as ``X.weight``
   (uint32 words), ``X.weight.scale`` and, for affine, ``X.weight.bias``; the blob's
   ``__metadata__`` says ``quant_type`` and ``group_size`` (or ``X.weight.quant_type`` /
@@ -19,8 +20,9 @@ What Ollama's MLX engine stores (read from ollama/ollama's x/create, x/mlxrunner
 
 mlx-lm's packing is the same (Ollama quantizes with MLX itself), so nothing is repacked: tensors
 are renamed onto mlx-lm's ``X.scales`` / ``X.biases`` and their bytes copied, blob by blob, into
-the folder's safetensors files; the quantization of each layer goes into config.json the way
-mlx-lm writes it.
+the folder's safetensors files (Hugging Face names stay: mlx-lm's sanitize maps them when it
+loads, as for any Hugging Face checkpoint); the quantization of each layer goes into config.json
+the way mlx-lm writes it.
 """
 
 from __future__ import annotations
@@ -167,47 +169,47 @@ def _quant_params(meta: dict, tensor: str, shapes: dict[str, list[int]]) -> tupl
     raise ManageError(f"cannot tell how tensor {tensor} is quantized", 400)
 
 
-def _mlx_name(name: str) -> str:
-    # An MoE layer's stacked experts are what mlx-lm's switch_mlp holds.
-    return re.sub(r"\.mlp\.experts\.(gate_proj|up_proj|down_proj)\.", r".mlp.switch_mlp.\1.", name)
-
-
 def plan_tensors(blobs: list[Path]) -> _Plan:
+    """Where each mlx-lm tensor's bytes lie in the blobs, and each quantized module's parameters."""
     plan = _Plan()
     seen: set[str] = set()
     for blob in blobs:
         try:
-            header, data_start = _blob_header(blob)
-        except (OSError, ValueError) as e:
-            log.info("tensor blob %s unreadable: %s", blob.name, e)
+            _plan_blob(blob, plan, seen)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            log.info("tensor blob %s unreadable: %r", blob.name, e)
             raise ManageError("pull model: a tensor layer is not a safetensors file", 400) from e
-        meta = header.pop("__metadata__", None) or {}
-        shapes = {k: list(v.get("shape", [])) for k, v in header.items()}
-        for key, info in header.items():
-            base, _, suffix = key.rpartition(".")
-            if suffix in ("scale", "bias", "global_scale") and base + ".scale" in header and base in header:
-                continue  # side data of a quantized tensor, written with it below
-            renames = {key: _mlx_name(key)}
-            if key + ".scale" in header:
-                if not key.endswith(".weight"):
-                    raise ManageError(f"pull model: quantized tensor {key} is not a weight", 400)
-                module = _mlx_name(key.removesuffix(".weight"))
-                plan.quant[module] = _quant_params(meta, key, shapes)
-                renames[key + ".scale"] = module + ".scales"
-                if key + ".bias" in header:
-                    renames[key + ".bias"] = module + ".biases"
-                if key + ".global_scale" in header:
-                    renames[key + ".global_scale"] = module + ".global_scale"
-            for src, dst in renames.items():
-                if dst in seen:
-                    raise ManageError(f"pull model: tensor {dst} appears twice", 400)
-                seen.add(dst)
-                t = header[src]
-                begin, end = t["data_offsets"]
-                plan.pieces.append(
-                    _Piece(dst, blob, t["dtype"], list(t["shape"]), data_start + int(begin), data_start + int(end))
-                )
     return plan
+
+
+def _plan_blob(blob: Path, plan: _Plan, seen: set[str]) -> None:
+    header, data_start = _blob_header(blob)
+    meta = header.pop("__metadata__", None) or {}
+    shapes = {k: list(v.get("shape", [])) for k, v in header.items()}
+    for key in header:
+        base, _, suffix = key.rpartition(".")
+        if suffix in ("scale", "bias", "global_scale") and base + ".scale" in header and base in header:
+            continue  # side data of a quantized tensor, written with it below
+        renames = {key: key}
+        if key + ".scale" in header:
+            if not key.endswith(".weight"):
+                raise ManageError(f"pull model: quantized tensor {key} is not a weight", 400)
+            module = key.removesuffix(".weight")
+            plan.quant[module] = _quant_params(meta, key, shapes)
+            renames[key + ".scale"] = module + ".scales"
+            if key + ".bias" in header:
+                renames[key + ".bias"] = module + ".biases"
+            if key + ".global_scale" in header:
+                renames[key + ".global_scale"] = module + ".global_scale"
+        for src, dst in renames.items():
+            if dst in seen:
+                raise ManageError(f"pull model: tensor {dst} appears twice", 400)
+            seen.add(dst)
+            t = header[src]
+            begin, end = (int(x) for x in t["data_offsets"])
+            if not 0 <= begin <= end:
+                raise ManageError(f"pull model: tensor {src} has invalid data offsets", 400)
+            plan.pieces.append(_Piece(dst, blob, t["dtype"], list(t["shape"]), data_start + begin, data_start + end))
 
 
 def _write_shards(pieces: list[_Piece], out: Path) -> list[str]:
@@ -229,19 +231,20 @@ def _write_shards(pieces: list[_Piece], out: Path) -> list[str]:
             offset += p.end - p.start
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
+        buf = memoryview(bytearray(_COPY_CHUNK))  # one buffer: a blob never sits whole in memory
         with open(out / fname, "wb") as f:
             f.write(len(raw).to_bytes(8, "little"))
             f.write(raw)
-            for p in shard:  # bytes are copied as they are: a blob never sits whole in memory
+            for p in shard:  # bytes are copied as they are
                 with open(p.blob, "rb") as src:
                     src.seek(p.start)
                     left = p.end - p.start
                     while left:
-                        chunk = src.read(min(_COPY_CHUNK, left))
-                        if not chunk:
+                        n = src.readinto(buf[: min(_COPY_CHUNK, left)])
+                        if not n:
                             raise ManageError("pull model: a tensor layer is shorter than its header says", 400)
-                        f.write(chunk)
-                        left -= len(chunk)
+                        f.write(buf[:n])
+                        left -= n
         names.append(fname)
     return names
 

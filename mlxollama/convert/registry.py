@@ -6,7 +6,8 @@ sha256 matched. One asyncio lock per blob makes concurrent pulls share, not corr
 A GGUF model layer is converted to MLX layers and then deleted; the config we write records the
 GGUF digest, so re-pulling an unchanged model (or another tag of the same weights) converts
 nothing and downloads nothing. A manifest made of our own MLX layers (what `push` uploads) is
-stored byte for byte.
+stored byte for byte. Ollama's own MLX format (`-mlx` tags: tensor layers) is assembled into MLX
+layers by convert/ollama_mlx.py, with the same reuse.
 """
 
 from __future__ import annotations
