@@ -5,9 +5,10 @@ Reference: mlx-lm on the original Hugging Face checkpoint in float32. Unquantize
 the same logits exactly. A quantized tag holds, for each tensor Ollama's policy quantizes, mlx's
 quantize() of it: the reference gets those tensors dequantized (in float32), so the import is
 checked for exact placement of every packed weight, scale and bias, not for quantization error.
-Measured max abs logit difference against that reference (logits of magnitude ~10): 0 for bf16,
-<= 1e-4 for every quantized type (float32 summation order only); against the float original
-(quantization error, for information) up to ~16 for the 4-bit types.
+Measured max abs logit difference against that reference (logits up to 17-59 in magnitude): 0 for
+bf16, int4 and int8; 1.5e-5 to 7.1e-5 for mxfp4, mxfp8 and nvfp4 (mlx's fp4/fp8 matmul against a
+float32 one). Against the float original, for information (quantization error of random tiny
+weights): 0.45-1.4 for int8, 2.6-12 for int4, 3.1-14 for the fp4 types.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def test_pulled_mlx_tag_matches_mlx_lm(arch, q, http, server, served, checkpoint
     ref = _reference(hf, chosen[arch, q])
     err = float(np.abs(got - ref).max())
     assert (got.argmax(-1) == ref.argmax(-1)).all(), f"{arch} {q}: top-1 differs"
-    assert err <= (0.0 if not q else 1e-3), f"{arch} {q or 'bf16'}: max abs logit diff {err:.2e}"
+    limit = 0.0 if not q or QUANT[q][2] == "affine" else 5e-4
+    assert err <= limit, f"{arch} {q or 'bf16'}: max abs logit diff {err:.2e}"
     assert np.abs(ref).max() > 1  # the reference is not degenerate
 
     if q in ("", "int4"):  # and it serves
