@@ -71,6 +71,10 @@ QUANT_TYPES: dict[str, tuple[int, int, str]] = {
 }
 _ALIASES = {"q4": "int4", "fp4": "int4", "q8": "int8", "fp8": "int8"}
 
+# Ollama's fixed names for a draft model's layers (x/create/client: Draft.TensorPrefix, Config).
+DRAFT_TENSOR_PREFIX = "draft."
+DRAFT_CONFIG_PREFIX = "draft/"
+
 _SHARD_BYTES = 4 << 30
 _COPY_CHUNK = 8 << 20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.json$")
@@ -92,10 +96,19 @@ def source_digest(manifest_layers: list[Layer]) -> str:
     return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def is_draft(layer: Layer) -> bool:
+    """A layer of the speculative-decoding draft model Ollama can store beside the model (its
+    tensors named `draft.*`, its JSON files `draft/*`): not used here, so not downloaded."""
+    name = layer.name or ""
+    return (layer.media_type == media.OLLAMA_TENSOR and name.startswith(DRAFT_TENSOR_PREFIX)) or (
+        layer.media_type == media.OLLAMA_JSON and name.startswith(DRAFT_CONFIG_PREFIX)
+    )
+
+
 def json_layers(manifest_layers: list[Layer]) -> dict[str, Layer]:
     out: dict[str, Layer] = {}
     for l in manifest_layers:
-        if l.media_type != media.OLLAMA_JSON:
+        if l.media_type != media.OLLAMA_JSON or is_draft(l):
             continue
         if not l.name or not _SAFE_NAME.match(l.name) or l.name in (".json", "..json"):
             raise ManageError(f"pull model: invalid config layer name {l.name!r}", 400)
@@ -269,7 +282,7 @@ def assemble(store: Store, manifest_layers: list[Layer], out: Path) -> dict:
     if "tokenizer.json" not in jsons:
         raise ManageError("pull model: the model has no tokenizer.json layer", 400)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = [l for l in manifest_layers if l.media_type == media.OLLAMA_TENSOR]
+    tensors = [l for l in manifest_layers if l.media_type == media.OLLAMA_TENSOR and not is_draft(l)]
     blobs = list(dict.fromkeys(store.blob_path(l.digest) for l in tensors))  # a shared blob is read once
     plan = plan_tensors(blobs)
     _write_shards(plan.pieces, out)

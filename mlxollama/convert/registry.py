@@ -495,7 +495,11 @@ async def _pull_ollama_mlx(
             except ManageError:
                 await asyncio.to_thread(prune_unreferenced, store, {l.digest for l in small})
                 raise
+        if any(ollama_mlx.is_draft(l) for l in manifest.layers):
+            emit({"status": "skipping the draft model: speculative decoding is not used"})
         for layer in manifest.layers:
+            if ollama_mlx.is_draft(layer):
+                continue
             if reuse is not None and layer.media_type in (media.OLLAMA_TENSOR, media.OLLAMA_JSON):
                 emit(_progress(layer.digest, layer.size, layer.size))
             else:

@@ -26,7 +26,15 @@ from mlxollama.store import ModelName, Store
 from ..support import tinyhf as th
 from ..support.fakeregistry import FakeRegistry
 from ..support.liveserver import LiveServer
-from ..support.ollamamlx import QUANT, TENSOR, build_gemma3_multimodal, ollama_config, ollama_mlx_layers, serve
+from ..support.ollamamlx import (
+    QUANT,
+    TENSOR,
+    build_gemma3_multimodal,
+    draft_layers,
+    ollama_config,
+    ollama_mlx_layers,
+    serve,
+)
 
 # tinyhf names (gemma3: Gemma3ForCausalLM, gemma3_text), and the multimodal gemma3 repos' layout
 ARCHS = ("llama", "qwen3", "gemma3", "gemma3-vision")
@@ -62,6 +70,10 @@ def served(checkpoints):
                 ollama_config(q),
                 extra=[(TEMPLATE, b"{{ .Prompt }}"), (PARAMS, b'{"temperature":0}')],
             )
+    draft = draft_layers(checkpoints["qwen3"])
+    with_draft = {**ollama_config(), "draft": {"model_format": "safetensors", "architecture": "Qwen3ForCausalLM"}}
+    with_draft["draft"].update(tensor_prefix="draft.", config="draft/config.json")
+    serve(reg, "library/tiny-llama", "draft-mlx", ollama_mlx_layers(checkpoints["llama"])[0] + draft, with_draft)
     phi3 = checkpoints["llama"].parent / "phi3"
     th.build_hf_checkpoint(phi3, "phi3")
     layers, _ = ollama_mlx_layers(phi3)
@@ -163,3 +175,22 @@ def test_unsupported_architecture_refused_before_weights(http, served, model, ar
     for layer in manifest["layers"]:
         if layer["mediaType"] == TENSOR:
             assert not reg.requests("GET", layer["digest"]), "a tensor layer was downloaded"
+
+
+def test_draft_model_layers_are_not_downloaded(http, server, served, checkpoints, tmp_path):
+    """A tag carrying a speculative-decoding draft (draft.* tensors, draft/*.json) pulls without it."""
+    reg, _ = served
+    manifest = json.loads(reg.manifests[("library/tiny-llama", "draft-mlx")])
+    lines = pull(http, "tiny-llama:draft-mlx")
+    assert lines[-1] == {"status": "success"}, lines[-3:]
+    assert {"status": "skipping the draft model: speculative decoding is not used"} in lines
+    is_draft = {l["digest"]: l["name"].startswith(("draft.", "draft/")) for l in manifest["layers"]}
+    own = {l["digest"] for l in manifest["layers"] if not l["name"].startswith(("draft.", "draft/"))}
+    drafts = [d for d, draft in is_draft.items() if draft and d not in own]  # tokenizer files are shared
+    assert drafts and not [d for d in drafts if reg.requests("GET", d)]
+    store = Store(server.models_dir)
+    stored = store.get_manifest(ModelName.parse("tiny-llama:draft-mlx"))
+    folder = store.materialize(stored, tmp_path / "run")
+    assert not [p for p in folder.rglob("*") if "draft" in p.name]
+    got = th.logits(th.load_float32(folder), th.PROMPT)
+    assert np.array_equal(got, th.logits(th.load_float32(checkpoints["llama"]), th.PROMPT))

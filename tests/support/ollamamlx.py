@@ -242,3 +242,14 @@ def tiny_checkpoint(model_type: str, out: Path, *, seed: int = 0) -> Path | None
         return build_gemma3_multimodal(out, seed=seed)
     names = [name for name, cfg in th.CONFIGS.items() if cfg["model_type"] == model_type]
     return th.build_hf_checkpoint(out, names[0], seed=seed) if names else None
+
+
+def draft_layers(hf_dir: Path) -> list[tuple[str, str, bytes]]:
+    """A draft model's layers as Ollama stores them beside the model (x/create CreateDraftLayers:
+    tensor and blob names prefixed `draft.`, JSON files named `draft/<file>`), unquantized."""
+    weights: dict[str, mx.array] = {}
+    for f in sorted(Path(hf_dir).glob("model*.safetensors")):
+        weights.update(mx.load(str(f)))
+    layers = [(TENSOR, f"draft.{n}", _blob({f"draft.{n}": w}, None)) for n, w in sorted(weights.items())]
+    layers += [(JSON, f"draft/{f.name}", f.read_bytes()) for f in sorted(Path(hf_dir).glob("*.json"))]
+    return layers
