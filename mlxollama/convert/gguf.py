@@ -294,15 +294,18 @@ def _rows_permutation(rows: int, n_head: int) -> np.ndarray:
     return np.arange(rows).reshape(n_head, head_dim // 2, 2).transpose(0, 2, 1).reshape(-1)
 
 
-def convert_tensor(t: Any, perm_heads: int | None = None, mxfp4_interleaved: bool = False) -> _Tensor:
+def convert_tensor(
+    t: Any, perm_heads: int | None = None, mxfp4_interleaved: bool = False, row_order: np.ndarray | None = None
+) -> _Tensor:
     """One GGUF tensor -> MLX arrays.  ``perm_heads``: undo llama.cpp's Q/K row
     permutation for that many heads (rows are output features, so it applies
-    to packed rows, scales and biases alike, no dequantization needed)."""
+    to packed rows, scales and biases alike, no dequantization needed);
+    ``row_order``: any other row reordering to undo, as an index."""
     qtype = QT(t.tensor_type)
     ne = [int(x) for x in t.shape]  # GGUF order: ne[0] is the contiguous row length
     shape = tuple(reversed(ne))
     cols, rows = ne[0], int(np.prod(ne[1:], dtype=np.int64)) if len(ne) > 1 else 1
-    perm = _rows_permutation(shape[0], perm_heads) if perm_heads else None
+    perm = row_order if row_order is not None else _rows_permutation(shape[0], perm_heads) if perm_heads else None
 
     def permute(a: np.ndarray) -> np.ndarray:
         return a if perm is None else a[perm]
@@ -464,6 +467,16 @@ class ArchSpec:
     mxfp4_interleaved: bool = False
     # Where mlx-lm's model class keeps the text model ("language_model." in multimodal classes)
     param_prefix: str = ""
+    # Rows (1-D: entries) llama.cpp reordered, per GGUF kind: builder(config, n_rows) -> the
+    # index that restores them; input columns likewise (whole 32-column groups when quantized).
+    row_order: Mapping[str, Callable[[Mapping[str, Any], int], np.ndarray]] = field(default_factory=dict)
+    col_order: Mapping[str, Callable[[Mapping[str, Any], int], np.ndarray]] = field(default_factory=dict)
+    # Values llama.cpp transformed, per GGUF kind: the inverse, applied to the decoded values.
+    value_map: Mapping[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    # "kind.suffix" llama.cpp renamed -> mlx-lm's parameter in the block ("model.layers.N.")
+    block_params: Mapping[str, str] = field(default_factory=dict)
+    # F32 kinds kept F32 (SSM conv kernels: small, and llama.cpp computes with them in F32)
+    keep_float32: frozenset[str] = frozenset()
 
 
 _ARCH_ENUM = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -539,6 +552,9 @@ def tensor_name_map(
         kind = spec.renamed.get(kind, kind)
         base = f"{block}.{kind}" if block else kind
         got = tuple(int(x) for x in reversed(t.shape))
+        if block.startswith("blk.") and int(block[4:]) >= n_blocks:
+            names[name] = None  # multi-token-prediction blocks past the model's own (nextn_predict_layers)
+            continue
         if kind in spec.split:
             parts = []
             for part_kind, rows in spec.split[kind]:
@@ -560,7 +576,11 @@ def tensor_name_map(
             # Built once, from the last of its parts; its shape is checked when built.
             names[name] = f"model.layers.{block[4:]}.{joined[1]}.{suffix}" if kind == joined[0][-1] else None
             continue
-        found = pick(base, suffix)
+        renamed = spec.block_params.get(f"{kind}.{suffix}")
+        if renamed and block.startswith("blk."):
+            found = [p for p in (f"{prefix}model.layers.{block[4:]}.{renamed}",) if p in params]
+        else:
+            found = pick(base, suffix)
         if not found and kind in _EXPERT_PROJ:
             # the SwitchGLU of the module holding the router ("mlp.gate", "block_sparse_moe.router.layer")
             for router in pick(f"{block}.ffn_gate_inp", "weight"):
@@ -1251,6 +1271,73 @@ def _llama4_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     return {"model_type": "llama4", "text_config": text, **{k: text[k] for k in top if k in text}}
 
 
+def _reorder_columns(conv: _Tensor, order: np.ndarray) -> None:
+    """Input columns of a converted tensor taken in ``order``; a quantized one only in whole
+    32-column groups (each group's packed words, scale and bias move together, exactly)."""
+    if conv.quant is None:
+        conv.arrays["weight"] = np.ascontiguousarray(conv.arrays["weight"][..., order])
+        return
+    groups = order.reshape(-1, GROUP)
+    if not (groups == groups[:, :1] + np.arange(GROUP)).all() or (groups[:, 0] % GROUP).any():
+        raise UnsupportedGGUF("a column reordering that splits quantization groups")
+    group_order = groups[:, 0] // GROUP
+    for key, a in conv.arrays.items():
+        per_group = a.shape[-1] // len(group_order)  # packed words per group (1 for scales, biases)
+        lead = a.shape[:-1]
+        a = a.reshape(*lead, len(group_order), per_group)[..., group_order, :]
+        conv.arrays[key] = np.ascontiguousarray(a.reshape(*lead, -1))
+
+
+def _qwen35_v_heads(cfg: Mapping[str, Any], head_dim: int) -> np.ndarray:
+    """Index restoring Hugging Face's value-head order (grouped by key head) from llama.cpp's
+    (tiled: value head j of every key head, then j + 1, ...), ``head_dim`` rows per head."""
+    k_heads, v_heads = cfg["linear_num_key_heads"], cfg["linear_num_value_heads"]
+    tiled = np.arange(v_heads * head_dim).reshape(v_heads // k_heads, k_heads, head_dim)
+    return tiled.transpose(1, 0, 2).reshape(-1)
+
+
+def _qwen35_qkv_order(cfg: Mapping[str, Any], n: int) -> np.ndarray:
+    """attn_qkv rows / conv1d channels: q and k as they are, then the value heads."""
+    qk = 2 * cfg["linear_num_key_heads"] * cfg["linear_key_head_dim"]
+    return np.concatenate([np.arange(qk), qk + _qwen35_v_heads(cfg, cfg["linear_value_head_dim"])])
+
+
+def _qwen35_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Qwen3.5 (dense): three gated-delta-net linear-attention layers per full-attention one
+    (gated q_proj, q/k norms, partial rotary).  llama.cpp stores the zero-centred norms as
+    1 + w, which is what mlx-lm's qwen3_5 keeps (its sanitize adds the 1 to Hugging Face
+    files); it reorders value heads key-head-major ("tiled"), turns A_log into -exp(A_log) and
+    dt_bias into ssm_dt.bias: undone here.  Multi-token-prediction blocks are left out."""
+    cfg = {"model_type": "qwen3_5", **_common_config(m, tensors)}
+    if cfg.pop("rope_scaling", None):
+        raise UnsupportedGGUF("qwen35: rope scaling is not supported")
+    cfg["num_hidden_layers"] -= m.int("nextn_predict_layers", 0)
+    head_dim = m.int("attention.key_length") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    rope_dims = m.int("rope.dimension_count") or head_dim // 4
+    v_heads, inner = m.int("ssm.time_step_rank"), m.int("ssm.inner_size")
+    if not v_heads or not inner or not m.int("ssm.group_count"):
+        raise UnsupportedGGUF("qwen35: ssm.* metadata of the linear-attention layers is missing")
+    sections = m.get("rope.dimension_sections") or [11, 11, 10]
+    cfg.update(
+        head_dim=head_dim,
+        attention_bias=False,
+        linear_num_value_heads=v_heads,
+        linear_num_key_heads=m.int("ssm.group_count"),
+        linear_key_head_dim=m.int("ssm.state_size"),
+        linear_value_head_dim=inner // v_heads,
+        linear_conv_kernel_dim=m.int("ssm.conv_kernel", 4),
+        full_attention_interval=m.int("full_attention_interval", 4),
+        # text positions are equal in every M-RoPE section: plain (NeoX) rope over the rotated dims
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": cfg.pop("rope_theta"),
+            "partial_rotary_factor": rope_dims / head_dim,
+            "mrope_section": [int(x) for x in list(sections)[:3]],
+        },
+    )
+    return cfg
+
+
 def _qkv_rows(part: int) -> Callable[[Mapping[str, Any], int], slice]:
     """Rows of q, k or v in a fused [q; k; v] projection."""
 
@@ -1308,6 +1395,20 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "stablelm": ArchSpec(_stablelm_config),
     "nemotron": ArchSpec(_nemotron_config, norm_shift=1.0),
     "llama4": ArchSpec(_llama4_config, param_prefix="language_model."),
+    "qwen35": ArchSpec(
+        _qwen35_config,
+        param_prefix="language_model.",
+        row_order={
+            "attn_qkv": _qwen35_qkv_order,
+            "ssm_conv1d": _qwen35_qkv_order,
+            "attn_gate": lambda c, n: _qwen35_v_heads(c, c["linear_value_head_dim"]),
+            **{k: lambda c, n: _qwen35_v_heads(c, 1) for k in ("ssm_beta", "ssm_alpha", "ssm_a", "ssm_dt")},
+        },
+        col_order={"ssm_out": lambda c, n: _qwen35_v_heads(c, c["linear_value_head_dim"])},
+        value_map={"ssm_a": lambda a: np.log(-a.astype(np.float32))},
+        block_params={"ssm_dt.bias": "linear_attn.dt_bias"},
+        keep_float32=frozenset({"ssm_conv1d"}),
+    ),
     "internlm2": ArchSpec(
         _internlm2_config, joined={"attn_v": (("attn_q", "attn_k", "attn_v"), "attention.wqkv", _internlm2_wqkv)}
     ),
@@ -1447,7 +1548,17 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
                 raise UnsupportedGGUF(f"{t.name}: rebuilt shape {list(w.shape)}, mlx-lm expects {list(params[name])}")
             conv = _Tensor({"weight": _half_if_exact(w)[0]})
         else:
-            conv = convert_tensor(t, perm, spec.mxfp4_interleaved)
+            order = spec.row_order.get(kind)
+            rows = order(config, int(t.shape[-1])) if order else None
+            if kind in spec.keep_float32 and QT(t.tensor_type) == QT.F32:
+                w = _dequantized(t)
+                conv = _Tensor({"weight": w if rows is None else np.ascontiguousarray(w[rows])})
+            else:
+                conv = convert_tensor(t, perm, spec.mxfp4_interleaved, row_order=rows)
+            if kind in spec.col_order:
+                _reorder_columns(conv, spec.col_order[kind](config, int(t.shape[0])))
+            if kind in spec.value_map and conv.quant is None:
+                conv.arrays["weight"] = spec.value_map[kind](conv.arrays["weight"])
         if spec.norm_shift and t.name.endswith("norm.weight"):
             # (1 + w) - 1 is exact in float32 for |w| <= 1, so mlx-lm's 1 + w
             # reproduces the stored value bit for bit.

@@ -71,7 +71,7 @@ def _reference_tokens(hf_dir, weights=None) -> tuple[list[int], list[int]]:
     """(prompt ids, greedy continuation up to EOS) of mlx-lm on ``hf_dir`` (``weights`` replaced)."""
     tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
     ids = tok.encode(PROMPT, add_special_tokens=False).ids
-    model = th.load_float32(hf_dir, weights)
+    model = th.load_float32(hf_dir, weights) if weights is not None else th.load_source(hf_dir)
     out = th.greedy(model, ids, N_PREDICT)
     eos = json.loads((hf_dir / "config.json").read_text())["eos_token_id"]
     return ids, out[: out.index(eos)] if eos in out else out
@@ -126,6 +126,7 @@ def test_f16_pull_matches_original(tmp_path, http, registry, arch):
         ("qwen3", "Q4_K"),  # exact (4-bit affine, 32-groups)
         ("qwen3_moe", "Q4_K"),  # stacked experts, exact
         ("internlm2", "Q8_0"),  # q/k/v rebuilt into wqkv from dequantized rows
+        ("qwen3_5", "Q8_0"),  # value heads reordered back: rows and whole column groups, exactly
         ("llama", "Q4_K_M"),  # Q4_K exact beside Q6_K requantized to 8 bits
         ("gemma3", "Q6_K"),  # requantized to 8 bits
     ],

@@ -50,6 +50,7 @@ GGUF_ARCH = {
     "nemotron": "nemotron",
     "internlm2": "internlm2",
     "llama4": "llama4",
+    "qwen3_5": "qwen35",
 }
 # Phi2Model and StarCoderModel write their own short key set: no rope base,
 # feed_forward_length 4 * n_embd, StarCoder's head_count_kv 1 (multi-query).
@@ -194,6 +195,77 @@ def _llama4_experts(w: gguf.GGUFWriter, names, weights: dict, reference: dict, q
         reference[hf_name] = np.ascontiguousarray(np.concatenate(decoded, axis=1).swapaxes(1, 2))
 
 
+def _qwen35_v_tiled(t: np.ndarray, axis: int, cfg: dict, head_dim: int) -> np.ndarray:
+    """_LinearAttentionVReorderBase._reorder_v_heads: value heads grouped by key head -> tiled."""
+    k_heads, v_heads = cfg["linear_num_key_heads"], cfg["linear_num_value_heads"]
+    axis %= t.ndim
+    shape = t.shape
+    t = t.reshape(*shape[:axis], k_heads, v_heads // k_heads, head_dim, *shape[axis + 1 :])
+    return np.ascontiguousarray(np.swapaxes(t, axis, axis + 1).reshape(shape))
+
+
+# Qwen3NextModel's transforms, by the HF name's ending: what the GGUF holds (in place, under
+# the HF name llama.cpp's table maps) and how a decoded tensor maps back.
+def _qwen35_tensors(weights: dict[str, np.ndarray], cfg: dict) -> None:
+    """Qwen3NextModel / _LinearAttentionVReorderBase on the Hugging Face tensors, in place:
+    A_log -> -exp(A_log), dt_bias -> dt_proj.bias, conv1d squeezed, zero-centred norms + 1
+    (not linear_attn.norm), value heads tiled in in_proj_qkv/z/a/b, A_log, dt_bias, conv1d, out_proj."""
+    qk = 2 * cfg["linear_num_key_heads"] * cfg["linear_key_head_dim"]
+    hv = cfg["linear_value_head_dim"]
+    for name in list(weights):
+        t = weights.pop(name)
+        if name.endswith(".A_log"):
+            t = -np.exp(t)
+        elif name.endswith(".dt_bias"):
+            name = name.removesuffix(".dt_bias") + ".dt_proj.bias"
+        elif "conv1d" in name:
+            t = t.squeeze(1)
+        elif name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
+            t = t + 1
+        if ".linear_attn." in name:
+            if ".in_proj_qkv." in name or ".conv1d." in name:
+                t = np.concatenate([t[:qk], _qwen35_v_tiled(t[qk:], 0, cfg, hv)])
+            elif ".in_proj_z." in name:
+                t = _qwen35_v_tiled(t, 0, cfg, hv)
+            elif ".in_proj_a." in name or ".in_proj_b." in name or ".A_log" in name or ".dt_proj" in name:
+                t = _qwen35_v_tiled(t, 0, cfg, 1)
+            elif ".out_proj." in name:
+                t = _qwen35_v_tiled(t, 1, cfg, hv)
+        weights[name] = np.ascontiguousarray(t, np.float32)
+
+
+def _qwen35_reference(reference: dict[str, np.ndarray], cfg: dict) -> None:
+    """What llama.cpp decodes, back in Hugging Face names and layout (the inverse of _qwen35_tensors)."""
+    qk = 2 * cfg["linear_num_key_heads"] * cfg["linear_key_head_dim"]
+    hv = cfg["linear_value_head_dim"]
+    k_heads, v_heads = cfg["linear_num_key_heads"], cfg["linear_num_value_heads"]
+    swapped = {**cfg, "linear_num_key_heads": v_heads // k_heads}  # tiled -> grouped is the same swap, transposed
+
+    def grouped(t, axis, head_dim):
+        return _qwen35_v_tiled(t, axis, swapped, head_dim)
+
+    for name in list(reference):
+        t = reference.pop(name)
+        if ".linear_attn." in name:
+            if ".in_proj_qkv." in name or ".conv1d." in name:
+                t = np.concatenate([t[:qk], grouped(t[qk:], 0, hv)])
+            elif ".in_proj_z." in name:
+                t = grouped(t, 0, hv)
+            elif ".in_proj_a." in name or ".in_proj_b." in name or ".A_log" in name or ".dt_proj" in name:
+                t = grouped(t, 0, 1)
+            elif ".out_proj." in name:
+                t = grouped(t, 1, hv)
+        if name.endswith(".A_log"):
+            t = np.log(-t)
+        elif name.endswith(".dt_proj.bias"):
+            name = name.removesuffix(".dt_proj.bias") + ".dt_bias"
+        elif "conv1d" in name:
+            t = t[:, None, :]
+        elif name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
+            t = t - 1
+        reference[name] = t
+
+
 def _stack_experts(weights: dict[str, np.ndarray]) -> dict[str, list[str]]:
     """llama.cpp's MoE converters stack the per-expert HF tensors
     ("...experts.E.w1.weight") into one (experts, out, in) tensor named as
@@ -263,6 +335,8 @@ def write_gguf(
     hf_dir = Path(hf_dir)
     cfg = json.loads((hf_dir / "config.json").read_text())
     mt = cfg["model_type"]
+    if mt == "qwen3_5":  # Qwen3_5TextModel: the text config
+        cfg = {**cfg["text_config"], "model_type": mt, "eos_token_id": cfg["eos_token_id"]}
     if mt == "llama4":  # Llama4Model: the text config; the dense MLP width is feed_forward_length
         text = cfg["text_config"]
         cfg = {
@@ -406,6 +480,16 @@ def write_gguf(
     reference: dict[str, np.ndarray] = {}
     if mt == "gpt_oss":
         _gpt_oss_experts(w, names, weights, reference)
+    if mt == "qwen3_5":  # Qwen3NextModel's keys, _Qwen35MRopeMixin's sections
+        w.add_ssm_conv_kernel(cfg["linear_conv_kernel_dim"])
+        w.add_ssm_state_size(cfg["linear_key_head_dim"])
+        w.add_ssm_group_count(cfg["linear_num_key_heads"])
+        w.add_ssm_time_step_rank(cfg["linear_num_value_heads"])
+        w.add_ssm_inner_size(cfg["linear_value_head_dim"] * cfg["linear_num_value_heads"])
+        w.add_full_attention_interval(cfg["full_attention_interval"])
+        w.add_rope_dimension_count(int(head_dim * rope["partial_rotary_factor"]))
+        w.add_rope_dimension_sections([*rope["mrope_section"], 0])
+        _qwen35_tensors(weights, cfg)
     if mt == "llama4":
         w.add_interleave_moe_layer_step(cfg["interleave_moe_layer_step"])
         _llama4_experts(w, names, weights, reference, qtype)
@@ -442,10 +526,14 @@ def write_gguf(
     for merged, parts in experts.items():
         weights[merged] = np.stack([weights.pop(p) for p in parts])
     for hf_name, t in weights.items():
-        # (Llama4Model drops the multimodal class's "language_model." first)
-        name = names.get_name(hf_name.removeprefix("language_model."), try_suffixes=(".weight", ".bias"))
+        # (Llama4Model, Qwen3_5TextModel drop the multimodal class's "language_model." first)
+        name = names.get_name(
+            hf_name.removeprefix("language_model.").replace("model.language_model.", "model."),
+            try_suffixes=(".weight", ".bias"),
+        )
         assert name, hf_name
-        if t.ndim == 1 or name.endswith("_norm.weight"):  # the converter keeps these F32 (command-r+ q/k norms are 2-D)
+        # the converter keeps these F32 (command-r+ q/k norms are 2-D; SSM conv kernels)
+        if t.ndim == 1 or name.endswith(("_norm.weight", "ssm_conv1d.weight")):
             if mt in ("gemma", "gemma2", "gemma3_text", "nemotron") and hf_name.endswith("norm.weight"):
                 w.add_tensor(name, (t + 1).astype(np.float32))
             else:
@@ -473,6 +561,8 @@ def write_gguf(
         q, k, v = (reference.pop(p) for p in parts)
         groups = [q.reshape(n_kv, -1, head_dim, hidden), *(x.reshape(n_kv, 1, head_dim, hidden) for x in (k, v))]
         reference[hf_name] = np.concatenate(groups, axis=1).reshape(-1, hidden)
+    if mt == "qwen3_5":
+        _qwen35_reference(reference, cfg)
     for hf_name, (k_b, v_b) in kv_split.items():
         joined = np.concatenate([reference.pop(k_b).transpose(0, 2, 1), reference.pop(v_b)], axis=1)
         reference[hf_name] = joined.reshape(-1, cfg["kv_lora_rank"])

@@ -416,6 +416,33 @@ CONFIGS: dict[str, dict[str, Any]] = {
             "tie_word_embeddings": False,
         },
     },
+    # Qwen3.5 (dense): 4 layers, three gated-delta-net linear-attention layers then one
+    # gated full-attention layer; 2 key heads and 4 value heads, so llama.cpp's value-head
+    # reordering is exercised; partial rotary (a quarter of the head).
+    "qwen3_5": {
+        "architectures": ["Qwen3_5ForConditionalGeneration"],
+        "model_type": "qwen3_5",
+        "tie_word_embeddings": False,
+        "text_config": {
+            "model_type": "qwen3_5_text",
+            **_BASE,
+            "num_hidden_layers": 4,
+            "head_dim": 64,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "linear_key_head_dim": 32,
+            "linear_value_head_dim": 64,
+            "linear_conv_kernel_dim": 4,
+            "full_attention_interval": 4,
+            "tie_word_embeddings": False,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000000.0,
+                "partial_rotary_factor": 0.25,
+                "mrope_section": [11, 11, 10],
+            },
+        },
+    },
     # gpt-oss as OpenAI publishes it: experts in MXFP4 (HF "_blocks"/"_scales",
     # gate/up rows interleaved), sinks, biases, yarn, a 4-token sliding window
     # on even layers.
@@ -494,7 +521,28 @@ def _llama4_experts(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+# Qwen3.5's zero-centred RMSNorms: Hugging Face stores w, the model (and mlx-lm, once its
+# sanitize has added 1) multiplies by 1 + w.
+_QWEN35_NORMS = (".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight", "_norm.weight")
+
+
+def _qwen35_layout(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Qwen3_5ForConditionalGeneration's names (model.language_model.*), conv1d kernels as
+    (channels, 1, width), zero-centred norms."""
+    out = {}
+    for name, w in weights.items():
+        hf = name.replace("language_model.model.", "model.language_model.").replace("language_model.lm_head", "lm_head")
+        if name.endswith("conv1d.weight"):
+            w = np.ascontiguousarray(np.moveaxis(w, 2, 1))
+        elif name.endswith(_QWEN35_NORMS):
+            w = w - 1.0
+        out[hf] = w
+    return out
+
+
 def _hf_layout(model_type: str, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if model_type == "qwen3_5":
+        return _qwen35_layout(weights)
     if model_type == "gpt_oss":
         return _gpt_oss_mxfp4(weights)
     if model_type == "llama4":
@@ -617,11 +665,21 @@ def load_float32(model_dir: Path, weights: dict[str, np.ndarray] | None = None):
     model, _ = load_model(Path(model_dir))
     if weights is not None:
         arrays = {k: mx.array(v, dtype=mx.float32) if v.dtype.kind == "f" else mx.array(v) for k, v in weights.items()}
-        if any(".experts." in k or "input_linear" in k for k in arrays):  # HF experts -> stacked, as load_model does
+        # HF experts -> stacked, Qwen3.5's HF names and norms -> mlx-lm's, as load_model does
+        if any(".experts." in k or "input_linear" in k or k.startswith("model.language_model.") for k in arrays):
             arrays = model.sanitize(arrays)
         model.load_weights(list(arrays.items()), strict=True)
     set_quantized_param_dtype(model, mx.float32)
     return model
+
+
+def load_source(hf_dir: Path):
+    """The original checkpoint run in float32.  Its values are loaded first, so that a
+    sanitize step (Qwen3.5's 1 + w norms) runs in float32 too rather than in the file's
+    bfloat16, which would round the norms (llama.cpp's converter adds the 1 in float32)."""
+    if json.loads((Path(hf_dir) / "config.json").read_text())["model_type"] == "qwen3_5":
+        return load_float32(hf_dir, load_hf_weights(hf_dir))
+    return load_float32(hf_dir)
 
 
 def logits(model, ids: list[int]) -> np.ndarray:

@@ -49,7 +49,7 @@ def checkpoints(tmp_path_factory):
         key = (arch, json.dumps(overrides, sort_keys=True))
         if key not in cache:
             d = th.build_hf_checkpoint(tmp_path_factory.mktemp(arch), arch, overrides=overrides)
-            src = th.load_float32(d)
+            src = th.load_source(d)
             cache[key] = d, src, th.logits(src, th.PROMPT), th.greedy(src, th.PROMPT)
         return cache[key]
 
@@ -98,8 +98,11 @@ def test_import_matches_source(tmp_path, checkpoints, arch, qtype):
         assert np.corrcoef(got.ravel(), src_logits.ravel())[0, 1] > 0.999
     else:
         # Q4_K's own noise flips some expert choices of deepseek_v2's router
-        # (measured 0.896); the exact check above is what tests the import.
-        assert np.corrcoef(got.ravel(), src_logits.ravel())[0, 1] > (0.85 if arch == "deepseek_v2" else 0.9)
+        # (measured 0.896) and compounds through qwen3_5's recurrent delta-net state
+        # (measured 0.851); the exact check above is what tests the import.
+        assert np.corrcoef(got.ravel(), src_logits.ravel())[0, 1] > (
+            0.84 if arch in ("deepseek_v2", "qwen3_5") else 0.9
+        )
 
 
 def test_config_details(tmp_path, checkpoints):
@@ -241,11 +244,12 @@ def test_supported_architectures():
         "gptoss",
         "internlm2",
         "llama4",
+        "qwen35",
     }
     # every claimed architecture is exercised by test_import_matches_source
     assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3", "gptoss"}
     assert all(gguf_architecture_supported(a) for a in SUPPORTED_GGUF_ARCHITECTURES)
-    for arch in ("mamba", "gemma3n", "gemma4", "qwen35", "qwen35moe", "qwen3next", "granitehybrid", "", "LLAMA"):
+    for arch in ("mamba", "gemma3n", "gemma4", "qwen35moe", "qwen3next", "granitehybrid", "", "LLAMA"):
         assert not gguf_architecture_supported(arch)
 
 
