@@ -55,11 +55,14 @@ from .hf import UnsupportedCheckpoint, check_supported
 log = logging.getLogger("mlxollama.convert")
 
 # model_type values whose Ollama tensor layout is checked here against mlx-lm (logits of tiny
-# checkpoints): Ollama's MLX engine runs LlamaForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM and
-# Gemma3ForConditionalGeneration from its generic writer (Hugging Face names; mlx-lm's gemma3
-# drops the vision tower). Its other MLX architectures (gemma4, qwen3.5, glm4-moe-lite,
-# nemotron-h, laguna, cohere2-moe) go through per-architecture rewrites not mapped yet.
-SUPPORTED_MODEL_TYPES = ("gemma3", "gemma3_text", "llama", "qwen3")
+# checkpoints). Ollama's MLX importer keeps Hugging Face's names and layout for every
+# architecture (its per-architecture "import transforms" only choose quantization types), so
+# mlx-lm's sanitize reads them as it reads a Hugging Face checkpoint: Llama, Qwen3, Gemma3 (text
+# and multimodal: the vision tower is dropped) and dense Qwen3.5 (zero-centred norms and conv1d
+# in Hugging Face's layout). Not admitted yet: MoE layouts (qwen3.5 MoE, glm4-moe-lite,
+# cohere2-moe, laguna, gemma4's experts: stacked expert tensors that mlx-lm's sanitize splits
+# unquantized), gemma4 and nemotron-h, which no tiny checkpoint here checks.
+SUPPORTED_MODEL_TYPES = ("gemma3", "gemma3_text", "llama", "qwen3", "qwen3_5")
 
 # Ollama's quantization types (x/quant): group size, bits, MLX mode.
 QUANT_TYPES: dict[str, tuple[int, int, str]] = {

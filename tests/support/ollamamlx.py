@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 from .fakeregistry import CONFIG, MANIFEST_V2, FakeRegistry
 
@@ -96,8 +97,19 @@ def _expert_group(name: str) -> tuple[str, int, str] | None:
     return (m.group(1), int(m.group(2)), m.group(3)) if m else None
 
 
+# Architectures whose import transform (x/create/qwen35.go) keeps the low-rank linear-attention
+# projections at source precision.
+_QWEN35 = ("Qwen3_5", "Qwen3Next")
+
+
+def _qwen35_low_rank(name: str) -> bool:
+    return name.endswith((".linear_attn.in_proj_a.weight", ".linear_attn.in_proj_b.weight", ".in_proj_ba.weight"))
+
+
 def ollama_mlx_layers(hf_dir: Path, quantize: str = "") -> tuple[list[tuple[str, str, bytes]], dict[str, str]]:
     """(mediaType, name, blob) in Ollama's layer order, and which tensors were quantized to what."""
+    arch = (json.loads((Path(hf_dir) / "config.json").read_text()).get("architectures") or [""])[0]
+    qwen35 = arch.startswith(_QWEN35)
     weights: dict[str, mx.array] = {}
     for f in sorted(Path(hf_dir).glob("model*.safetensors")):
         weights.update(mx.load(str(f)))
@@ -106,6 +118,8 @@ def ollama_mlx_layers(hf_dir: Path, quantize: str = "") -> tuple[list[tuple[str,
 
     def quantized(name: str, w: mx.array) -> dict[str, mx.array]:
         q = tensor_quantization(name, tuple(w.shape), quantize) if quantize else ""
+        if qwen35 and _qwen35_low_rank(name):
+            q = ""
         if not q:
             return {name: w}
         chosen[name] = q
@@ -240,6 +254,8 @@ def tiny_checkpoint(model_type: str, out: Path, *, seed: int = 0) -> Path | None
 
     if model_type == "gemma3":
         return build_gemma3_multimodal(out, seed=seed)
+    if model_type == "qwen3_5":
+        return build_qwen3_5(out, seed=seed)
     names = [name for name, cfg in th.CONFIGS.items() if cfg["model_type"] == model_type]
     return th.build_hf_checkpoint(out, names[0], seed=seed) if names else None
 
@@ -253,3 +269,85 @@ def draft_layers(hf_dir: Path) -> list[tuple[str, str, bytes]]:
     layers = [(TENSOR, f"draft.{n}", _blob({f"draft.{n}": w}, None)) for n, w in sorted(weights.items())]
     layers += [(JSON, f"draft/{f.name}", f.read_bytes()) for f in sorted(Path(hf_dir).glob("*.json"))]
     return layers
+
+
+QWEN3_5_CONFIG = {
+    "architectures": ["Qwen3_5ForConditionalGeneration"],
+    "model_type": "qwen3_5",
+    "text_config": {
+        "model_type": "qwen3_5_text",
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,  # three gated-delta-net layers, then full attention
+        "full_attention_interval": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "linear_num_value_heads": 4,
+        "linear_num_key_heads": 2,
+        "linear_key_head_dim": 64,
+        "linear_value_head_dim": 64,
+        "linear_conv_kernel_dim": 4,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 2048,
+        "rope_parameters": {
+            "rope_type": "default",
+            "mrope_section": [11, 11, 10],
+            "rope_theta": 10000000,
+            "partial_rotary_factor": 0.25,
+        },
+    },
+    "vision_config": {"depth": 1, "hidden_size": 64},
+}
+
+# Hugging Face stores these RMSNorm weights as offsets from 1 (mlx-lm adds 1 when it loads).
+_QWEN35_OFFSET_NORMS = (
+    ".input_layernorm.weight",
+    ".post_attention_layernorm.weight",
+    "model.norm.weight",
+    ".q_norm.weight",
+    ".k_norm.weight",
+)
+
+
+def build_qwen3_5(out: Path, *, seed: int = 0) -> Path:
+    """A tiny Qwen3_5ForConditionalGeneration folder in Hugging Face's layout (the inverse of
+    mlx-lm's qwen3_5 sanitize: `model.language_model.*` names, conv1d as [C, 1, K], norms as
+    offsets from 1), random weights from mlx-lm's own parameter shapes."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    from . import tinyhf as th
+    from .tinymodels import build_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(out)
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    config = json.loads(json.dumps(QWEN3_5_CONFIG))
+    config["text_config"].update(vocab_size=len(vocab), eos_token_id=vocab[th.EOS])
+    config["torch_dtype"] = "bfloat16"
+    config["eos_token_id"] = vocab[th.EOS]
+    model_cls, args_cls = _get_classes(config)
+    model = model_cls(args_cls.from_dict(json.loads(json.dumps(config))))
+    shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    weights = th._random_weights("qwen3_5", shapes, np.random.default_rng(seed))
+    hf: dict[str, mx.array] = {}
+    for name, w in weights.items():
+        if "conv1d.weight" in name:
+            w = np.swapaxes(w, 1, 2)
+        elif name.endswith(_QWEN35_OFFSET_NORMS) and w.ndim == 1:
+            w = w - 1.0
+        if name.startswith("language_model.model."):
+            name = "model.language_model." + name.removeprefix("language_model.model.")
+        else:
+            name = name.removeprefix("language_model.")
+        hf[name] = mx.array(w).astype(mx.bfloat16)
+    # a vision block, as the multimodal repos hold (mlx-lm drops `model.visual.*`)
+    hf["model.visual.blocks.0.attn.qkv.weight"] = (mx.random.normal((192, 64), key=mx.random.key(seed)) * 0.1).astype(
+        mx.bfloat16
+    )
+    mx.save_safetensors(str(out / "model.safetensors"), hf, metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": vocab[th.EOS]}))
+    return out
