@@ -477,6 +477,11 @@ class ArchSpec:
     block_params: Mapping[str, str] = field(default_factory=dict)
     # F32 kinds kept F32 (SSM conv kernels: small, and llama.cpp computes with them in F32)
     keep_float32: frozenset[str] = frozenset()
+    # Like ``joined``, for tensors llama.cpp only split by rows: GGUF kind -> (kinds, mlx-lm
+    # module, row index(config) into their concatenation); kept quantized when the parts agree.
+    rows_joined: Mapping[str, tuple[tuple[str, ...], str, Callable[[Mapping[str, Any]], np.ndarray]]] = field(
+        default_factory=dict
+    )
 
 
 _ARCH_ENUM = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -571,7 +576,7 @@ def tensor_name_map(
                 parts.append((found[0], rows))
             names[name] = tuple(parts)
             continue
-        joined = next((j for j in spec.joined.values() if kind in j[0]), None)
+        joined = next((j for j in [*spec.joined.values(), *spec.rows_joined.values()] if kind in j[0]), None)
         if joined is not None and block.startswith("blk."):
             # Built once, from the last of its parts; its shape is checked when built.
             names[name] = f"model.layers.{block[4:]}.{joined[1]}.{suffix}" if kind == joined[0][-1] else None
@@ -1302,6 +1307,42 @@ def _qwen35_qkv_order(cfg: Mapping[str, Any], n: int) -> np.ndarray:
     return np.concatenate([np.arange(qk), qk + _qwen35_v_heads(cfg, cfg["linear_value_head_dim"])])
 
 
+def _qwen3next_qkvz_rows(cfg: Mapping[str, Any]) -> np.ndarray:
+    """Rows of [attn_qkv; attn_gate] (llama.cpp: all q heads, all k, all v, then z) in mlx-lm's
+    in_proj_qkvz order, grouped per key head: [q_g, k_g, v_g (its value heads), z_g]."""
+    nk, dk = cfg["linear_num_key_heads"], cfg["linear_key_head_dim"]
+    v_per_k = cfg["linear_num_value_heads"] // nk * cfg["linear_value_head_dim"]
+    q = np.arange(nk * dk).reshape(nk, dk)
+    k = nk * dk + q
+    v = 2 * nk * dk + np.arange(nk * v_per_k).reshape(nk, v_per_k)
+    z = v + nk * v_per_k
+    return np.concatenate([q, k, v, z], axis=1).reshape(-1)
+
+
+def _qwen3next_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Qwen3-Next: qwen3.5's layer pattern (gated delta net, gated attention) with routed and
+    gated shared experts on every layer; no value-head reordering; mlx-lm keeps q/k/v/z and
+    b/a fused per key head (older files hold them so, as ssm_in / ssm_ba; newer ones split
+    ssm_in into attn_qkv + attn_gate, regrouped here)."""
+    cfg = _qwen35_config(m, tensors)
+    cfg.pop("rope_parameters")
+    cfg.update(
+        model_type="qwen3_next",
+        rope_theta=m.float("rope.freq_base", 10000.0),
+        partial_rotary_factor=(m.int("rope.dimension_count") or cfg["head_dim"] // 4) / cfg["head_dim"],
+        num_experts=m.int("expert_count"),
+        num_experts_per_tok=m.int("expert_used_count"),
+        moe_intermediate_size=m.int("expert_feed_forward_length"),
+        shared_expert_intermediate_size=m.int("expert_shared_feed_forward_length"),
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        norm_topk_prob=bool(m.get("expert_weights_norm", True)),
+    )
+    if not cfg["num_experts"]:
+        raise UnsupportedGGUF("qwen3next without experts is not supported")
+    return cfg
+
+
 def _qwen35_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     """Qwen3.5 (dense): three gated-delta-net linear-attention layers per full-attention one
     (gated q_proj, q/k norms, partial rotary).  llama.cpp stores the zero-centred norms as
@@ -1395,6 +1436,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "stablelm": ArchSpec(_stablelm_config),
     "nemotron": ArchSpec(_nemotron_config, norm_shift=1.0),
     "llama4": ArchSpec(_llama4_config, param_prefix="language_model."),
+    "qwen3next": ArchSpec(
+        _qwen3next_config,
+        value_map={"ssm_a": lambda a: np.log(-a.astype(np.float32))},
+        block_params={"ssm_dt.bias": "linear_attn.dt_bias"},
+        keep_float32=frozenset({"ssm_conv1d"}),
+        rows_joined={"attn_gate": (("attn_qkv", "attn_gate"), "linear_attn.in_proj_qkvz", _qwen3next_qkvz_rows)},
+    ),
     "qwen35": ArchSpec(
         _qwen35_config,
         param_prefix="language_model.",
@@ -1540,7 +1588,24 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
             elif ".self_attn.k_proj." in name:
                 perm = n_kv
         kind = t.name.split(".")[2] if t.name.startswith("blk.") else ""
-        if kind in spec.joined:
+        if kind in spec.rows_joined:
+            parts, _, order = spec.rows_joined[kind]
+            sources = [tensors[f"blk.{t.name.split('.')[1]}.{p}.weight"] for p in parts]
+            convs = [convert_tensor(s, None, spec.mxfp4_interleaved) for s in sources]
+            if len({(c.quant, tuple(c.arrays)) for c in convs}) == 1:  # same quantization: rows move exactly
+                rows = order(config)
+                arrays = {
+                    k: np.ascontiguousarray(np.concatenate([c.arrays[k] for c in convs])[rows]) for k in convs[0].arrays
+                }
+                conv = _Tensor(arrays, convs[0].quant)
+            else:
+                w = np.concatenate([_dequantized(s) for s in sources])[order(config)]
+                conv = _Tensor({"weight": _half_if_exact(w)[0]})
+            if conv.quant is None and conv.arrays["weight"].shape != params[name]:
+                raise UnsupportedGGUF(
+                    f"{t.name}: rebuilt shape {list(conv.arrays['weight'].shape)}, mlx-lm expects {list(params[name])}"
+                )
+        elif kind in spec.joined:
             parts, _, build = spec.joined[kind]
             block = t.name.split(".")[1]
             w = build(config, *(_dequantized(tensors[f"blk.{block}.{p}.weight"]) for p in parts))

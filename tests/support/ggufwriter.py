@@ -51,6 +51,7 @@ GGUF_ARCH = {
     "internlm2": "internlm2",
     "llama4": "llama4",
     "qwen3_5": "qwen35",
+    "qwen3_next": "qwen3next",
 }
 # Phi2Model and StarCoderModel write their own short key set: no rope base,
 # feed_forward_length 4 * n_embd, StarCoder's head_count_kv 1 (multi-query).
@@ -206,14 +207,25 @@ def _qwen35_v_tiled(t: np.ndarray, axis: int, cfg: dict, head_dim: int) -> np.nd
 
 # Qwen3NextModel's transforms, by the HF name's ending: what the GGUF holds (in place, under
 # the HF name llama.cpp's table maps) and how a decoded tensor maps back.
-def _qwen35_tensors(weights: dict[str, np.ndarray], cfg: dict) -> None:
+def _qwen35_tensors(weights: dict[str, np.ndarray], cfg: dict, reorder_v: bool = True) -> None:
     """Qwen3NextModel / _LinearAttentionVReorderBase on the Hugging Face tensors, in place:
     A_log -> -exp(A_log), dt_bias -> dt_proj.bias, conv1d squeezed, zero-centred norms + 1
-    (not linear_attn.norm), value heads tiled in in_proj_qkv/z/a/b, A_log, dt_bias, conv1d, out_proj."""
+    (not linear_attn.norm), value heads tiled in in_proj_qkv/z/a/b, A_log, dt_bias, conv1d, out_proj
+    (``reorder_v``: Qwen3.5's _LinearAttentionVReorderBase; Qwen3-Next instead splits its fused
+    per-key-head in_proj_qkvz into in_proj_qkv (all q, all k, all v) and in_proj_z)."""
     qk = 2 * cfg["linear_num_key_heads"] * cfg["linear_key_head_dim"]
     hv = cfg["linear_value_head_dim"]
     for name in list(weights):
         t = weights.pop(name)
+        if name.endswith("in_proj_qkvz.weight"):
+            nk, dk = cfg["linear_num_key_heads"], cfg["linear_key_head_dim"]
+            vz = cfg["linear_num_value_heads"] // nk * hv
+            q, k, v, z = np.split(t.reshape(nk, -1, t.shape[-1]), np.cumsum([dk, dk, vz]), axis=1)
+            weights[name.replace("in_proj_qkvz", "in_proj_qkv")] = np.concatenate(
+                [x.reshape(-1, t.shape[-1]) for x in (q, k, v)]
+            )
+            weights[name.replace("in_proj_qkvz", "in_proj_z")] = z.reshape(-1, t.shape[-1])
+            continue
         if name.endswith(".A_log"):
             t = -np.exp(t)
         elif name.endswith(".dt_bias"):
@@ -222,7 +234,7 @@ def _qwen35_tensors(weights: dict[str, np.ndarray], cfg: dict) -> None:
             t = t.squeeze(1)
         elif name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
             t = t + 1
-        if ".linear_attn." in name:
+        if ".linear_attn." in name and reorder_v:
             if ".in_proj_qkv." in name or ".conv1d." in name:
                 t = np.concatenate([t[:qk], _qwen35_v_tiled(t[qk:], 0, cfg, hv)])
             elif ".in_proj_z." in name:
@@ -234,7 +246,7 @@ def _qwen35_tensors(weights: dict[str, np.ndarray], cfg: dict) -> None:
         weights[name] = np.ascontiguousarray(t, np.float32)
 
 
-def _qwen35_reference(reference: dict[str, np.ndarray], cfg: dict) -> None:
+def _qwen35_reference(reference: dict[str, np.ndarray], cfg: dict, reorder_v: bool = True) -> None:
     """What llama.cpp decodes, back in Hugging Face names and layout (the inverse of _qwen35_tensors)."""
     qk = 2 * cfg["linear_num_key_heads"] * cfg["linear_key_head_dim"]
     hv = cfg["linear_value_head_dim"]
@@ -244,9 +256,17 @@ def _qwen35_reference(reference: dict[str, np.ndarray], cfg: dict) -> None:
     def grouped(t, axis, head_dim):
         return _qwen35_v_tiled(t, axis, swapped, head_dim)
 
+    for name in [k for k in reference if k.endswith("in_proj_qkv.weight") and not reorder_v]:
+        qkv, z = reference.pop(name), reference.pop(name.replace("in_proj_qkv", "in_proj_z"))
+        nk = cfg["linear_num_key_heads"]
+        q, k, v = np.split(qkv, [qk // 2, qk])
+        per_head = [x.reshape(nk, -1, x.shape[-1]) for x in (q, k, v, z)]
+        reference[name.replace("in_proj_qkv", "in_proj_qkvz")] = np.concatenate(per_head, axis=1).reshape(
+            -1, qkv.shape[-1]
+        )
     for name in list(reference):
         t = reference.pop(name)
-        if ".linear_attn." in name:
+        if ".linear_attn." in name and reorder_v:
             if ".in_proj_qkv." in name or ".conv1d." in name:
                 t = np.concatenate([t[:qk], grouped(t[qk:], 0, hv)])
             elif ".in_proj_z." in name:
@@ -480,16 +500,17 @@ def write_gguf(
     reference: dict[str, np.ndarray] = {}
     if mt == "gpt_oss":
         _gpt_oss_experts(w, names, weights, reference)
-    if mt == "qwen3_5":  # Qwen3NextModel's keys, _Qwen35MRopeMixin's sections
+    if mt in ("qwen3_5", "qwen3_next"):  # Qwen3NextModel's keys, _Qwen35MRopeMixin's sections
         w.add_ssm_conv_kernel(cfg["linear_conv_kernel_dim"])
         w.add_ssm_state_size(cfg["linear_key_head_dim"])
         w.add_ssm_group_count(cfg["linear_num_key_heads"])
         w.add_ssm_time_step_rank(cfg["linear_num_value_heads"])
         w.add_ssm_inner_size(cfg["linear_value_head_dim"] * cfg["linear_num_value_heads"])
         w.add_full_attention_interval(cfg["full_attention_interval"])
-        w.add_rope_dimension_count(int(head_dim * rope["partial_rotary_factor"]))
-        w.add_rope_dimension_sections([*rope["mrope_section"], 0])
-        _qwen35_tensors(weights, cfg)
+        w.add_rope_dimension_count(int(head_dim * (rope or cfg)["partial_rotary_factor"]))
+        if mt == "qwen3_5":
+            w.add_rope_dimension_sections([*rope["mrope_section"], 0])
+        _qwen35_tensors(weights, cfg, reorder_v=mt == "qwen3_5")
     if mt == "llama4":
         w.add_interleave_moe_layer_step(cfg["interleave_moe_layer_step"])
         _llama4_experts(w, names, weights, reference, qtype)
@@ -561,8 +582,8 @@ def write_gguf(
         q, k, v = (reference.pop(p) for p in parts)
         groups = [q.reshape(n_kv, -1, head_dim, hidden), *(x.reshape(n_kv, 1, head_dim, hidden) for x in (k, v))]
         reference[hf_name] = np.concatenate(groups, axis=1).reshape(-1, hidden)
-    if mt == "qwen3_5":
-        _qwen35_reference(reference, cfg)
+    if mt in ("qwen3_5", "qwen3_next"):
+        _qwen35_reference(reference, cfg, reorder_v=mt == "qwen3_5")
     for hf_name, (k_b, v_b) in kv_split.items():
         joined = np.concatenate([reference.pop(k_b).transpose(0, 2, 1), reference.pop(v_b)], axis=1)
         reference[hf_name] = joined.reshape(-1, cfg["kv_lora_rank"])

@@ -443,6 +443,30 @@ CONFIGS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    # Qwen3-Next: qwen3.5's layers with 4 routed experts (2 per token) and a gated shared expert.
+    "qwen3_next": {
+        "architectures": ["Qwen3NextForCausalLM"],
+        "model_type": "qwen3_next",
+        **_BASE,
+        "num_hidden_layers": 4,
+        "head_dim": 64,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "linear_key_head_dim": 32,
+        "linear_value_head_dim": 64,
+        "linear_conv_kernel_dim": 4,
+        "full_attention_interval": 4,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 128,
+        "shared_expert_intermediate_size": 256,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "norm_topk_prob": True,
+        "rope_theta": 10000000.0,
+        "partial_rotary_factor": 0.25,
+        "tie_word_embeddings": False,
+    },
     # gpt-oss as OpenAI publishes it: experts in MXFP4 (HF "_blocks"/"_scales",
     # gate/up rows interleaved), sinks, biases, yarn, a 4-token sliding window
     # on even layers.
@@ -543,6 +567,8 @@ def _qwen35_layout(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _hf_layout(model_type: str, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if model_type == "qwen3_5":
         return _qwen35_layout(weights)
+    if model_type == "qwen3_next":  # Qwen3.5's conv kernels and norms, plus one tensor per expert
+        weights = {k.removeprefix("language_model."): v for k, v in _qwen35_layout(weights).items()}
     if model_type == "gpt_oss":
         return _gpt_oss_mxfp4(weights)
     if model_type == "llama4":
@@ -666,7 +692,7 @@ def load_float32(model_dir: Path, weights: dict[str, np.ndarray] | None = None):
     if weights is not None:
         arrays = {k: mx.array(v, dtype=mx.float32) if v.dtype.kind == "f" else mx.array(v) for k, v in weights.items()}
         # HF experts -> stacked, Qwen3.5's HF names and norms -> mlx-lm's, as load_model does
-        if any(".experts." in k or "input_linear" in k or k.startswith("model.language_model.") for k in arrays):
+        if any(".experts." in k or "input_linear" in k or "conv1d" in k for k in arrays):
             arrays = model.sanitize(arrays)
         model.load_weights(list(arrays.items()), strict=True)
     set_quantized_param_dtype(model, mx.float32)
@@ -677,7 +703,7 @@ def load_source(hf_dir: Path):
     """The original checkpoint run in float32.  Its values are loaded first, so that a
     sanitize step (Qwen3.5's 1 + w norms) runs in float32 too rather than in the file's
     bfloat16, which would round the norms (llama.cpp's converter adds the 1 in float32)."""
-    if json.loads((Path(hf_dir) / "config.json").read_text())["model_type"] == "qwen3_5":
+    if json.loads((Path(hf_dir) / "config.json").read_text())["model_type"] in ("qwen3_5", "qwen3_next"):
         return load_float32(hf_dir, load_hf_weights(hf_dir))
     return load_float32(hf_dir)
 

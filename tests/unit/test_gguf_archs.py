@@ -98,11 +98,11 @@ def test_import_matches_source(tmp_path, checkpoints, arch, qtype):
         assert np.corrcoef(got.ravel(), src_logits.ravel())[0, 1] > 0.999
     else:
         # Q4_K's own noise flips some expert choices of deepseek_v2's router
-        # (measured 0.896) and compounds through qwen3_5's recurrent delta-net state
-        # (measured 0.851); the exact check above is what tests the import.
-        assert np.corrcoef(got.ravel(), src_logits.ravel())[0, 1] > (
-            0.84 if arch in ("deepseek_v2", "qwen3_5") else 0.9
-        )
+        # (measured 0.896) and compounds through the recurrent delta-net state of
+        # qwen3_5 (0.851) and qwen3_next (0.766, routed experts too); the exact check
+        # above is what tests the import.
+        floor = {"deepseek_v2": 0.84, "qwen3_5": 0.84, "qwen3_next": 0.74}.get(arch, 0.9)
+        assert np.corrcoef(got.ravel(), src_logits.ravel())[0, 1] > floor
 
 
 def test_config_details(tmp_path, checkpoints):
@@ -245,11 +245,12 @@ def test_supported_architectures():
         "internlm2",
         "llama4",
         "qwen35",
+        "qwen3next",
     }
     # every claimed architecture is exercised by test_import_matches_source
     assert SUPPORTED_GGUF_ARCHITECTURES <= set(GGUF_ARCH.values()) | {"mistral3", "gptoss"}
     assert all(gguf_architecture_supported(a) for a in SUPPORTED_GGUF_ARCHITECTURES)
-    for arch in ("mamba", "gemma3n", "gemma4", "qwen35moe", "qwen3next", "granitehybrid", "", "LLAMA"):
+    for arch in ("mamba", "gemma3n", "gemma4", "qwen35moe", "granitehybrid", "", "LLAMA"):
         assert not gguf_architecture_supported(arch)
 
 
@@ -409,3 +410,45 @@ def test_q6_k_and_q4_k_m_mix(tmp_path, checkpoints, arch, mix):
     # Random weights put some top-1 margins (down to 0.05) below that noise (max abs 0.2-0.46):
     # measured 11 or 12 of 12 positions identical.
     assert (got.argmax(-1) == want.argmax(-1)).sum() >= len(th.PROMPT) - 1
+
+
+def test_qwen3next_fused_ssm_in(tmp_path, checkpoints):
+    """Qwen3-Next files from converters that kept in_proj_qkvz whole (ssm_in, per key head:
+    q, k, v, z) map straight onto mlx-lm's in_proj_qkvz; newer ones split it (attn_qkv +
+    attn_gate), regrouped exactly and kept quantized (test_import_matches_source)."""
+    hf_dir = checkpoints("qwen3_next")[0]
+    split = tmp_path / "split.gguf"
+    reference = write_gguf(hf_dir, split, QT.Q8_0)
+    r = gguf.GGUFReader(str(split))
+    tensors = {t.name: t for t in r.tensors}
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    nk, dk = cfg["linear_num_key_heads"], cfg["linear_key_head_dim"]
+
+    fused = {}  # Q8_0 rows regrouped as they are (whole rows: blocks never straddle them)
+    for layer in range(cfg["num_hidden_layers"]):
+        if f"blk.{layer}.attn_gate.weight" in tensors:
+            qkv = np.asarray(tensors[f"blk.{layer}.attn_qkv.weight"].data)
+            z = np.asarray(tensors[f"blk.{layer}.attn_gate.weight"].data)
+            groups = [x.reshape(nk, -1, qkv.shape[1]) for x in (*np.split(qkv, [nk * dk, 2 * nk * dk]), z)]
+            fused[f"blk.{layer}.ssm_in.weight"] = np.concatenate(groups, axis=1).reshape(-1, qkv.shape[1])
+    assert len(fused) == 3  # the three linear-attention layers
+    drop = {n.replace("ssm_in", p) for n in fused for p in ("attn_qkv", "attn_gate")}
+    w = gguf.GGUFWriter(str(tmp_path / "fused.gguf"), "qwen3next")
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        if f.types[0] == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1])
+        else:
+            w.add_key_value(key, f.contents(), f.types[0])
+    for t in r.tensors:
+        if t.name not in drop:  # the reader's arrays: elements for F32/F16, bytes per row when quantized
+            w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    for name, a in fused.items():
+        w.add_tensor(name, a, raw_dtype=QT.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    import_gguf(tmp_path / "fused.gguf", tmp_path / "mlx")
+    _check_exact(tmp_path / "mlx", hf_dir, reference)
