@@ -58,11 +58,14 @@ log = logging.getLogger("mlxollama.convert")
 # checkpoints). Ollama's MLX importer keeps Hugging Face's names and layout for every
 # architecture (its per-architecture "import transforms" only choose quantization types), so
 # mlx-lm's sanitize reads them as it reads a Hugging Face checkpoint: Llama, Qwen3, Gemma3 (text
-# and multimodal: the vision tower is dropped) and dense Qwen3.5 (zero-centred norms and conv1d
-# in Hugging Face's layout). Not admitted yet: MoE layouts (qwen3.5 MoE, glm4-moe-lite,
-# cohere2-moe, laguna, gemma4's experts: stacked expert tensors that mlx-lm's sanitize splits
-# unquantized), gemma4 and nemotron-h, which no tiny checkpoint here checks.
-SUPPORTED_MODEL_TYPES = ("gemma3", "gemma3_text", "llama", "qwen3", "qwen3_5")
+# and multimodal: the vision tower is dropped), dense Qwen3.5 (zero-centred norms and conv1d in
+# Hugging Face's layout) and dense Gemma4 (per-layer inputs, shared K/V layers). Not admitted
+# yet: mixture-of-experts layouts (qwen3.5 MoE, gemma4 26b, glm4-moe-lite, cohere2-moe, laguna:
+# stacked expert tensors, which mlx-lm's sanitize splits and renames, not checked quantized here)
+# and nemotron-h.
+SUPPORTED_MODEL_TYPES = ("gemma3", "gemma3_text", "gemma4", "llama", "qwen3", "qwen3_5")
+# Admitted model types whose mixture-of-experts configurations are still refused.
+DENSE_ONLY = ("gemma4",)
 
 # Ollama's quantization types (x/quant): group size, bits, MLX mode.
 QUANT_TYPES: dict[str, tuple[int, int, str]] = {
@@ -130,6 +133,13 @@ def check_architecture(hf_config: dict) -> str:
     except UnsupportedCheckpoint as e:
         log.info("refusing Ollama MLX model: %s", e)
         raise ManageError(f'unsupported model architecture "{named}": mlx-lm has no model class for it', 400) from e
+    text = hf_config.get("text_config") if isinstance(hf_config.get("text_config"), dict) else hf_config
+    if model_type in DENSE_ONLY and (text.get("enable_moe_block") or text.get("num_experts")):
+        raise ManageError(
+            f'unsupported model architecture "{named}": mlxollama converts only dense Ollama MLX models of '
+            f"{named} (this one has experts)",
+            400,
+        )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ManageError(
             f'unsupported model architecture "{named}": mlxollama converts Ollama MLX models of '

@@ -1,14 +1,13 @@
 """Ollama's own `-mlx` tags (tensor layers, tests/support/ollamamlx.py) pulled through a live
 server's /api/pull from a loopback registry, then run with mlx-lm.
 
-Reference: mlx-lm on the original Hugging Face checkpoint in float32. Unquantized tags must give
-the same logits exactly. A quantized tag holds, for each tensor Ollama's policy quantizes, mlx's
-quantize() of it: the reference gets those tensors dequantized (in float32), so the import is
-checked for exact placement of every packed weight, scale and bias, not for quantization error.
-Measured max abs logit difference against that reference (logits up to 17-59 in magnitude): 0 for
-bf16, int4 and int8; 1.5e-5 to 7.1e-5 for mxfp4, mxfp8 and nvfp4 (mlx's fp4/fp8 matmul against a
-float32 one). Against the float original, for information (quantization error of random tiny
-weights): 0.45-1.4 for int8, 2.6-12 for int4, 3.1-14 for the fp4 types.
+Reference: mlx-lm on the original Hugging Face checkpoint in float32 -- unquantized for a bf16
+tag; for a quantized tag, quantized by mlx itself (nn.quantize) with the type Ollama's policy gave
+each tensor, so the same kernels run on what should be the same packed weights, scales and biases.
+Measured max abs logit difference against that reference: 0 (bit-identical logits) for every
+architecture and type. Against the float original, for information (the quantization error of
+random tiny weights; logits up to 5-59 in magnitude): 0.3-1.4 for int8, 2.6-13 for int4 and
+3.1-16 for the fp4 types.
 """
 
 from __future__ import annotations
@@ -18,9 +17,12 @@ from pathlib import Path
 
 import httpx
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx_lm.utils import load_model
 
+from mlxollama.convert.gguf import set_quantized_param_dtype
 from mlxollama.store import ModelName, Store
 
 from ..support import tinyhf as th
@@ -30,6 +32,7 @@ from ..support.ollamamlx import (
     QUANT,
     TENSOR,
     build_gemma3_multimodal,
+    build_gemma4,
     build_qwen3_5,
     draft_layers,
     ollama_config,
@@ -38,7 +41,7 @@ from ..support.ollamamlx import (
 )
 
 # tinyhf names (gemma3: Gemma3ForCausalLM, gemma3_text), and the multimodal gemma3 repos' layout
-ARCHS = ("llama", "qwen3", "gemma3", "gemma3-vision", "qwen3_5")
+ARCHS = ("llama", "qwen3", "gemma3", "gemma3-vision", "qwen3_5", "gemma4")
 QUANTS = ("", "int4", "int8", "mxfp4", "mxfp8", "nvfp4")
 TEMPLATE = "application/vnd.ollama.image.template"
 PARAMS = "application/vnd.ollama.image.params"
@@ -54,6 +57,7 @@ def checkpoints(tmp_path_factory):
     out = {arch: th.build_hf_checkpoint(root / arch, arch, seed=3) for arch in ("llama", "qwen3", "gemma3")}
     out["gemma3-vision"] = build_gemma3_multimodal(root / "gemma3-vision", seed=3)
     out["qwen3_5"] = build_qwen3_5(root / "qwen3_5", seed=3)
+    out["gemma4"] = build_gemma4(root / "gemma4", seed=3)
     return out
 
 
@@ -107,31 +111,30 @@ def pull(http, name: str) -> list[dict]:
     return [json.loads(line) for line in r.text.splitlines()]
 
 
-def _dequantized(w: np.ndarray, q: str) -> np.ndarray:
-    """What the tag holds for a tensor quantized to q, in float32."""
-    group, bits, mode = QUANT[q]
-    parts = mx.quantize(mx.array(w).astype(mx.bfloat16), group_size=group, bits=bits, mode=mode)
-    scales = parts[1].astype(mx.float32) if mode == "affine" else parts[1]
-    biases = parts[2].astype(mx.float32) if mode == "affine" else None
-    deq = mx.dequantize(parts[0], scales, biases, group_size=group, bits=bits, mode=mode)
-    return np.array(deq.astype(mx.float32))
+def _canonical(path: str) -> str:
+    """A module path without the wrapper prefixes Hugging Face and mlx-lm spell differently."""
+    for prefix in ("model.language_model.", "language_model.model.", "language_model.", "model."):
+        if path.startswith(prefix):
+            return path.removeprefix(prefix)
+    return path
 
 
 def _reference(hf: Path, chosen: dict[str, str]) -> np.ndarray:
-    if (hf / "text").is_dir():  # the multimodal layout: its text model's own checkpoint
-        hf, chosen = hf / "text", {k.removeprefix("language_model."): q for k, q in chosen.items()}
-    weights = th.load_hf_weights(hf)
-    if json.loads((hf / "config.json").read_text())["model_type"] == "qwen3_5":
-        # Hugging Face's layout is not mlx-lm's here (sanitize adds 1 to norms, moves conv1d axes):
-        # mlx-lm loads the checkpoint, then the quantized matrices are swapped for their dequantization.
-        model = th.load_float32(hf)
-        deq = {n: mx.array(_dequantized(weights[n], q)) for n, q in chosen.items()}
-        if deq:
-            model.load_weights(list(model.sanitize(deq).items()), strict=False)
-        return th.logits(model, th.PROMPT)
-    for name, q in chosen.items():
-        weights[name] = _dequantized(weights[name], q)
-    return th.logits(th.load_float32(hf, weights), th.PROMPT)
+    """mlx-lm on the original checkpoint, each tensor the tag quantized quantized the same way."""
+    model, _ = load_model(hf)
+    want = {_canonical(name.removesuffix(".weight")): QUANT[q] for name, q in chosen.items()}
+
+    def predicate(path: str, module) -> dict | bool:
+        params = want.pop(_canonical(path), None)
+        if params is None or not hasattr(module, "to_quantized"):
+            return False
+        return {"group_size": params[0], "bits": params[1], "mode": params[2]}
+
+    if want:
+        nn.quantize(model, class_predicate=predicate)
+    assert not want, f"tensors the tag quantized that the model lacks: {sorted(want)}"
+    set_quantized_param_dtype(model, mx.float32)
+    return th.logits(model, th.PROMPT)
 
 
 @pytest.mark.parametrize("q", QUANTS, ids=lambda q: q or "bf16")
@@ -156,8 +159,7 @@ def test_pulled_mlx_tag_matches_mlx_lm(arch, q, http, server, served, checkpoint
     ref = _reference(hf, chosen[arch, q])
     err = float(np.abs(got - ref).max())
     assert (got.argmax(-1) == ref.argmax(-1)).all(), f"{arch} {q}: top-1 differs"
-    limit = 0.0 if not q or QUANT[q][2] == "affine" else 5e-4
-    assert err <= limit, f"{arch} {q or 'bf16'}: max abs logit diff {err:.2e}"
+    assert err == 0.0, f"{arch} {q or 'bf16'}: max abs logit diff {err:.2e}"
     assert np.abs(ref).max() > 1  # the reference is not degenerate
 
     if q in ("", "int4"):  # and it serves

@@ -85,6 +85,37 @@ def tensor_quantization(name: str, shape: tuple[int, ...], q: str) -> str:
     return q
 
 
+def _use_more_bits(layer: int, layers: int) -> bool:
+    first, last = layers // 8, 7 * layers // 8
+    return layer < first or layer >= last or (first <= layer < last and (layer - first) % 3 == 2)
+
+
+def gemma4_quantization(name: str, shape: tuple[int, ...], q: str, layers: int, experts: int) -> str:
+    """Ollama's gemma4 import policy (x/create/gemma4.go, quantpolicy.go): the token embedding and,
+    in the input/output and every third layer, v/down projections go 8-bit; else the default."""
+    if name.endswith("embed_tokens.weight") and "per_layer" not in name:
+        for t in (_eight_bit(q), q):
+            if _aligned(shape, t):
+                return t
+        return ""
+    sensitive = not ("vision" in name or "visual" in name or "audio_tower" in name or "embed_audio" in name) and any(
+        p in name for p in (".v_proj", ".k_proj", "down_proj")
+    )
+    if sensitive and _eight_bit(q) != q:
+        promote = False
+        if layers:
+            if experts == 8 and (".v_proj" in name or ".k_proj" in name):
+                promote = True
+            elif ".k_proj" not in name:
+                m = re.search(r"\.layers\.(\d+)\.", name)
+                promote = bool(m) and _use_more_bits(int(m.group(1)), layers)
+        for t in ([_eight_bit(q)] if promote else []) + [q]:
+            if _aligned(shape, t):
+                return t
+        return ""
+    return tensor_quantization(name, shape, q)
+
+
 def _blob(arrays: dict[str, mx.array], metadata: dict[str, str] | None) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "blob.safetensors"
@@ -108,8 +139,11 @@ def _qwen35_low_rank(name: str) -> bool:
 
 def ollama_mlx_layers(hf_dir: Path, quantize: str = "") -> tuple[list[tuple[str, str, bytes]], dict[str, str]]:
     """(mediaType, name, blob) in Ollama's layer order, and which tensors were quantized to what."""
-    arch = (json.loads((Path(hf_dir) / "config.json").read_text()).get("architectures") or [""])[0]
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
+    arch = (config.get("architectures") or [""])[0]
     qwen35 = arch.startswith(_QWEN35)
+    text = config.get("text_config") or config
+    gemma4 = arch.startswith("Gemma4")
     weights: dict[str, mx.array] = {}
     for f in sorted(Path(hf_dir).glob("model*.safetensors")):
         weights.update(mx.load(str(f)))
@@ -120,6 +154,9 @@ def ollama_mlx_layers(hf_dir: Path, quantize: str = "") -> tuple[list[tuple[str,
         q = tensor_quantization(name, tuple(w.shape), quantize) if quantize else ""
         if qwen35 and _qwen35_low_rank(name):
             q = ""
+        if gemma4 and quantize:
+            layers = text.get("num_hidden_layers") or 0
+            q = gemma4_quantization(name, tuple(w.shape), quantize, layers, text.get("num_experts") or 0)
         if not q:
             return {name: w}
         chosen[name] = q
@@ -256,6 +293,8 @@ def tiny_checkpoint(model_type: str, out: Path, *, seed: int = 0) -> Path | None
         return build_gemma3_multimodal(out, seed=seed)
     if model_type == "qwen3_5":
         return build_qwen3_5(out, seed=seed)
+    if model_type == "gemma4":
+        return build_gemma4(out, seed=seed)
     names = [name for name, cfg in th.CONFIGS.items() if cfg["model_type"] == model_type]
     return th.build_hf_checkpoint(out, names[0], seed=seed) if names else None
 
@@ -347,6 +386,74 @@ def build_qwen3_5(out: Path, *, seed: int = 0) -> Path:
     hf["model.visual.blocks.0.attn.qkv.weight"] = (mx.random.normal((192, 64), key=mx.random.key(seed)) * 0.1).astype(
         mx.bfloat16
     )
+    mx.save_safetensors(str(out / "model.safetensors"), hf, metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": vocab[th.EOS]}))
+    return out
+
+
+GEMMA4_CONFIG = {
+    "architectures": ["Gemma4ForConditionalGeneration"],
+    "model_type": "gemma4",
+    "text_config": {
+        "model_type": "gemma4_text",
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        "num_attention_heads": 4,
+        "head_dim": 64,
+        "global_head_dim": 128,
+        "num_key_value_heads": 2,
+        "num_global_key_value_heads": 2,
+        "num_kv_shared_layers": 1,  # the last layer reuses an earlier one's K/V
+        "hidden_size_per_layer_input": 64,
+        "sliding_window": 4,
+        "sliding_window_pattern": 2,
+        "max_position_embeddings": 2048,
+        "final_logit_softcapping": 30.0,
+        "use_double_wide_mlp": True,
+        "enable_moe_block": False,
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
+        },
+    },
+    "vision_config": {"hidden_size": 64},
+}
+
+
+def build_gemma4(out: Path, *, seed: int = 0) -> Path:
+    """A tiny dense Gemma4ForConditionalGeneration folder: mlx-lm's parameter names under
+    Hugging Face's `model.language_model.` (the suffixes Ollama's gemma4 loader reads too), a
+    vision tensor mlx-lm drops, random weights from mlx-lm's own shapes."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    from . import tinyhf as th
+    from .tinymodels import build_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(out)
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    config = json.loads(json.dumps(GEMMA4_CONFIG))
+    config["text_config"].update(vocab_size=len(vocab), vocab_size_per_layer_input=len(vocab))
+    config.update(vocab_size=len(vocab), eos_token_id=vocab[th.EOS], torch_dtype="bfloat16")
+    model_cls, args_cls = _get_classes(config)
+    model = model_cls(args_cls.from_dict(json.loads(json.dumps(config))))
+    shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    rng = np.random.default_rng(seed)
+    weights = th._random_weights("gemma4", shapes, rng)
+    for name in weights:
+        if name.endswith("layer_scalar"):
+            weights[name] = rng.uniform(0.5, 1.5, shapes[name]).astype(np.float32)
+        elif "embed_tokens" in name:  # gemma scales embeddings up by sqrt(width)
+            weights[name] = weights[name] / np.sqrt(shapes[name][-1])
+    hf = {
+        "model.language_model." + name.removeprefix("language_model.model."): mx.array(w).astype(mx.bfloat16)
+        for name, w in weights.items()
+    }
+    hf["model.vision_tower.encoder.layers.0.self_attn.q_proj.weight"] = mx.zeros((64, 64), mx.bfloat16)
     mx.save_safetensors(str(out / "model.safetensors"), hf, metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": vocab[th.EOS]}))
