@@ -46,6 +46,7 @@ Command line and service:
 | MLXOLLAMA_SERVICE_OS | detected | `service_os_override()`: darwin or linux |
 | MLXOLLAMA_SVC_<KEY> | | `service_template_values()`: values the install script renders |
 | XDG_CONFIG_HOME | ~/.config | `xdg_config_home()`: where the systemd user unit lives |
+| OLLAMA_*, MLXOLLAMA_* | | `server_variables()`: passed to every rank `mlxollama serve --hostfile` starts |
 | (all) | | `child_environment()`: passed on to the agent `mlxollama launch` starts |
 
 Read by others, not by this package: HF_ENDPOINT and HF_TOKEN (huggingface_hub),
@@ -303,6 +304,12 @@ def service_template_values(keys: Iterable[str], env: Env | None = None) -> dict
 def xdg_config_home(env: Env | None = None) -> Path:
     configured = _var("XDG_CONFIG_HOME", env)
     return Path(configured) if configured else Path.home() / ".config"
+
+
+def server_variables(env: Env | None = None) -> dict[str, str]:
+    """The OLLAMA_* and MLXOLLAMA_* settings set here, for every rank `mlxollama serve --hostfile` starts."""
+    source = os.environ if env is None else env
+    return {k: v for k, v in source.items() if k.startswith(("OLLAMA_", "MLXOLLAMA_"))}
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:

@@ -22,6 +22,10 @@ from .show import digest_id, print_list, processor_column, render_show_info
 
 
 def _cmd_serve(args) -> int:
+    if getattr(args, "hostfile", None):  # one server over the hosts of an MLX group (cluster.py)
+        from .cluster import serve_group
+
+        return serve_group(args.hostfile, args.backend)
     from ..server import serve
 
     serve()
@@ -357,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", "-v", action="version", version=f"mlxollama version is {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("serve", help="Start the server in the foreground").set_defaults(func=_cmd_serve)
+    p = sub.add_parser("serve", help="Start the server in the foreground")
+    p.add_argument("--hostfile", help="serve one model across the hosts of this mlx.launch hostfile (README)")
+    p.add_argument("--backend", choices=("ring", "jaccl", "jaccl-ring", "mpi"), help="mlx.launch backend")
+    p.set_defaults(func=_cmd_serve)
     sub.add_parser("import-defaults", help="Import the bundled default models into the store if missing").set_defaults(
         func=_cmd_import_defaults
     )

@@ -47,7 +47,7 @@ def single(models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tensor(models, tmp_path_factory):
-    """Started the way a user starts it: mlx.launch -n 2 --backend ring mlxollama serve."""
+    """Started the way a user starts it: mlxollama serve --hostfile hosts.json (mlx.launch underneath)."""
     group = GroupServer(
         models, tmp_path_factory.mktemp("tensor"), env={"MLXOLLAMA_DISTRIBUTED": "tensor"}, launcher="mlx.launch"
     )
@@ -130,7 +130,8 @@ def test_cancelled_stream_leaves_the_group_in_step(tensor, single):
 
 
 def test_pipeline_when_heads_do_not_divide(models, single, tmp_path):
-    group = GroupServer(models, tmp_path / "logs")  # MLXOLLAMA_DISTRIBUTED unset: the group chooses
+    # Plain mlx.launch -n 2 --backend ring mlxollama serve; MLXOLLAMA_DISTRIBUTED unset: the group chooses.
+    group = GroupServer(models, tmp_path / "logs", launcher="mlx.launch")
     try:
         with httpx.Client(base_url=group.url, timeout=60) as c:
             assert generate(c, ODD, PROMPTS[0])["context"] == generate(single, ODD, PROMPTS[0])["context"]
@@ -138,6 +139,20 @@ def test_pipeline_when_heads_do_not_divide(models, single, tmp_path):
             assert c.get("/api/ps").json()["models"][0]["distributed"]["mode"] == "pipeline"
     finally:
         group.stop()
+
+
+def test_smollm2_pipeline_matches_one_process(models_dir, smollm, server, tmp_path):
+    """The real SmolLM2: 9 heads (no tensor split over 2), 30 layers (15 a rank)."""
+    group = GroupServer(models_dir, tmp_path / "logs")
+    body = {"model": smollm, "prompt": PROMPTS[0], "stream": False, "options": {"temperature": 0, "num_predict": 3}}
+    try:
+        with httpx.Client(base_url=group.url, timeout=120) as c:
+            got = c.post("/api/generate", json=body).json()
+            assert c.get("/api/ps").json()["models"][0]["distributed"]["mode"] == "pipeline"
+    finally:
+        group.stop()
+    want = httpx.post(server.url + "/api/generate", json=body, timeout=120).json()
+    assert got["context"] == want["context"] and got["response"] == want["response"]
 
 
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "hangs"])

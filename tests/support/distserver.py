@@ -1,6 +1,7 @@
 """A server made of several local processes over MLX's ring backend on loopback, for tests.
 
-`launcher="mlx.launch"` runs `mlx.launch -n N --backend ring` as a user would. `launcher="direct"`
+`launcher="mlx.launch"` runs `mlx.launch -n N --backend ring` as a user would, `launcher="hostfile"`
+`mlxollama serve --hostfile` (which runs mlx.launch on its ring ports from 32323). `launcher="direct"`
 starts each rank itself with the environment mlx.launch gives it (MLX_RANK and a ring hostfile),
 as launchd does on each Mac of a cluster: mlx.launch stops every rank as soon as one fails, so a
 test that kills rank 1 and watches rank 0 carry on needs ranks that live on their own.
@@ -49,6 +50,10 @@ class GroupServer:
                 base,
                 "launch.log",
             )
+        elif launcher == "hostfile":  # mlxollama serve --hostfile: it runs mlx.launch itself
+            hostfile = log_dir / "hosts.json"
+            hostfile.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * ranks))
+            self._start([*command, "--hostfile", str(hostfile), "--backend", "ring"], base, "launch.log")
         else:
             hostfile = log_dir / "hosts.json"
             hostfile.write_text(json.dumps([[f"127.0.0.1:{free_port()}"] for _ in range(ranks)]))
