@@ -452,7 +452,7 @@ class LoadedLLM:
             else:
                 self.spec_stream = None  # finished, shifted into the batch, cancelled or failed
                 _, responses = self.batch.next()
-            if len(responses) != self.decoding:
+            if responses and len(responses) != self.decoding:  # (a prefill-only step decodes none)
                 self.decoding = len(responses)
                 log.debug("decoding %d sequences together (kv cache %s)", self.decoding, self.kv_cache_type)
             self._deliver(responses)
