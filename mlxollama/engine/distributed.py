@@ -53,8 +53,9 @@ log = logging.getLogger("mlxollama.distributed")
 
 TENSOR, PIPELINE = "tensor", "pipeline"
 # First collective of a message: this many bytes (a 4-byte length, then the payload); a longer
-# payload follows in a second all_sum of exactly its remaining size.
-_BLOCK = 1 << 12
+# payload follows in a second all_sum of exactly its remaining size. A plain step's message is
+# about 25 bytes; a newcomer's prompt tokens take the second collective.
+_BLOCK = 256
 # Ranks evict prompt caches by entry count only: a byte limit would evict at different times on
 # ranks that hold different amounts of each cache, and the caches must stay mirrored.
 _UNBOUNDED_BYTES = 1 << 62
@@ -69,7 +70,7 @@ class Channel:
     def __init__(self, group: Group, stream=None):
         self.group = group
         self.stream = stream
-        self.bytes_sent = 0  # payload bytes broadcast (the benchmark reports them)
+        self.bytes_sent = 0  # bytes put into control all_sums (logged at unload; the benchmark reads it)
 
     def _all_sum(self, buf: np.ndarray) -> np.ndarray:
         out = mx.distributed.all_sum(mx.array(buf), group=self.group.group, stream=self.stream)
@@ -78,14 +79,15 @@ class Channel:
 
     def send(self, message: dict) -> None:
         payload = json.dumps(message, separators=(",", ":")).encode()
-        self.bytes_sent += len(payload)
         head = np.zeros(_BLOCK, np.uint8)
         head[:4] = np.frombuffer(len(payload).to_bytes(4, "little"), np.uint8)
         first = payload[: _BLOCK - 4]
         head[4 : 4 + len(first)] = np.frombuffer(first, np.uint8)
         self._all_sum(head)
+        self.bytes_sent += _BLOCK
         if len(payload) > len(first):
             self._all_sum(np.frombuffer(payload[len(first) :], np.uint8).copy())
+            self.bytes_sent += len(payload) - len(first)
 
     def receive(self) -> dict:
         head = self._all_sum(np.zeros(_BLOCK, np.uint8))
@@ -237,6 +239,7 @@ class _RecordingBatch:
             llm.group_failed("a step of the group failed", f"{type(e).__name__}: {e}")
             raise GroupDown(llm.group.down) from e
         llm.steps += 1
+        llm.tokens += len(responses)
         for r in responses:
             if r.finish_reason is not None and r.prompt_cache is not None:
                 llm.cache_owner[id(r.prompt_cache)] = int(r.uid)
@@ -275,6 +278,7 @@ class DistributedLLM(LoadedLLM):
         self.ops: list = []
         self.cache_owner: dict[int, int] = {}
         self.steps = 0
+        self.tokens = 0
         self.channel = Channel(group)
         self.watchdog = Watchdog(timeout_s, lambda s: self.group_failed(f"a rank did not answer within {s:g}s"))
         load = {"op": "load", "name": name, "digest": digest, "mode": mode, "settings": _settings_message(settings)}
@@ -363,6 +367,12 @@ class DistributedLLM(LoadedLLM):
 
     def close(self) -> None:
         self.watchdog.close()
+        log.info(
+            "control messages: %d bytes over %d batch steps (%d decoded tokens)",
+            self.channel.bytes_sent,
+            self.steps,
+            self.tokens,
+        )
         if not self.group.down:
             try:
                 with self.watchdog.guard():
