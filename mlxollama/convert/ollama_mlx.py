@@ -8,8 +8,8 @@ What Ollama's MLX engine stores (read from ollama/ollama's x/create, x/mlxrunner
 - every weight is an ``application/vnd.ollama.image.tensor`` layer whose ``name`` is the tensor's
   Hugging Face name and whose blob is a small safetensors file holding that tensor under the same
   name (Ollama's writer stacks per-expert MoE weights into one ``[experts, out, in]`` tensor per
-  projection, in a blob named after the expert group: none of the architectures admitted here has
-  experts);
+  projection, in a blob named after the expert group; a checkpoint that already stacks them, as
+  Qwen3.5's fused ``experts.gate_up_proj``, keeps its tensors);
 - a quantized weight ``X.weight`` is what ``mlx.core.quantize`` returns, stored as ``X.weight``
   (uint32 words), ``X.weight.scale`` and, for affine, ``X.weight.bias``; the blob's
   ``__metadata__`` says ``quant_type`` and ``group_size`` (or ``X.weight.quant_type`` /
@@ -19,7 +19,8 @@ What Ollama's MLX engine stores (read from ollama/ollama's x/create, x/mlxrunner
   ``application/vnd.ollama.image.json`` layer named by its file name.
 
 mlx-lm's packing is the same (Ollama quantizes with MLX itself), so nothing is repacked: tensors
-are renamed onto mlx-lm's ``X.scales`` / ``X.biases`` and their bytes copied, blob by blob, into
+are renamed onto mlx-lm's ``X.scales`` / ``X.biases`` (fused experts split by byte ranges, which
+mlx-lm's sanitize does only for plain arrays) and their bytes copied, blob by blob, into
 the folder's safetensors files (Hugging Face names stay: mlx-lm's sanitize maps them when it
 loads, as for any Hugging Face checkpoint); the quantization of each layer goes into config.json
 the way mlx-lm writes it.
@@ -58,12 +59,11 @@ log = logging.getLogger("mlxollama.convert")
 # checkpoints). Ollama's MLX importer keeps Hugging Face's names and layout for every
 # architecture (its per-architecture "import transforms" only choose quantization types), so
 # mlx-lm's sanitize reads them as it reads a Hugging Face checkpoint: Llama, Qwen3, Gemma3 (text
-# and multimodal: the vision tower is dropped), dense Qwen3.5 (zero-centred norms and conv1d in
-# Hugging Face's layout) and dense Gemma4 (per-layer inputs, shared K/V layers). Not admitted
-# yet: mixture-of-experts layouts (qwen3.5 MoE, gemma4 26b, glm4-moe-lite, cohere2-moe, laguna:
-# stacked expert tensors, which mlx-lm's sanitize splits and renames, not checked quantized here)
-# and nemotron-h.
-SUPPORTED_MODEL_TYPES = ("gemma3", "gemma3_text", "gemma4", "llama", "qwen3", "qwen3_5")
+# and multimodal: the vision tower is dropped), Qwen3.5 (zero-centred norms and conv1d in Hugging
+# Face's layout; its MoE sizes' fused experts split below) and dense Gemma4 (per-layer inputs,
+# shared K/V layers). Not admitted yet: gemma4 with experts, glm4-moe-lite, cohere2-moe, laguna
+# and nemotron-h, which no tiny checkpoint here checks.
+SUPPORTED_MODEL_TYPES = ("gemma3", "gemma3_text", "gemma4", "llama", "qwen3", "qwen3_5", "qwen3_5_moe")
 # Admitted model types whose mixture-of-experts configurations are still refused.
 DENSE_ONLY = ("gemma4",)
 
@@ -158,8 +158,11 @@ class _Piece:
     blob: Path
     dtype: str
     shape: list[int]
-    start: int  # absolute file offsets
-    end: int
+    ranges: list[tuple[int, int]]  # absolute file offsets, concatenated in order
+
+    @property
+    def size(self) -> int:
+        return sum(end - start for start, end in self.ranges)
 
 
 @dataclass
@@ -195,66 +198,112 @@ def _quant_params(meta: dict, tensor: str, shapes: dict[str, list[int]]) -> tupl
     raise ManageError(f"cannot tell how tensor {tensor} is quantized", 400)
 
 
-def plan_tensors(blobs: list[Path]) -> _Plan:
+# Stacked experts with gate and up fused ([experts, 2 * intermediate, in], Hugging Face's layout
+# for these model types): mlx-lm's sanitize splits them only when they are plain arrays, so they
+# are split here -- per expert, the first and second half of its rows, packed words, scales and
+# biases alike -- and named as mlx-lm's sanitize would name them. model_type -> (source, target)
+FUSED_EXPERTS = {"qwen3_5_moe": ("mlp.experts", "mlp.switch_mlp")}
+
+
+def plan_tensors(blobs: list[Path], model_type: str = "") -> _Plan:
     """Where each mlx-lm tensor's bytes lie in the blobs, and each quantized module's parameters."""
     plan = _Plan()
     seen: set[str] = set()
     for blob in blobs:
         try:
-            _plan_blob(blob, plan, seen)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            _plan_blob(blob, plan, seen, FUSED_EXPERTS.get(model_type))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError) as e:
             log.info("tensor blob %s unreadable: %r", blob.name, e)
             raise ManageError("pull model: a tensor layer is not a safetensors file", 400) from e
     return plan
 
 
-def _plan_blob(blob: Path, plan: _Plan, seen: set[str]) -> None:
+def _split_rows(t: dict, start: int, end: int) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """The [experts, 2n, ...] tensor's first and second n rows of every expert: shape, byte ranges."""
+    shape = [int(d) for d in t["shape"]]
+    experts, rows = shape[0], shape[1]
+    if len(shape) != 3 or rows % 2 or (end - start) % (experts * rows):
+        raise ValueError(f"fused experts of shape {shape}")
+    row = (end - start) // (experts * rows)
+    half = rows // 2 * row
+    first = [(start + e * 2 * half, start + e * 2 * half + half) for e in range(experts)]
+    second = [(a + half, b + half) for a, b in first]
+    return [experts, rows // 2, shape[2]], first, second
+
+
+def _plan_blob(blob: Path, plan: _Plan, seen: set[str], fused: tuple[str, str] | None) -> None:
     header, data_start = _blob_header(blob)
     meta = header.pop("__metadata__", None) or {}
     shapes = {k: list(v.get("shape", [])) for k, v in header.items()}
+
+    def add(dst: str, src: str, ranges: list[tuple[int, int]] | None = None, shape: list[int] | None = None) -> None:
+        if dst in seen:
+            raise ManageError(f"pull model: tensor {dst} appears twice", 400)
+        seen.add(dst)
+        t = header[src]
+        begin, end = (int(x) for x in t["data_offsets"])
+        if not 0 <= begin <= end:
+            raise ManageError(f"pull model: tensor {src} has invalid data offsets", 400)
+        ranges = ranges or [(data_start + begin, data_start + end)]
+        plan.pieces.append(_Piece(dst, blob, t["dtype"], shape or list(t["shape"]), ranges))
+
+    def offsets(src: str) -> tuple[int, int]:
+        begin, end = (int(x) for x in header[src]["data_offsets"])
+        return data_start + begin, data_start + end
+
     for key in header:
         base, _, suffix = key.rpartition(".")
         if suffix in ("scale", "bias", "global_scale") and base + ".scale" in header and base in header:
             continue  # side data of a quantized tensor, written with it below
-        renames = {key: key}
-        if key + ".scale" in header:
-            if not key.endswith(".weight"):
-                raise ManageError(f"pull model: quantized tensor {key} is not a weight", 400)
-            module = key.removesuffix(".weight")
-            plan.quant[module] = _quant_params(meta, key, shapes)
-            renames[key + ".scale"] = module + ".scales"
+        quantized = key + ".scale" in header
+        module = key.removesuffix(".weight")
+        parts = {".weight": key}  # mlx-lm suffix -> source tensor
+        if quantized:
+            parts[".scales"] = key + ".scale"
             if key + ".bias" in header:
-                renames[key + ".bias"] = module + ".biases"
+                parts[".biases"] = key + ".bias"
             if key + ".global_scale" in header:
-                renames[key + ".global_scale"] = module + ".global_scale"
-        for src, dst in renames.items():
-            if dst in seen:
-                raise ManageError(f"pull model: tensor {dst} appears twice", 400)
-            seen.add(dst)
-            t = header[src]
-            begin, end = (int(x) for x in t["data_offsets"])
-            if not 0 <= begin <= end:
-                raise ManageError(f"pull model: tensor {src} has invalid data offsets", 400)
-            plan.pieces.append(_Piece(dst, blob, t["dtype"], list(t["shape"]), data_start + begin, data_start + end))
+                parts[".global_scale"] = key + ".global_scale"
+        if fused and key.endswith(f".{fused[0]}.gate_up_proj"):
+            prefix = key.removesuffix(f".{fused[0]}.gate_up_proj")
+            for suffix, src in parts.items():
+                shape, gate, up = _split_rows(header[src], *offsets(src))
+                add(f"{prefix}.{fused[1]}.gate_proj{suffix}", src, gate, shape)
+                add(f"{prefix}.{fused[1]}.up_proj{suffix}", src, up, shape)
+            if quantized:
+                for proj in ("gate_proj", "up_proj"):
+                    plan.quant[f"{prefix}.{fused[1]}.{proj}"] = _quant_params(meta, key, shapes)
+            continue
+        if fused and key.endswith(f".{fused[0]}.down_proj"):
+            module = key.removesuffix(f".{fused[0]}.down_proj") + f".{fused[1]}.down_proj"
+        elif quantized and not key.endswith(".weight"):
+            raise ManageError(f"pull model: quantized tensor {key} is not a weight", 400)
+        elif not quantized:
+            add(key, key)
+            continue
+        if quantized:
+            plan.quant[module] = _quant_params(meta, key, shapes)
+        for suffix, src in parts.items():
+            add(module + suffix, src)
 
 
 def _write_shards(pieces: list[_Piece], out: Path) -> list[str]:
     shards: list[list[_Piece]] = [[]]
     size = 0
     for p in pieces:
-        if shards[-1] and size + (p.end - p.start) > _SHARD_BYTES:
+        if shards[-1] and size + p.size > _SHARD_BYTES:
             shards.append([])
             size = 0
         shards[-1].append(p)
-        size += p.end - p.start
+        size += p.size
     names = []
     for i, shard in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
         offset = 0
         for p in shard:
-            header[p.name] = {"dtype": p.dtype, "shape": p.shape, "data_offsets": [offset, offset + p.end - p.start]}
-            offset += p.end - p.start
+            header[p.name] = {"dtype": p.dtype, "shape": p.shape, "data_offsets": [offset, offset + p.size]}
+            offset += p.size
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
         buf = memoryview(bytearray(_COPY_CHUNK))  # one buffer: a blob never sits whole in memory
@@ -263,14 +312,15 @@ def _write_shards(pieces: list[_Piece], out: Path) -> list[str]:
             f.write(raw)
             for p in shard:  # bytes are copied as they are
                 with open(p.blob, "rb") as src:
-                    src.seek(p.start)
-                    left = p.end - p.start
-                    while left:
-                        n = src.readinto(buf[: min(_COPY_CHUNK, left)])
-                        if not n:
-                            raise ManageError("pull model: a tensor layer is shorter than its header says", 400)
-                        f.write(buf[:n])
-                        left -= n
+                    for start, end in p.ranges:
+                        src.seek(start)
+                        left = end - start
+                        while left:
+                            n = src.readinto(buf[: min(_COPY_CHUNK, left)])
+                            if not n:
+                                raise ManageError("pull model: a tensor layer is shorter than its header says", 400)
+                            f.write(buf[:n])
+                            left -= n
         names.append(fname)
     return names
 
@@ -294,18 +344,21 @@ def assemble(store: Store, manifest_layers: list[Layer], out: Path) -> dict:
         raise ManageError("pull model: the model has no config.json layer", 400)
     if "tokenizer.json" not in jsons:
         raise ManageError("pull model: the model has no tokenizer.json layer", 400)
+    try:
+        config = json.loads(store.blob_path(jsons["config.json"].digest).read_bytes())
+    except ValueError as e:
+        raise ManageError("pull model: config.json is not valid JSON", 400) from e
+    if not isinstance(config, dict):
+        raise ManageError("pull model: config.json is not a JSON object", 400)
     out.mkdir(parents=True, exist_ok=True)
     tensors = [l for l in manifest_layers if l.media_type == media.OLLAMA_TENSOR and not is_draft(l)]
     blobs = list(dict.fromkeys(store.blob_path(l.digest) for l in tensors))  # a shared blob is read once
-    plan = plan_tensors(blobs)
+    plan = plan_tensors(blobs, str(config.get("model_type") or ""))
     _write_shards(plan.pieces, out)
     for name, layer in jsons.items():
         if name in ("config.json", "model.safetensors.index.json"):
             continue
         shutil.copyfile(store.blob_path(layer.digest), out / name)
-    config = json.loads(store.blob_path(jsons["config.json"].digest).read_bytes())
-    if not isinstance(config, dict):
-        raise ManageError("pull model: config.json is not a JSON object", 400)
     qcfg = _quantization_config(plan.quant)
     for key in ("quantization", "quantization_config"):
         config.pop(key, None)

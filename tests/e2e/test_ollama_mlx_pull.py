@@ -6,8 +6,8 @@ tag; for a quantized tag, quantized by mlx itself (nn.quantize) with the type Ol
 each tensor, so the same kernels run on what should be the same packed weights, scales and biases.
 Measured max abs logit difference against that reference: 0 (bit-identical logits) for every
 architecture and type. Against the float original, for information (the quantization error of
-random tiny weights; logits up to 5-59 in magnitude): 0.3-1.4 for int8, 2.6-13 for int4 and
-3.1-16 for the fp4 types.
+random tiny weights; logits up to 5-59 in magnitude): 0.3-1.5 for int8, 2.6-21 for int4 and
+3.1-24 for the fp4 types.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..support.ollamamlx import (
 )
 
 # tinyhf names (gemma3: Gemma3ForCausalLM, gemma3_text), and the multimodal gemma3 repos' layout
-ARCHS = ("llama", "qwen3", "gemma3", "gemma3-vision", "qwen3_5", "gemma4")
+ARCHS = ("llama", "qwen3", "gemma3", "gemma3-vision", "qwen3_5", "qwen3_5_moe", "gemma4")
 QUANTS = ("", "int4", "int8", "mxfp4", "mxfp8", "nvfp4")
 TEMPLATE = "application/vnd.ollama.image.template"
 PARAMS = "application/vnd.ollama.image.params"
@@ -57,6 +57,7 @@ def checkpoints(tmp_path_factory):
     out = {arch: th.build_hf_checkpoint(root / arch, arch, seed=3) for arch in ("llama", "qwen3", "gemma3")}
     out["gemma3-vision"] = build_gemma3_multimodal(root / "gemma3-vision", seed=3)
     out["qwen3_5"] = build_qwen3_5(root / "qwen3_5", seed=3)
+    out["qwen3_5_moe"] = build_qwen3_5(root / "qwen3_5_moe", seed=3, moe=True)
     out["gemma4"] = build_gemma4(root / "gemma4", seed=3)
     return out
 
@@ -119,10 +120,22 @@ def _canonical(path: str) -> str:
     return path
 
 
+def _mlx_modules(name: str) -> list[str]:
+    """mlx-lm's modules for a tensor the tag quantized: Hugging Face's fused experts are two."""
+    base = name.removesuffix(".weight")
+    for fused, projections in (
+        (".experts.gate_up_proj", ("gate_proj", "up_proj")),
+        (".experts.down_proj", ("down_proj",)),
+    ):
+        if base.endswith(fused):
+            return [base.removesuffix(fused) + f".switch_mlp.{p}" for p in projections]
+    return [base]
+
+
 def _reference(hf: Path, chosen: dict[str, str]) -> np.ndarray:
     """mlx-lm on the original checkpoint, each tensor the tag quantized quantized the same way."""
     model, _ = load_model(hf)
-    want = {_canonical(name.removesuffix(".weight")): QUANT[q] for name, q in chosen.items()}
+    want = {_canonical(module): QUANT[q] for name, q in chosen.items() for module in _mlx_modules(name)}
 
     def predicate(path: str, module) -> dict | bool:
         params = want.pop(_canonical(path), None)

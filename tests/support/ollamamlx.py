@@ -291,8 +291,8 @@ def tiny_checkpoint(model_type: str, out: Path, *, seed: int = 0) -> Path | None
 
     if model_type == "gemma3":
         return build_gemma3_multimodal(out, seed=seed)
-    if model_type == "qwen3_5":
-        return build_qwen3_5(out, seed=seed)
+    if model_type in ("qwen3_5", "qwen3_5_moe"):
+        return build_qwen3_5(out, seed=seed, moe=model_type == "qwen3_5_moe")
     if model_type == "gemma4":
         return build_gemma4(out, seed=seed)
     names = [name for name, cfg in th.CONFIGS.items() if cfg["model_type"] == model_type]
@@ -350,10 +350,24 @@ _QWEN35_OFFSET_NORMS = (
 )
 
 
-def build_qwen3_5(out: Path, *, seed: int = 0) -> Path:
-    """A tiny Qwen3_5ForConditionalGeneration folder in Hugging Face's layout (the inverse of
-    mlx-lm's qwen3_5 sanitize: `model.language_model.*` names, conv1d as [C, 1, K], norms as
-    offsets from 1), random weights from mlx-lm's own parameter shapes."""
+QWEN3_5_MOE_CONFIG = json.loads(json.dumps(QWEN3_5_CONFIG))
+QWEN3_5_MOE_CONFIG.update(architectures=["Qwen3_5MoeForConditionalGeneration"], model_type="qwen3_5_moe")
+QWEN3_5_MOE_CONFIG["text_config"].update(
+    model_type="qwen3_5_moe_text",
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=128,
+    shared_expert_intermediate_size=128,
+    decoder_sparse_step=1,
+)
+
+
+def build_qwen3_5(out: Path, *, seed: int = 0, moe: bool = False) -> Path:
+    """A tiny Qwen3_5ForConditionalGeneration (or, moe, Qwen3_5MoeForConditionalGeneration) folder
+    in Hugging Face's layout (the inverse of mlx-lm's sanitize: `model.language_model.*` names,
+    conv1d as [C, 1, K], norms as offsets from 1, each layer's experts as one fused
+    `experts.gate_up_proj` [experts, 2 * intermediate, hidden] and one `experts.down_proj`),
+    random weights from mlx-lm's own parameter shapes."""
     from mlx.utils import tree_flatten
     from mlx_lm.utils import _get_classes
 
@@ -363,7 +377,7 @@ def build_qwen3_5(out: Path, *, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     build_tokenizer(out)
     vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
-    config = json.loads(json.dumps(QWEN3_5_CONFIG))
+    config = json.loads(json.dumps(QWEN3_5_MOE_CONFIG if moe else QWEN3_5_CONFIG))
     config["text_config"].update(vocab_size=len(vocab), eos_token_id=vocab[th.EOS])
     config["torch_dtype"] = "bfloat16"
     config["eos_token_id"] = vocab[th.EOS]
@@ -371,6 +385,11 @@ def build_qwen3_5(out: Path, *, seed: int = 0) -> Path:
     model = model_cls(args_cls.from_dict(json.loads(json.dumps(config))))
     shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
     weights = th._random_weights("qwen3_5", shapes, np.random.default_rng(seed))
+    for gate in [k for k in weights if k.endswith(".switch_mlp.gate_proj.weight")]:
+        mlp = gate.removesuffix(".switch_mlp.gate_proj.weight")
+        up = weights.pop(f"{mlp}.switch_mlp.up_proj.weight")
+        weights[f"{mlp}.experts.gate_up_proj"] = np.concatenate([weights.pop(gate), up], axis=-2)
+        weights[f"{mlp}.experts.down_proj"] = weights.pop(f"{mlp}.switch_mlp.down_proj.weight")
     hf: dict[str, mx.array] = {}
     for name, w in weights.items():
         if "conv1d.weight" in name:
