@@ -115,6 +115,17 @@ def test_json_schema_format_matches(tensor, single):
         assert isinstance(json.loads(got["response"])["a"], int)
 
 
+def test_context_shift_and_prompt_cache_stay_in_step(tensor, single):
+    """A full window re-admits the sequence with its kept tokens on every rank; a repeated prompt
+    starts from the prompt cache on every rank."""
+    options = {"temperature": 0, "num_ctx": 32, "num_predict": 80}
+    got = generate(tensor, TINY, PROMPTS[1], options=options)
+    assert got["eval_count"] == 80
+    assert got["context"] == generate(single, TINY, PROMPTS[1], options=options)["context"]
+    again = generate(tensor, TINY, PROMPTS[1], options=options)
+    assert again["context"] == got["context"]
+
+
 def test_cancelled_stream_leaves_the_group_in_step(tensor, single):
     # One sharded model at a time: the tiny model, asked for far more tokens than the test reads.
     body = {"model": TINY, "prompt": PROMPTS[2], "options": {"temperature": 0, "num_predict": 1500}}
