@@ -9,7 +9,7 @@ What Ollama's MLX engine stores (read from ollama/ollama's x/create, x/mlxrunner
   Hugging Face name and whose blob is a small safetensors file holding that tensor under the same
   name (Ollama's writer stacks per-expert MoE weights into one ``[experts, out, in]`` tensor per
   projection, in a blob named after the expert group; a checkpoint that already stacks them, as
-  Qwen3.5's fused ``experts.gate_up_proj``, keeps its tensors);
+  Qwen3.5's and Gemma4's fused ``experts.gate_up_proj``, keeps its tensors);
 - a quantized weight ``X.weight`` is what ``mlx.core.quantize`` returns, stored as ``X.weight``
   (uint32 words), ``X.weight.scale`` and, for affine, ``X.weight.bias``; the blob's
   ``__metadata__`` says ``quant_type`` and ``group_size`` (or ``X.weight.quant_type`` /
@@ -60,12 +60,10 @@ log = logging.getLogger("mlxollama.convert")
 # architecture (its per-architecture "import transforms" only choose quantization types), so
 # mlx-lm's sanitize reads them as it reads a Hugging Face checkpoint: Llama, Qwen3, Gemma3 (text
 # and multimodal: the vision tower is dropped), Qwen3.5 (zero-centred norms and conv1d in Hugging
-# Face's layout; its MoE sizes' fused experts split below) and dense Gemma4 (per-layer inputs,
-# shared K/V layers). Not admitted yet: gemma4 with experts, glm4-moe-lite, cohere2-moe, laguna
-# and nemotron-h, which no tiny checkpoint here checks.
+# Face's layout) and Gemma4 (per-layer inputs, shared K/V layers), their MoE sizes' fused experts
+# split below. Not admitted yet: glm4-moe-lite, cohere2-moe, laguna and nemotron-h, which no tiny
+# checkpoint here checks.
 SUPPORTED_MODEL_TYPES = ("gemma3", "gemma3_text", "gemma4", "llama", "qwen3", "qwen3_5", "qwen3_5_moe")
-# Admitted model types whose mixture-of-experts configurations are still refused.
-DENSE_ONLY = ("gemma4",)
 
 # Ollama's quantization types (x/quant): group size, bits, MLX mode.
 QUANT_TYPES: dict[str, tuple[int, int, str]] = {
@@ -133,13 +131,6 @@ def check_architecture(hf_config: dict) -> str:
     except UnsupportedCheckpoint as e:
         log.info("refusing Ollama MLX model: %s", e)
         raise ManageError(f'unsupported model architecture "{named}": mlx-lm has no model class for it', 400) from e
-    text = hf_config.get("text_config") if isinstance(hf_config.get("text_config"), dict) else hf_config
-    if model_type in DENSE_ONLY and (text.get("enable_moe_block") or text.get("num_experts")):
-        raise ManageError(
-            f'unsupported model architecture "{named}": mlxollama converts only dense Ollama MLX models of '
-            f"{named} (this one has experts)",
-            400,
-        )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ManageError(
             f'unsupported model architecture "{named}": mlxollama converts Ollama MLX models of '
@@ -202,7 +193,7 @@ def _quant_params(meta: dict, tensor: str, shapes: dict[str, list[int]]) -> tupl
 # for these model types): mlx-lm's sanitize splits them only when they are plain arrays, so they
 # are split here -- per expert, the first and second half of its rows, packed words, scales and
 # biases alike -- and named as mlx-lm's sanitize would name them. model_type -> (source, target)
-FUSED_EXPERTS = {"qwen3_5_moe": ("mlp.experts", "mlp.switch_mlp")}
+FUSED_EXPERTS = {"qwen3_5_moe": ("mlp.experts", "mlp.switch_mlp"), "gemma4": ("experts", "experts.switch_glu")}
 
 
 def plan_tensors(blobs: list[Path], model_type: str = "") -> _Plan:

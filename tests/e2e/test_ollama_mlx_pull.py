@@ -41,7 +41,7 @@ from ..support.ollamamlx import (
 )
 
 # tinyhf names (gemma3: Gemma3ForCausalLM, gemma3_text), and the multimodal gemma3 repos' layout
-ARCHS = ("llama", "qwen3", "gemma3", "gemma3-vision", "qwen3_5", "qwen3_5_moe", "gemma4")
+ARCHS = ("llama", "qwen3", "gemma3", "gemma3-vision", "qwen3_5", "qwen3_5_moe", "gemma4", "gemma4_moe")
 QUANTS = ("", "int4", "int8", "mxfp4", "mxfp8", "nvfp4")
 TEMPLATE = "application/vnd.ollama.image.template"
 PARAMS = "application/vnd.ollama.image.params"
@@ -59,6 +59,7 @@ def checkpoints(tmp_path_factory):
     out["qwen3_5"] = build_qwen3_5(root / "qwen3_5", seed=3)
     out["qwen3_5_moe"] = build_qwen3_5(root / "qwen3_5_moe", seed=3, moe=True)
     out["gemma4"] = build_gemma4(root / "gemma4", seed=3)
+    out["gemma4_moe"] = build_gemma4(root / "gemma4_moe", seed=3, moe=True)
     return out
 
 
@@ -120,22 +121,26 @@ def _canonical(path: str) -> str:
     return path
 
 
-def _mlx_modules(name: str) -> list[str]:
-    """mlx-lm's modules for a tensor the tag quantized: Hugging Face's fused experts are two."""
+# mlx-lm's modules for Hugging Face's fused experts, as its sanitize names them
+SWITCH = {"qwen3_5_moe": "mlp.switch_mlp", "gemma4": "experts.switch_glu"}
+
+
+def _mlx_modules(name: str, model_type: str) -> list[str]:
+    """mlx-lm's modules for a tensor the tag quantized: fused experts are two."""
     base = name.removesuffix(".weight")
-    for fused, projections in (
-        (".experts.gate_up_proj", ("gate_proj", "up_proj")),
-        (".experts.down_proj", ("down_proj",)),
-    ):
-        if base.endswith(fused):
-            return [base.removesuffix(fused) + f".switch_mlp.{p}" for p in projections]
+    layer = base.rsplit(".experts.", 1)[0].removesuffix(".mlp")
+    if base.endswith(".experts.gate_up_proj"):
+        return [f"{layer}.{SWITCH[model_type]}.{p}" for p in ("gate_proj", "up_proj")]
+    if base.endswith(".experts.down_proj"):
+        return [f"{layer}.{SWITCH[model_type]}.down_proj"]
     return [base]
 
 
 def _reference(hf: Path, chosen: dict[str, str]) -> np.ndarray:
     """mlx-lm on the original checkpoint, each tensor the tag quantized quantized the same way."""
     model, _ = load_model(hf)
-    want = {_canonical(module): QUANT[q] for name, q in chosen.items() for module in _mlx_modules(name)}
+    model_type = json.loads((hf / "config.json").read_text())["model_type"]
+    want = {_canonical(m): QUANT[q] for name, q in chosen.items() for m in _mlx_modules(name, model_type)}
 
     def predicate(path: str, module) -> dict | bool:
         params = want.pop(_canonical(path), None)

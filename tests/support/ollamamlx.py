@@ -294,7 +294,7 @@ def tiny_checkpoint(model_type: str, out: Path, *, seed: int = 0) -> Path | None
     if model_type in ("qwen3_5", "qwen3_5_moe"):
         return build_qwen3_5(out, seed=seed, moe=model_type == "qwen3_5_moe")
     if model_type == "gemma4":
-        return build_gemma4(out, seed=seed)
+        return build_gemma4(out, seed=seed, moe=True)
     names = [name for name, cfg in th.CONFIGS.items() if cfg["model_type"] == model_type]
     return th.build_hf_checkpoint(out, names[0], seed=seed) if names else None
 
@@ -442,10 +442,12 @@ GEMMA4_CONFIG = {
 }
 
 
-def build_gemma4(out: Path, *, seed: int = 0) -> Path:
-    """A tiny dense Gemma4ForConditionalGeneration folder: mlx-lm's parameter names under
-    Hugging Face's `model.language_model.` (the suffixes Ollama's gemma4 loader reads too), a
-    vision tensor mlx-lm drops, random weights from mlx-lm's own shapes."""
+def build_gemma4(out: Path, *, seed: int = 0, moe: bool = False) -> Path:
+    """A tiny Gemma4ForConditionalGeneration folder (moe: with an expert block in every layer):
+    mlx-lm's parameter names under Hugging Face's `model.language_model.` (the suffixes Ollama's
+    gemma4 loader reads too), experts fused as `experts.gate_up_proj` [experts, 2 * intermediate,
+    hidden] and `experts.down_proj`, a vision tensor mlx-lm drops, random weights from mlx-lm's own
+    shapes."""
     from mlx.utils import tree_flatten
     from mlx_lm.utils import _get_classes
 
@@ -457,6 +459,8 @@ def build_gemma4(out: Path, *, seed: int = 0) -> Path:
     vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     config = json.loads(json.dumps(GEMMA4_CONFIG))
     config["text_config"].update(vocab_size=len(vocab), vocab_size_per_layer_input=len(vocab))
+    if moe:
+        config["text_config"].update(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=128)
     config.update(vocab_size=len(vocab), eos_token_id=vocab[th.EOS], torch_dtype="bfloat16")
     model_cls, args_cls = _get_classes(config)
     model = model_cls(args_cls.from_dict(json.loads(json.dumps(config))))
@@ -468,6 +472,11 @@ def build_gemma4(out: Path, *, seed: int = 0) -> Path:
             weights[name] = rng.uniform(0.5, 1.5, shapes[name]).astype(np.float32)
         elif "embed_tokens" in name:  # gemma scales embeddings up by sqrt(width)
             weights[name] = weights[name] / np.sqrt(shapes[name][-1])
+    for gate in [k for k in weights if k.endswith(".experts.switch_glu.gate_proj.weight")]:
+        experts = gate.removesuffix(".switch_glu.gate_proj.weight")
+        up = weights.pop(f"{experts}.switch_glu.up_proj.weight")
+        weights[f"{experts}.gate_up_proj"] = np.concatenate([weights.pop(gate), up], axis=-2)
+        weights[f"{experts}.down_proj"] = weights.pop(f"{experts}.switch_glu.down_proj.weight")
     hf = {
         "model.language_model." + name.removeprefix("language_model.model."): mx.array(w).astype(mx.bfloat16)
         for name, w in weights.items()

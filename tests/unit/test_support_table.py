@@ -33,7 +33,6 @@ from mlxollama.convert.gguf import (
 from mlxollama.convert.gguf_encoder import ENCODER_ARCHITECTURES, is_encoder_architecture
 from mlxollama.convert.hf import UnsupportedCheckpoint, check_supported
 from mlxollama.convert.hf_encoder import convert_sentence_transformers, is_decoder_embedder
-from mlxollama.convert.ollama_mlx import DENSE_ONLY
 from mlxollama.convert.registry import pull_registry
 from mlxollama.engine.encoder import SUPPORTED_MODEL_TYPES, read_pooling
 from mlxollama.store import ModelName, Store
@@ -253,8 +252,7 @@ def test_mlx_column(tmp_path):
     """Each row's Hugging Face model_type as an Ollama `-mlx` tag (tensor layers plus config.json),
     pulled from a loopback registry: "supported" when it converts, "refused" when the pull names
     the architecture before any tensor layer downloads; an embedder whose decoder converts is
-    "partial" (the tag carries no pooling metadata), and so is a model type whose mixture-of-experts
-    tags are refused (DENSE_ONLY)."""
+    "partial" (the tag carries no pooling metadata)."""
     registry = FakeRegistry()
     store = Store(tmp_path / "store")
 
@@ -286,7 +284,7 @@ def test_mlx_column(tmp_path):
     def expected(r: Row) -> str:
         if not pulled[r.hf_type]:
             return "refused"
-        return "partial" if r.embedder or r.hf_type in DENSE_ONLY else "supported"
+        return "partial" if r.embedder else "supported"
 
     wrong = [f"{r} (README: {r.mlx}, code: {expected(r)})" for r in ROWS if expected(r) != r.mlx]
     assert not wrong, wrong
