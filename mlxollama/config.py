@@ -26,7 +26,7 @@ Server (`Config.from_env`):
 | MLXOLLAMA_PREFILL_STEP | 512 | prefill_step: prompt tokens per prefill step |
 | MLXOLLAMA_PROMPT_CACHE_ENTRIES | 16 | prompt_cache_entries: prompt (KV) caches kept |
 | MLXOLLAMA_PROMPT_CACHE_BYTES | 1 GiB | prompt_cache_bytes: bytes those caches may hold |
-| OLLAMA_KV_CACHE_TYPE | f16 | kv_cache_type: KV cache element type, as Ollama's: f16 (the model's dtype), q8_0 or q4_0 (MLX 8- and 4-bit caches, group 64); unknown values log a warning and use f16 (engine/kvcache.py); a model's `PARAMETER kv_cache_type` overrides it |
+| OLLAMA_KV_CACHE_TYPE | f16 | kv_cache_type: KV cache element type, as Ollama's: f16 (the model's dtype), q8_0 or q4_0 (MLX 8-bit caches in groups of 64, 4-bit in groups of 32); unknown values log a warning and use f16 (engine/kvcache.py); a model's `PARAMETER kv_cache_type` overrides it |
 | MLXOLLAMA_EXIT_WITH_PARENT | | `exit_with_parent()`: test harnesses; stop when the parent process goes |
 | MLXOLLAMA_DISTRIBUTED | auto | distributed: under mlx.launch, how a model is split over the ranks: tensor, pipeline, or unset for tensor where the model can, else pipeline (engine/distributed.py) |
 | MLXOLLAMA_DISTRIBUTED_TIMEOUT | 60 | distributed_timeout: seconds a collective may block before the group is declared down |

@@ -13,7 +13,11 @@
 4. scripts/bench_restart.py's run(), when that script exists: second-turn time to first token,
    cold / RAM-warm / disk-warm after a restart.
 
-    .venv/bin/python scripts/bench_context.py [--contexts 1024,8192,32768] [--steps 16,8,4] [--no-restart]
+    source scripts/_setup.sh && .venv/bin/python scripts/bench_context.py \
+        [--contexts 1024,8192,32768] [--steps 16,8,4] [--no-restart]
+
+On Linux, source scripts/_setup.sh first: it preloads OpenBLAS, without which the servers of part 4
+keep SmolLM2's 4-bit weights and prefill ~10 tokens/s (its cold turn alone then took 6 min here).
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def memory_and_speed(contexts: list[int], steps: list[int], log) -> dict:
     log(
         f"  (f16 is the model's dtype: float32 on the CPU backend; on a GPU it is float16, {half / 2**20:.2f} MiB / 1k,"
     )
-    log("   where q8_0 / q4_0 take 8.5 / 4.5 bits an element, 0.53 / 0.28 of f16)")
+    log("   where q8_0 / q4_0 take 8.5 / 5 bits an element, 0.53 / 0.31 of f16)")
 
     log("\n== Decode tokens/s with the context already filled (random weights, SmolLM2-135M shape; one sequence)")
     log("  " + "context".rjust(8) + "".join(k.rjust(10) for k in KINDS) + "   steps timed")
@@ -170,15 +174,19 @@ def smollm2_dir(tmp: Path) -> Path:
 
 
 def perplexities(log, chunk: int = 128) -> dict:
+    from mlxollama.config import CPU_DENSE_ALL
     from mlxollama.engine.llm import EngineSettings, LoadedLLM
 
     with tempfile.TemporaryDirectory(prefix="bench-context-") as tmp:
         model_dir = smollm2_dir(Path(tmp))
+        # Loaded once (each type gets its own caches), with float32 weights as the server keeps a model
+        # this small on the CPU backend (MLXOLLAMA_CPU_DENSE): stored 4-bit weights prefill ~10 tok/s here.
+        llm = LoadedLLM(model_dir, EngineSettings(cpu_dense_bytes=CPU_DENSE_ALL))
+        tokens = llm.tokenizer.encode(TEXT)
         out = {}
         for kind in KINDS:
-            llm = LoadedLLM(model_dir, EngineSettings(kv_cache_type=kind))
-            tokens = llm.tokenizer.encode(TEXT)
-            caches = make_prompt_cache(llm.model)
+            factory = make_cache_factory(llm.model, kind)
+            caches = factory() if factory is not None else make_prompt_cache(llm.model)
             nll, count = 0.0, 0
             for start in range(0, len(tokens) - 1, chunk):
                 window = tokens[start : start + chunk + 1]
@@ -189,9 +197,9 @@ def perplexities(log, chunk: int = 128) -> dict:
                 nll -= picked.sum().item()
                 count += len(window) - 1
             out[kind] = math.exp(nll / count)
-            llm.close()
-            gc.collect()
-    log(f"\n== Perplexity of SmolLM2-135M (the bundled Q4_1 GGUF, imported) on a fixed {count}-token text")
+        llm.close()
+        gc.collect()
+    log(f"\n== Perplexity of SmolLM2-135M (the bundled Q4_1 GGUF, imported, float32) on a fixed {count}-token text")
     log(f"   prefilled through each cache type in {chunk}-token steps")
     for kind in KINDS:
         delta = (out[kind] / out["f16"] - 1) * 100

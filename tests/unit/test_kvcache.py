@@ -64,7 +64,8 @@ def test_a_modelfile_may_set_the_cache_type():
 
 
 def test_group_size_fits_the_head_width():
-    assert [group_size_for(d) for d in (64, 128, 256, 32, 96, None)] == [64, 64, 64, 32, 32, 64]
+    assert [group_size_for(d, 8) for d in (64, 128, 256, 32, 96, None)] == [64, 64, 64, 32, 32, 64]
+    assert [group_size_for(d, 4) for d in (64, 128, 32, 96, None)] == [32, 32, 32, 32, 32]
     assert group_size_for(16) is None  # MLX quantizes groups of 32, 64 or 128 only
 
 
@@ -264,7 +265,7 @@ def test_sliding_window_layers_stay_unquantized(tmp_path):
         kinds = [type(c).__name__ for c in mlx_cache.make_prompt_cache(llm.model)]
         assert kinds.count("RotatingKVCache") == 5 and kinds.count("QuantizedKVCache") == 1
         caches = mlx_cache.make_prompt_cache(llm.model)
-        assert next(c for c in caches if isinstance(c, QuantizedKVCache)).group_size == 64
+        assert next(c for c in caches if isinstance(c, QuantizedKVCache)).group_size == 32  # q4_0: GGML's block
         specs = [(PromptSpec(raw_prompt=p), greedy(12, num_ctx=16)) for p in PROMPTS[:2]]
         results, peak = run_jobs(llm, specs)
         assert peak == 2 and [d.eval_count for _, _, d in results] == [12, 12]
