@@ -26,6 +26,8 @@ Server (`Config.from_env`):
 | MLXOLLAMA_PREFILL_STEP | 512 | prefill_step: prompt tokens per prefill step |
 | MLXOLLAMA_PROMPT_CACHE_ENTRIES | 16 | prompt_cache_entries: prompt (KV) caches kept |
 | MLXOLLAMA_PROMPT_CACHE_BYTES | 1 GiB | prompt_cache_bytes: bytes those caches may hold |
+| MLXOLLAMA_PROMPT_CACHE_DIR | <models>/cache/prompts | prompt_cache_dir: the prompt cache's disk tier (engine/diskcache.py), so caches outlive a restart |
+| MLXOLLAMA_PROMPT_CACHE_DISK | 4 GiB | prompt_cache_disk: bytes that folder may hold (least recently used files go first); 0 turns the disk tier off |
 | OLLAMA_KV_CACHE_TYPE | f16 | kv_cache_type: KV cache element type, as Ollama's: f16 (the model's dtype), q8_0 or q4_0 (MLX 8-bit caches in groups of 64, 4-bit in groups of 32); unknown values log a warning and use f16 (engine/kvcache.py); a model's `PARAMETER kv_cache_type` overrides it |
 | MLXOLLAMA_EXIT_WITH_PARENT | | `exit_with_parent()`: test harnesses; stop when the parent process goes |
 | MLXOLLAMA_DISTRIBUTED | auto | distributed: under mlx.launch, how a model is split over the ranks: tensor, pipeline, or unset for tensor where the model can, else pipeline (engine/distributed.py) |
@@ -214,6 +216,8 @@ class Config:
     prefill_step: int = 512
     prompt_cache_entries: int = 16
     prompt_cache_bytes: int = 1 << 30
+    prompt_cache_dir: Path | None = None  # None: <models_dir>/cache/prompts
+    prompt_cache_disk: int = 4 * GIB
     kv_cache_type: str = ""  # checked (and warned about) where a model loads, as Ollama does
     test_faults: bool = False
     distributed: str = ""  # "", "tensor" or "pipeline"
@@ -254,6 +258,8 @@ class Config:
             prefill_step=parse_uint(var("MLXOLLAMA_PREFILL_STEP"), 0) or 512,
             prompt_cache_entries=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_ENTRIES"), 16),
             prompt_cache_bytes=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_BYTES"), 1 << 30),
+            prompt_cache_dir=Path(cache_dir).expanduser() if (cache_dir := var("MLXOLLAMA_PROMPT_CACHE_DIR")) else None,
+            prompt_cache_disk=parse_uint(var("MLXOLLAMA_PROMPT_CACHE_DISK"), 4 * GIB),
             kv_cache_type=var("OLLAMA_KV_CACHE_TYPE").lower(),
             test_faults=parse_bool(var("MLXOLLAMA_TEST_FAULT")),
             distributed=parse_distributed(var("MLXOLLAMA_DISTRIBUTED")),

@@ -101,9 +101,16 @@ class Metrics:
     prompt_eval_duration: int
     eval_count: int
     eval_duration: int
+    # Ollama counts cached tokens in prompt_eval_count and names them here too (omitted when none)
+    prompt_eval_cached_count: int = 0
 
     def ollama_fields(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "done_reason" and v}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("done_reason", "prompt_eval_cached_count") and v}
+        if self.prompt_eval_cached_count and "prompt_eval_count" in out:
+            # Ollama's order: right after prompt_eval_count
+            at = list(out).index("prompt_eval_count") + 1
+            items = list(out.items())
+            out = dict(items[:at] + [("prompt_eval_cached_count", self.prompt_eval_cached_count)] + items[at:])
         return {"done_reason": self.done_reason, **out}
 
 
@@ -157,6 +164,7 @@ class Generation:
             d.prompt_eval_duration,
             d.eval_count,
             d.eval_duration,
+            d.prompt_eval_cached_count,
         )
 
     def close(self) -> None:

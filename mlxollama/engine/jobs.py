@@ -34,6 +34,8 @@ class DoneEvent:
     eval_count: int = 0
     eval_duration: int = 0
     context: list[int] | None = None
+    # Of prompt_eval_count, the tokens that came from the prompt cache (Ollama's prompt_eval_cached_count)
+    prompt_eval_cached_count: int = 0
 
 
 @dataclass

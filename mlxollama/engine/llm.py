@@ -29,6 +29,7 @@ from ..parsers.stops import StopMatcher
 from ..parsers.thinking import ThinkingParser, infer_think_tags, prompt_opens_thinking
 from ..parsers.tools import ToolCallParser, infer_tool_format
 from .cpu_dense import dense_budget, dense_size, densify, fast_blas_loaded, has_quantized_layers, should_densify
+from .diskcache import DiskCacheSettings
 from .fim import fim_format_for, fim_stop_ids
 from .jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
 from .kvcache import kv_bytes_per_element, make_cache_factory, parse_kv_cache_type
@@ -121,7 +122,13 @@ class _Active:
 class LoadedLLM:
     kind = "llm"
 
-    def __init__(self, model_dir: Path, settings: EngineSettings | None = None, draft_dir: Path | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        settings: EngineSettings | None = None,
+        disk_cache: DiskCacheSettings | None = None,
+        draft_dir: Path | None = None,
+    ):
         self.settings = settings or EngineSettings()
         self.model, self.tokenizer = self._load_model(model_dir)
         apply_backend_dtype(self.model)
@@ -142,6 +149,9 @@ class LoadedLLM:
         self.prompt_cache = LRUPromptCache(
             max_size=self.settings.prompt_cache_entries, max_bytes=self.settings.prompt_cache_bytes
         )
+        # Its disk tier (diskcache.py): caches are only loaded where backend and KV type match.
+        variant = f"{'cpu' if runs_on_cpu() else 'gpu'}-{self.kv_cache_type}"
+        self.disk_cache = disk_cache.open(variant) if disk_cache is not None and self.batchable else None
         self.eos_ids = sorted(self.tokenizer.eos_token_ids)
         # Rows of the embedding (and width of the logits): the only token ids the model takes.
         self.vocab_size = int(getattr(getattr(self.model, "args", None), "vocab_size", None) or len(self.tokenizer))
@@ -219,6 +229,8 @@ class LoadedLLM:
         if self.batch is not None:
             self.batch.close()
             self.batch = None
+        if self.disk_cache is not None:
+            self.disk_cache.close()  # the writes still queued reach the disk (bounded wait)
         del self.prompt_cache
         del self.model
         del self.tokenizer
@@ -315,6 +327,8 @@ class LoadedLLM:
         cache, rest = self.prompt_cache.fetch_nearest_cache(self.model_key, tokens)
         if cache is None:
             rest = tokens
+        if self.disk_cache is not None and (found := self.disk_cache.fetch(tokens, len(tokens) - len(rest))):
+            cache, rest = found[0], tokens[found[1] :]
         elif not rest:
             # A full hit still needs one input token to produce the next one.
             if can_trim_prompt_cache(cache):
@@ -490,7 +504,7 @@ class LoadedLLM:
                 a.job.emit(_event(piece, a.pending_logprobs))
                 a.pending_logprobs = []
             if ended or (shifting and a.reply.stopped):
-                self.prompt_cache.insert_cache(self.model_key, list(r.all_tokens), r.prompt_cache)
+                self._remember(list(r.all_tokens), r.prompt_cache)
                 self._finish(r.uid, r.finish_reason if ended else "stop")
             elif shifting:
                 self._shift(r.uid, a, list(r.all_tokens))
@@ -500,8 +514,15 @@ class LoadedLLM:
                 else:
                     saved = self.batch.remove([r.uid], return_prompt_caches=True)
                 for cache, tokens in saved.values():
-                    self.prompt_cache.insert_cache(self.model_key, list(tokens), cache)
+                    self._remember(list(tokens), cache)
                 self._finish(r.uid, "stop")
+
+    def _remember(self, tokens: list[int], cache: list) -> None:
+        """Keep a finished sequence's cache in the LRU and queue it for the disk tier, whose
+        writer thread takes the write off this request's path."""
+        self.prompt_cache.insert_cache(self.model_key, tokens, cache)
+        if self.disk_cache is not None:
+            self.disk_cache.save(tokens, cache)
 
     def _recover(self) -> None:
         """Leave nothing of a failed step behind for the next request.
@@ -540,6 +561,7 @@ class LoadedLLM:
             DoneEvent(
                 done_reason=reason,
                 prompt_eval_count=a.prompt_len,
+                prompt_eval_cached_count=a.cached,
                 prompt_eval_duration=first - a.started,
                 eval_count=a.count,
                 eval_duration=ended - first,

@@ -29,7 +29,13 @@ def _load_state(spec: ModelSpec, model_dir: Path, config: Config, run_dir: Path 
 
     # A DRAFT loads on this thread beside the model it drafts for (speculative.py)
     draft_dir = spec.draft.materialize(run_dir) if spec.draft is not None and run_dir is not None else None
-    return LoadedLLM(model_dir, EngineSettings.from_config(config, spec.params), draft_dir=draft_dir)
+    from .diskcache import DiskCacheSettings
+
+    # The prompt cache's disk tier is keyed by the store's digest: the same model under any name.
+    disk_cache = DiskCacheSettings.from_config(config, spec.digest_hex)
+    return LoadedLLM(
+        model_dir, EngineSettings.from_config(config, spec.params), draft_dir=draft_dir, disk_cache=disk_cache
+    )
 
 
 def _sharded(runner: "ModelRunner", model_dir: Path):
