@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import math
+import mmap
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 GROUP = 32  # every exact mapping below has 32-element scale groups
 SHARD_BYTES = 4 << 30  # flush to a new safetensors shard past this size
+_CONVERT_CHUNK = 1 << 22  # elements decoded at a time
 
 
 class UnsupportedGGUF(ValueError):
@@ -339,14 +341,20 @@ def convert_tensor(
     if qtype in _EXACT:
         decode, bits = _EXACT[qtype]
         _, type_size = gguf.GGML_QUANT_SIZES[qtype]
-        blocks = np.ascontiguousarray(t.data).reshape(-1, type_size)
-        q, scale, bias = decode(blocks)
-        q = q.reshape(rows, cols)
-        scale = scale.reshape(rows, cols // GROUP)
-        bias = bias.reshape(rows, cols // GROUP)
-        q, scale, bias = permute(q), permute(scale), permute(bias)
+        row_blocks = np.asarray(t.data).reshape(rows, -1)  # a view of the file, one output row per row
+        packed = np.empty((rows, cols * bits // 32), np.uint32)
+        scale = np.empty((rows, cols // GROUP), np.float32)
+        bias = np.empty((rows, cols // GROUP), np.float32)
+        # A few million elements at a time: the decode temporaries (several bytes per
+        # element) stay a fixed size instead of a multiple of the largest tensor.
+        step = max(1, _CONVERT_CHUNK // cols)
+        for r in range(0, rows, step):
+            src = row_blocks[r : r + step] if perm is None else row_blocks[perm[r : r + step]]
+            q, sc, bi = decode(np.ascontiguousarray(src).reshape(-1, type_size))
+            n = src.shape[0]
+            packed[r : r + n] = pack_bits(q.reshape(n, cols), bits)
+            scale[r : r + n], bias[r : r + n] = sc.reshape(n, -1), bi.reshape(n, -1)
         scale, bias = _half_if_exact(scale, bias)
-        packed = pack_bits(q, bits)
         lead = shape[:-1]
         return _Tensor(
             {
@@ -1476,28 +1484,77 @@ def gguf_architecture_supported(arch: str) -> bool:
 # writing
 
 
+# numpy dtype -> safetensors dtype name, for what the converters produce
+_SAFETENSORS_DTYPES = {
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint16): "U16",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.uint32): "U32",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.bool_): "BOOL",
+}
+# Room kept at the head of each shard for its JSON header (~5,000 tensors): the data is
+# written first, the header last, padded with spaces as the safetensors format allows.
+_HEADER_RESERVE = 1 << 20
+_HEADER_HEAD = '{"__metadata__":{"format":"mlx"}'
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
 class _ShardWriter:
+    """safetensors shards written as tensors arrive, so an import holds one converted
+    tensor at a time, not a shard's worth (memory stays flat for any model size)."""
+
     def __init__(self, out: Path):
-        self.out, self.shards, self.current, self.size, self.total = out, [], {}, 0, 0
+        self.out, self.shards, self.total = out, [], 0
         self.weight_map: dict[str, int] = {}
+        self._file: Any = None
+        self._entries: list[str] = []
+        self._offset = self._header_len = 0
 
     def add(self, name: str, a: np.ndarray) -> None:
-        self.current[name] = mx.array(a)
-        self.weight_map[name] = len(self.shards)
-        self.size += a.nbytes
+        a = np.ascontiguousarray(a, np.float32 if a.dtype == np.float64 else None)
+        if a.dtype not in _SAFETENSORS_DTYPES:
+            raise UnsupportedGGUF(f"{name}: cannot store dtype {a.dtype}")
+        for attempt in range(2):
+            if self._file is None:
+                path = self.out / f".partial-{len(self.shards)}.safetensors"
+                self._file = open(path, "wb")
+                self._file.seek(8 + _HEADER_RESERVE)
+                self.shards.append(path)
+                self._entries, self._offset, self._header_len = [], 0, len(_HEADER_HEAD) + 1
+            info = {"dtype": _SAFETENSORS_DTYPES[a.dtype], "shape": list(a.shape)}
+            entry = f"{_json(name)}:{_json({**info, 'data_offsets': [self._offset, self._offset + a.nbytes]})}"
+            if self._header_len + len(entry) + 1 <= _HEADER_RESERVE:
+                break
+            if attempt or not self._entries:
+                raise UnsupportedGGUF(f"{name}: tensor names too long for a safetensors header")
+            self.flush()
+        self._file.write(a.reshape(-1).view(np.uint8))
+        self._entries.append(entry)
+        self._header_len += len(entry) + 1
+        self._offset += a.nbytes
+        self.weight_map[name] = len(self.shards) - 1
         self.total += a.nbytes
 
     def maybe_flush(self) -> None:
-        if self.size >= SHARD_BYTES:
+        if self._offset >= SHARD_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        if not self.current:
+        if self._file is None:
             return
-        path = self.out / f".partial-{len(self.shards)}.safetensors"
-        mx.save_safetensors(str(path), self.current, metadata={"format": "mlx"})
-        self.shards.append(path)
-        self.current, self.size = {}, 0
+        header = ",".join([_HEADER_HEAD, *self._entries]).encode() + b"}"
+        self._file.seek(0)
+        self._file.write(len(header.ljust(_HEADER_RESERVE)).to_bytes(8, "little") + header.ljust(_HEADER_RESERVE))
+        self._file.close()
+        self._file, self._offset = None, 0
 
     def finish(self) -> list[str]:
         self.flush()
@@ -1516,6 +1573,18 @@ class _ShardWriter:
             (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
             names.append("model.safetensors.index.json")
         return names
+
+
+def _release_mapped_pages(reader: gguf.GGUFReader) -> None:
+    """Unmap the GGUF pages read so far (they stay in the page cache, and come back on the
+    next read): otherwise every page the import touched stays resident in this process,
+    up to the whole file."""
+    mapped = getattr(reader.data, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -1564,6 +1633,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     writer = _ShardWriter(out)
     quant: dict[str, tuple] = {}
     for t in reader.tensors:
+        _release_mapped_pages(reader)
         name = names[t.name]
         if name is None:
             continue
