@@ -31,6 +31,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..store.store import fsync_dir
+
 log = logging.getLogger("mlxollama.engine")
 
 SUFFIX = ".safetensors"
@@ -321,7 +323,7 @@ class DiskPromptCache:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         size = (self.folder / name).stat().st_size
         trimmable = can_trim_prompt_cache(snapshot)
         with self._lock:
@@ -387,17 +389,3 @@ class DiskPromptCache:
     def disk_bytes(self) -> int:
         with self._lock:
             return sum(e.size for e in self._index.values())
-
-
-def _fsync_dir(folder: Path) -> None:
-    """The rename itself is durable only once the folder's entry is flushed (POSIX)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -291,7 +291,7 @@ class GCResult:
 # ----------------------------------------------------------------------------- filesystem helpers
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     # Makes a rename durable; directories can't be opened this way on Windows.
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -339,7 +339,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         _unlink_quiet(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _iter_chunks(data: BlobSource) -> Iterator[bytes]:
@@ -641,7 +641,7 @@ class Store:
                     os.replace(tmp, final)
                 except FileNotFoundError:
                     raise StoreError("temporary blob file vanished (removed by another process's gc?)") from None
-                _fsync_dir(self.blobs_dir)
+                fsync_dir(self.blobs_dir)
             self._fresh[digest] = time.monotonic()
 
     def _is_fresh(self, digest: str) -> bool:
@@ -830,7 +830,7 @@ class Store:
                 path.unlink()
             except FileNotFoundError:
                 raise ModelNotFound(name) from None
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             self._prune_upwards(path.parent)
             candidates = {"sha256:" + h.decode().lower() for h in _DIGEST_SCAN_RE.findall(raw)}
             referenced = self._referenced_digests()
