@@ -15,12 +15,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from .liveserver import free_port
+from .liveserver import free_port, wait_until_serving
 
 
 class GroupServer:
@@ -72,18 +69,7 @@ class GroupServer:
         )
 
     def _wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.procs[0].poll() is not None:
-                raise RuntimeError(f"group exited early:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"group did not start:\n{self.log()}")
+        wait_until_serving(self, self.procs[0], "group", timeout)
 
     def log(self) -> str:
         return "\n".join(

@@ -18,6 +18,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(server, first_process: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    """Polls `server.url` until it answers; `server.log()` goes into the error when it never does."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if first_process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{server.log()}")
+        try:
+            if httpx.get(server.url + "/", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"{what} did not start:\n{server.log()}")
+
+
 class LiveServer:
     def __init__(self, models_dir: Path, log_path: Path, env: dict | None = None):
         self.port = free_port()
@@ -45,18 +61,7 @@ class LiveServer:
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{self.log()}")
+        wait_until_serving(self, self.proc, "server", timeout)
 
     def log(self) -> str:
         try:
