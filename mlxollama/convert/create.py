@@ -324,8 +324,9 @@ def mlx_dir_config(
 def supported_gguf_architectures() -> list[str]:
     from .gguf import ARCHITECTURES
     from .gguf_encoder import ENCODER_ARCHITECTURES
+    from .gguf_vision import VISION_FAMILIES
 
-    return sorted({*ARCHITECTURES, *ENCODER_ARCHITECTURES})
+    return sorted({*ARCHITECTURES, *ENCODER_ARCHITECTURES, *VISION_FAMILIES})
 
 
 def check_gguf_architecture(arch: str) -> None:
@@ -389,10 +390,25 @@ def convert_gguf(
     adapter_dir: Path | None = None,
     source_digest: str | None = None,
     base_config: dict | None = None,
+    projector_path: Path | None = None,
 ) -> Converted:
-    """GGUF file → MLX folder (+ optional adapter fusion and quantization) and its config blob."""
+    """GGUF file → MLX folder (+ optional adapter fusion and quantization) and its config blob.
+    A vision model (the tower in the file, or `projector_path`'s mmproj GGUF) → an mlx-vlm folder."""
     from .gguf import UnsupportedGGUF, import_gguf
     from .gguf_encoder import is_encoder_architecture, read_architecture
+    from .gguf_vision import vision_import_wanted
+
+    try:
+        vision = vision_import_wanted(gguf_path, projector_path)
+    except UnsupportedGGUF as e:
+        raise ManageError(str(e), 400) from e
+    except (ValueError, IndexError, KeyError) as e:  # not a GGUF: the importer below says so in Ollama's words
+        log.info("GGUF header unreadable: %s", e)
+        vision = False
+    if vision:
+        return _convert_gguf_vision(
+            gguf_path, projector_path, work, emit, quantize, adapter_dir, source_digest, base_config
+        )
 
     try:
         if is_encoder_architecture(read_architecture(gguf_path)):  # bert, nomic-bert: our MLX encoder
@@ -428,6 +444,50 @@ def convert_gguf(
         base=base_config,
     )
     return Converted(model_dir, config)
+
+
+def _convert_gguf_vision(
+    gguf_path: Path,
+    projector_path: Path | None,
+    work: Path,
+    emit: Emit,
+    quantize: QuantSpec | None,
+    adapter_dir: Path | None,
+    source_digest: str | None,
+    base_config: dict | None,
+) -> Converted:
+    """A GGUF vision model → mlx-vlm folder (gguf_vision.py); config blob as for a vision checkpoint:
+    `clip` among the families (Ollama's mark of a projector) and `vision` in the capabilities."""
+    from .gguf import UnsupportedGGUF
+    from .gguf_vision import import_gguf_vision
+
+    if quantize is not None:
+        raise ManageError("quantization is not supported for vision models imported from GGUF", 400)
+    if adapter_dir is not None:
+        raise ManageError("adapters are not supported for vision models", 400)
+    out = work / "vision"
+    emit({"status": "converting to mlx"})
+    with CONVERT_LOCK:
+        try:
+            result = import_gguf_vision(gguf_path, projector_path, out)
+        except UnsupportedGGUF as e:
+            raise ManageError(str(e), 400) from e
+        except ValueError as e:
+            log.info("GGUF vision import failed: %s", e)
+            raise ManageError("supplied file was not in GGUF format", 400) from e
+    config = model_config(
+        family=result.architecture,
+        parameter_count=result.parameter_count,
+        file_type=(base_config or {}).get("file_type") or result.file_type,
+        context_length=result.context_length,
+        embedding_length=result.embedding_length,
+        capabilities=["completion", "vision"],
+        source_digest=source_digest,
+        base=base_config,
+    )
+    families = [f for f in config.get("model_families") or [result.architecture] if f != "clip"]
+    config["model_families"] = [*families, "clip"]
+    return Converted(out, config)
 
 
 def _convert_gguf_encoder(
@@ -977,20 +1037,33 @@ def _from_files(
     kind = _detect_type(store, files)
     ls = LayerSet()
     if kind == "gguf":
+        from .gguf_vision import is_projector_file, source_key_for
+
         ggufs = {rel: d for rel, d in files.items() if _is_gguf_blob(store, rel, d)}
-        if len(ggufs) > 1:
-            raise ManageError("only one GGUF file is supported (split GGUFs and projectors cannot be converted)", 400)
-        ((rel, digest),) = ggufs.items()
+        for rel, digest in ggufs.items():
+            if not store.blob_path(digest).is_file():
+                raise ManageError(f"blob not found for {rel} (digest {digest})", 400)
+        # Ollama's create: an mmproj GGUF among the files is the model's projector layer
+        projectors = {rel: d for rel, d in ggufs.items() if is_projector_file(store.blob_path(d))}
+        models = {rel: d for rel, d in ggufs.items() if rel not in projectors}
+        if len(models) != 1 or len(projectors) > 1:
+            raise ManageError(
+                "only one GGUF model file (and one projector) is supported: split GGUFs cannot be converted", 400
+            )
+        ((rel, digest),) = models.items()
+        projector_digest = next(iter(projectors.values()), None)
+        projector = store.blob_path(projector_digest) if projector_digest else None
         emit({"status": "parsing GGUF"})
         blob = store.blob_path(digest)
-        if not blob.is_file():
-            raise ManageError(f"blob not found for {rel} (digest {digest})", 400)
-        reuse = find_converted(store, digest) if spec is None and adapter_dir is None else None
+        source = source_key_for(blob, digest, projector_digest)
+        reuse = find_converted(store, source) if spec is None and adapter_dir is None else None
         if reuse is not None:
             for layer in mlx_layers(reuse):
                 ls.add_existing(layer)
             return ls, reuse.read_config()
-        conv = convert_gguf(blob, work, emit, quantize=spec, adapter_dir=adapter_dir, source_digest=digest)
+        conv = convert_gguf(
+            blob, work, emit, quantize=spec, adapter_dir=adapter_dir, source_digest=source, projector_path=projector
+        )
         ls.add_dir(store, conv.model_dir, move=True)
         return ls, conv.config
     if kind == "safetensors":
@@ -1097,10 +1170,14 @@ def import_ollama_model(
     original_config: dict,
     emit: Emit = _noop,
     noprune: bool = False,
+    projector_path: Path | None = None,
+    source_key: str | None = None,
 ) -> StoredManifest:
     """An Ollama GGUF model (pulled, or found in an Ollama store) as our MLX layers plus its
-    template/params/system/license/messages layers. Reuses an earlier conversion of the same GGUF."""
-    reuse = find_converted(store, gguf_digest)
+    template/params/system/license/messages layers. Reuses an earlier conversion of the same GGUF
+    (`source_key`: what identifies it when more than the GGUF goes in, e.g. its projector)."""
+    source_key = source_key or gguf_digest
+    reuse = find_converted(store, source_key)
     with work_dir(store, "import") as work:
         ls = LayerSet()
         if reuse is not None:
@@ -1118,7 +1195,14 @@ def import_ollama_model(
         else:
             if gguf_path is None:
                 raise ManageError("model weights are missing", 500)
-            conv = convert_gguf(gguf_path, work, emit, source_digest=gguf_digest, base_config=original_config)
+            conv = convert_gguf(
+                gguf_path,
+                work,
+                emit,
+                source_digest=source_key,
+                base_config=original_config,
+                projector_path=projector_path,
+            )
             ls.add_dir(store, conv.model_dir, move=True)
             config = conv.config
         for layer in text_layers:

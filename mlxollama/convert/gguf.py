@@ -784,7 +784,13 @@ def _gemma3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {"model_type": "gemma3_text", **_common_config(m, tensors)}
     cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
     cfg["query_pre_attn_scalar"] = _gemma_query_scalar(m, cfg, 62)
-    cfg["rope_local_base_freq"] = m.float("rope.freq_base_swa", 10000.0)
+    # Ollama's converter leaves these out of the library's multimodal gemma3 files (and names the
+    # local base rope.local.freq_base): its engine's defaults, which are gemma3's values, apply.
+    if m.get("rope.freq_base") is None:
+        cfg["rope_theta"] = 1_000_000.0
+    if m.get("attention.layer_norm_rms_epsilon") is None:
+        cfg["rms_norm_eps"] = 1e-6
+    cfg["rope_local_base_freq"] = m.float("rope.freq_base_swa") or m.float("rope.local.freq_base", 10000.0)
     window = m.int("attention.sliding_window")
     if window:
         cfg["sliding_window"] = window
@@ -1511,14 +1517,15 @@ class _ShardWriter:
     """safetensors shards written as tensors arrive, so an import holds one converted
     tensor at a time, not a shard's worth (memory stays flat for any model size)."""
 
-    def __init__(self, out: Path):
-        self.out, self.shards, self.total = out, [], 0
+    def __init__(self, out: Path, prefix: str = ""):
+        self.out, self.shards, self.total, self.prefix = out, [], 0, prefix
         self.weight_map: dict[str, int] = {}
         self._file: Any = None
         self._entries: list[str] = []
         self._offset = self._header_len = 0
 
     def add(self, name: str, a: np.ndarray) -> None:
+        name = self.prefix + name
         a = np.ascontiguousarray(a, np.float32 if a.dtype == np.float64 else None)
         if a.dtype not in _SAFETENSORS_DTYPES:
             raise UnsupportedGGUF(f"{name}: cannot store dtype {a.dtype}")
@@ -1591,13 +1598,17 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
-    """Convert ``gguf_path`` into an mlx-lm model folder at ``out_dir``."""
+def import_gguf(
+    gguf_path: str | Path, out_dir: str | Path, *, spec: ArchSpec | None = None, write_prefix: str = ""
+) -> GGUFImport:
+    """Convert ``gguf_path`` into an mlx-lm model folder at ``out_dir``.  ``spec``: the text model's
+    spec when the architecture is not one of ``ARCHITECTURES``; ``write_prefix``: put before every
+    weight (and quantization) name, for a multimodal class's text model (gguf_vision.py)."""
     gguf_path, out = Path(gguf_path), Path(out_dir)
     reader = gguf.GGUFReader(str(gguf_path), "r")
     meta, types = read_metadata(reader)
     arch = str(meta.get("general.architecture", ""))
-    spec = ARCHITECTURES.get(arch)
+    spec = spec or ARCHITECTURES.get(arch)
     if spec is None:
         raise UnsupportedGGUF(
             f"GGUF architecture {arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})"
@@ -1630,7 +1641,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
     except UnsupportedTokenizer as e:
         raise UnsupportedGGUF(f"{arch}: {e}") from e
 
-    writer = _ShardWriter(out)
+    writer = _ShardWriter(out, write_prefix)
     quant: dict[str, tuple] = {}
     for t in reader.tensors:
         _release_mapped_pages(reader)
@@ -1720,7 +1731,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path) -> GGUFImport:
         qcfg: dict[str, Any] = entry(common)
         for module, q in sorted(quant.items()):
             if q != common:
-                qcfg[module] = entry(q)
+                qcfg[write_prefix + module] = entry(q)
         config["quantization"] = qcfg
         config["quantization_config"] = qcfg
     if tok_info.bos_token_id is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..config import ollama_models_dir
 from ..store import Layer, ModelName, Store, StoredManifest, media
 from .create import TEXT_LAYER_TYPES, Emit, ManageError, check_gguf_architecture, import_ollama_model
+from .gguf_vision import source_key_for, vision_refusal
 
 
 def find(name: ModelName, root: Path | None = None) -> StoredManifest | None:
@@ -45,7 +46,12 @@ def import_from_ollama(
         original_config = {}
     if not isinstance(original_config, dict):
         original_config = {}
-    check_gguf_architecture(str(original_config.get("model_family") or ""))
+    family = str(original_config.get("model_family") or "")
+    projector = next((l for l in source.manifest.layers if l.media_type == media.PROJECTOR), None)
+    refusal = vision_refusal(family, projector is not None)
+    if refusal:
+        raise ManageError(refusal, 400)
+    check_gguf_architecture(family)
     model = next(l for l in source.manifest.layers if l.media_type == media.MODEL)
     gguf = src_blobs.blob_path(model.digest)
     if not gguf.is_file():
@@ -74,4 +80,6 @@ def import_from_ollama(
         original_config=original_config,
         emit=emit,
         noprune=noprune,
+        projector_path=src_blobs.blob_path(projector.digest) if projector else None,
+        source_key=source_key_for(gguf, model.digest, projector.digest if projector else None),
     )

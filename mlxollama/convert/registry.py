@@ -30,6 +30,7 @@ from .. import __version__
 from ..config import DEFAULT_REPORTED_VERSION, registry_override
 from ..store import DEFAULT_HOST, DigestMismatch, Layer, Manifest, ModelName, Store, media
 from .create import (
+    SOURCE_KEY,
     TEXT_LAYER_TYPES,
     Emit,
     ManageError,
@@ -38,6 +39,7 @@ from .create import (
     import_ollama_model,
     prune_unreferenced,
 )
+from .gguf_vision import VISION_FAMILIES, source_key_for, vision_refusal, vision_source_key
 
 MAX_RETRIES = 5
 RETRY_BASE_DELAY = 0.25  # seconds; doubles per retry
@@ -413,9 +415,13 @@ async def _pull_gguf(
     if any(l.media_type == media.ADAPTER for l in manifest.layers):
         raise ManageError("pull model: models with a LoRA adapter layer cannot be converted to MLX", 400)
     model = models[0]
+    projectors = [l for l in manifest.layers if l.media_type == media.PROJECTOR]
+    if len(projectors) > 1:
+        raise ManageError(f"pull model: expected at most one projector layer, found {len(projectors)}", 400)
+    projector = projectors[0] if projectors else None
 
     async with _blob_lock(store, model.digest + "#convert"):
-        reuse = await asyncio.to_thread(find_converted, store, model.digest)
+        reuse = await asyncio.to_thread(_find_gguf_conversion, store, model.digest, projector)
         original_config: dict = {}
         if reuse is None:
             # The config is tiny and names the architecture: refuse before the large download.
@@ -430,21 +436,32 @@ async def _pull_gguf(
             try:
                 if fmt not in ("", "gguf"):
                     raise ManageError(f'unsupported model format "{fmt}"', 400)
-                check_gguf_architecture(str(original_config.get("model_family") or ""))
+                family = str(original_config.get("model_family") or "")
+                refusal = vision_refusal(family, projector is not None)
+                if refusal:  # before the large download, like an unknown architecture
+                    raise ManageError(f"pull model: {refusal}", 400)
+                check_gguf_architecture(family)
             except ManageError:
                 await asyncio.to_thread(prune_unreferenced, store, {manifest.config.digest})
                 raise
         for layer in manifest.layers:
             if layer is model and reuse is not None:
                 emit(_progress(layer.digest, layer.size, layer.size))
-            elif layer.media_type == media.PROJECTOR:
-                emit({"status": f"skipping projector {_short(layer.digest)}: images are not supported"})
+            elif layer is projector and reuse is not None:
+                emit(_progress(layer.digest, layer.size, layer.size))
             else:
                 await reg.fetch_blob(store, layer, emit)
         emit(_progress(manifest.config.digest, manifest.config.size, manifest.config.size))
         emit({"status": "verifying sha256 digest"})
         text_layers = [l for l in manifest.layers if l.media_type in TEXT_LAYER_TYPES]
         gguf = store.blob_path(model.digest) if reuse is None else None
+        projector_path = store.blob_path(projector.digest) if projector is not None and reuse is None else None
+        if reuse is not None:
+            source_key = reuse.read_config().get(SOURCE_KEY) or model.digest
+        else:
+            source_key = await asyncio.to_thread(
+                source_key_for, gguf, model.digest, projector.digest if projector else None
+            )
         await asyncio.to_thread(
             import_ollama_model,
             store,
@@ -455,9 +472,24 @@ async def _pull_gguf(
             original_config=original_config,
             emit=emit,
             noprune=noprune,
+            projector_path=projector_path,
+            source_key=source_key,
         )
-        # The GGUF and Ollama's config are not part of what we store: drop them unless referenced.
-        await asyncio.to_thread(prune_unreferenced, store, {model.digest, manifest.config.digest})
+        # The GGUFs and Ollama's config are not part of what we store: drop them unless referenced.
+        dropped = {model.digest, manifest.config.digest, *([projector.digest] if projector else [])}
+        await asyncio.to_thread(prune_unreferenced, store, dropped)
+
+
+def _find_gguf_conversion(store: Store, model_digest: str, projector: Layer | None):
+    """An earlier conversion of this pull's GGUF (and projector). One made from the GGUF alone is not
+    reused for a family whose vision tower is converted: it predates that, and left the tower out."""
+    reuse = find_converted(store, vision_source_key(model_digest, projector.digest if projector else None))
+    if reuse is not None or projector is not None:
+        return reuse
+    plain = find_converted(store, model_digest)
+    if plain is not None and plain.read_config().get("model_family") in VISION_FAMILIES:
+        return None
+    return plain
 
 
 async def _pull_ollama_mlx(
