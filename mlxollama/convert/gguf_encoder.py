@@ -31,7 +31,7 @@ from .gguf_tokenizer import UnsupportedTokenizer, write_tokenizer_files
 
 log = logging.getLogger(__name__)
 
-ENCODER_ARCHITECTURES = ("bert", "nomic-bert")
+ENCODER_ARCHITECTURES = ("bert", "nomic-bert", "gemma-embedding")
 
 # llama.cpp's pooling_type numbering (enum llama_pooling_type).
 _POOLING = {1: "mean", 2: "cls", 3: "lasttoken"}
@@ -90,7 +90,11 @@ def read_architecture(path: str | Path) -> str:
     """``general.architecture`` of a GGUF file (the header is parsed; the weights stay memory-mapped, unread)."""
     reader = gguf.GGUFReader(str(path), "r")
     f = reader.fields.get("general.architecture")
-    return str(f.contents()) if f is not None else ""
+    arch = str(f.contents()) if f is not None else ""
+    # Ollama's embeddinggemma is a gemma3 GGUF with a pooling type: the encoder imports it
+    if arch == "gemma3" and f"{arch}.pooling_type" in reader.fields:
+        return "gemma-embedding"
+    return arch
 
 
 def is_encoder_architecture(arch: str) -> bool:
@@ -266,6 +270,10 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
     reader = gguf.GGUFReader(str(gguf_path), "r")
     meta, types = read_metadata(reader)
     arch = str(meta.get("general.architecture", ""))
+    from .gemma_embed import is_gemma_embedding_gguf
+
+    if is_gemma_embedding_gguf(arch, meta.get(f"{arch}.pooling_type")):
+        return _import_gemma(reader, meta, types, out)
     if arch not in ENCODER_ARCHITECTURES:
         raise UnsupportedEncoderGGUF(f"GGUF architecture {arch!r} is not an embedding model we import")
     tensors = {t.name: t for t in reader.tensors}
@@ -333,6 +341,38 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
         context_length=context,
         embedding_length=cfg.hidden_size,
         files=files,
+        pooling=pooling.mode,
+        normalize=pooling.normalize,
+    )
+
+
+def _import_gemma(reader: Any, meta: Mapping[str, Any], types: Mapping[str, Any], out: Path) -> GGUFEncoderImport:
+    """EmbeddingGemma (llama.cpp's gemma-embedding, Ollama's gemma3 with a pooling type): see convert/gemma_embed.py."""
+    from ..engine.encoder import UnsupportedEncoder
+    from .gemma_embed import import_gemma_gguf
+
+    arch = str(meta.get("general.architecture", ""))
+    try:
+        config, heads, pooling, parameter_count = import_gemma_gguf(
+            reader, meta, out, _tensor_array, _write_safetensors
+        )
+    except UnsupportedEncoder as e:
+        raise UnsupportedEncoderGGUF(str(e)) from e
+    context = int(config["max_position_embeddings"])
+    try:
+        tok = write_tokenizer_files(meta, out, context)
+    except UnsupportedTokenizer as e:
+        raise UnsupportedEncoderGGUF(f"{arch}: {e}") from e
+    info = model_info_from_metadata(meta, types, parameter_count)
+    info.setdefault(f"{arch}.pooling_type", pooling.ollama_pooling_type)  # marks it an embedder
+    (out / "model_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    return GGUFEncoderImport(
+        architecture=arch,
+        file_type=_file_type(meta),
+        parameter_count=parameter_count,
+        context_length=context,
+        embedding_length=heads[-1].out_features if heads else int(config["hidden_size"]),
+        files=["model.safetensors", "config.json", "dense.json", "pooling.json", *tok.files, "model_info.json"],
         pooling=pooling.mode,
         normalize=pooling.normalize,
     )

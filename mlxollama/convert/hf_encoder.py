@@ -12,8 +12,8 @@ from mlx.utils import tree_flatten
 
 from ..engine.encoder import (
     SUPPORTED_MODEL_TYPES,
-    BertEncoder,
     UnsupportedEncoder,
+    build_encoder,
     check_weights,
     load_checkpoint,
     read_config,
@@ -37,7 +37,13 @@ _PLAIN_FILES = (
 
 # model_type -> the general.architecture Ollama reports for the same model (llama.cpp's converter
 # writes RoBERTa and XLM-R as "bert"; NomicBERT keeps its own name).
-_OLLAMA_ARCHITECTURE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "nomic_bert": "nomic-bert"}
+_OLLAMA_ARCHITECTURE = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "nomic_bert": "nomic-bert",
+    "modernbert": "modern-bert",  # llama.cpp's name for it
+}
 
 
 class EncoderImportError(ValueError):
@@ -70,6 +76,12 @@ def convert_sentence_transformers(src_dir: Path, out_dir: Path) -> EncoderImport
         raise EncoderImportError(f"{src_dir}: no *.safetensors weights{hint}")
 
     model_type = _model_type(src_dir)
+    from ..engine.encoder_gemma import is_gemma_embedding_folder
+
+    if is_gemma_embedding_folder(src_dir):  # EmbeddingGemma: bidirectional Gemma 3 + Dense heads
+        from .gemma_embed import convert_gemma_folder
+
+        return convert_gemma_folder(src_dir, out_dir)
     if is_decoder_embedder(model_type):
         return _convert_decoder(src_dir, out_dir)
 
@@ -82,7 +94,7 @@ def convert_sentence_transformers(src_dir: Path, out_dir: Path) -> EncoderImport
         raise EncoderImportError(f"{src_dir}: malformed model configuration ({e!r})") from e
 
     weights = load_checkpoint(src_dir)
-    module = BertEncoder(cfg)  # parameters stay lazy: only names and shapes are used
+    module = build_encoder(cfg)  # parameters stay lazy: only names and shapes are used
     try:
         check_weights(module, weights)
     except ValueError as e:

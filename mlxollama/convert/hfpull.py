@@ -212,7 +212,14 @@ def pull_hf(store: Store, name: ModelName, emit: Emit, *, noprune: bool = False)
         spec = None if name.tag.lower() == "latest" else parse_quantize(name.tag)
     except QuantizeError as e:
         raise ManageError(str(e), e.status) from e
-    wanted = sorted(f for f in siblings if "/" not in f and any(Path(f).match(p) for p in CHECKPOINT_PATTERNS))
+    # top-level files, and sentence-transformers module folders (1_Pooling/, 2_Dense/ ...): an
+    # embedder's pooling mode and Dense heads live there
+    wanted = sorted(
+        f
+        for f in siblings
+        if ("/" not in f or re.fullmatch(r"\d+_[A-Za-z]+/[^/]+", f))
+        and any(Path(f).match(p) for p in CHECKPOINT_PATTERNS)
+    )
     total = sum(int(siblings[f].size or 0) for f in wanted)
     download(wanted, "pulling model", total, None)
     emit({"status": "verifying sha256 digest"})

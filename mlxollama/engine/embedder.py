@@ -88,7 +88,12 @@ class LoadedEmbedder:
     kind = "embedding"
 
     def __init__(self, model_dir: Path):
-        self.encoder = EncoderModel.load(model_dir) if _is_encoder_folder(model_dir) else DecoderEmbedder(model_dir)
+        from .encoder_gemma import GemmaEmbeddingModel, is_gemma_embedding_folder
+
+        if is_gemma_embedding_folder(model_dir):
+            self.encoder = GemmaEmbeddingModel.load(model_dir)
+        else:
+            self.encoder = EncoderModel.load(model_dir) if _is_encoder_folder(model_dir) else DecoderEmbedder(model_dir)
         self.on_gpu = mx.default_device() != mx.cpu
 
     def memory_bytes(self, num_ctx: int) -> int:

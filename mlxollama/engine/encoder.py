@@ -23,11 +23,11 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tokenizers import Tokenizer
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "nomic_bert")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "nomic_bert", "modernbert")
 POOLING_MODES = ("mean", "cls", "lasttoken", "max", "mean_sqrt_len")
 
 # Checkpoint entries that are not part of the encoder stack sentence-transformers runs.
-_DROPPED_PREFIXES = ("pooler.", "cls.", "lm_head.", "classifier.")
+_DROPPED_PREFIXES = ("pooler.", "cls.", "lm_head.", "classifier.", "head.", "decoder.")
 _DROPPED_SUFFIXES = ("position_ids",)
 _MODEL_PREFIXES = ("bert.", "roberta.", "model.")
 
@@ -87,6 +87,13 @@ class EncoderConfig:
     position_offset: int
     # NomicBERT: rotary positions (base > 0) instead of learned ones, SwiGLU MLP.
     rotary_base: float = 0.0
+    # ModernBERT (encoder_modernbert.py): global / local layers, the local rope base and band
+    local_rotary_base: float = 0.0
+    layer_types: tuple[str, ...] = ()
+    local_half_window: int = 0
+    norm_bias: bool = True
+    attention_bias: bool = True
+    mlp_bias: bool = True
 
     @property
     def usable_positions(self) -> int:
@@ -101,6 +108,10 @@ class EncoderConfig:
         model_type = str(raw.get("model_type") or "").lower()
         if model_type == "nomic_bert":
             return cls._from_nomic(raw)
+        if model_type == "modernbert":
+            from .encoder_modernbert import modernbert_fields
+
+            return cls(**modernbert_fields(raw))
         if model_type not in SUPPORTED_MODEL_TYPES:
             arch = model_type or ",".join(raw.get("architectures") or []) or "unknown"
             raise UnsupportedEncoder(
@@ -552,6 +563,15 @@ class BertEncoder(nn.Module):
         return x
 
 
+def build_encoder(cfg: EncoderConfig) -> nn.Module:
+    """The encoder module for ``cfg``: ModernBERT's own, or BertEncoder (BERT, RoBERTa, XLM-R, NomicBERT)."""
+    if cfg.model_type == "modernbert":
+        from .encoder_modernbert import ModernBertEncoder
+
+        return ModernBertEncoder(cfg)
+    return BertEncoder(cfg)
+
+
 # --------------------------------------------------------------------------- pooling
 
 
@@ -675,7 +695,7 @@ class EncoderModel:
             raise FileNotFoundError(f"{model_dir}: tokenizer.json not found")
         tokenizer = Tokenizer.from_file(str(tok_path))
 
-        module = BertEncoder(cfg)
+        module = build_encoder(cfg)
         weights = load_checkpoint(model_dir)
         check_weights(module, weights)
         target = _resolve_dtype(dtype)

@@ -257,6 +257,10 @@ def build_encoder_checkpoint(
     """A sentence-transformers folder (Transformer -> Pooling [-> Normalize]) holding a tiny
     ``arch`` ("bert", "nomic_bert" or "xlm-roberta") model with random weights, HF names and layout."""
     out.mkdir(parents=True, exist_ok=True)
+    if arch == "modernbert":  # its own builder (tinyembed.py)
+        from .tinyembed import build_modernbert
+
+        return build_modernbert(out, seed=seed, hidden=hidden, layers=layers, pooling=pooling, normalize=normalize)
     builders = {"xlm-roberta": build_unigram_tokenizer, "roberta": build_bpe_tokenizer}
     tok = builders.get(arch, build_wordpiece_tokenizer)(out)
     vocab, heads, inner = tok.get_vocab_size(), 4, 2 * hidden
