@@ -183,7 +183,7 @@ async def generate_reply(state: ServerState, req: GenerateRequest, started: int,
             messages.append({"role": "system", "content": system})
         if not req.context:
             messages.extend(spec.messages)
-        messages.append({"role": "user", "content": req.prompt})
+        messages.append({"role": "user", "content": req.prompt, **({"images": req.images} if req.images else {})})
         prompt = PromptSpec(
             messages=messages,
             context=req.context,
@@ -194,6 +194,8 @@ async def generate_reply(state: ServerState, req: GenerateRequest, started: int,
         )
     prompt.grammar = grammar
     prompt.shift = req.shift
+    if req.images and prompt.messages is None:  # raw or request-template prompts: images go alongside
+        prompt.images = list(req.images)
 
     def chunk(text, thinking="", calls=None):
         out = {"model": req.model, "created_at": rfc3339_utc(), "response": text}

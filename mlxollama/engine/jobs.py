@@ -89,6 +89,8 @@ class PromptSpec:
     # The model's own Ollama TEMPLATE layer: rendered instead of the Jinja chat template, as
     # Ollama prefers it (OLLAMA_GO_TEMPLATE defaults to true).
     go_template: str | None = None
+    # Images of a raw or templated /api/generate prompt (chat messages carry theirs as "images")
+    images: list[bytes] | None = None
 
 
 class GenerationJob(Job):

@@ -117,6 +117,8 @@ class _Active:
     first_token_at: int | None = None
     count: int = 0
     pending_logprobs: list = field(default_factory=list)
+    # The prompt cache's key for the prompt where it is not its tokens (images: vision.py)
+    key_prefix: list[int] | None = None
 
 
 class LoadedLLM:
@@ -504,7 +506,7 @@ class LoadedLLM:
                 a.job.emit(_event(piece, a.pending_logprobs))
                 a.pending_logprobs = []
             if ended or (shifting and a.reply.stopped):
-                self._remember(list(r.all_tokens), r.prompt_cache)
+                self._remember(_cache_key(a, list(r.all_tokens)), r.prompt_cache)
                 self._finish(r.uid, r.finish_reason if ended else "stop")
             elif shifting:
                 self._shift(r.uid, a, list(r.all_tokens))
@@ -514,7 +516,7 @@ class LoadedLLM:
                 else:
                     saved = self.batch.remove([r.uid], return_prompt_caches=True)
                 for cache, tokens in saved.values():
-                    self._remember(list(tokens), cache)
+                    self._remember(_cache_key(a, list(tokens)), cache)
                 self._finish(r.uid, "stop")
 
     def _remember(self, tokens: list[int], cache: list) -> None:
@@ -735,6 +737,12 @@ def _fault_trace(tokens, logits):
 
 
 _FAULTS = {"oom": _fault_oom, "error": _fault_error, "trace": _fault_trace}
+
+
+def _cache_key(a: _Active, tokens: list[int]) -> list[int]:
+    """What a finished sequence is remembered under: its tokens, with the prompt's own key in front
+    where the prompt has one (an image's placeholder tokens say nothing of its pixels)."""
+    return tokens if a.key_prefix is None else a.key_prefix + tokens[len(a.key_prefix) :]
 
 
 def _event(piece: Piece, logprobs: list | None) -> TextEvent:

@@ -27,6 +27,11 @@ def _load_state(spec: ModelSpec, model_dir: Path, config: Config, run_dir: Path 
         return LoadedEmbedder(model_dir)
     from .llm import EngineSettings, LoadedLLM
 
+    if spec.kind == "vision":  # mlx-vlm (vision.py)
+        from .vision import LoadedVLM
+
+        return LoadedVLM(model_dir, EngineSettings.from_config(config, spec.params))
+
     # A DRAFT loads on this thread beside the model it drafts for (speculative.py)
     draft_dir = spec.draft.materialize(run_dir) if spec.draft is not None and run_dir is not None else None
     from .diskcache import DiskCacheSettings
