@@ -135,6 +135,10 @@ async def show(request):
     if not verbose:
         info = {k: ([] if isinstance(v, list) and len(v) > 5 else v) for k, v in info.items()}
     out["model_info"] = info
+    if spec.projector_info:  # a vision model: its tower's fields, arrays trimmed as model_info's
+        out["projector_info"] = {
+            k: ([] if isinstance(v, list) and len(v) > 5 and not verbose else v) for k, v in spec.projector_info.items()
+        }
     if spec.tensors:
         out["tensors"] = spec.tensors
     if spec.capabilities:

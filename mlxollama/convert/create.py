@@ -576,6 +576,10 @@ def convert_checkpoint(
         raise ManageError("no config.json in the safetensors files", 400)
     if is_sentence_transformers(src):
         return convert_encoder(src, work, emit, quantize=quantize, adapter_dir=adapter_dir)
+    from .vlm import convert_vision, is_vision_checkpoint
+
+    if is_vision_checkpoint(src):  # an mlx-vlm folder: kept as is, or made by mlx-vlm's converter
+        return convert_vision(src, work, emit, quantize=quantize, adapter_dir=adapter_dir)
     if mlx_layout is None:
         mlx_layout = is_mlx_checkpoint(src)
     if quantize is not None and _is_quantized_dir(src):
@@ -1016,8 +1020,14 @@ def _from_model(
         _stage(store, {l.name: l.digest for l in files if l.name}, src)
         if spec is not None and _is_quantized_dir(src):
             raise ManageError(QUANTIZE_ERROR, 500)
-        with CONVERT_LOCK:
-            out, file_type = _transform(src, work, emit, spec, adapter_dir)
+        from .vlm import convert_vision, is_vision_checkpoint
+
+        if is_vision_checkpoint(src):  # mlx-vlm quantizes it (the vision tower stays in float)
+            out = convert_vision(src, work, emit, quantize=spec, adapter_dir=adapter_dir).model_dir
+            file_type = spec.name if spec is not None else ""
+        else:
+            with CONVERT_LOCK:
+                out, file_type = _transform(src, work, emit, spec, adapter_dir)
         old = LayerSet(ls.layers, ls.statuses)
         ls = LayerSet()
         ls.add_dir(store, out, move=True)

@@ -28,7 +28,7 @@ class ModelSpec:
     store: Store
     stored: object
     config: dict
-    kind: str  # "llm" or "embedding"
+    kind: str  # "llm", "embedding" or "vision" (an mlx-vlm model folder: text + vision tower)
     model_info: dict = field(default_factory=dict)
     tensors: list = field(default_factory=list)
     chat_template: str | None = None
@@ -42,6 +42,8 @@ class ModelSpec:
     messages: list = field(default_factory=list)
     licenses: list[str] = field(default_factory=list)
     capabilities: list[str] = field(default_factory=list)
+    # /api/show projector_info of a vision model: its tower's fields under llama.cpp's clip.* keys
+    projector_info: dict = field(default_factory=dict)
     modified_at: float = 0.0
     size: int = 0
     # DRAFT: the model that proposes tokens for this one (speculative.py); None when it has none or
@@ -122,9 +124,117 @@ def derive_capabilities(kind: str, chat_template: str | None, go_template: str |
         caps.append("tools")
     if fim or ".Suffix" in go:
         caps.append("insert")
+    if kind == "vision":  # Ollama's order for a model with a projector: after insert, before thinking
+        caps.append("vision")
     if template_supports_thinking(jinja) or is_harmony_template(jinja) or ".Thinking" in go:
         caps.append("thinking")
     return caps
+
+
+# Parameters of a vision tower or its projector, in mlx-vlm's and Hugging Face's names (a text
+# model converted from a multimodal checkpoint keeps `vision_config` but none of these).
+_VISION_TENSOR = re.compile(
+    r"(^|\.)(vision_tower|vision_model|visual|vision_encoder|multi_modal_projector|mm_projector|embed_vision)\."
+)
+
+
+def is_vision_tensor(name: str) -> bool:
+    return _VISION_TENSOR.search(name) is not None
+
+
+def _safetensors_names(path: Path) -> dict:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > 100_000_000:
+            return {}
+        header = json.loads(f.read(n))
+    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+@functools.lru_cache(maxsize=256)
+def _vision_parameter_count(paths: tuple[Path, ...], bits: int) -> int:
+    """Parameters of the vision tower and projector in these weight files (0: there are none).
+    Packed quantized matrices count as their unpacked size, their scales and biases not at all."""
+    total = 0
+    for p in paths:
+        try:
+            header = _safetensors_names(p)
+        except (OSError, ValueError):
+            continue
+        for name, info in header.items():
+            if not is_vision_tensor(name):
+                continue
+            stem = name.rsplit(".", 1)[0]
+            if name.endswith((".scales", ".biases")) and f"{stem}.weight" in header:
+                continue
+            n = 1
+            for d in info.get("shape") or []:
+                n *= int(d)
+            if info.get("dtype") == "U32" and f"{stem}.scales" in header:
+                n = n * 32 // (bits or 4)
+            total += max(n, 1)
+    return total
+
+
+# llama.cpp's clip.projector_type per mlx-vlm model_type, as an mmproj GGUF names it.
+_PROJECTOR_TYPES = {
+    "gemma3": "gemma3",
+    "qwen2_vl": "qwen2vl_merger",
+    "qwen2_5_vl": "qwen2.5vl_merger",
+    "qwen3_vl": "qwen3vl_merger",
+    "mistral3": "pixtral",
+    "pixtral": "pixtral",
+    "llava": "mlp",
+    "llava_next": "mlp",
+    "idefics3": "idefics3",
+    "smolvlm": "idefics3",
+    "llama4": "llama4",
+}
+
+
+def projector_info(hf_config: dict, preprocessor: dict, parameter_count: int) -> dict:
+    """/api/show projector_info of an mlx-vlm model: what an mmproj GGUF's key/values would say
+    (llama.cpp's clip.* names), from config.json's vision_config and the image preprocessor."""
+    vision = hf_config.get("vision_config") or {}
+    text = hf_config.get("text_config") if isinstance(hf_config.get("text_config"), dict) else {}
+
+    def first(*values):
+        return next((v for v in values if v is not None), None)
+
+    model_type = str(hf_config.get("model_type") or "")
+    info: dict = {"general.architecture": "clip"}
+    if parameter_count:
+        info["general.parameter_count"] = int(parameter_count)
+    info["clip.has_vision_encoder"] = True
+    info["clip.projector_type"] = _PROJECTOR_TYPES.get(model_type, model_type)
+    fields = {
+        "clip.vision.block_count": first(vision.get("num_hidden_layers"), vision.get("depth")),
+        "clip.vision.embedding_length": first(vision.get("hidden_size"), vision.get("embed_dim")),
+        "clip.vision.feed_forward_length": vision.get("intermediate_size"),
+        "clip.vision.attention.head_count": first(vision.get("num_attention_heads"), vision.get("num_heads")),
+        "clip.vision.attention.layer_norm_epsilon": first(vision.get("layer_norm_eps"), vision.get("rms_norm_eps")),
+        "clip.vision.image_size": vision.get("image_size"),
+        "clip.vision.patch_size": vision.get("patch_size"),
+        # the width the projector writes into: the language model's hidden size
+        "clip.vision.projection_dim": first(
+            vision.get("out_hidden_size"), (text or {}).get("hidden_size"), hf_config.get("hidden_size")
+        ),
+        "clip.vision.spatial_merge_size": first(vision.get("spatial_merge_size"), hf_config.get("spatial_merge_size")),
+        "clip.vision.window_size": vision.get("window_size"),
+        "clip.vision.image_mean": preprocessor.get("image_mean"),
+        "clip.vision.image_std": preprocessor.get("image_std"),
+    }
+    info.update({k: v for k, v in fields.items() if v is not None})
+    return info
+
+
+def _vision_parameters(store: Store, stored, hf_config: dict) -> int:
+    """Vision parameters of a stored model whose config.json has a vision_config (0: none stored)."""
+    if not isinstance(hf_config.get("vision_config"), dict) or not hf_config["vision_config"]:
+        return 0
+    paths = tuple(store.blob_path(l.digest) for l in stored.manifest.layers if l.media_type == media.MLX_WEIGHTS)
+    quant = hf_config.get("quantization") if isinstance(hf_config.get("quantization"), dict) else {}
+    return _vision_parameter_count(paths, int(quant.get("bits") or 0)) if paths else 0
 
 
 @functools.lru_cache(maxsize=256)
@@ -181,7 +291,19 @@ def load_spec(store: Store, name: ModelName, with_draft: bool = True) -> ModelSp
     is_embedding = "embedding" in (config.get("capabilities") or []) or any(
         k.endswith(".pooling_type") for k in model_info
     )
-    kind = "embedding" if is_embedding else "llm"
+    # A vision model: converted as one (convert/vlm.py marks the config blob) and its config.json's
+    # vision_config has a tower in the weights. Text models made from multimodal checkpoints (mlx-lm
+    # drops the tower when it loads them) carry neither mark.
+    vision_parameters, hf_config = 0, {}
+    if not is_embedding and "vision" in (config.get("capabilities") or []):
+        hf_config = _json_or(_file_layer_text(store, stored, "config.json"), {})
+        hf_config = hf_config if isinstance(hf_config, dict) else {}
+        vision_parameters = _vision_parameters(store, stored, hf_config)
+    kind = "embedding" if is_embedding else "vision" if vision_parameters else "llm"
+    projector = {}
+    if kind == "vision":
+        preprocessor = _json_or(_file_layer_text(store, stored, "preprocessor_config.json"), {})
+        projector = projector_info(hf_config, preprocessor if isinstance(preprocessor, dict) else {}, vision_parameters)
     go_template = stored.read_layer_text(media.TEMPLATE)
     fim = _fim_format(store, stored) if kind == "llm" else None
     derived = False
@@ -207,6 +329,7 @@ def load_spec(store: Store, name: ModelName, with_draft: bool = True) -> ModelSp
         licenses=licenses,
         # transformers renders tools with a named "tool_use" template when there is one
         capabilities=derive_capabilities(kind, all_templates if isinstance(all_templates, str) else None, go_template),
+        projector_info=projector,
         modified_at=stored.modified_at,
         size=stored.size,
         draft=_draft_spec(store, config) if with_draft and kind == "llm" else None,
