@@ -60,6 +60,33 @@ MROPE_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl"})
 UNDECODABLE_IMAGE = "Failed to create new sequence: failed to process inputs: image: unknown format"
 
 
+# What mlx-vlm's prepare_inputs passes a processor for its tokenizer.
+_TOKENIZER_KWARGS = frozenset({"padding", "padding_side", "add_special_tokens", "truncation", "max_length"})
+
+
+class ImageProcessorKwargs:
+    """mlx-vlm 0.7.10's LlavaProcessor forwards every keyword it is given, the tokenizer's `padding=`
+    included, to its image processor, and transformers 5's image processors refuse unknown keywords:
+    every llava image request failed. This stands in for the image processor and drops the
+    tokenizer's keywords (the fix upstream needs in LlavaProcessor.__call__)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, images, *args, **kwargs):
+        return self.inner(images, *args, **{k: v for k, v in kwargs.items() if k not in _TOKENIZER_KWARGS})
+
+
+def _fix_processor(family: str, processor) -> None:
+    if family == "llava" and not isinstance(
+        getattr(processor, "image_processor", None), (type(None), ImageProcessorKwargs)
+    ):
+        processor.image_processor = ImageProcessorKwargs(processor.image_processor)
+
+
 def _kv_caches(language_model) -> list:
     """mlx-lm caches in the shape the language model asks for: mlx-lm's batch generator merges only
     its own cache types; anything else is kept (and the model then cannot batch)."""
@@ -192,6 +219,7 @@ class LoadedVLM(LoadedLLM):
         self.processor = processor
         config = vlm.config
         self.family = getattr(config, "model_type", "") or ""
+        _fix_processor(self.family, processor)
         self.image_token_id = getattr(config, "image_token_index", None)
         if self.image_token_id is None:
             self.image_token_id = getattr(config, "image_token_id", None)

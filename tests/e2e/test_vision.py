@@ -21,7 +21,7 @@ from mlxollama.engine.vision import UNDECODABLE_IMAGE, LoadedVLM
 from mlxollama.options import Options
 from tests.support.tinyvlm import build_tiny_vlm, make_image, reference_generate, reference_logits, reference_prompt
 
-FAMILIES = ["gemma3", "qwen2_5_vl", "mistral3"]
+FAMILIES = ["gemma3", "qwen2_5_vl", "mistral3", "llava"]
 QUESTION = "Describe this image."
 GREEDY = 8
 
@@ -110,12 +110,14 @@ def test_greedy_tokens_equal_mlx_vlm_on_the_same_prompt_and_image(folders, engin
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chat_messages_with_an_image_equal_mlx_vlm_formatting(folders, engines, family):
-    """The chat path puts image parts first in the message, as mlx-vlm's apply_chat_template does."""
+    """The chat path hands the template a message's images as content parts in front of its text
+    (Ollama's order), which is what mlx-vlm formats for a message written that way."""
     vlm, image = engines[family], make_image(2)
     spec = PromptSpec(messages=[{"role": "user", "content": QUESTION, "images": [image]}], return_context=True)
     ((_, done, _),) = run(vlm, [spec], greedy())
     assert isinstance(done, DoneEvent), done
-    assert_same_greedy(done, reference_generate(folders[family], QUESTION, [image], n=GREEDY), vlm.eos_ids)
+    parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    assert_same_greedy(done, reference_generate(folders[family], parts, [image], n=GREEDY), vlm.eos_ids)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -68,3 +68,28 @@ def test_a_messages_images_travel_to_the_engine_but_not_into_text_templates():
     assert out["images"] == [b"\x89PNG"] and out["content"] == "hi"
     assert "images" not in to_template_message(out)  # text models render the content alone
     assert "images" not in _template_message(Message(role="user", content="hi"))
+
+
+def test_llavas_image_processor_is_spared_the_tokenizers_keywords():
+    """mlx-vlm 0.7.10's LlavaProcessor forwards `padding=` to transformers 5's image processor,
+    which refuses it; the engine's stand-in passes the image processor only its own keywords."""
+    from types import SimpleNamespace
+
+    from mlxollama.engine.vision import ImageProcessorKwargs, _fix_processor
+
+    seen = {}
+
+    def image_processor(images, **kwargs):
+        if "padding" in kwargs:
+            raise TypeError("ImagesKwargs.__init__() got an unexpected keyword argument 'padding'")
+        seen.update(kwargs)
+        return "pixels"
+
+    processor = SimpleNamespace(image_processor=image_processor)
+    _fix_processor("llava", processor)
+    assert isinstance(processor.image_processor, ImageProcessorKwargs)
+    assert processor.image_processor(["img"], padding=True, return_tensors="np") == "pixels"
+    assert seen == {"return_tensors": "np"}
+    untouched = SimpleNamespace(image_processor=image_processor)
+    _fix_processor("gemma3", untouched)
+    assert untouched.image_processor is image_processor
