@@ -1,0 +1,187 @@
+"""Vision models from the Ollama registry (issue 17): a tiny random VLM built with mlx-vlm's own classes
+(tests/support/tinyvlm.py) is written as the registry ships it (tests/support/tinygguf_vision.py):
+llama.cpp's text GGUF + mmproj projector layer and Ollama's one multimodal GGUF, for gemma3 and
+qwen2.5-vl. Pulled through a loopback registry into a live server, the stored model must load with
+`mlx_vlm.load` and hold the original's parameters, tokenize the image prompt to the same ids (the
+processor files rebuilt from GGUF metadata) and give the original's logits on an image + text prompt
+(top-1 identical, and close: llama.cpp keeps 1-D tensors in F32), which a different image changes.
+Families the server does not convert are refused before their weights download; `/api/create` takes
+a model and an mmproj file as Ollama's does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+
+from mlxollama.store import ModelName, Store
+
+from ..support import tinyvlm
+from ..support.fakeregistry import FakeRegistry, digest_of
+from ..support.liveserver import LiveServer
+from ..support.tinygguf import MODEL
+from ..support.tinygguf_vision import write_llamacpp, write_ollama_gemma3, write_ollama_qwen25vl
+
+PROJECTOR = "application/vnd.ollama.image.projector"
+PROMPT = "Describe this image."
+
+
+@pytest.fixture(scope="module")
+def registry():
+    reg = FakeRegistry()
+    yield reg
+    reg.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, registry):
+    root = tmp_path_factory.mktemp("visionpull")
+    srv = LiveServer(root / "models", root / "server.log", env={"MLXOLLAMA_REGISTRY": registry.url})
+    try:
+        with httpx.Client(base_url=srv.url, timeout=300) as c:
+            yield c, root / "models"
+    finally:
+        srv.stop()
+
+
+def _ollama_config(family: str) -> dict:
+    return {
+        "model_format": "gguf",
+        "model_family": family,
+        "model_families": [family],
+        "model_type": "1M",
+        "file_type": "F16",
+        "architecture": "amd64",
+        "os": "linux",
+    }
+
+
+def _original(tmp_path: Path, family: str) -> Path:
+    return tinyvlm.build_tiny_vlm(family, tmp_path / "original", dtype="float16")
+
+
+def _stored_folder(models: Path, name: str, out: Path) -> Path:
+    """The stored model's files under their names, as the engine stages them."""
+    stored = Store(models).get_manifest(ModelName.parse(name))
+    assert stored is not None
+    out.mkdir(parents=True)
+    for layer in stored.manifest.layers:
+        if layer.name:
+            os.link(Store(models).blob_path(layer.digest), out / layer.name)
+    return out
+
+
+def _parameters(folder: Path) -> dict[str, np.ndarray]:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    model, _ = tinyvlm.load_vlm(str(folder))
+    return {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())}
+
+
+def _check_same_model(original: Path, pulled: Path, *, exact: bool = True) -> None:
+    want, got = _parameters(original), _parameters(pulled)
+    if exact:  # (a quantized text model holds packed weights and scales instead)
+        assert sorted(got) == sorted(want)
+        for name, value in want.items():
+            assert got[name].shape == value.shape, name
+            assert np.array_equal(got[name], value), name  # what the GGUF held, exactly
+    else:
+        tower = [k for k in want if not k.startswith("language_model.")]
+        assert all(np.array_equal(got[k], want[k]) for k in tower)
+    image, other = tinyvlm.make_image(1), tinyvlm.make_image(2)
+    ids_want = tinyvlm.reference_inputs(original, PROMPT, [image])["input_ids"]
+    ids_got = tinyvlm.reference_inputs(pulled, PROMPT, [image])["input_ids"]
+    assert np.array(ids_got).tolist() == np.array(ids_want).tolist()
+    ref = tinyvlm.reference_logits(original, PROMPT, [image])
+    out = tinyvlm.reference_logits(pulled, PROMPT, [image])
+    assert int(out.argmax()) == int(ref.argmax())
+    assert np.abs(out - ref).max() < (0.25 if exact else 1.0), np.abs(out - ref).max()
+    changed = tinyvlm.reference_logits(pulled, PROMPT, [other])
+    assert np.abs(changed - out).max() > 1e-3, "the image does not reach the logits"
+
+
+def _pull(http, name: str) -> None:
+    r = http.post("/api/pull", json={"model": name, "stream": False})
+    assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
+
+
+def _show(http, name: str) -> dict:
+    r = http.post("/api/show", json={"model": name})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.parametrize(
+    "family,form,qtype",
+    [
+        ("gemma3", "llamacpp", "F16"),
+        ("gemma3", "ollama", "F16"),
+        ("gemma3", "ollama", "Q8_0"),  # quantized text model: its tied lm_head keeps the scales
+        ("qwen2_5_vl", "llamacpp", "F16"),
+        ("qwen2_5_vl", "ollama", "F16"),
+    ],
+)
+def test_pulled_vision_model_matches_the_original(tmp_path, server, registry, family, form, qtype):
+    http, models = server
+    original = _original(tmp_path, family)
+    text, mmproj = tmp_path / "text.gguf", tmp_path / "mmproj.gguf"
+    if form == "ollama":
+        (write_ollama_gemma3 if family == "gemma3" else write_ollama_qwen25vl)(original, text, QT[qtype])
+        layers = [(MODEL, text.read_bytes())]
+    else:
+        write_llamacpp(original, text, mmproj, QT[qtype])
+        layers = [(MODEL, text.read_bytes()), (PROJECTOR, mmproj.read_bytes())]
+    arch = "gemma3" if family == "gemma3" else "qwen2vl" if form == "llamacpp" else "qwen25vl"
+    name = f"tiny-{family.replace('_', '-')}-{form}-{qtype}".lower()
+    registry.add_model(f"library/{name}", "latest", layers, _ollama_config(arch))
+    _pull(http, name)
+
+    show = _show(http, name)
+    assert "vision" in show.get("capabilities", []), show.get("capabilities")
+    assert "clip" in show["details"]["families"]
+    _check_same_model(original, _stored_folder(models, name, tmp_path / "pulled"), exact=qtype == "F16")
+
+    # pulled again: the conversion is reused, nothing is downloaded
+    before = len(registry.requests("GET", "/blobs/"))
+    _pull(http, name)
+    assert len(registry.requests("GET", "/blobs/")) == before
+
+
+@pytest.mark.parametrize(
+    "family,projector,named",
+    [("llama", True, "llama with a projector"), ("mllama", False, "llama3.2-vision")],
+)
+def test_unconverted_vision_families_are_refused_before_download(server, registry, family, projector, named):
+    http, _ = server
+    weights = os.urandom(4096)
+    layers = [(MODEL, weights)] + ([(PROJECTOR, os.urandom(2048))] if projector else [])
+    name = f"tiny-refused-{family}"
+    registry.add_model(f"library/{name}", "latest", layers, _ollama_config(family))
+    r = http.post("/api/pull", json={"model": name, "stream": False})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert named in error and "gemma3 and qwen2.5-vl" in error, error
+    assert not registry.requests("GET", digest_of(weights)), "the model layer was downloaded"
+
+
+def test_create_with_a_projector_file(tmp_path, server):
+    http, models = server
+    original = _original(tmp_path, "qwen2_5_vl")
+    text, mmproj = tmp_path / "model.gguf", tmp_path / "mmproj-model-f16.gguf"
+    write_llamacpp(original, text, mmproj)
+    files = {}
+    for path in (text, mmproj):
+        data = path.read_bytes()
+        digest = digest_of(data)
+        assert http.post(f"/api/blobs/{digest}", content=data).status_code in (200, 201)
+        files[path.name] = digest
+    r = http.post("/api/create", json={"model": "tiny-vl-created", "files": files, "stream": False})
+    assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
+    assert "vision" in _show(http, "tiny-vl-created").get("capabilities", [])
+    _check_same_model(original, _stored_folder(models, "tiny-vl-created", tmp_path / "created"))
