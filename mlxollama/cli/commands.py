@@ -277,6 +277,7 @@ def _cmd_run(args) -> int:
     opts.parent_model = (info.get("details") or {}).get("parent_model", "")
     opts.loaded_messages = list(info.get("messages") or [])
     session.infer_think(info, opts)
+    session.infer_media(info, opts)
 
     if "embedding" in (info.get("capabilities") or []):
         if not prompt:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -36,6 +38,8 @@ class RunOptions:
     messages: list = dataclasses.field(default_factory=list)
     parent_model: str = ""
     loaded_messages: list = dataclasses.field(default_factory=list)
+    # a vision model: image paths in a prompt are read and sent as images, as `ollama run` does
+    multimodal: bool = False
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -177,12 +181,16 @@ def _format_arg(fmt: str):
 
 def generate(c: ollama.Client, opts: RunOptions, prompt: str) -> int:
     """One completion through /api/generate, printed as it streams. 130 when interrupted."""
+    images = None
+    if opts.multimodal:
+        prompt, images = extract_file_data(prompt)
     s = _Stream(opts)
     stream = None
     try:
         stream = c.generate(
             model=opts.model,
             prompt=prompt,
+            images=images or None,
             system=opts.system or None,
             stream=True,
             format=_format_arg(opts.format),
@@ -277,6 +285,13 @@ def load_model(c: ollama.Client, opts: RunOptions) -> None:
     finally:
         if p:
             p.stop(clear=True)
+
+
+def infer_media(info: dict, opts: RunOptions) -> None:
+    """Ollama's run reads image paths out of prompts for models with the vision capability (older
+    servers without capabilities: a `clip` projector in the families)."""
+    details = info.get("details") or {}
+    opts.multimodal = "vision" in (info.get("capabilities") or []) or "clip" in (details.get("families") or [])
 
 
 def infer_think(info: dict, opts: RunOptions) -> None:
@@ -523,7 +538,12 @@ def _interactive(c: ollama.Client, opts: RunOptions, reader: LineReader) -> int:
 
         text = "".join(buf)
         if text and multiline is None:
-            opts.messages.append({"role": "user", "content": text})
+            message: dict = {"role": "user", "content": text}
+            if opts.multimodal:  # a file that cannot be attached ends the session, as in Ollama
+                message["content"], images = extract_file_data(text)
+                if images:
+                    message["images"] = images
+            opts.messages.append(message)
             try:
                 reply = chat(c, opts)
             except ollama.ResponseError as e:
@@ -653,6 +673,7 @@ def _load(c: ollama.Client, opts: RunOptions, model: str) -> None:
     opts.parent_model = (info.get("details") or {}).get("parent_model", "")
     opts.loaded_messages = list(info.get("messages") or [])
     infer_think(info, opts)
+    infer_media(info, opts)
     load_model(c, opts)
 
 
@@ -685,3 +706,101 @@ def print_baked_messages(opts: RunOptions) -> None:
         elif m.get("role") == "assistant":
             Display(sys.stdout, wrap=opts.wordwrap).write(m.get("content", ""))
             print("\n")
+
+
+# --- image files in prompts (Ollama's cmd: extractFileData) ---------------------------------
+
+# A path that starts with ./ / \ (or a drive letter) and ends in an image (or wav) extension; spaces
+# may be escaped. It also matches words that are not files: only those that exist are read.
+_FILE_PATH = re.compile(r"(?:[a-zA-Z]:)?(?:\./|/|\\)[\S\\ ]+?\.(?i:jpg|jpeg|png|webp|wav)\b", re.ASCII)
+_SHELL_ESCAPES = {
+    "\\ ": " ",
+    "\\(": "(",
+    "\\)": ")",
+    "\\[": "[",
+    "\\]": "]",
+    "\\{": "{",
+    "\\}": "}",
+    "\\$": "$",
+    "\\&": "&",
+    "\\;": ";",
+    "\\'": "'",
+    "\\\\": "\\",
+    "\\*": "*",
+    "\\?": "?",
+    "\\~": "~",
+}
+_SHELL_ESCAPE = re.compile("|".join(re.escape(k) for k in _SHELL_ESCAPES))
+MAX_FILE_SIZE = 100 * 1024 * 1024
+_ALLOWED_TYPES = ("image/jpeg", "image/png", "image/webp", "audio/wave")
+
+
+def normalize_file_path(path: str) -> str:
+    """A shell-escaped path as typed (`./my\\ photo.png`) made plain, in one left-to-right pass."""
+    return _SHELL_ESCAPE.sub(lambda m: _SHELL_ESCAPES[m.group(0)], path)
+
+
+def extract_file_names(text: str) -> list[str]:
+    return _FILE_PATH.findall(text)
+
+
+def _sniff(head: bytes) -> str:
+    """The content type Go's http.DetectContentType gives for the kinds `ollama run` accepts."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:4] == b"RIFF" and head[8:14] == b"WEBPVP":
+        return "image/webp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio/wave"
+    if head[:4] == b"GIF8":
+        return "image/gif"
+    if head[:2] == b"BM":
+        return "image/bmp"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "application/octet-stream"
+    return "text/plain; charset=utf-8"
+
+
+def image_data(path: str) -> bytes:
+    """The file's bytes if it is a JPEG, PNG, WebP (or WAV) of at most 100 MB; FileNotFoundError
+    when there is no such file, CLIError for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+            kind = _sniff(head)
+            if kind not in _ALLOWED_TYPES:
+                raise CLIError(f"invalid file type: {kind}")
+            if os.fstat(f.fileno()).st_size > MAX_FILE_SIZE:
+                raise CLIError("file size exceeds maximum limit (100MB)")
+            return head + f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None
+    except IsADirectoryError:
+        raise CLIError(f"read {path}: is a directory") from None
+    except OSError as e:
+        raise CLIError(f"open {path}: {(e.strerror or str(e)).lower()}") from None
+
+
+def extract_file_data(text: str) -> tuple[str, list[bytes]]:
+    """(the prompt without the paths of the files it attached, the files' bytes), saying
+    `Added image '<path>'` on stderr for each, as `ollama run` does; paths of missing files stay
+    in the prompt as words."""
+    images: list[bytes] = []
+    for found in extract_file_names(text):
+        path = normalize_file_path(found)
+        try:
+            data = image_data(path)
+        except FileNotFoundError:
+            continue
+        except CLIError as e:
+            print(f"Couldn't process file: {json.dumps(str(e), ensure_ascii=False)}", file=sys.stderr)
+            raise
+        kind = "audio" if path.lower().endswith(".wav") else "image"
+        print(f"Added {kind} '{path}'", file=sys.stderr)
+        text = text.replace(f"'{path}'", "").replace(f"'{found}'", "").replace(found, "")
+        images.append(data)
+    return text.strip(), images
