@@ -11,8 +11,10 @@ Ollama's text.
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -207,3 +209,185 @@ def test_too_many_images_for_the_context_is_a_clear_400(engines):
     ((_, end, _),) = run(vlm, [spec], greedy(num_ctx=32))
     assert isinstance(end, ErrorEvent) and end.status == 400
     assert "exceeds the context length" in end.message and "8 image(s)" in end.message
+
+
+# --- through a live server: every API family, errors, concurrency, the prompt cache ----------------
+
+TEXT_MODEL = "tiny:latest"  # tests/conftest.py: a text-only model
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def served(server, models_dir, folders) -> dict[str, str]:
+    """The tiny VLMs stored as `mlxollama convert` stores an mlx-vlm folder, in the session store."""
+    from mlxollama.convert.create import convert_path
+    from mlxollama.store import Store
+
+    names = {}
+    for family in FAMILIES:
+        names[family] = f"tiny-vlm-{family.replace('_', '-')}:latest"
+        convert_path(folders[family], names[family], store=Store(models_dir))
+    return names
+
+
+def post(server, path: str, body: dict, timeout: float = 300) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=timeout)
+
+
+def chat(server, model: str, messages: list[dict], **options) -> dict:
+    opts = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": GREEDY, **options}
+    r = post(server, "/api/chat", {"model": model, "messages": messages, "stream": False, "options": opts})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_show_reports_vision(server, served):
+    body = post(server, "/api/show", {"model": served["gemma3"]}).json()
+    assert "vision" in body["capabilities"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_logprobs_equal_mlx_vlm_and_follow_the_image(server, served, folders, family):
+    """/api/generate raw with an image: the first token's top log-probabilities are mlx-vlm's own
+    on the same prompt text and image; another image gives others."""
+    text = reference_prompt(folders[family], QUESTION, 1)
+    got = []
+    for seed in (11, 12):
+        body = {
+            "model": served[family],
+            "prompt": text,
+            "raw": True,
+            "images": [b64(make_image(seed))],
+            "stream": False,
+            "logprobs": True,
+            "top_logprobs": 5,
+            "options": {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 1},
+        }
+        r = post(server, "/api/generate", body)
+        assert r.status_code == 200, r.text
+        got.append([t["logprob"] for t in r.json()["logprobs"][0]["top_logprobs"]])
+        want = reference_logits(folders[family], text, [make_image(seed)], formatted=True)
+        assert got[-1] == pytest.approx(sorted(want, reverse=True)[:5], abs=2e-3)
+    assert not np.allclose(got[0], got[1], atol=1e-4)
+
+
+def test_the_ollama_client_sends_image_paths(server, served, tmp_path):
+    import ollama
+
+    path = tmp_path / "picture.png"
+    path.write_bytes(make_image(13))
+    client = ollama.Client(host=server.url)
+    opts = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": GREEDY}
+    reply = client.chat(
+        model=served["gemma3"], messages=[{"role": "user", "content": QUESTION, "images": [str(path)]}], options=opts
+    )
+    native = chat(server, served["gemma3"], [{"role": "user", "content": QUESTION, "images": [b64(make_image(13))]}])
+    assert reply.message.content == native["message"]["content"]
+    assert reply.prompt_eval_count == native["prompt_eval_count"] > 20
+    gen = client.generate(model=served["gemma3"], prompt=QUESTION, images=[str(path)], options=opts)
+    assert gen.prompt_eval_count == native["prompt_eval_count"]
+
+
+def test_openai_image_url_parts(server, served):
+    from openai import BadRequestError, OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    image = make_image(14)
+    parts = [
+        {"type": "text", "text": QUESTION},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(image)}},
+    ]
+    reply = client.chat.completions.create(
+        model=served["mistral3"], messages=[{"role": "user", "content": parts}], temperature=0, max_tokens=GREEDY
+    )
+    # the text and image parts of one message arrive as one native message with its image
+    native = chat(
+        server, served["mistral3"], [{"role": "user", "content": QUESTION, "images": [b64(image)]}], repeat_penalty=1.1
+    )
+    assert reply.choices[0].message.content == native["message"]["content"]
+    assert reply.usage.prompt_tokens == native["prompt_eval_count"]
+    with pytest.raises(BadRequestError) as e:
+        client.chat.completions.create(
+            model=served["mistral3"],
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}
+            ],
+        )
+    assert "image URLs are not currently supported, please use base64 encoded data instead" in str(e.value)
+
+
+def test_anthropic_image_blocks(server, served):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=server.url, api_key="unused")
+    image = make_image(15)
+    reply = client.messages.create(
+        model=served["qwen2_5_vl"],
+        max_tokens=GREEDY,
+        extra_body={"temperature": 0},  # this SDK has no temperature argument
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(image)}},
+                    {"type": "text", "text": QUESTION},
+                ],
+            }
+        ],
+    )
+    native = chat(
+        server,
+        served["qwen2_5_vl"],
+        [{"role": "user", "content": QUESTION, "images": [b64(image)]}],
+        repeat_penalty=1.1,
+    )
+    assert "".join(b.text for b in reply.content if b.type == "text") == native["message"]["content"]
+    assert reply.usage.input_tokens == native["prompt_eval_count"]
+
+
+def test_image_errors_read_as_ollamas(server, served):
+    image = b64(make_image(16))
+    r = post(
+        server, "/api/chat", {"model": TEXT_MODEL, "messages": [{"role": "user", "content": "hi", "images": [image]}]}
+    )
+    assert r.status_code == 400 and "does not support vision" in r.json()["error"]
+    r = post(server, "/api/generate", {"model": TEXT_MODEL, "prompt": "hi", "images": [image]})
+    assert r.status_code == 400 and "does not support vision" in r.json()["error"]
+    bad = {
+        "model": served["gemma3"],
+        "stream": False,
+        "messages": [{"role": "user", "content": "hi", "images": [b64(b"GIF89a?")]}],
+    }
+    r = post(server, "/api/chat", bad)
+    assert (r.status_code, r.json()) == (400, {"error": UNDECODABLE_IMAGE})
+    r = post(
+        server, "/api/generate", {"model": served["gemma3"], "prompt": "hi", "images": ["data:image/png;base64,AAAA"]}
+    )
+    assert r.status_code == 400 and r.json()["error"].startswith("illegal base64 data at input byte")
+
+
+def test_concurrent_image_requests_answer_as_alone(server, served):
+    """Two gemma3 requests (one batch) and a qwen2.5-vl one (its own thread, one at a time) at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    asks = [
+        (served["gemma3"], [{"role": "user", "content": QUESTION, "images": [b64(make_image(17))]}]),
+        (served["gemma3"], [{"role": "user", "content": "What is in the picture?", "images": [b64(make_image(18))]}]),
+        (served["qwen2_5_vl"], [{"role": "user", "content": QUESTION, "images": [b64(make_image(19))]}]),
+        (served["qwen2_5_vl"], [{"role": "user", "content": QUESTION, "images": [b64(make_image(20))]}]),
+    ]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        together = list(pool.map(lambda a: chat(server, *a, num_predict=24)["message"]["content"], asks))
+    alone = [chat(server, *a, num_predict=24)["message"]["content"] for a in asks]
+    assert together == alone
+
+
+def test_a_follow_up_question_reuses_the_image_prefix(server, served):
+    first = [{"role": "user", "content": QUESTION, "images": [b64(make_image(21))]}]
+    one = chat(server, served["mistral3"], first)
+    follow = first + [one["message"], {"role": "user", "content": "And the colours?"}]
+    two = chat(server, served["mistral3"], follow)
+    assert two.get("prompt_eval_cached_count", 0) >= one["prompt_eval_count"] - 1
