@@ -4,13 +4,15 @@ llama.cpp's text GGUF + mmproj projector layer and Ollama's one multimodal GGUF,
 qwen2.5-vl. Pulled through a loopback registry into a live server, the stored model must load with
 `mlx_vlm.load` and hold the original's parameters, tokenize the image prompt to the same ids (the
 processor files rebuilt from GGUF metadata) and give the original's logits on an image + text prompt
-(top-1 identical, and close: llama.cpp keeps 1-D tensors in F32), which a different image changes.
+(top-1 identical, and close: llama.cpp keeps 1-D tensors in F32), which a different image changes;
+served, its first token for that image prompt is mlx-vlm's top-1 on the original.
 Families the server does not convert are refused before their weights download; `/api/create` takes
 a model and an mmproj file as Ollama's does.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -106,6 +108,31 @@ def _check_same_model(original: Path, pulled: Path, *, exact: bool = True) -> No
     assert np.abs(changed - out).max() > 1e-3, "the image does not reach the logits"
 
 
+def _check_served(http, name: str, original: Path) -> None:
+    """The server's first token for the image prompt (raw: mlx-vlm's own formatting of it) is mlx-vlm's
+    top-1 on the original model, with its log-probability."""
+    image = tinyvlm.make_image(1)
+    ref = tinyvlm.reference_logits(original, PROMPT, [image])
+    r = http.post(
+        "/api/generate",
+        json={
+            "model": name,
+            "prompt": tinyvlm.reference_prompt(original, PROMPT, 1),
+            "raw": True,
+            "images": [base64.b64encode(image).decode()],
+            "stream": False,
+            "logprobs": True,
+            "options": {"temperature": 0, "num_predict": 1},
+        },
+    )
+    assert r.status_code == 200, r.text
+    (first,) = r.json()["logprobs"][:1]
+    _, processor = tinyvlm.load_vlm(str(original))
+    tokenizer = getattr(processor, "tokenizer", processor)
+    assert first["token"] == tokenizer.decode([int(ref.argmax())]), (first, int(ref.argmax()))
+    assert first["logprob"] == pytest.approx(float(ref.max()), abs=0.25)
+
+
 def _pull(http, name: str) -> None:
     r = http.post("/api/pull", json={"model": name, "stream": False})
     assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
@@ -146,6 +173,7 @@ def test_pulled_vision_model_matches_the_original(tmp_path, server, registry, fa
     assert "vision" in show.get("capabilities", []), show.get("capabilities")
     assert "clip" in show["details"]["families"]
     _check_same_model(original, _stored_folder(models, name, tmp_path / "pulled"), exact=qtype == "F16")
+    _check_served(http, name, original)
 
     # pulled again: the conversion is reused, nothing is downloaded
     before = len(registry.requests("GET", "/blobs/"))
