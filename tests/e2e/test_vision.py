@@ -122,6 +122,36 @@ def test_chat_messages_with_an_image_equal_mlx_vlm_formatting(folders, engines, 
     assert_same_greedy(done, reference_generate(folders[family], parts, [image], n=GREEDY), vlm.eos_ids)
 
 
+def test_a_go_template_gets_the_image_marker_in_front_of_the_content(engines):
+    """A model with its own Ollama TEMPLATE (a registry pull) renders .Content: the image goes in
+    as the model's marker text in front of it (Ollama's [img-N] place), the same prompt as raw."""
+    vlm, image = engines["gemma3"], make_image(9)
+    template = "{{ range .Messages }}<start_of_turn>user\n{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n"
+    messages = [{"role": "user", "content": QUESTION, "images": [image]}]
+    spec = PromptSpec(messages=messages, go_template=template, return_context=True)
+    raw = f"<start_of_turn>user\n<start_of_image> {QUESTION}<end_of_turn>\n<start_of_turn>model\n"
+    (a, b) = run(vlm, [spec, PromptSpec(raw_prompt=raw, images=[image], return_context=True)], greedy())
+    assert isinstance(a[1], DoneEvent) and isinstance(b[1], DoneEvent)
+    assert a[1].context == b[1].context and vlm.image_token_id in a[1].context
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2_5_vl"])
+def test_format_constrains_an_image_answer_batched_and_alone(engines, family):
+    """`format` (llguidance) on an image request, on the batch path (gemma3) and the alone path (qwen2.5-vl)."""
+    from mlxollama.engine.structured import format_grammar
+
+    vlm = engines[family]
+    spec = PromptSpec(
+        messages=[{"role": "user", "content": QUESTION, "images": [make_image(10)]}], grammar=format_grammar("json")
+    )
+    ((text, done, _),) = run(vlm, [spec], greedy(num_predict=24))
+    assert isinstance(done, DoneEvent), done
+    assert text.lstrip().startswith("{")
+    free = PromptSpec(messages=[{"role": "user", "content": QUESTION, "images": [make_image(10)]}])
+    ((other, _, _),) = run(vlm, [free], greedy(num_predict=24))
+    assert other != text  # the random model's own answer is not JSON: the grammar made it so
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_different_image_changes_the_logits(folders, engines, family):
     vlm = engines[family]
