@@ -117,6 +117,14 @@ def _architecture(reader: gguf.GGUFReader) -> str:
     return str(field.contents()) if field is not None else ""
 
 
+def architecture_of(path: Path) -> str:
+    """general.architecture of a GGUF file ("" when it is not one)."""
+    try:
+        return _architecture(_reader(path))
+    except (ValueError, OSError, IndexError, KeyError):
+        return ""
+
+
 def _uint(meta: Mapping[str, Any], key: str) -> int:
     v = meta.get(key)
     return int(v) if isinstance(v, (int, np.integer)) else 0

@@ -4,7 +4,8 @@
 resumes `.incomplete` files in its download folder, which we keep until the pull succeeds).
 What the repository holds decides the rest:
   * GGUF files: TAG picks the file whose name carries it (`:Q4_K_M`, any case; `latest` prefers
-    Q4_K_M); it is converted like an Ollama GGUF and not kept.
+    Q4_K_M); it is converted like an Ollama GGUF and not kept. An `mmproj` GGUF beside it is the
+    model's projector, as in Ollama's hf.co pulls (its F16 one first): a vision model.
   * an MLX repository (config.json has `quantization`, or mlx-community): stored as it is.
   * a Hugging Face safetensors checkpoint: converted to MLX; a TAG other than `latest` is a
     quantization (`:4bit`, `:8bit`, `:q4_K_M`, `:bf16`, ...).
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from ..store import ModelName, Store
 from .create import (
+    SOURCE_KEY,
     Emit,
     LayerSet,
     ManageError,
@@ -32,6 +34,7 @@ from .create import (
     work_dir,
     write_model,
 )
+from .gguf_vision import VISION_FAMILIES, architecture_of, vision_source_key
 from .quantize import QUANTIZE_ERROR, QuantizeError, parse_quantize
 
 HF_HOSTS = frozenset({"hf.co", "huggingface.co", "www.huggingface.co"})
@@ -132,6 +135,31 @@ def pick_gguf(files: list[str], tag: str) -> str:
     return matches[0]
 
 
+def pick_projector(files: list[str]) -> str | None:
+    """The mmproj GGUF to pull with the model (Hugging Face's Ollama manifests pick the F16 one)."""
+    projectors = sorted(f for f in files if f.lower().endswith(".gguf") and "mmproj" in Path(f).name.lower())
+    for q in ("F16", "BF16", "F32", "Q8_0"):
+        found = [f for f in projectors if _quant_of(f) == q or q.lower() in Path(f).name.lower()]
+        if found:
+            return found[0]
+    return projectors[0] if projectors else None
+
+
+def _find_hf_conversion(store: Store, digest: str | None, proj_digest: str | None, proj_file: str | None):
+    """An earlier conversion of this repo's GGUF: with its projector when it has one, else the GGUF
+    alone (the text model of a family whose projector is not converted)."""
+    if not digest:
+        return None
+    if proj_file and proj_digest:
+        reuse = find_converted(store, vision_source_key(digest, proj_digest))
+        if reuse is not None:
+            return reuse
+    plain = find_converted(store, digest)
+    if plain is not None and proj_file and plain.read_config().get("model_family") in VISION_FAMILIES:
+        return None  # converted without the projector this pull brings
+    return plain
+
+
 def pull_hf(store: Store, name: ModelName, emit: Emit, *, noprune: bool = False):
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
@@ -179,20 +207,43 @@ def pull_hf(store: Store, name: ModelName, emit: Emit, *, noprune: bool = False)
         digest = f"sha256:{sha}" if sha else None
         size = int(sib.size or (sib.lfs.size if sib.lfs else 0) or 0)
         status = f"pulling {sha[:12]}" if sha else f"pulling {chosen}"
-        reuse = find_converted(store, digest) if digest else None
+        proj_file = pick_projector(ggufs)
+        proj_sib = siblings[proj_file] if proj_file else None
+        proj_sha = getattr(proj_sib.lfs, "sha256", None) if proj_sib is not None and proj_sib.lfs else None
+        proj_digest = f"sha256:{proj_sha}" if proj_sha else None
+        reuse = _find_hf_conversion(store, digest, proj_digest, proj_file)
+        projector, source = None, digest
         if reuse is None:
             download([chosen], status, size, digest)
             path = dl / chosen
+            # the projector comes along for a family whose vision models convert; for another one the
+            # text model is imported alone, as before
+            arch = architecture_of(path)
+            if proj_file and arch in VISION_FAMILIES:
+                proj_size = int(proj_sib.size or (proj_sib.lfs.size if proj_sib.lfs else 0) or 0)
+                proj_status = f"pulling {proj_sha[:12]}" if proj_sha else f"pulling {proj_file}"
+                download([proj_file], proj_status, proj_size, proj_digest)
+                projector = dl / proj_file
+            elif proj_file:
+                emit({"status": f"skipping projector {proj_file}: images are not supported for {arch}"})
             emit({"status": "verifying sha256 digest"})
-            actual = _sha256_file(path)
-            if digest and actual != digest:
-                path.unlink(missing_ok=True)
-                raise ManageError(f"digest mismatch, file must be downloaded again: want {digest}, got {actual}")
-            digest = actual
+            for file, want in ((path, digest), (projector, proj_digest)):
+                if file is None:
+                    continue
+                actual = _sha256_file(file)
+                if want and actual != want:
+                    file.unlink(missing_ok=True)
+                    raise ManageError(f"digest mismatch, file must be downloaded again: want {want}, got {actual}")
+                if file is path:
+                    digest = actual
+                else:
+                    proj_digest = actual
+            source = vision_source_key(digest, proj_digest) if projector else digest
         else:
             emit({k: v for k, v in {"status": status, "digest": digest, "total": size, "completed": size}.items() if v})
             emit({"status": "verifying sha256 digest"})
             path = None
+            source = reuse.read_config().get(SOURCE_KEY) or digest
         stored = import_ollama_model(
             store,
             name,
@@ -202,6 +253,8 @@ def pull_hf(store: Store, name: ModelName, emit: Emit, *, noprune: bool = False)
             original_config={},
             emit=emit,
             noprune=noprune,
+            projector_path=projector,
+            source_key=source,
         )
         shutil.rmtree(dl, ignore_errors=True)
         return stored

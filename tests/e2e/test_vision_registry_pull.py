@@ -7,7 +7,7 @@ processor files rebuilt from GGUF metadata) and give the original's logits on an
 (top-1 identical, and close: llama.cpp keeps 1-D tensors in F32), which a different image changes;
 served, its first token for that image prompt is mlx-vlm's top-1 on the original.
 Families the server does not convert are refused before their weights download; `/api/create` takes
-a model and an mmproj file as Ollama's does.
+a model and an mmproj file as Ollama's does, and an hf.co GGUF repo's mmproj comes with its model.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from gguf import GGMLQuantizationType as QT
 from mlxollama.store import ModelName, Store
 
 from ..support import tinyvlm
+from ..support.fakehub import FakeHub
 from ..support.fakeregistry import FakeRegistry, digest_of
 from ..support.liveserver import LiveServer
 from ..support.tinygguf import MODEL
@@ -41,9 +42,22 @@ def registry():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, registry):
+def hub():
+    h = FakeHub()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, registry, hub):
     root = tmp_path_factory.mktemp("visionpull")
-    srv = LiveServer(root / "models", root / "server.log", env={"MLXOLLAMA_REGISTRY": registry.url})
+    env = {
+        "MLXOLLAMA_REGISTRY": registry.url,
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(root / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    srv = LiveServer(root / "models", root / "server.log", env=env)
     try:
         with httpx.Client(base_url=srv.url, timeout=300) as c:
             yield c, root / "models"
@@ -213,3 +227,21 @@ def test_create_with_a_projector_file(tmp_path, server):
     assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
     assert "vision" in _show(http, "tiny-vl-created").get("capabilities", [])
     _check_same_model(original, _stored_folder(models, "tiny-vl-created", tmp_path / "created"))
+
+
+def test_hf_gguf_repo_with_an_mmproj(tmp_path, server, hub):
+    """hf.co pulls of a llama.cpp GGUF repo bring its mmproj along (the F16 one), as Ollama's do."""
+    http, models = server
+    original = _original(tmp_path, "gemma3")
+    text, mmproj = tmp_path / "text.gguf", tmp_path / "mmproj.gguf"
+    write_llamacpp(original, text, mmproj)
+    files = {
+        "tiny-gemma3-F16.gguf": text.read_bytes(),
+        "mmproj-tiny-gemma3-f16.gguf": mmproj.read_bytes(),
+        "mmproj-tiny-gemma3-Q8_0.gguf": b"GGUF not this one",
+    }
+    hub.add_repo("org/tiny-gemma3-GGUF", files)
+    _pull(http, "hf.co/org/tiny-gemma3-GGUF")
+    assert "vision" in _show(http, "hf.co/org/tiny-gemma3-GGUF").get("capabilities", [])
+    assert not any("Q8_0" in path for method, path in hub.log if method == "GET" and "/resolve/" in path)
+    _check_same_model(original, _stored_folder(models, "hf.co/org/tiny-gemma3-GGUF", tmp_path / "pulled"))
