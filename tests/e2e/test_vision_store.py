@@ -24,6 +24,7 @@ import pytest
 from mlxollama.engine.catalog import is_vision_tensor, load_spec
 from mlxollama.store import ModelName, Store
 
+from ..support.fakehub import FakeHub
 from ..support.liveserver import LiveServer
 from ..support.tinyvlm import build_tiny_vlm, make_image, reference_logits, to_hf_layout
 
@@ -41,9 +42,19 @@ def vlms(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def hub():
+    h = FakeHub()
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, hub):
     root = tmp_path_factory.mktemp("visionstore")
-    srv = LiveServer(root / "models", root / "server.log")
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(root / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    srv = LiveServer(root / "models", root / "server.log", env=env)
     try:
         yield srv
     finally:
@@ -150,6 +161,27 @@ def test_hugging_face_checkpoint_is_converted_by_mlx_vlm(live, http, vlms, famil
     image = make_image(4)
     np.testing.assert_allclose(
         reference_logits(folder, PROMPT, [image]), reference_logits(vlms[family], PROMPT, [image]), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    "repo,family,hf_layout",
+    [("mlx-community/tiny-mistral3-vlm", "mistral3", False), ("org/tiny-qwen2.5-vl", "qwen2_5_vl", True)],
+)
+def test_pull_from_hugging_face(live, http, hub, vlms, repo, family, hf_layout, tmp_path):
+    folder = to_hf_layout(family, vlms[family], tmp_path / "hf") if hf_layout else vlms[family]
+    hub.add_folder(repo, folder)
+    name = f"hf.co/{repo}"
+    r = http.post("/api/pull", json={"model": name})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.text.splitlines()[-1]) == {"status": "success"}, r.text
+    show = http.post("/api/show", json={"model": name}).json()
+    assert "vision" in show["capabilities"] and show["details"]["families"] == [family, "clip"]
+    image = make_image(10)
+    np.testing.assert_allclose(
+        reference_logits(stored_dir(live, name, tmp_path), PROMPT, [image]),
+        reference_logits(vlms[family], PROMPT, [image]),
+        atol=1e-4,
     )
 
 
