@@ -1100,6 +1100,29 @@ def _convert_local_path(
         if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
             return convert_checkpoint(path, work, emit, quantize=spec, adapter_dir=adapter_dir)
         if len(ggufs) == 1:
+            from .gguf import UnsupportedGGUF
+            from .gguf_vision import is_projector_file, source_key_for, vision_import_wanted
+
+            # a folder as llama.cpp's repos ship a vision model: the model and its mmproj GGUF (for a
+            # family whose tower is not converted, the text model alone, as an hf.co pull does)
+            projectors = [p for p in sorted(path.glob("*.gguf")) if p not in ggufs and is_projector_file(p)]
+            try:
+                with_projector = len(projectors) == 1 and vision_import_wanted(ggufs[0], projectors[0])
+            except UnsupportedGGUF:
+                with_projector = False
+            if with_projector:
+                emit({"status": "parsing GGUF"})
+                digest, projector_digest = _sha256_file(ggufs[0]), _sha256_file(projectors[0])
+                source = source_key_for(ggufs[0], digest, projector_digest)
+                return convert_gguf(
+                    ggufs[0],
+                    work,
+                    emit,
+                    quantize=spec,
+                    adapter_dir=adapter_dir,
+                    source_digest=source,
+                    projector_path=projectors[0],
+                )
             return _convert_local_path(store, ggufs[0], work, emit, spec, adapter_dir)
         if len(ggufs) > 1:
             raise ManageError(f"{path} holds several GGUF files; name the one to convert", 400)

@@ -245,3 +245,16 @@ def test_hf_gguf_repo_with_an_mmproj(tmp_path, server, hub):
     assert "vision" in _show(http, "hf.co/org/tiny-gemma3-GGUF").get("capabilities", [])
     assert not any("Q8_0" in path for method, path in hub.log if method == "GET" and "/resolve/" in path)
     _check_same_model(original, _stored_folder(models, "hf.co/org/tiny-gemma3-GGUF", tmp_path / "pulled"))
+
+
+def test_convert_a_folder_with_an_mmproj(tmp_path):
+    """`mlxollama convert DIR` of a folder as llama.cpp's repos ship a vision model: model + mmproj."""
+    from mlxollama.convert.create import convert_path
+
+    original = _original(tmp_path, "qwen2_5_vl")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write_llamacpp(original, repo / "Tiny-VL-F16.gguf", repo / "mmproj-Tiny-VL-f16.gguf")
+    stored = convert_path(repo, "tiny-vl-local", store=Store(tmp_path / "models"))
+    assert "vision" in stored.read_config()["capabilities"]
+    _check_same_model(original, _stored_folder(tmp_path / "models", "tiny-vl-local", tmp_path / "converted"))
