@@ -20,10 +20,11 @@ What Ollama's MLX engine stores (read from ollama/ollama's x/create, x/mlxrunner
 
 mlx-lm's packing is the same (Ollama quantizes with MLX itself), so nothing is repacked: tensors
 are renamed onto mlx-lm's ``X.scales`` / ``X.biases`` (fused experts split by byte ranges, which
-mlx-lm's sanitize does only for plain arrays) and their bytes copied, blob by blob, into
-the folder's safetensors files (Hugging Face names stay: mlx-lm's sanitize maps them when it
-loads, as for any Hugging Face checkpoint); the quantization of each layer goes into config.json
-the way mlx-lm writes it.
+mlx-lm's sanitize does only for plain arrays; experts Ollama stacked renamed onto mlx-lm's switch
+modules) and their bytes copied, blob by blob, into the folder's safetensors files (Hugging Face
+names stay: mlx-lm's sanitize maps them when it loads, as for any Hugging Face checkpoint); the
+quantization of each layer goes into config.json the way mlx-lm writes it. One exception: an MLA
+``kv_b_proj`` (GLM-4.7-Flash) is dequantized, as Ollama's runtime does before splitting it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +63,21 @@ log = logging.getLogger("mlxollama.convert")
 # mlx-lm's sanitize reads them as it reads a Hugging Face checkpoint: Llama, Qwen3, Gemma3 (text
 # and multimodal: the vision tower is dropped), Qwen3.5 (zero-centred norms and conv1d in Hugging
 # Face's layout) and Gemma4 (per-layer inputs, shared K/V layers), their MoE sizes' fused experts
-# split below. Not admitted yet: glm4-moe-lite, cohere2-moe, laguna and nemotron-h, which no tiny
-# checkpoint here checks.
-SUPPORTED_MODEL_TYPES = ("gemma3", "gemma3_text", "gemma4", "llama", "qwen3", "qwen3_5", "qwen3_5_moe")
+# split below; GLM-4.7-Flash (glm4_moe_lite: MLA, its kv_b_proj dequantized below), Nemotron-H
+# (Mamba-2 mixers, conv1d in Hugging Face's layout) and Laguna, whose per-expert tensors Ollama
+# stacked are renamed below onto mlx-lm's. Not admitted: cohere2-moe (mlx-lm has no model class).
+SUPPORTED_MODEL_TYPES = (
+    "gemma3",
+    "gemma3_text",
+    "gemma4",
+    "glm4_moe_lite",
+    "laguna",
+    "llama",
+    "nemotron_h",
+    "qwen3",
+    "qwen3_5",
+    "qwen3_5_moe",
+)
 
 # Ollama's quantization types (x/quant): group size, bits, MLX mode.
 QUANT_TYPES: dict[str, tuple[int, int, str]] = {
@@ -195,18 +209,74 @@ def _quant_params(meta: dict, tensor: str, shapes: dict[str, list[int]]) -> tupl
 # biases alike -- and named as mlx-lm's sanitize would name them. model_type -> (source, target)
 FUSED_EXPERTS = {"qwen3_5_moe": ("mlp.experts", "mlp.switch_mlp"), "gemma4": ("experts", "experts.switch_glu")}
 
+# Ollama's writer stacks a layer's per-expert weights (`<layer>.mlp.experts.<e>.<proj>.weight`) into
+# one `<layer>.mlp.experts.<proj>.weight` [experts, out, in] (x/create: ExpertGroupPrefix, stack_experts);
+# mlx-lm's sanitize stacks only per-expert tensors, so stacked ones are renamed here onto mlx-lm's
+# modules -- and Laguna's bare router onto its `gate.proj`, so that a quantized router's scales follow
+# it. model_type -> (module path pattern, replacement).
+_EXPERTS = r"^(.*\.layers\.\d+\.mlp)\.experts\.(gate_proj|up_proj|down_proj)$"
+MODULE_RENAMES: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {
+    "glm4_moe_lite": ((re.compile(_EXPERTS), r"\1.switch_mlp.\2"),),
+    "laguna": (
+        (re.compile(_EXPERTS), r"\1.switch_mlp.\2"),
+        (re.compile(r"^(.*\.layers\.\d+\.mlp)\.gate$"), r"\1.gate.proj"),
+    ),
+    "nemotron_h": (  # relu² experts: up and down only, mlx-lm's SwitchMLP fc1 and fc2
+        (re.compile(r"^(.*\.layers\.\d+\.mixer)\.experts\.up_proj$"), r"\1.switch_mlp.fc1"),
+        (re.compile(r"^(.*\.layers\.\d+\.mixer)\.experts\.down_proj$"), r"\1.switch_mlp.fc2"),
+    ),
+}
 
-def plan_tensors(blobs: list[Path], model_type: str = "") -> _Plan:
-    """Where each mlx-lm tensor's bytes lie in the blobs, and each quantized module's parameters."""
+# Quantized modules written back as plain weights: GLM-4.7-Flash's MLA kv_b_proj, which mlx-lm's
+# sanitize splits into the per-head absorbed matrices (embed_q, unembed_out) only from a float or
+# affine weight (re-quantizing those with its default type). Ollama's runtime dequantizes it, whatever
+# its type, and runs the split matrices unquantized (x/models/glm4_moe_lite: sanitizeMLAWeights), as
+# they run here.
+DEQUANTIZED = {"glm4_moe_lite": re.compile(r"\.self_attn\.kv_b_proj$")}
+
+
+def _module_name(module: str, model_type: str) -> str:
+    for pattern, replacement in MODULE_RENAMES.get(model_type, ()):
+        module, n = pattern.subn(replacement, module)
+        if n:
+            break
+    return module
+
+
+def plan_tensors(blobs: list[Path], model_type: str = "", scratch: Path | None = None) -> _Plan:
+    """Where each mlx-lm tensor's bytes lie in the blobs, and each quantized module's parameters
+    (a dequantized weight is written to a file in ``scratch`` and read from there)."""
     plan = _Plan()
     seen: set[str] = set()
     for blob in blobs:
         try:
-            _plan_blob(blob, plan, seen, FUSED_EXPERTS.get(model_type))
+            _plan_blob(blob, plan, seen, model_type, scratch)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError) as e:
             log.info("tensor blob %s unreadable: %r", blob.name, e)
             raise ManageError("pull model: a tensor layer is not a safetensors file", 400) from e
     return plan
+
+
+def _dequantize(blob: Path, tensor: str, params: tuple[int, int, str], scratch: Path) -> Path:
+    """The quantized ``tensor`` of ``blob`` as a plain weight (the dtype mx.dequantize gives, as in
+    Ollama's runtime), alone in a new safetensors file in ``scratch``."""
+    import mlx.core as mx
+
+    group, bits, mode = params
+    arrays = mx.load(str(blob), format="safetensors")  # store blobs have no file extension
+    weight = mx.dequantize(
+        arrays[tensor],
+        arrays[tensor + ".scale"],
+        arrays.get(tensor + ".bias"),
+        group_size=group,
+        bits=bits,
+        mode=mode,
+        global_scale=arrays.get(tensor + ".global_scale") if mode == "nvfp4" else None,
+    )
+    scratch.mkdir(parents=True, exist_ok=True)
+    out = scratch / f"{sum(1 for _ in scratch.iterdir())}.safetensors"
+    mx.save_safetensors(str(out), {tensor: weight})
+    return out
 
 
 def _split_rows(t: dict, start: int, end: int) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
@@ -222,21 +292,30 @@ def _split_rows(t: dict, start: int, end: int) -> tuple[list[int], list[tuple[in
     return [experts, rows // 2, shape[2]], first, second
 
 
-def _plan_blob(blob: Path, plan: _Plan, seen: set[str], fused: tuple[str, str] | None) -> None:
+def _plan_blob(blob: Path, plan: _Plan, seen: set[str], model_type: str, scratch: Path | None) -> None:
+    fused = FUSED_EXPERTS.get(model_type)
+    dequantized = DEQUANTIZED.get(model_type)
     header, data_start = _blob_header(blob)
     meta = header.pop("__metadata__", None) or {}
     shapes = {k: list(v.get("shape", [])) for k, v in header.items()}
 
-    def add(dst: str, src: str, ranges: list[tuple[int, int]] | None = None, shape: list[int] | None = None) -> None:
+    def add(
+        dst: str,
+        src: str,
+        ranges: list[tuple[int, int]] | None = None,
+        shape: list[int] | None = None,
+        file: Path | None = None,  # another safetensors file than the blob
+    ) -> None:
         if dst in seen:
             raise ManageError(f"pull model: tensor {dst} appears twice", 400)
         seen.add(dst)
-        t = header[src]
+        tensors, start = _blob_header(file) if file else (header, data_start)
+        t = tensors[src]
         begin, end = (int(x) for x in t["data_offsets"])
         if not 0 <= begin <= end:
             raise ManageError(f"pull model: tensor {src} has invalid data offsets", 400)
-        ranges = ranges or [(data_start + begin, data_start + end)]
-        plan.pieces.append(_Piece(dst, blob, t["dtype"], shape or list(t["shape"]), ranges))
+        ranges = ranges or [(start + begin, start + end)]
+        plan.pieces.append(_Piece(dst, file or blob, t["dtype"], shape or list(t["shape"]), ranges))
 
     def offsets(src: str) -> tuple[int, int]:
         begin, end = (int(x) for x in header[src]["data_offsets"])
@@ -270,10 +349,17 @@ def _plan_blob(blob: Path, plan: _Plan, seen: set[str], fused: tuple[str, str] |
         elif quantized and not key.endswith(".weight"):
             raise ManageError(f"pull model: quantized tensor {key} is not a weight", 400)
         elif not quantized:
-            add(key, key)
+            add(_module_name(module, model_type) + ".weight" if key.endswith(".weight") else key, key)
             continue
+        module = _module_name(module, model_type)
         if quantized:
-            plan.quant[module] = _quant_params(meta, key, shapes)
+            params = _quant_params(meta, key, shapes)
+            if dequantized and dequantized.search(module):
+                if scratch is None:
+                    raise ValueError(f"no scratch folder to dequantize {key} into")
+                add(module + ".weight", key, file=_dequantize(blob, key, params, scratch))
+                continue
+            plan.quant[module] = params
         for suffix, src in parts.items():
             add(module + suffix, src)
 
@@ -344,8 +430,9 @@ def assemble(store: Store, manifest_layers: list[Layer], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tensors = [l for l in manifest_layers if l.media_type == media.OLLAMA_TENSOR and not is_draft(l)]
     blobs = list(dict.fromkeys(store.blob_path(l.digest) for l in tensors))  # a shared blob is read once
-    plan = plan_tensors(blobs, str(config.get("model_type") or ""))
-    _write_shards(plan.pieces, out)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".dequantized-") as scratch:
+        plan = plan_tensors(blobs, str(config.get("model_type") or ""), Path(scratch))
+        _write_shards(plan.pieces, out)
     for name, layer in jsons.items():
         if name in ("config.json", "model.safetensors.index.json"):
             continue

@@ -123,9 +123,117 @@ def _blob(arrays: dict[str, mx.array], metadata: dict[str, str] | None) -> bytes
         return path.read_bytes()
 
 
+# x/create ExpertGroupPrefix: where a layer's per-expert weights are grouped, under which layer prefixes
+_EXPERT_MARKERS = (
+    ".mlp.experts.",
+    ".mlp.shared_experts.",
+    ".mlp.switch_mlp.",
+    ".moe.experts.",
+    ".mixer.experts.",
+    ".mixer.shared_experts.",
+)
+_EXPERT_LAYER = re.compile(
+    r"^(?:model\.language_model\.backbone\.|model\.language_model\.|language_model(?:\.model)?\.|"
+    r"language_model\.backbone\.|model\.|backbone\.|mtp\.)?layers\.\d+$"
+)
+
+
 def _expert_group(name: str) -> tuple[str, int, str] | None:
-    m = re.match(r"^(.*\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight$", name)
-    return (m.group(1), int(m.group(2)), m.group(3)) if m else None
+    """(group, expert index, projection) of a per-expert weight Ollama stacks, e.g.
+    `model.layers.1.mlp.experts.3.down_proj.weight` -> (`model.layers.1.mlp.experts`, 3, `down_proj`)."""
+    if not name.endswith(".weight"):
+        return None
+    for marker in _EXPERT_MARKERS:
+        at = name.find(marker)
+        if at < 0 or not _EXPERT_LAYER.match(name[:at]):
+            continue
+        index, _, proj = name[at + len(marker) : -len(".weight")].partition(".")
+        return (name[:at] + marker[:-1], int(index), proj) if index.isdigit() and proj else None
+    return None
+
+
+def _layer(name: str) -> int:
+    m = re.search(r"\.layers\.(\d+)\.", name)
+    return int(m.group(1)) if m else -1
+
+
+def _more_bits(layer: int, layers: int, middle_end: int) -> bool:
+    """quantpolicy.go useMoreBitsWithMiddleEnd: the first and last eighth of the layers, and every
+    third layer before middle_end."""
+    if layer < 0 or layers <= 0:
+        return False
+    first, last = layers // 8, 7 * layers // 8
+    return layer < first or layer >= last or (first <= layer < middle_end and (layer - first) % 3 == 2)
+
+
+def _promote_embedding(shape: tuple[int, ...], q: str) -> str:
+    return _eight_bit(q) if _aligned(shape, _eight_bit(q)) else ""
+
+
+def nemotron_h_quantization(name: str, shape: tuple[int, ...], q: str, layers: int) -> str:
+    """Ollama's Nemotron-H import policy (x/create/nemotron_h.go): the router and conv1d stay as they
+    are; embeddings and lm_head go 8-bit; with an fp4 type, attention always and the out/down
+    projections of the promoted layers go mxfp8; else the default."""
+    if name.startswith(("vision_model.", "mlp1.", "sound_encoder.", "sound_projection.")):
+        return ""
+    if name.endswith((".mixer.gate.weight", ".mixer.conv1d.weight")):
+        return ""
+    if name.endswith(("embeddings.weight", "lm_head.weight")):
+        return _promote_embedding(shape, q)
+    if q in ("nvfp4", "mxfp4"):
+        attention = name.endswith(tuple(f".mixer.{p}_proj.weight" for p in "qkvo"))
+        sensitive = attention or name.endswith(
+            (".mixer.out_proj.weight", ".mixer.down_proj.weight", ".mixer.shared_experts.down_proj.weight")
+        )
+        sensitive = sensitive or (".mixer.experts." in name and name.endswith(".down_proj.weight"))
+        if sensitive:
+            layer = _layer(name)
+            promote = attention or layer < 0 or _more_bits(layer, layers, 7 * layers // 8)
+            if promote and _aligned(shape, "mxfp8"):
+                return "mxfp8"
+            return q if _aligned(shape, q) else ""
+    return tensor_quantization(name, shape, q)
+
+
+def laguna_quantization(name: str, shape: tuple[int, ...], q: str, dense: set[int], layers: int) -> str:
+    """Ollama's Laguna import policy (x/create/laguna.go) for the fp types (int4/int8 take the
+    default): embeddings and lm_head 8-bit; router kept; attention, dense MLPs and experts at the
+    requested type (mxfp8: attention kept), shared-expert down projections promoted on a cadence
+    (mxfp8: kept), routed ones under mxfp8 kept on that cadence."""
+    if q not in ("nvfp4", "mxfp4", "mxfp8"):
+        return tensor_quantization(name, shape, q)
+    layer = _layer(name)
+
+    def requested() -> str:  # the default's type without its blanket 8-bit promotion
+        t = tensor_quantization(name, shape, q)
+        return q if t != q and t == _eight_bit(q) else t
+
+    promote_down = _more_bits(layer, layers, layers // 2 - 4)
+    attention = any(f".self_attn.{p}_proj.weight" in name for p in "qkvog")
+    projection = name.endswith((".gate_proj.weight", ".up_proj.weight", ".down_proj.weight"))
+    if (name.endswith("embed_tokens.weight") and "per_layer" not in name) or name.endswith("lm_head.weight"):
+        return _promote_embedding(shape, q)
+    if name.endswith(".mlp.gate.weight"):
+        return ""
+    if attention:
+        return "" if q == "mxfp8" else requested()
+    if any(f".mlp.{p}.weight" in name for p in ("gate_proj", "up_proj", "down_proj")) and layer in dense:
+        return requested()
+    if q == "mxfp8" and ".mlp.experts." in name and name.endswith(".down_proj.weight"):
+        return "" if promote_down else requested()
+    if ".mlp.shared_expert.down_proj.weight" in name:
+        if q == "mxfp8":
+            return ""
+        return tensor_quantization(name, shape, q) if promote_down else requested()
+    if projection and (".mlp.shared_expert." in name or ".mlp.experts." in name):
+        return requested()
+    return ""
+
+
+def _laguna_dense_layers(config: dict) -> set[int]:
+    dense = {i for i, t in enumerate(config.get("mlp_layer_types") or []) if t == "dense"}
+    dense |= set(config.get("mlp_only_layers") or [])
+    return dense or {0}
 
 
 # Architectures whose import transform (x/create/qwen35.go) keeps the low-rank linear-attention
@@ -144,6 +252,7 @@ def ollama_mlx_layers(hf_dir: Path, quantize: str = "") -> tuple[list[tuple[str,
     qwen35 = arch.startswith(_QWEN35)
     text = config.get("text_config") or config
     gemma4 = arch.startswith("Gemma4")
+    num_layers = text.get("num_hidden_layers") or 0
     weights: dict[str, mx.array] = {}
     for f in sorted(Path(hf_dir).glob("model*.safetensors")):
         weights.update(mx.load(str(f)))
@@ -155,8 +264,12 @@ def ollama_mlx_layers(hf_dir: Path, quantize: str = "") -> tuple[list[tuple[str,
         if qwen35 and _qwen35_low_rank(name):
             q = ""
         if gemma4 and quantize:
-            layers = text.get("num_hidden_layers") or 0
-            q = gemma4_quantization(name, tuple(w.shape), quantize, layers, text.get("num_experts") or 0)
+            q = gemma4_quantization(name, tuple(w.shape), quantize, num_layers, text.get("num_experts") or 0)
+        if arch.startswith("NemotronH") and quantize:
+            q = nemotron_h_quantization(name, tuple(w.shape), quantize, num_layers)
+        if arch == "LagunaForCausalLM" and quantize:
+            n = num_layers or len(config.get("mlp_layer_types") or []) or 40
+            q = laguna_quantization(name, tuple(w.shape), quantize, _laguna_dense_layers(config), n)
         if not q:
             return {name: w}
         chosen[name] = q
@@ -295,6 +408,9 @@ def tiny_checkpoint(model_type: str, out: Path, *, seed: int = 0) -> Path | None
         return build_qwen3_5(out, seed=seed, moe=model_type == "qwen3_5_moe")
     if model_type == "gemma4":
         return build_gemma4(out, seed=seed, moe=True)
+    builders = {"glm4_moe_lite": build_glm4_moe_lite, "nemotron_h": build_nemotron_h, "laguna": build_laguna}
+    if model_type in builders:
+        return builders[model_type](out, seed=seed)
     names = [name for name, cfg in th.CONFIGS.items() if cfg["model_type"] == model_type]
     return th.build_hf_checkpoint(out, names[0], seed=seed) if names else None
 
@@ -486,3 +602,252 @@ def build_gemma4(out: Path, *, seed: int = 0, moe: bool = False) -> Path:
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": vocab[th.EOS]}))
     return out
+
+
+def _mlx_lm_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    model_cls, args_cls = _get_classes(config)
+    model = model_cls(args_cls.from_dict(json.loads(json.dumps(config))))
+    return {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+
+
+def _unstack_experts(weights: dict[str, np.ndarray], switch: str, experts: str, names: dict[str, str]) -> None:
+    """mlx-lm's stacked `<switch>.<proj>.weight` [experts, out, in] back to Hugging Face's one tensor per
+    expert, `<experts>.<e>.<hf proj>.weight` (names: mlx-lm projection -> Hugging Face's)."""
+    for name in [k for k in weights if f".{switch}." in k]:
+        prefix, rest = name.split(f".{switch}.")
+        proj = rest.removesuffix(".weight")
+        stacked = weights.pop(name)
+        for e in range(stacked.shape[0]):
+            weights[f"{prefix}.{experts}.{e}.{names.get(proj, proj)}.weight"] = stacked[e]
+
+
+def _write_tiny(out: Path, config: dict, weights: dict[str, np.ndarray], keep_f32: tuple[str, ...] = ()) -> Path:
+    """config.json, generation_config.json and model.safetensors (bfloat16 but the `keep_f32` tensors,
+    as the Hugging Face repos keep their router biases and SSM decays)."""
+    from . import tinyhf as th
+
+    arrays = {
+        k: mx.array(w).astype(mx.float32 if k.endswith(keep_f32) else mx.bfloat16) for k, w in sorted(weights.items())
+    }
+    mx.save_safetensors(str(out / "model.safetensors"), arrays, metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": config["eos_token_id"]}))
+    assert config["vocab_size"] == th.VOCAB
+    return out
+
+
+def _tiny_config(out: Path, base: dict) -> dict:
+    from . import tinyhf as th
+    from .tinymodels import build_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(out)
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    return {
+        **json.loads(json.dumps(base)),
+        "vocab_size": len(vocab),
+        "eos_token_id": vocab[th.EOS],
+        "torch_dtype": "bfloat16",
+    }
+
+
+def _norms_near_one(weights: dict[str, np.ndarray], rng) -> None:
+    for name, w in weights.items():
+        if "norm" in name and w.ndim == 1:
+            weights[name] = rng.uniform(0.6, 1.4, w.shape).astype(np.float32)
+
+
+# GLM-4.7-Flash's shape (Glm4MoeLiteForCausalLM), small: MLA with a q LoRA, one dense layer then MoE
+# layers (sigmoid router with a correction bias, a shared expert), and the multi-token-prediction
+# layer the Hugging Face repo stores after the last one (model.layers.<num_hidden_layers>.*).
+GLM4_MOE_LITE_CONFIG = {
+    "architectures": ["Glm4MoeLiteForCausalLM"],
+    "model_type": "glm4_moe_lite",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "moe_intermediate_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "n_shared_experts": 1,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "routed_scaling_factor": 1.8,
+    "kv_lora_rank": 64,
+    "q_lora_rank": 128,
+    "qk_rope_head_dim": 32,
+    "qk_nope_head_dim": 64,
+    "v_head_dim": 64,
+    "topk_method": "noaux_tc",
+    "scoring_func": "sigmoid",
+    "norm_topk_prob": True,
+    "n_group": 1,
+    "topk_group": 1,
+    "moe_layer_freq": 1,
+    "first_k_dense_replace": 1,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 1000000.0,
+    "rope_scaling": None,
+    "attention_bias": False,
+    "partial_rotary_factor": 1.0,
+    "tie_word_embeddings": False,
+    "num_nextn_predict_layers": 1,
+}
+
+
+def build_glm4_moe_lite(out: Path, *, seed: int = 0) -> Path:
+    """A tiny GLM-4.7-Flash folder in Hugging Face's layout: kv_b_proj whole (mlx-lm splits it into
+    embed_q / unembed_out), one tensor per expert, and an MTP layer mlx-lm leaves out."""
+    from . import tinyhf as th
+
+    config = _tiny_config(out, GLM4_MOE_LITE_CONFIG)
+    shapes = _mlx_lm_shapes(config)
+    heads, layers = config["num_attention_heads"], config["num_hidden_layers"]
+    for layer in range(layers):
+        attn = f"model.layers.{layer}.self_attn"
+        shapes.pop(f"{attn}.embed_q.weight")
+        shapes.pop(f"{attn}.unembed_out.weight")
+        rows = heads * (config["qk_nope_head_dim"] + config["v_head_dim"])
+        shapes[f"{attn}.kv_b_proj.weight"] = (rows, config["kv_lora_rank"])
+    hidden = config["hidden_size"]
+    mtp = f"model.layers.{layers}"
+    shapes.update(
+        {
+            f"{mtp}.eh_proj.weight": (hidden, 2 * hidden),
+            f"{mtp}.enorm.weight": (hidden,),
+            f"{mtp}.hnorm.weight": (hidden,),
+            f"{mtp}.shared_head.norm.weight": (hidden,),
+        }
+    )
+    rng = np.random.default_rng(seed)
+    weights = th._random_weights("glm4_moe_lite", shapes, rng)
+    _norms_near_one(weights, rng)
+    _unstack_experts(weights, "switch_mlp", "experts", {})
+    return _write_tiny(out, config, weights, keep_f32=("e_score_correction_bias",))
+
+
+# Nemotron-3-Nano's shape (NemotronHForCausalLM), small: Mamba-2 mixers (M), attention (*), relu²
+# MoE with a shared expert and a sigmoid router (E) and a dense relu² MLP (-), one per layer.
+NEMOTRON_H_CONFIG = {
+    "architectures": ["NemotronHForCausalLM"],
+    "model_type": "nemotron_h",
+    "hybrid_override_pattern": "M*EME-",
+    "num_hidden_layers": 6,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "max_position_embeddings": 2048,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "attention_bias": False,
+    "mamba_num_heads": 8,
+    "mamba_head_dim": 32,
+    "mamba_proj_bias": False,
+    "ssm_state_size": 32,
+    "conv_kernel": 4,
+    "n_groups": 2,
+    "mlp_bias": False,
+    "layer_norm_epsilon": 1e-5,
+    "use_bias": False,
+    "use_conv_bias": True,
+    "time_step_min": 0.001,
+    "time_step_max": 0.1,
+    "moe_intermediate_size": 128,
+    "moe_shared_expert_intermediate_size": 256,
+    "n_group": 1,
+    "n_routed_experts": 4,
+    "n_shared_experts": 1,
+    "topk_group": 1,
+    "num_experts_per_tok": 2,
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 2.5,
+    "tie_word_embeddings": False,
+}
+
+
+def build_nemotron_h(out: Path, *, seed: int = 0) -> Path:
+    """A tiny Nemotron-H folder in Hugging Face's layout: conv1d kernels as [channels, 1, width], one
+    tensor per expert (`mixer.experts.<e>.up_proj` / `down_proj`), float32 A_log."""
+    from . import tinyhf as th
+
+    config = _tiny_config(out, NEMOTRON_H_CONFIG)
+    rng = np.random.default_rng(seed)
+    weights = th._random_weights("nemotron_h", _mlx_lm_shapes(config), rng)
+    _norms_near_one(weights, rng)
+    for name, w in list(weights.items()):
+        if name.endswith(".A_log"):
+            weights[name] = np.log(rng.uniform(1, 16, w.shape)).astype(np.float32)
+        elif name.endswith(".D"):
+            weights[name] = rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
+        elif name.endswith(".dt_bias"):
+            weights[name] = rng.uniform(-1, 1, w.shape).astype(np.float32)
+        elif name.endswith("conv1d.weight"):
+            weights[name] = np.ascontiguousarray(np.moveaxis(w, 2, 1))
+    _unstack_experts(weights, "switch_mlp", "experts", {"fc1": "up_proj", "fc2": "down_proj"})
+    return _write_tiny(out, config, weights, keep_f32=("e_score_correction_bias", ".A_log"))
+
+
+# Laguna-XS.2's shape (LagunaForCausalLM), small: per-layer head counts, softplus-gated attention with
+# q/k norms, full (YaRN, half the head rotated) and sliding-window layers, a dense first layer then
+# MoE layers (sigmoid router, correction bias under `experts.`, a shared expert).
+LAGUNA_CONFIG = {
+    "architectures": ["LagunaForCausalLM"],
+    "model_type": "laguna",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_attention_heads_per_layer": [8, 4, 4],
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "layer_types": ["full_attention", "sliding_attention", "sliding_attention"],
+    "mlp_layer_types": ["dense", "sparse", "sparse"],
+    "sliding_window": 4,
+    "gating": True,
+    "qkv_bias": False,
+    "attention_bias": False,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 2048,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 128,
+    "shared_expert_intermediate_size": 128,
+    "moe_routed_scaling_factor": 2.5,
+    "moe_router_score_func": "sigmoid",
+    "rope_parameters": {
+        "full_attention": {
+            "rope_type": "yarn",
+            "rope_theta": 500000.0,
+            "partial_rotary_factor": 0.5,
+            "factor": 4.0,
+            "original_max_position_embeddings": 8,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+        },
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    },
+    "tie_word_embeddings": False,
+}
+
+
+def build_laguna(out: Path, *, seed: int = 0) -> Path:
+    """A tiny Laguna folder in Hugging Face's layout: the bare router `mlp.gate.weight`, its correction
+    bias as `mlp.experts.e_score_correction_bias`, one tensor per expert."""
+    from . import tinyhf as th
+
+    config = _tiny_config(out, LAGUNA_CONFIG)
+    rng = np.random.default_rng(seed)
+    weights = th._random_weights("laguna", _mlx_lm_shapes(config), rng)
+    _norms_near_one(weights, rng)
+    for name in [k for k in weights if ".mlp.gate." in k]:
+        mlp = name.split(".mlp.gate.")[0] + ".mlp"
+        if name.endswith(".gate.proj.weight"):
+            weights[f"{mlp}.gate.weight"] = weights.pop(name)
+        else:
+            weights[f"{mlp}.experts.e_score_correction_bias"] = weights.pop(name)
+    _unstack_experts(weights, "switch_mlp", "experts", {})
+    return _write_tiny(out, config, weights, keep_f32=("e_score_correction_bias",))

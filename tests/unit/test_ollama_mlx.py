@@ -13,7 +13,7 @@ from mlxollama.convert.ollama_mlx import assemble, check_architecture, plan_tens
 from mlxollama.store import Layer, Store
 
 from ..support import tinyhf as th
-from ..support.ollamamlx import JSON, ollama_mlx_layers, tensor_quantization
+from ..support.ollamamlx import JSON, TENSOR, ollama_mlx_layers, tensor_quantization
 
 
 def _stored(store: Store, layers) -> list[Layer]:
@@ -158,3 +158,102 @@ def test_assembly_streams_tensor_bytes(tmp_path):
         f.seek(8 + len(header) + 2 * cols * 100)
         row = np.frombuffer(f.read(2 * cols), np.float16)
     assert got.shape == (rows, cols) and np.array_equal(np.array(got[100]), row)
+
+
+def test_nemotron_h_and_laguna_policies():
+    """x/create/nemotron_h.go and laguna.go as read: what each keeps, promotes and demotes."""
+    from ..support.ollamamlx import laguna_quantization, nemotron_h_quantization
+
+    nem = "backbone.layers.{}.mixer.{}.weight"
+    assert nemotron_h_quantization("backbone.embeddings.weight", (384, 256), "int4", 6) == "int8"
+    assert nemotron_h_quantization(nem.format(2, "gate"), (4, 256), "int4", 6) == ""  # router
+    assert nemotron_h_quantization(nem.format(0, "conv1d"), (384, 1, 4), "mxfp4", 6) == ""
+    assert nemotron_h_quantization(nem.format(0, "in_proj"), (648, 256), "int4", 6) == "int4"
+    assert nemotron_h_quantization(nem.format(1, "q_proj"), (256, 256), "nvfp4", 6) == "mxfp8"  # attention always
+    assert nemotron_h_quantization(nem.format(0, "out_proj"), (256, 256), "mxfp4", 6) == "mxfp4"
+    assert nemotron_h_quantization(nem.format(5, "down_proj"), (256, 512), "mxfp4", 6) == "mxfp8"  # last eighth
+    assert nemotron_h_quantization(nem.format(2, "experts.down_proj"), (4, 256, 128), "mxfp4", 6) == "mxfp8"
+    assert nemotron_h_quantization(nem.format(4, "experts.down_proj"), (4, 256, 128), "mxfp4", 6) == "mxfp4"
+    assert nemotron_h_quantization(nem.format(4, "experts.down_proj"), (4, 256, 128), "int4", 6) == "int8"
+
+    lag = "model.layers.{}.{}.weight"
+    dense = {0}
+    assert laguna_quantization(lag.format(1, "mlp.experts.down_proj"), (4, 256, 128), "int4", dense, 3) == "int8"
+    assert laguna_quantization("model.embed_tokens.weight", (384, 256), "mxfp4", dense, 3) == "mxfp8"
+    assert laguna_quantization("model.embed_tokens.weight", (384, 256), "int4", dense, 3) == ""
+    assert laguna_quantization(lag.format(1, "mlp.gate"), (4, 256), "nvfp4", dense, 3) == ""
+    assert laguna_quantization(lag.format(1, "self_attn.v_proj"), (128, 256), "mxfp4", dense, 3) == "mxfp4"
+    assert laguna_quantization(lag.format(1, "self_attn.g_proj"), (4, 256), "mxfp8", dense, 3) == ""
+    assert laguna_quantization(lag.format(0, "mlp.down_proj"), (256, 512), "nvfp4", dense, 3) == "nvfp4"
+    assert laguna_quantization(lag.format(2, "mlp.shared_expert.down_proj"), (256, 128), "mxfp4", dense, 3) == "mxfp8"
+    assert laguna_quantization(lag.format(1, "mlp.shared_expert.down_proj"), (256, 128), "mxfp4", dense, 3) == "mxfp4"
+    assert laguna_quantization(lag.format(1, "mlp.shared_expert.down_proj"), (256, 128), "mxfp8", dense, 3) == ""
+    assert laguna_quantization(lag.format(2, "mlp.experts.down_proj"), (4, 256, 128), "mxfp8", dense, 3) == ""
+    assert laguna_quantization(lag.format(1, "mlp.experts.down_proj"), (4, 256, 128), "mxfp8", dense, 3) == "mxfp8"
+
+
+def test_stacked_experts_land_on_mlx_lm_modules(tmp_path):
+    """Ollama's stacked Nemotron-H experts (`mixer.experts.up_proj` [experts, out, in]) become mlx-lm's
+    `mixer.switch_mlp.fc1` / `fc2`, quantization and all; the rest keeps Hugging Face's layout."""
+    from ..support.ollamamlx import build_nemotron_h
+
+    hf = build_nemotron_h(tmp_path / "hf")
+    store = Store(tmp_path / "store")
+    layers, chosen = ollama_mlx_layers(hf, "int4")
+    names = {n for mt, n, _ in layers if mt == TENSOR}
+    assert "backbone.layers.2.mixer.experts.up_proj.weight" in names  # int4 and int8 (down): a blob each
+    assert not [n for n in names if ".experts.0." in n]
+    config = assemble(store, _stored(store, layers), tmp_path / "out")
+    q = config["quantization"]
+    assert (q["group_size"], q["bits"], q["mode"]) == (64, 4, "affine")
+    assert q["backbone.layers.2.mixer.switch_mlp.fc2"] == {"group_size": 64, "bits": 8, "mode": "affine"}
+    assert q["backbone.embeddings"] == {"group_size": 64, "bits": 8, "mode": "affine"}
+    weights = mx.load(str(tmp_path / "out" / "model.safetensors"))
+    assert weights["backbone.layers.2.mixer.switch_mlp.fc1.weight"].dtype == mx.uint32
+    assert weights["backbone.layers.2.mixer.switch_mlp.fc1.scales"].shape[0] == 4
+    assert not [k for k in weights if ".experts." in k]
+    assert weights["backbone.layers.0.mixer.conv1d.weight"].shape == (384, 1, 4)  # mlx-lm's sanitize moves it
+    assert weights["backbone.layers.0.mixer.A_log"].dtype == mx.float32
+    assert "backbone.layers.2.mixer.gate.weight" not in chosen
+
+
+def test_mla_kv_b_proj_is_dequantized(tmp_path):
+    """GLM-4.7-Flash's kv_b_proj comes back as the plain weight Ollama's runtime dequantizes it to,
+    whatever its type (mlx-lm's sanitize splits only float or affine ones); nothing else changes."""
+    from ..support.ollamamlx import QUANT, build_glm4_moe_lite
+
+    hf = build_glm4_moe_lite(tmp_path / "hf")
+    store = Store(tmp_path / "store")
+    layers, chosen = ollama_mlx_layers(hf, "mxfp4")
+    name = "model.layers.1.self_attn.kv_b_proj.weight"
+    assert chosen[name] == "mxfp4"
+    config = assemble(store, _stored(store, layers), tmp_path / "out")
+    assert not [k for k in config["quantization"] if "kv_b_proj" in k]
+    assert "model.layers.1.mlp.switch_mlp.gate_proj" not in config["quantization"]  # the default type: mxfp4
+    weights = mx.load(str(tmp_path / "out" / "model.safetensors"))
+    assert "model.layers.1.self_attn.kv_b_proj.scales" not in weights
+    src = mx.load(str(hf / "model.safetensors"))[name]
+    group, bits, mode = QUANT["mxfp4"]
+    want = mx.dequantize(
+        *mx.quantize(src, group_size=group, bits=bits, mode=mode), group_size=group, bits=bits, mode=mode
+    )
+    assert weights[name].shape == src.shape and mx.array_equal(weights[name], want).item()
+    assert weights["model.layers.1.mlp.switch_mlp.gate_proj.weight"].dtype == mx.uint32
+    assert "model.layers.3.eh_proj.weight" in weights  # the MTP layer travels; mlx-lm drops it
+    assert not list(tmp_path.glob(".dequantized-*"))  # the scratch files are gone
+
+
+@pytest.mark.parametrize("model_type", ["glm4_moe_lite", "nemotron_h", "laguna"])
+def test_admitted_by_name(model_type):
+    from ..support import ollamamlx
+
+    config = {"glm4_moe_lite": ollamamlx.GLM4_MOE_LITE_CONFIG, "nemotron_h": ollamamlx.NEMOTRON_H_CONFIG}.get(
+        model_type, ollamamlx.LAGUNA_CONFIG
+    )
+    assert check_architecture(json.loads(json.dumps(config))) == model_type
+
+
+def test_cohere2_moe_refused_by_name():
+    with pytest.raises(ManageError) as e:
+        check_architecture({"model_type": "cohere2_moe", "architectures": ["Cohere2MoeForCausalLM"]})
+    assert e.value.status == 400 and '"cohere2_moe"' in str(e.value)
