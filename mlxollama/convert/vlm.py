@@ -125,9 +125,10 @@ def _run_converter(src: Path, out: Path, quantize: QuantSpec | None) -> None:
     try:
         with contextlib.redirect_stdout(quiet):
             convert(str(src), mlx_path=str(out), trust_remote_code=False, **kwargs)
-    except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever mlx-vlm raises, the client gets one 400 line
         log.info("mlx-vlm conversion of %s failed: %s", src.name, e, exc_info=True)
-        raise hf.UnsupportedCheckpoint(f"mlx-vlm cannot convert {src.name}: {e}") from e
+        detail = " ".join(str(e).split())[:400] or type(e).__name__
+        raise hf.UnsupportedCheckpoint(f"mlx-vlm cannot convert the checkpoint: {detail}") from e
     log.debug("mlx-vlm: %s", quiet.getvalue().strip())
     # The converter copies the source's Python files and sub-folders; none of them is run here.
     for p in list(out.iterdir()):

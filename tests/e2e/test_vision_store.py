@@ -239,6 +239,20 @@ def test_checkpoints_that_would_run_their_own_code_are_refused(http, vlms, tmp_p
     assert body["error"] == "architecture 'gemma3' needs the checkpoint's own Python code, which is not run"
 
 
+def test_a_checkpoint_mlx_vlm_cannot_load_is_a_clear_400(http, vlms, tmp_path):
+    import mlx.core as mx
+
+    hf = to_hf_layout("gemma3", vlms["gemma3"], tmp_path / "hf")
+    weights = mx.load(str(hf / "model.safetensors"))
+    del weights["multi_modal_projector.mm_input_projection_weight"]
+    mx.save_safetensors(str(hf / "model.safetensors"), weights, metadata={"format": "pt"})
+    status, body = create_from_folder(http, "broken-vlm", hf)
+    assert status == 400, body
+    assert body["error"].startswith("mlx-vlm cannot convert the checkpoint: ")
+    assert "mm_input_projection_weight" in body["error"]
+    assert "Traceback" not in body["error"] and str(tmp_path) not in body["error"] and "/" not in body["error"]
+
+
 def test_cli_convert_keeps_a_vision_folder(vlms, tmp_path):
     models = tmp_path / "models"
     env = {**os.environ, "MLXOLLAMA_MODELS": str(models)}
