@@ -36,6 +36,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from mlx.utils import tree_map
 
+from .gguf_moe_hybrid import register_moe_hybrid
 from .gguf_tokenizer import UnsupportedTokenizer, write_tokenizer_files
 
 log = logging.getLogger(__name__)
@@ -490,6 +491,8 @@ class ArchSpec:
     rows_joined: Mapping[str, tuple[tuple[str, ...], str, Callable[[Mapping[str, Any]], np.ndarray]]] = field(
         default_factory=dict
     )
+    # GGUF tensors mlx-lm's class has no place for, by config and name (gemma4's KV-shared layers' k/v)
+    unused: Callable[[Mapping[str, Any], str], bool] | None = None
 
 
 _ARCH_ENUM = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -556,11 +559,13 @@ def tensor_name_map(
     for name, t in tensors.items():
         # The Ollama library's multimodal GGUFs (gemma3, mistral3) carry the vision tower and its
         # projector (v.*, mm.*) beside the text model: the text model is imported, for text chat.
-        if name in spec.skip_tensors or name.startswith(_VISION_PREFIXES):
+        unused = spec.unused is not None and spec.unused(config or {}, name)
+        if name in spec.skip_tensors or name.startswith(_VISION_PREFIXES) or unused:
             names[name] = None
             continue
         # Ollama's gptoss names its sinks without ".weight"
-        base, _, suffix = name.rpartition(".") if name.endswith((".weight", ".bias")) else (name, "", "weight")
+        named = name.endswith((".weight", ".bias", ".scale"))  # (gemma4's router and expert scales)
+        base, _, suffix = name.rpartition(".") if named else (name, "", "weight")
         block, _, kind = base.rpartition(".")
         kind = spec.renamed.get(kind, kind)
         base = f"{block}.{kind}" if block else kind
@@ -571,7 +576,11 @@ def tensor_name_map(
         if kind in spec.split:
             parts = []
             for part_kind, rows in spec.split[kind]:
-                found = pick(f"{block}.{part_kind}", suffix)
+                renamed = spec.block_params.get(f"{part_kind}.{suffix}")
+                if renamed and block.startswith("blk."):  # (gemma4's, qwen35moe's fused gate/up experts)
+                    found = [p for p in (f"{prefix}model.layers.{block[4:]}.{renamed}",) if p in params]
+                else:
+                    found = pick(f"{block}.{part_kind}", suffix)
                 if len(found) != 1:
                     raise UnsupportedGGUF(f"tensor {name!r} has no mapping for architecture {arch!r}")
                 part_shape = list(got)
@@ -1476,6 +1485,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     ),
     "phi3": ArchSpec(_phi3_config, skip_tensors=frozenset({"rope_factors_long.weight", "rope_factors_short.weight"})),
 }
+
+register_moe_hybrid(ARCHITECTURES)  # qwen35moe, gemma4 (gguf_moe_hybrid.py)
 
 SUPPORTED_GGUF_ARCHITECTURES: frozenset[str] = frozenset(ARCHITECTURES)
 

@@ -225,6 +225,27 @@ def _merges_from_scores(tokens: list[str], scores: Sequence[float], types: Seque
     return [(left, right) for _, _, left, right in ranked]
 
 
+def _gemma4_bpe(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> Tokenizer:
+    """tokenizer.ggml.model "gemma4" (llama.cpp's LLAMA_VOCAB_PRE_TYPE_GEMMA4): BPE by merge rank
+    over raw UTF-8 characters (no byte-to-unicode map), spaces written as ▁ first, the text
+    split only into runs of newlines and runs of anything else, a character with no piece as
+    <0xXX> byte pieces; no space prefix."""
+    merges = []
+    for m in _get(meta, "tokenizer.ggml.merges") or []:
+        pos = m.find(" ", 1)  # llama.cpp splits at the first space after position 0
+        if pos > 0:
+            merges.append((m[:pos], m[pos + 1 :]))
+    if not merges:
+        raise UnsupportedTokenizer("gemma4 tokenizer without tokenizer.ggml.merges")
+    vocab = {t: i for i, t in enumerate(tokens)}  # duplicates: the last id wins, as in llama.cpp
+    byte_fallback = TOKEN_BYTE in types or "<0x00>" in vocab
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=byte_fallback, fuse_unk=False))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[^\\n]+|[\\n]+"), behavior="isolated")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tok
+
+
 def _sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str], types: list[int]) -> Tokenizer:
     scores = _get(meta, "tokenizer.ggml.scores")
     if scores is None:
@@ -442,13 +463,17 @@ def build_tokenizer(meta: Mapping[str, Any]) -> tuple[Tokenizer, dict[str, Any]]
     if model == "gpt2":
         tok = _byte_level_bpe(meta, tokens)
         add_bos_default = pre in _ADD_BOS_DEFAULT
+    elif model == "gemma4" or (model == "llama" and pre == "gemma4" and _get(meta, "tokenizer.ggml.merges")):
+        # (Ollama's own gemma4 files say "llama" with the gemma4 pre-tokenizer and carry the merges)
+        tok = _gemma4_bpe(meta, tokens, types)
+        add_bos_default = True
     elif model == "llama":
         tok = _sentencepiece_bpe(meta, tokens, types)
         add_bos_default = True
     else:
         raise UnsupportedTokenizer(
             f"tokenizer.ggml.model {model!r} is not supported (supported: 'gpt2' byte-level BPE, "
-            "'llama' sentencepiece, 'bert' WordPiece, 't5' unigram)"
+            "'llama' sentencepiece, 'gemma4' BPE, 'bert' WordPiece, 't5' unigram)"
         )
 
     # CONTROL tokens are special (skipped by decode(skip_special_tokens=True));

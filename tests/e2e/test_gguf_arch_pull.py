@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 
 from ..support import tinyhf as th
 from ..support.fakeregistry import FakeRegistry
+from ..support.ggufmoehybrid import MOE_HYBRID_ARCH, write_moe_hybrid_gguf
 from ..support.ggufwriter import GGUF_ARCH, write_gguf, write_ollama_gptoss
 from ..support.liveserver import LiveServer
 from ..support.tinygguf import MODEL
@@ -184,5 +185,38 @@ def test_vision_tensors_are_left_out(tmp_path, http, registry):
     w.close()
     reply = _pull_and_generate(http, registry, "tiny-gemma3-vision", out.read_bytes(), "gemma3", "F16")
     prompt_ids, want = _reference_tokens(hf_dir)
+    assert want
+    _check(reply, hf_dir, prompt_ids, want)
+
+
+@pytest.mark.parametrize(
+    "arch,qtype",
+    [
+        ("qwen3_5_moe", "F16"),  # against the original checkpoint
+        ("qwen3_5_moe", "Q8_0"),  # stacked experts and shared expert, exact
+        ("qwen3_5_moe", "Q4_K_M"),  # Q4_K exact beside Q6_K requantized to 8 bits
+        ("gemma4", "F16"),
+        ("gemma4", "Q8_0"),  # per-layer inputs, KV-shared layer, fused gate/up experts: exact
+        # (seed 1: seed 0's sixth token is byte 0, which mlx-lm's streaming detokenizer renders as
+        # its byte-level symbol where the tokenizer's decode gives "\x00")
+        ("gemma4", "Q4_K"),
+    ],
+)
+def test_moe_hybrid_pull_matches(tmp_path, http, registry, arch, qtype):
+    """qwen3.5 MoE (qwen35moe) and gemma4 as llama.cpp converts them (tests/support/ggufmoehybrid.py):
+    F16 continues like the original checkpoint, a quantized file like the weights it decodes to."""
+    from ..support.ollamamlx import build_gemma4, build_qwen3_5
+
+    seed = 1 if (arch, qtype) == ("gemma4", "Q4_K") else 0
+    hf = tmp_path / "hf"
+    hf_dir = build_gemma4(hf, moe=True, seed=seed) if arch == "gemma4" else build_qwen3_5(hf, moe=True, seed=seed)
+    path = tmp_path / "model.gguf"
+    mix = qtype == "Q4_K_M"
+    reference = write_moe_hybrid_gguf(hf_dir, path, QT.Q4_K if mix else QT[qtype], mix=mix)
+    name = _model_name(arch, qtype)
+    reply = _pull_and_generate(http, registry, name, path.read_bytes(), MOE_HYBRID_ARCH[arch], qtype)
+    # the original in float32 (qwen3.5's 1 + w norms added in float32, as the converter adds them)
+    weights = th.load_hf_weights(hf_dir) if qtype == "F16" else reference
+    prompt_ids, want = _reference_tokens(hf_dir, weights)
     assert want
     _check(reply, hf_dir, prompt_ids, want)
