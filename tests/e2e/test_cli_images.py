@@ -144,3 +144,18 @@ def test_interactive_messages_carry_the_images(live, tmp_path):
     assert counted == api["prompt_eval_count"]
     bare = http.post("/api/chat", json={"model": "vlm", "messages": [{**message, "images": []}], "stream": False})
     assert counted > bare.json()["prompt_eval_count"]
+
+
+def test_show_lists_vision_and_the_projector(live, tmp_path):
+    env = {**os.environ, "OLLAMA_HOST": live.url.removeprefix("http://"), "NO_COLOR": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "mlxollama.cli", "show", "vlm"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    sections = re.split(r"\n(?=  \S)", r.stdout)
+    capabilities = next(s for s in sections if s.strip().startswith("Capabilities"))
+    assert re.search(r"^\s+vision\s*$", capabilities, re.M)
+    projector = next(s for s in sections if s.strip().startswith("Projector"))
+    assert re.search(r"^\s+architecture\s+clip\s*$", projector, re.M)
+    assert re.search(r"^\s+embedding length\s+32\s*$", projector, re.M)  # the tiny tower's width
+    assert re.search(r"^\s+dimensions\s+64\s*$", projector, re.M)  # what it projects into
