@@ -793,10 +793,10 @@ def _gemma3_config(m: _Meta, tensors: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {"model_type": "gemma3_text", **_common_config(m, tensors)}
     cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
     cfg["query_pre_attn_scalar"] = _gemma_query_scalar(m, cfg, 62)
-    # Ollama's converter leaves these out of the library's multimodal gemma3 files (and names the
-    # local base rope.local.freq_base): its engine's defaults, which are gemma3's values, apply.
+    # Ollama's converter leaves these out of the library's multimodal gemma3 files (its engine reads
+    # rope.global.freq_base and rope.local.freq_base): its engine's defaults, gemma3's values, apply.
     if m.get("rope.freq_base") is None:
-        cfg["rope_theta"] = 1_000_000.0
+        cfg["rope_theta"] = m.float("rope.global.freq_base", 1_000_000.0)
     if m.get("attention.layer_norm_rms_epsilon") is None:
         cfg["rms_norm_eps"] = 1e-6
     cfg["rope_local_base_freq"] = m.float("rope.freq_base_swa") or m.float("rope.local.freq_base", 10000.0)
