@@ -299,6 +299,10 @@ def import_gemma_gguf(reader: gguf.GGUFReader, meta: Mapping[str, Any], out: Pat
         raise UnsupportedEncoder(f"{arch}: tensor token_embd.weight is missing")
     config = gguf_config(arch, meta, int(embd.shape[-1]))
     cfg = GemmaEmbeddingConfig.from_dict(config)
+    kind = meta.get(f"{arch}.pooling_type")
+    mode = {1: "mean", 2: "cls", 3: "lasttoken"}.get(int(kind) if kind is not None else 1)
+    if mode is None:
+        raise UnsupportedEncoder(f"{arch}: pooling_type {kind} is not supported")
 
     # Dense heads: llama.cpp's dense_2 / dense_3, Ollama's dense.0 / dense.1 (weights [out, in])
     spellings = [("dense_2", "dense_3"), ("dense.0", "dense.1")]
@@ -346,10 +350,6 @@ def import_gemma_gguf(reader: gguf.GGUFReader, meta: Mapping[str, Any], out: Pat
     for stale in out.glob("*.safetensors"):
         stale.unlink()
     write_safetensors(out / "model.safetensors", [(n, s, "F32", produce(n, t, s)) for n, t, s in plan])
-    kind = meta.get(f"{arch}.pooling_type")
-    mode = {1: "mean", 2: "cls", 3: "lasttoken"}.get(int(kind) if kind is not None else 1)
-    if mode is None:
-        raise UnsupportedEncoder(f"{arch}: pooling_type {kind} is not supported")
     # Ollama's gemma3 embedder always L2-normalises; llama.cpp's pooled output is normalised by its server
     pooling = PoolingConfig(mode, True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

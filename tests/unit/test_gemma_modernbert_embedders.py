@@ -190,3 +190,55 @@ def test_modernbert_unsupported_options_refused(tmp_path):
         convert_path(hf, "bad-modernbert", store=store)
     assert e.value.status == 400 and str(tmp_path) not in str(e.value)
     shutil.rmtree(hf)
+
+
+def test_gemma_window_and_refusals_without_paths(gemma, tmp_path):
+    """truncate=False past the window is Ollama's error; truncate=True cuts to the window with
+    <eos> kept; a GGUF tensor with no place, or a pooling type we do not run, is refused by name."""
+    from mlxollama.convert.gguf_encoder import UnsupportedEncoderGGUF
+    from mlxollama.engine.encoder import InputTooLong
+
+    hf, _ = gemma
+    convert_sentence_transformers(hf, tmp_path / "out")
+    model = GemmaEmbeddingModel.load(tmp_path / "out")
+    long = "the quick brown fox " * 40
+    with pytest.raises(InputTooLong, match="the input length exceeds the context length"):
+        model.embed([long], truncate=False)
+    got, tokens = model.embed([long])
+    assert tokens == 64
+    want = gemma_reference(hf, gemma_ids(hf, long, 64))
+    assert gemma_ids(hf, long, 64)[-1] == 1 and _cos(got, want[None]).min() >= 0.9999
+
+    import gguf as g
+
+    src = write_gemma_gguf(hf, tmp_path / "m.gguf")
+    reader = g.GGUFReader(str(src))
+
+    def rewrite(dst, extra_tensor=None, pooling=None):
+        w = g.GGUFWriter(str(dst), "gemma-embedding")
+        for name, f in reader.fields.items():
+            if name.startswith("GGUF.") or name == "general.architecture":
+                continue
+            if name == "gemma-embedding.pooling_type" and pooling is not None:
+                w.add_uint32(name, pooling)
+            elif f.types[0] == g.GGUFValueType.ARRAY:
+                w.add_key_value(name, f.contents(), f.types[0], sub_type=f.types[-1])
+            else:
+                w.add_key_value(name, f.contents(), f.types[0])
+        for t in reader.tensors:
+            w.add_tensor(
+                t.name, np.asarray(t.data), raw_shape=list(reversed([int(x) for x in t.shape])), raw_dtype=t.tensor_type
+            )
+        if extra_tensor:
+            w.add_tensor(extra_tensor, np.zeros(4, np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return dst
+
+    with pytest.raises(UnsupportedEncoderGGUF, match="tensor cls.weight has no place") as e:
+        import_gguf_encoder(rewrite(tmp_path / "x.gguf", extra_tensor="cls.weight"), tmp_path / "o1")
+    assert str(tmp_path) not in str(e.value)
+    with pytest.raises(UnsupportedEncoderGGUF, match="pooling_type 4 is not supported"):
+        import_gguf_encoder(rewrite(tmp_path / "y.gguf", pooling=4), tmp_path / "o2")
