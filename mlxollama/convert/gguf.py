@@ -36,6 +36,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from mlx.utils import tree_map
 
+from .gguf_hybrid import register_hybrid
 from .gguf_moe_hybrid import register_moe_hybrid
 from .gguf_tokenizer import UnsupportedTokenizer, write_tokenizer_files
 
@@ -493,6 +494,12 @@ class ArchSpec:
     )
     # GGUF tensors mlx-lm's class has no place for, by config and name (gemma4's KV-shared layers' k/v)
     unused: Callable[[Mapping[str, Any], str], bool] | None = None
+    # mlx-lm parameter name -> its spelling in llama.cpp's table, where they differ by more than
+    # a prefix (gemma3n's model.language_model.X is the table's model.X)
+    param_alias: Callable[[str], str] | None = None
+    # GGUF kinds that stack numbered Hugging Face modules along their first axis (gemma3n's
+    # altup_proj): kind -> the module list's name in the table's spelling
+    stacked: Mapping[str, str] = field(default_factory=dict)
 
 
 _ARCH_ENUM = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -547,6 +554,10 @@ def tensor_name_map(
     inverse = _gguf_to_hf(spec.table_arch or arch, n_blocks)
 
     prefix = spec.param_prefix
+    real: dict[str, str] = {}
+    if spec.param_alias is not None:  # matched in the table's spelling, returned in mlx-lm's
+        real = {spec.param_alias(k): k for k in params}
+        params = {spec.param_alias(k): v for k, v in params.items()}
 
     def pick(base: str, suffix: str) -> list[str]:
         found = {f"{prefix}{hf}.{suffix}" for hf in inverse.get(base, ()) if f"{prefix}{hf}.{suffix}" in params}
@@ -572,6 +583,12 @@ def tensor_name_map(
         got = tuple(int(x) for x in reversed(t.shape))
         if block.startswith("blk.") and int(block[4:]) >= n_blocks:
             names[name] = None  # multi-token-prediction blocks past the model's own (nextn_predict_layers)
+            continue
+        if kind in spec.stacked:  # one parameter per leading index, selected exactly
+            parts = tuple((f"{prefix}{spec.stacked[kind]}.{i}.{suffix}", (i,)) for i in range(got[0]))
+            if any(params.get(p) != got[1:] for p, _ in parts):
+                raise UnsupportedGGUF(f"tensor {name!r} of shape {list(got)} does not unstack onto mlx-lm's model")
+            names[name] = parts
             continue
         if kind in spec.split:
             parts = []
@@ -628,6 +645,12 @@ def tensor_name_map(
     missing = sorted(missing)
     if missing:
         raise UnsupportedGGUF(f"{arch}: the GGUF lacks tensors mlx-lm needs ({', '.join(missing[:4])})")
+    if real:
+        for name, v in names.items():
+            if isinstance(v, tuple):
+                names[name] = tuple((real.get(p, p), rows) for p, rows in v)
+            elif v is not None:
+                names[name] = real.get(v, v)
     return names
 
 
@@ -1487,6 +1510,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 register_moe_hybrid(ARCHITECTURES)  # qwen35moe, gemma4 (gguf_moe_hybrid.py)
+register_hybrid(ARCHITECTURES)  # granitehybrid, gemma3n (gguf_hybrid.py)
 
 SUPPORTED_GGUF_ARCHITECTURES: frozenset[str] = frozenset(ARCHITECTURES)
 
@@ -1664,7 +1688,9 @@ def import_gguf(
             for part, rows in name:
                 module, suffix = part.rsplit(".", 1)
                 for key, a in conv.arrays.items():
-                    if suffix == "bias" and conv.quant is None:
+                    if isinstance(rows, tuple):  # one matrix of a stack (ArchSpec.stacked)
+                        a = a[rows]
+                    elif suffix == "bias" and conv.quant is None:
                         a = a[..., rows(config, a.shape[-1])]
                     else:
                         a = a[..., rows(config, a.shape[-2]), :]

@@ -59,8 +59,10 @@ _NOT_CONVERTED = {
     "qwen3vl": "qwen3-vl",
     "qwen3vlmoe": "qwen3-vl",
     "mllama": "llama3.2-vision",
-    "gemma3n": "gemma3n",
 }
+# (gemma3n is not here: the library's gemma3n tags are text only -- Ollama's converter leaves its
+# vision and audio towers out -- and import as a text model, gguf_hybrid.py; with a projector layer
+# it is refused like any family whose tower is not converted.)
 _LANGUAGE_PREFIX = "language_model."
 VISION_WEIGHTS = "model-vision.safetensors"
 

@@ -220,3 +220,31 @@ def test_moe_hybrid_pull_matches(tmp_path, http, registry, arch, qtype):
     prompt_ids, want = _reference_tokens(hf_dir, weights)
     assert want
     _check(reply, hf_dir, prompt_ids, want)
+
+
+@pytest.mark.parametrize(
+    "arch,qtype",
+    [
+        ("granitemoehybrid", "F16"),  # against the original checkpoint
+        ("granitemoehybrid", "Q8_0"),  # Mamba-2 layers, experts, rejoined shared MLP: exact
+        ("granitemoehybrid", "Q4_K_M"),  # Q4_K exact beside Q6_K (layer 0's ffn_down_*) requantized
+        ("gemma3n", "F16"),
+        ("gemma3n", "Q8_0"),  # unstacked AltUp projections, per-layer inputs, KV-shared layers: exact
+        ("gemma3n", "Q4_K"),  # Q4_K, Q5_0 where rows do not fill 256-element blocks: exact
+    ],
+)
+def test_hybrid_pull_matches(tmp_path, http, registry, arch, qtype):
+    """granite4's hybrid (granitehybrid) and gemma3n as llama.cpp converts them
+    (tests/support/tinyhybrid.py): F16 continues like the original checkpoint, a quantized file
+    like the weights it decodes to."""
+    from ..support.tinyhybrid import GGUF_ARCH as HYBRID_ARCH
+    from ..support.tinyhybrid import build_hybrid_checkpoint, write_hybrid_gguf
+
+    hf_dir = build_hybrid_checkpoint(tmp_path / "hf", arch)
+    path = tmp_path / "model.gguf"
+    mix = qtype == "Q4_K_M"
+    reference = write_hybrid_gguf(hf_dir, path, QT.Q4_K if mix else QT[qtype], mix=mix)
+    reply = _pull_and_generate(http, registry, _model_name(arch, qtype), path.read_bytes(), HYBRID_ARCH[arch], qtype)
+    prompt_ids, want = _reference_tokens(hf_dir, None if qtype == "F16" else reference)
+    assert want
+    _check(reply, hf_dir, prompt_ids, want)

@@ -47,6 +47,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 STATUSES = ("supported", "refused", "partial")
 # GGUF architectures whose import tests are not test_gguf_archs' per-model_type ones
 OTHER_IMPORT_TESTS = {"gptoss"}  # test_gguf_archs.test_ollama_gptoss
+OTHER_IMPORT_TESTS |= {"granitehybrid", "gemma3n"}  # test_gguf_hybrid.test_import_matches_source
 OTHER_IMPORT_TESTS |= {"qwen35moe", "gemma4"}  # test_gguf_moe_hybrid.test_import_matches_source
 # tiny checkpoints (tests/support/tinyhf.py) for the "+ vision" rows' text models
 TINY_FOR_ARCH = {"gemma3": "gemma3", "mistral3": "ministral3", "llama4": "llama4"}
