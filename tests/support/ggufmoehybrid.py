@@ -202,3 +202,28 @@ def write_moe_hybrid_gguf(
     w.write_tensors_to_file()
     w.close()
     return reference
+
+
+def make_gemma4_k_eq_v(hf_dir: Path, global_kv_heads: int = 1, seed: int = 5) -> Path:
+    """Turn a tiny gemma4 folder (ollamamlx.build_gemma4) into the 26B/31B layout in place: the
+    full-attention layers' keys are their values (``attention_k_eq_v``: no v_proj) with their own
+    K/V head count (``num_global_key_value_heads``); new random k_proj weights for those layers."""
+    import mlx.core as mx
+
+    hf_dir = Path(hf_dir)
+    config = json.loads((hf_dir / "config.json").read_text())
+    text = config["text_config"]
+    text.update(attention_k_eq_v=True, num_global_key_value_heads=global_kv_heads)
+    weights = mx.load(str(hf_dir / "model.safetensors"))
+    rng = np.random.default_rng(seed)
+    first_shared = text["num_hidden_layers"] - text["num_kv_shared_layers"]
+    for i, kind in enumerate(text["layer_types"][:first_shared]):
+        if kind != "full_attention":
+            continue
+        prefix = f"model.language_model.layers.{i}.self_attn"
+        weights.pop(f"{prefix}.v_proj.weight")
+        shape = (global_kv_heads * text["global_head_dim"], text["hidden_size"])
+        weights[f"{prefix}.k_proj.weight"] = mx.array(rng.normal(0, shape[1] ** -0.5, shape)).astype(mx.bfloat16)
+    mx.save_safetensors(str(hf_dir / "model.safetensors"), weights, metadata={"format": "pt"})
+    (hf_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return hf_dir

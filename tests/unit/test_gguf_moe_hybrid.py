@@ -42,7 +42,7 @@ from tokenizers import (
 from mlxollama.convert.gguf import UnsupportedGGUF, gguf_architecture_supported, import_gguf, set_quantized_param_dtype
 
 from ..support import tinyhf as th
-from ..support.ggufmoehybrid import MOE_HYBRID_ARCH, write_moe_hybrid_gguf
+from ..support.ggufmoehybrid import MOE_HYBRID_ARCH, make_gemma4_k_eq_v, write_moe_hybrid_gguf
 from ..support.ollamamlx import build_gemma4, build_qwen3_5
 from .test_gguf_tokenizer_corpus import TRAINING, _assert_same_ids, _rebuilt
 
@@ -50,6 +50,8 @@ BUILDERS = {
     "qwen3_5_moe": lambda d: build_qwen3_5(d, moe=True),
     "gemma4": lambda d: build_gemma4(d, moe=True),
     "gemma4_dense": lambda d: build_gemma4(d, moe=False),
+    # the 26B/31B attention: full layers' keys are their values, with their own K/V head count
+    "gemma4_k_eq_v": lambda d: make_gemma4_k_eq_v(build_gemma4(d, moe=True)),
 }
 # the quantized types' correlation with the original's logits (measured values in the docstring)
 MIN_CORR = {"Q8_0": 0.97, "Q4_K": 0.6, "Q4_K_M": 0.6}
@@ -143,7 +145,7 @@ def _check_q4_k_m(out: Path, hf_dir: Path, reference: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("qtype", [QT.F16, QT.Q8_0, QT.Q4_K, "Q4_K_M"], ids=lambda q: getattr(q, "name", q))
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("name", ["qwen3_5_moe", "gemma4", "gemma4_dense"])
 def test_import_matches_source(tmp_path, checkpoints, name, qtype):
     hf_dir, src_logits = checkpoints(name)
     info, out, reference = _import(tmp_path, hf_dir, qtype)
@@ -212,12 +214,44 @@ def test_config_details(tmp_path, checkpoints):
     assert cfg["norm_topk_prob"] is True
 
 
+@pytest.mark.parametrize("qtype", [QT.F16, QT.Q8_0], ids=lambda q: q.name)
+def test_gemma4_keys_as_values(tmp_path, checkpoints, qtype):
+    """gemma4's 26B/31B full layers (no attn_v, their own K/V head count in the per-layer
+    head_count_kv): attention_k_eq_v and num_global_key_value_heads come back from the file."""
+    hf_dir, src_logits = checkpoints("gemma4_k_eq_v")
+    _, out, reference = _import(tmp_path, hf_dir, qtype)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["attention_k_eq_v"] is True
+    assert (cfg["num_key_value_heads"], cfg["num_global_key_value_heads"]) == (2, 1)
+    names = [t.name for t in gguf.GGUFReader(str(tmp_path / "model.gguf")).tensors]
+    assert "blk.1.attn_v.weight" not in names and "blk.0.attn_v.weight" in names
+    _check_exact(out, hf_dir, reference)
+
+
+def test_gemma4_towers_in_the_file_are_left_out(tmp_path, checkpoints):
+    """Ollama's gemma4 tags keep the vision tower (v.*), its projector (mm.*) and the audio tower
+    (a.*, mm.a.*) in the model's GGUF: the text model is imported as from a text-only file."""
+    hf_dir, _ = checkpoints("gemma4")
+    _, plain, _ = _import(tmp_path / "plain", hf_dir, QT.F16)
+    extra = {
+        "v.blk.0.attn_q.weight": np.ones((64, 64), np.float32),
+        "v.clamp_data": np.ones(32, np.float32),
+        "mm.input_projection.weight": np.ones((256, 64), np.float32),
+        "a.blk.0.attn_q.weight": np.ones((64, 64), np.float32),
+        "mm.a.fc.weight": np.ones((256, 64), np.float32),
+    }
+    path = _rewrite(tmp_path / "plain" / "model.gguf", tmp_path / "towers.gguf", {}, extra)
+    import_gguf(path, tmp_path / "out")
+    got, want = (th.logits(_load(d), th.PROMPT) for d in (tmp_path / "out", plain))
+    assert np.array_equal(got, want)
+
+
 def test_architectures_admitted():
     assert gguf_architecture_supported("qwen35moe") and gguf_architecture_supported("gemma4")
 
 
-def _rewrite(src: Path, dst: Path, kv: dict) -> Path:
-    """``src`` with some key/values replaced (name -> (value, type[, array item type])) or dropped (None)."""
+def _rewrite(src: Path, dst: Path, kv: dict, tensors: dict | None = None) -> Path:
+    """``src`` with key/values replaced (name -> (value, type[, item type])) or dropped (None), tensors added."""
     reader = gguf.GGUFReader(str(src))
     w = gguf.GGUFWriter(str(dst), "gemma4")
     for name, f in reader.fields.items():
@@ -232,6 +266,8 @@ def _rewrite(src: Path, dst: Path, kv: dict) -> Path:
             w.add_key_value(name, value[0], value[1], sub_type=value[2] if len(value) > 2 else None)
     for t in reader.tensors:
         w.add_tensor(t.name, np.asarray(t.data), raw_shape=[int(x) for x in reversed(t.shape)], raw_dtype=t.tensor_type)
+    for name, array in (tensors or {}).items():
+        w.add_tensor(name, array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -293,11 +329,13 @@ def _gemma4_original(out: Path) -> Path:
     return out
 
 
-def test_gemma4_tokenizer(tmp_path):
+@pytest.mark.parametrize("model", ["gemma4", "llama"], ids=["llama.cpp", "ollama"])
+def test_gemma4_tokenizer(tmp_path, model):
     """tokenizer.ggml.model "gemma4" as Gemma4Model.set_vocab writes it (pieces in id order,
     <0xXX> pieces BYTE, specials CONTROL, merges, add_space_prefix false, add_bos true) rebuilt by
     the importer gives the original's ids on the multilingual / code / emoji corpus (unseen
-    characters through byte fallback)."""
+    characters through byte fallback); so does Ollama's converter's spelling of the same
+    vocabulary (model "llama", pre-tokenizer "gemma4", with the merges)."""
     from transformers import AutoTokenizer
 
     hf = _gemma4_original(tmp_path / "hf")
@@ -314,7 +352,9 @@ def test_gemma4_tokenizer(tmp_path):
         for p in pieces
     ]
     w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), "gemma4")
-    w.add_tokenizer_model("gemma4")
+    w.add_tokenizer_model(model)
+    if model == "llama":
+        w.add_tokenizer_pre("gemma4")
     w.add_token_list(pieces)
     w.add_token_scores([-1000.0] * len(pieces))
     w.add_token_types(types)
