@@ -31,7 +31,7 @@ from .gguf_tokenizer import UnsupportedTokenizer, write_tokenizer_files
 
 log = logging.getLogger(__name__)
 
-ENCODER_ARCHITECTURES = ("bert", "nomic-bert", "gemma-embedding")
+ENCODER_ARCHITECTURES = ("bert", "nomic-bert", "gemma-embedding", "modern-bert")
 
 # llama.cpp's pooling_type numbering (enum llama_pooling_type).
 _POOLING = {1: "mean", 2: "cls", 3: "lasttoken"}
@@ -274,6 +274,8 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
 
     if is_gemma_embedding_gguf(arch, meta.get(f"{arch}.pooling_type")):
         return _import_gemma(reader, meta, types, out)
+    if arch == "modern-bert":
+        return _import_modernbert(reader, meta, types, out)
     if arch not in ENCODER_ARCHITECTURES:
         raise UnsupportedEncoderGGUF(f"GGUF architecture {arch!r} is not an embedding model we import")
     tensors = {t.name: t for t in reader.tensors}
@@ -373,6 +375,35 @@ def _import_gemma(reader: Any, meta: Mapping[str, Any], types: Mapping[str, Any]
         context_length=context,
         embedding_length=heads[-1].out_features if heads else int(config["hidden_size"]),
         files=["model.safetensors", "config.json", "dense.json", "pooling.json", *tok.files, "model_info.json"],
+        pooling=pooling.mode,
+        normalize=pooling.normalize,
+    )
+
+
+def _import_modernbert(reader: Any, meta: Mapping[str, Any], types: Mapping[str, Any], out: Path) -> GGUFEncoderImport:
+    """llama.cpp's modern-bert: see convert/gguf_modernbert.py."""
+    from ..engine.encoder import UnsupportedEncoder
+    from .gguf_modernbert import import_modernbert_gguf
+
+    try:
+        config, pooling, parameter_count = import_modernbert_gguf(reader, meta, out, _tensor_array, _write_safetensors)
+    except UnsupportedEncoder as e:
+        raise UnsupportedEncoderGGUF(str(e)) from e
+    context = int(config["max_position_embeddings"])
+    try:
+        tok = write_tokenizer_files(meta, out, context)
+    except UnsupportedTokenizer as e:
+        raise UnsupportedEncoderGGUF(f"modern-bert: {e}") from e
+    info = model_info_from_metadata(meta, types, parameter_count)
+    info.setdefault("modern-bert.pooling_type", pooling.ollama_pooling_type)  # marks it an embedder
+    (out / "model_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    return GGUFEncoderImport(
+        architecture="modern-bert",
+        file_type=_file_type(meta),
+        parameter_count=parameter_count,
+        context_length=context,
+        embedding_length=int(config["hidden_size"]),
+        files=["model.safetensors", "config.json", "pooling.json", *tok.files, "model_info.json"],
         pooling=pooling.mode,
         normalize=pooling.normalize,
     )

@@ -113,6 +113,7 @@ _PRE_GROUPS: list[tuple[tuple[str, ...], list[str]]] = [
             "granite-docling",
             "a.x-4.0",
             "mellum",
+            "modern-bert",  # llama-vocab.cpp: LLAMA_VOCAB_PRE_TYPE_GPT2
         ),
         [_GPT2],
     ),

@@ -367,12 +367,13 @@ def build_modernbert(
     normalize: bool = True,
     norm_bias: bool = False,
     mlm_prefix: bool = False,
+    bpe: bool = False,
 ) -> Path:
     """A ModernBERT sentence-transformers folder (gte-modernbert: CLS pooling + Normalize;
     modernbert-embed: mean). Layers 0 and 3 global (global_attn_every_n_layers 3), the rest a
     band of local_attention // 2 each side; ``mlm_prefix``: weights named as a
     ModernBertForMaskedLM save holds them (model. prefix, the MLM head beside)."""
-    tok = build_wordpiece_tokenizer(out)
+    tok = build_modernbert_bpe_tokenizer(out) if bpe else build_wordpiece_tokenizer(out)
     vocab, heads, inner = tok.get_vocab_size(), 4, 96
     config = {
         "architectures": ["ModernBertForMaskedLM" if mlm_prefix else "ModernBertModel"],
@@ -393,8 +394,10 @@ def build_modernbert(
         "attention_bias": False,
         "mlp_bias": False,
         "pad_token_id": 0,
-        "cls_token_id": 3,
-        "sep_token_id": 4,
+        "cls_token_id": 2 if bpe else 3,
+        "sep_token_id": 3 if bpe else 4,
+        "bos_token_id": 2 if bpe else 3,
+        "eos_token_id": 3 if bpe else 4,
         "classifier_pooling": "mean",
     }
     rng = np.random.default_rng(seed)
@@ -474,3 +477,108 @@ def modernbert_reference(hf_dir: Path, ids: list[int]) -> np.ndarray:
     if any(m["type"].endswith(".Normalize") for m in modules):
         vec = vec / np.linalg.norm(vec)
     return vec
+
+
+MODERNBERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_modernbert_bpe_tokenizer(out: Path) -> Tokenizer:
+    """ModernBERT's kind of vocabulary: byte-level BPE (GPT-2 split), [CLS] text [SEP]."""
+    from tokenizers import AddedToken, processors
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=MODERNBERT_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in MODERNBERT_SPECIALS])
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "cls_token": "[CLS]",
+                "sep_token": "[SEP]",
+                "pad_token": "[PAD]",
+                "unk_token": "[UNK]",
+                "mask_token": "[MASK]",
+                "model_max_length": 512,
+            }
+        )
+    )
+    return tok
+
+
+def write_modernbert_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16) -> Path:
+    """``hf_dir`` (build_modernbert(bpe=True)) as llama.cpp's ModernBertModel converter writes it:
+    arch modern-bert, tensors through TensorNameMap (model. prefix and MLM head dropped),
+    sliding_window = local_attention, the global-layer period, the two rope bases, add_bos /
+    add_eos on, the vocabulary as _set_vocab_gpt2 writes it, pooling_type from the Pooling module."""
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MODERN_BERT]
+    layers = cfg["num_hidden_layers"]
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny modernbert")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_block_count(layers)
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_layer_norm_eps(cfg["norm_eps"])
+    w.add_rope_freq_base(cfg["global_rope_theta"])
+    w.add_rope_freq_base_swa(cfg["local_rope_theta"])
+    w.add_file_type(int({QT.F16: gguf.LlamaFileType.MOSTLY_F16, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]))
+    w.add_causal_attention(False)
+    pc = json.loads((hf_dir / "1_Pooling" / "config.json").read_text())
+    w.add_pooling_type(gguf.PoolingType.CLS if pc["pooling_mode_cls_token"] else gguf.PoolingType.MEAN)
+    w.add_sliding_window(cfg["local_attention"])
+    w.add_sliding_window_pattern(cfg["global_attn_every_n_layers"])
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(True)
+    w.add_add_sep_token(True)
+    tj = json.loads((hf_dir / "tokenizer.json").read_text())
+    vocab = dict(tj["model"]["vocab"])
+    vocab.update({t["content"]: t["id"] for t in tj["added_tokens"]})
+    tokens = [""] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        tokens[i] = t
+    special = {t["id"] for t in tj["added_tokens"] if t.get("special")}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("modern-bert")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]])
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_sep_token_id(cfg["sep_token_id"])
+    w.add_pad_token_id(cfg["pad_token_id"])
+    names = gguf.TensorNameMap(gguf.MODEL_ARCH.MODERN_BERT, layers)
+    for name, data in _load_float64(hf_dir / "model.safetensors").items():
+        name = name.removeprefix("model.")
+        if name.startswith(("head.", "decoder.")):
+            continue
+        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert new is not None, name
+        data = data.astype(np.float32)
+        if data.ndim == 2 and qtype == QT.F16:
+            w.add_tensor(new, data.astype(np.float16))
+        elif data.ndim == 2 and qtype == QT.Q8_0:
+            w.add_tensor(new, gguf.quants.quantize(data, QT.Q8_0), raw_dtype=QT.Q8_0)
+        else:
+            w.add_tensor(new, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

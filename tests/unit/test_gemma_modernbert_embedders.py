@@ -242,3 +242,27 @@ def test_gemma_window_and_refusals_without_paths(gemma, tmp_path):
     assert str(tmp_path) not in str(e.value)
     with pytest.raises(UnsupportedEncoderGGUF, match="pooling_type 4 is not supported"):
         import_gguf_encoder(rewrite(tmp_path / "y.gguf", pooling=4), tmp_path / "o2")
+
+
+@pytest.mark.parametrize("qtype,floor", [(QT.F16, 0.9999), (QT.Q8_0, 0.999)], ids=["F16", "Q8_0"])
+def test_modernbert_gguf_matches_reference(tmp_path, qtype, floor):
+    """llama.cpp's modern-bert GGUF (byte-level BPE vocabulary, [CLS] / [SEP] as BOS / EOS)."""
+    from mlxollama.convert.create import check_gguf_architecture
+
+    from ..support.tinyembed import write_modernbert_gguf
+
+    check_gguf_architecture("modern-bert")  # admitted before the weights download
+    hf = build_modernbert(tmp_path / "hf", seed=8, pooling="mean", bpe=True, mlm_prefix=True)
+    path = write_modernbert_gguf(hf, tmp_path / "m.gguf", qtype)
+    res = import_gguf_encoder(path, tmp_path / "out")
+    assert (res.architecture, res.pooling, res.normalize, res.embedding_length) == ("modern-bert", "mean", True, 64)
+    model = EncoderModel.load(tmp_path / "out")
+    from tokenizers import Tokenizer
+
+    original = Tokenizer.from_file(str(hf / "tokenizer.json"))
+    for text in MB_TEXTS + ["Ünïcödé text, emoji 🙂", "  spaces\tand\nlines  "]:
+        assert model._tok_full.encode(text).ids == original.encode(text).ids, text
+    got, _ = model.embed(MB_TEXTS, normalize=True)
+    ref = np.stack([modernbert_reference(hf, original.encode(t).ids) for t in MB_TEXTS])
+    cos = _cos(got, ref)
+    assert cos.min() >= floor, cos
