@@ -1,6 +1,6 @@
 """embeddinggemma as the Ollama library serves it (a gemma3 GGUF with a pooling type) and as
 llama.cpp writes it (gemma-embedding), pulled from a loopback registry; EmbeddingGemma and
-ModernBERT sentence-transformers repos pulled as hf.co/...; all answer /api/embed with the
+ModernBERT sentence-transformers repos and a modern-bert GGUF repo pulled as hf.co/...; all answer /api/embed with the
 vectors of the original checkpoint (float64 numpy reference, tests/support/tinyembed.py)."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..support.tinyembed import (
     gemma_reference,
     modernbert_reference,
     write_gemma_gguf,
+    write_modernbert_gguf,
 )
 from ..support.tinygguf import MODEL
 
@@ -44,7 +45,7 @@ def _config(family: str) -> dict:
 def refs(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
     gemma = build_gemma_embedding(root / "gemma", seed=11)
-    mb = build_modernbert(root / "mb", seed=12, pooling="cls")
+    mb = build_modernbert(root / "mb", seed=12, pooling="cls", bpe=True)
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(mb / "tokenizer.json"))
@@ -66,6 +67,8 @@ def http(tmp_path_factory, refs):
     hub = FakeHub()
     hub.add_folder("org/tiny-embeddinggemma", gemma)
     hub.add_folder("org/tiny-gte-modernbert", refs["mb"][0])
+    mb_gguf = write_modernbert_gguf(refs["mb"][0], root / "mb.F16.gguf", QT.F16).read_bytes()
+    hub.add_repo("org/tiny-gte-modernbert-GGUF", {"tiny-gte-modernbert.F16.gguf": mb_gguf})
     srv_root = tmp_path_factory.mktemp("srv")
     srv = LiveServer(
         srv_root / "models",
@@ -91,6 +94,7 @@ def http(tmp_path_factory, refs):
         ("tiny-gemma-embedding", "gemma", "gemma-embedding"),
         ("hf.co/org/tiny-embeddinggemma", "gemma", "gemma3"),
         ("hf.co/org/tiny-gte-modernbert", "mb", "modern-bert"),
+        ("hf.co/org/tiny-gte-modernbert-GGUF", "mb", "modern-bert"),
     ],
 )
 def test_pulled_embedder_answers_embed(http, refs, name, ref, family):
