@@ -265,7 +265,9 @@ def _pooling(arch: str, meta: Mapping[str, Any]) -> PoolingConfig:
 
 
 def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncoderImport:
-    """Convert a ``bert`` / ``nomic-bert`` GGUF into an encoder folder at ``out_dir``."""
+    """Convert a ``bert`` / ``nomic-bert`` GGUF into an encoder folder at ``out_dir``; EmbeddingGemma
+    (``gemma-embedding``, Ollama's ``gemma3`` with a pooling type) and ``modern-bert`` go to their own
+    importers (gemma_embed.py, gguf_modernbert.py)."""
     out = Path(out_dir)
     reader = gguf.GGUFReader(str(gguf_path), "r")
     meta, types = read_metadata(reader)

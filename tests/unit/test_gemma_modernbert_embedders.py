@@ -266,3 +266,56 @@ def test_modernbert_gguf_matches_reference(tmp_path, qtype, floor):
     ref = np.stack([modernbert_reference(hf, original.encode(t).ids) for t in MB_TEXTS])
     cos = _cos(got, ref)
     assert cos.min() >= floor, cos
+
+
+def test_transformers5_config_spellings():
+    """transformers 5 writes the rope bases as rope_parameters per layer type (and ModernBERT's
+    global layers as layer_types); both spellings read the same."""
+    from mlxollama.engine.encoder import EncoderConfig
+    from mlxollama.engine.encoder_gemma import GemmaEmbeddingConfig
+
+    base = {
+        "model_type": "gemma3_text",
+        "use_bidirectional_attention": True,
+        "vocab_size": 10,
+        "hidden_size": 8,
+        "num_hidden_layers": 6,
+        "intermediate_size": 16,
+        "num_attention_heads": 2,
+        "head_dim": 4,
+        "sliding_window": 512,
+    }
+    old = GemmaEmbeddingConfig.from_dict({**base, "rope_theta": 1e6, "rope_local_base_freq": 1e4})
+    new = GemmaEmbeddingConfig.from_dict(
+        {
+            **base,
+            "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        }
+    )
+    assert old == new and new.half_window == 256
+
+    mb = {
+        "model_type": "modernbert",
+        "vocab_size": 10,
+        "hidden_size": 8,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+    }
+    a = EncoderConfig.from_dict(
+        {**mb, "global_rope_theta": 160000.0, "local_rope_theta": 10000.0, "global_attn_every_n_layers": 3}
+    )
+    b = EncoderConfig.from_dict(
+        {
+            **mb,
+            "layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": 160000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+        }
+    )
+    assert a == b and a.local_half_window == 64
