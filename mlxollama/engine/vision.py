@@ -228,6 +228,11 @@ class LoadedVLM(LoadedLLM):
         if eos is None:
             eos = getattr(getattr(config, "text_config", None), "eos_token_id", None)
         tokenizer = load_tokenizer(model_dir, eos_token_ids=[eos] if isinstance(eos, int) else eos)
+        # Every spelling of an image placeholder, longest first (see _without_image_text)
+        texts = {self.image_marker, getattr(processor, "image_token", None), getattr(processor, "boi_token", None)}
+        if self.image_token_id is not None:
+            texts.add(tokenizer.decode([self.image_token_id]))
+        self.image_texts = sorted((t for t in texts if isinstance(t, str) and t.strip()), key=len, reverse=True)
         return TextDecoder(vlm, mrope=self.family in MROPE_FAMILIES), tokenizer
 
     def _image_marker(self, processor) -> str:
@@ -286,13 +291,14 @@ class LoadedVLM(LoadedLLM):
         own model does; a Go template, or a Jinja one that ignores the parts, gets Ollama's
         markers in the text."""
         images = [img for m in messages for img in (m.get("images") or ())]
+        messages = [self._without_image_text(m) for m in messages]
         if not spec.go_template and getattr(self.tokenizer, "has_chat_template", False):
             parts = [self._as_parts(m) for m in messages]
             try:
                 text = render_chat(self.tokenizer, parts, spec.tools, spec.think, None)
             except EngineError:  # a template that reads content only as text
                 text = ""
-            if text and text.count(self.image_marker) >= len(images):
+            if text and text.count(self.image_marker) == len(images):
                 return text, images
         marked = [
             {**m, "content": with_image_markers(m.get("content") or "", len(m["images"]), self.image_marker)}
@@ -301,6 +307,16 @@ class LoadedVLM(LoadedLLM):
             for m in messages
         ]
         return render_chat(self.tokenizer, marked, spec.tools, spec.think, spec.go_template), images
+
+    def _without_image_text(self, m: dict) -> dict:
+        """A message whose text spells an image token (a model echoing one, a pasted prompt) would
+        have it expanded like an image that was never sent; chat text loses those spellings."""
+        content = m.get("content")
+        if not isinstance(content, str) or not any(t in content for t in self.image_texts):
+            return m
+        for t in self.image_texts:
+            content = content.replace(t, "")
+        return {**m, "content": content}
 
     @staticmethod
     def _as_parts(m: dict) -> dict:

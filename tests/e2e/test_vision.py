@@ -232,6 +232,27 @@ def test_an_undecodable_image_is_refused_with_ollamas_text(engines):
     assert isinstance(done, DoneEvent)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_token_text_in_chat_messages_is_not_taken_for_an_image(engines, family):
+    """A model's answer (or a paste) that spells the image placeholder would otherwise be expanded
+    as an image nobody sent, and the request would fail; the text loses those spellings."""
+    vlm, image = engines[family], make_image(22)
+
+    def ask(echo: str):
+        messages = [
+            {"role": "user", "content": QUESTION, "images": [image]},
+            {"role": "assistant", "content": f"a {echo} b"},
+            {"role": "user", "content": f"more {echo}"},
+        ]
+        ((_, done, _),) = run(vlm, [PromptSpec(messages=messages, return_context=True)], greedy(num_predict=1))
+        return done
+
+    spelled = ask("".join(vlm.image_texts))
+    plain = ask("")
+    assert isinstance(spelled, DoneEvent), spelled
+    assert spelled.context == plain.context
+
+
 def test_too_many_images_for_the_context_is_a_clear_400(engines):
     vlm = engines["qwen2_5_vl"]
     images = [make_image(i) for i in range(8)]
