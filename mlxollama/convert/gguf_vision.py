@@ -51,8 +51,10 @@ from .gguf import (
 log = logging.getLogger(__name__)
 
 # Text GGUF architecture -> the mlx-vlm model_type we build for it.
-VISION_FAMILIES = {"gemma3": "gemma3", "qwen2vl": "qwen2_5_vl", "qwen25vl": "qwen2_5_vl"}
-CONVERTED_NAMES = "gemma3 and qwen2.5-vl"
+VISION_FAMILIES = {"gemma3": "gemma3", "qwen2vl": "qwen2_5_vl", "qwen25vl": "qwen2_5_vl", "mistral3": "mistral3"}
+# Those whose llama.cpp mmproj (a projector layer or file) converts; mistral3's only in Ollama's one file.
+PROJECTOR_FAMILIES = frozenset({"gemma3", "qwen2vl"})
+CONVERTED_NAMES = "gemma3, qwen2.5-vl and mistral-small3.x"
 # Vision families of Ollama's library whose tower we do not convert, by their GGUF architecture (a
 # model layer carrying its tower, or the text architecture next to a projector layer).
 _NOT_CONVERTED = {
@@ -89,7 +91,7 @@ def vision_refusal(family: str, has_projector: bool) -> str | None:
     and the manifest alone, before any download."""
     if family in _NOT_CONVERTED:
         what = _NOT_CONVERTED[family]
-    elif has_projector and family not in VISION_FAMILIES:
+    elif has_projector and family not in PROJECTOR_FAMILIES:
         what = f"{family} with a projector" if family else "a model with a projector"
     else:
         return None
@@ -236,6 +238,28 @@ _GEMMA3_TENSORS = [
         )
     ),
 ]
+_MISTRAL3_TENSORS = [
+    ("vision_tower.vision_model.patch_conv", None, "v.patch_conv"),
+    ("vision_tower.vision_model.ln_pre", None, "v.encoder_norm"),
+    ("multi_modal_projector.norm", None, "mm.norm"),
+    ("multi_modal_projector.patch_merger.merging_layer", None, "mm.patch_merger.merging_layer"),
+    ("multi_modal_projector.linear_1", None, "mm.linear_1"),
+    ("multi_modal_projector.linear_2", None, "mm.linear_2"),
+    *(
+        (f"vision_tower.vision_model.transformer.layers.{{n}}.{hf}", None, f"v.blk.{{n}}.{ollama}")
+        for hf, ollama in (
+            ("attention.q_proj", "attn_q"),
+            ("attention.k_proj", "attn_k"),
+            ("attention.v_proj", "attn_v"),
+            ("attention.o_proj", "attn_output"),
+            ("attention_norm", "attn_norm"),
+            ("ffn_norm", "ffn_norm"),
+            ("feed_forward.gate_proj", "ffn_gate"),
+            ("feed_forward.up_proj", "ffn_up"),
+            ("feed_forward.down_proj", "ffn_down"),
+        )
+    ),
+]
 _QWEN25VL_TENSORS = [
     ("vision_tower.merger.ln_q", "v.post_ln", "v.merger.ln_q"),
     ("vision_tower.merger.mlp.0", "mm.0", "v.merger.mlp.0"),
@@ -295,6 +319,18 @@ def _gemma3_tower(tower: _Tower) -> dict[str, np.ndarray]:
         if target.endswith("mm_soft_emb_norm"):
             w = _narrowed(w.astype(np.float32) - np.float32(1.0))  # both converters store 1 + w
         out[f"{target}.{suffix}"] = w
+    return out
+
+
+def _mistral3_tower(tower: _Tower) -> dict[str, np.ndarray]:
+    rename = _renamer(_MISTRAL3_TENSORS, tower.naming)
+    out: dict[str, np.ndarray] = {}
+    for name in tower.tensors:
+        module, suffix = _split_name(name)
+        target = rename(module)
+        if target is None or not suffix:
+            raise UnsupportedGGUF(f"mistral3: vision tensor {name!r} has no place in mlx-vlm's model")
+        out[f"{target}.{suffix}"] = tower.array(name)  # (Ollama's converter permutes only the text q/k)
     return out
 
 
@@ -497,7 +533,74 @@ def _qwen25vl_configs(tower: _Tower, text: dict[str, Any], vocab: Mapping[str, i
     return config, pre, proc, specials
 
 
+def _mistral3_configs(tower: _Tower, text: dict[str, Any], vocab: Mapping[str, int], meta: Mapping[str, Any]):
+    if tower.naming != "ollama":
+        raise UnsupportedGGUF("mistral3: only the Ollama library's one-file form is converted with images")
+    if text.get("model_type") != "llama":
+        raise UnsupportedGGUF(f"mistral3: a {text.get('model_type')} text model is not converted with images")
+    arch = tower.arch
+    hidden, heads = int(tower.key("embedding_length")), int(tower.key("attention.head_count"))
+    image_size, patch = int(tower.key("image_size", 1540)), int(tower.key("patch_size", 14))
+    vision = {
+        "model_type": "pixtral",
+        "num_hidden_layers": int(tower.key("block_count")),
+        "hidden_size": hidden,
+        "head_dim": int(tower.key("attention.key_length") or hidden // heads),
+        "intermediate_size": int(tower.key("feed_forward_length")),
+        "num_attention_heads": heads,
+        "image_size": image_size,
+        "patch_size": patch,
+        "rope_theta": float(tower.key("rope.freq_base", 10000.0)),
+        "num_channels": int(tower.key("num_channels", 3)),
+    }
+    merge = int(meta.get(f"{arch}.spatial_merge_size") or 2)
+    for token in ("[IMG]", "[IMG_BREAK]", "[IMG_END]"):
+        _token_id(vocab, token, "mistral3")
+    image_token = meta.get(f"{arch}.image_token_index")
+    config = {
+        "architectures": ["Mistral3ForConditionalGeneration"],
+        "model_type": "mistral3",
+        # (mlx-vlm's mistral language model wants head_dim spelled out)
+        "text_config": {
+            **text,
+            "model_type": "mistral",
+            "head_dim": text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"],
+        },
+        "vision_config": vision,
+        "image_token_index": int(image_token) if image_token is not None else vocab["[IMG]"],
+        "spatial_merge_size": merge,
+        "multimodal_projector_bias": bool(meta.get(f"{arch}.mm.projector_bias") or False),
+        "projector_hidden_act": str(meta.get(f"{arch}.mm.projector_hidden_act") or "gelu"),
+        "vision_feature_layer": -1,  # Mistral Small 3.x's; Ollama's file does not say
+        "vocab_size": text["vocab_size"],
+    }
+    pre = {
+        "image_processor_type": "PixtralImageProcessor",
+        "processor_class": "PixtralProcessor",
+        "do_resize": True,
+        "size": {"longest_edge": image_size},
+        "patch_size": {"height": patch, "width": patch},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],  # Pixtral's (CLIP's), as Ollama's engine uses
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_convert_rgb": True,
+    }
+    proc = {
+        "processor_class": "PixtralProcessor",
+        "image_token": "[IMG]",
+        "image_break_token": "[IMG_BREAK]",
+        "image_end_token": "[IMG_END]",
+        "patch_size": patch,
+        "spatial_merge_size": merge,
+    }
+    return config, pre, proc, {}
+
+
 _FAMILY = {
+    "mistral3": (_mistral3_tower, _mistral3_configs),
     "gemma3": (_gemma3_tower, _gemma3_configs),
     "qwen2_5_vl": (_qwen25vl_tower, _qwen25vl_configs),
 }
@@ -529,7 +632,7 @@ def _vlm_parameter_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 def _mlx_layout(name: str, w: np.ndarray) -> tuple[int, ...]:
     """The shape mlx-vlm's sanitize gives a Hugging Face convolution kernel (channels last)."""
-    if name.endswith("patch_embedding.weight") and w.ndim == 4:
+    if name.endswith(("patch_embedding.weight", "patch_conv.weight")) and w.ndim == 4:
         return (w.shape[0], w.shape[2], w.shape[3], w.shape[1])
     if name.endswith("patch_embed.proj.weight") and w.ndim == 5:
         return (w.shape[0], w.shape[2], w.shape[3], w.shape[4], w.shape[1])
@@ -627,7 +730,7 @@ def import_gguf_vision(text_gguf: str | Path, projector: str | Path | None, out_
         if not is_projector(proj_meta):
             raise UnsupportedGGUF("the projector file is not a vision projector GGUF")
         kind = str(proj_meta.get("clip.projector_type") or proj_meta.get("clip.vision.projector_type") or "")
-        want = {"gemma3": ("gemma3",), "qwen2_5_vl": ("qwen2.5vl_merger",)}[family]
+        want = {"gemma3": ("gemma3",), "qwen2_5_vl": ("qwen2.5vl_merger",)}.get(family, ())
         if kind not in want:
             raise UnsupportedGGUF(f"{arch}: a projector of type {kind!r} does not belong to this model")
         tower = _Tower("clip", proj_meta, {t.name: t for t in proj_reader.tensors}, "clip")

@@ -34,7 +34,7 @@ from .create import (
     work_dir,
     write_model,
 )
-from .gguf_vision import VISION_FAMILIES, architecture_of, vision_source_key
+from .gguf_vision import PROJECTOR_FAMILIES, VISION_FAMILIES, architecture_of, vision_source_key
 from .quantize import QUANTIZE_ERROR, QuantizeError, parse_quantize
 
 HF_HOSTS = frozenset({"hf.co", "huggingface.co", "www.huggingface.co"})
@@ -219,7 +219,7 @@ def pull_hf(store: Store, name: ModelName, emit: Emit, *, noprune: bool = False)
             # the projector comes along for a family whose vision models convert; for another one the
             # text model is imported alone, as before
             arch = architecture_of(path)
-            if proj_file and arch in VISION_FAMILIES:
+            if proj_file and arch in PROJECTOR_FAMILIES:
                 proj_size = int(proj_sib.size or (proj_sib.lfs.size if proj_sib.lfs else 0) or 0)
                 proj_status = f"pulling {proj_sha[:12]}" if proj_sha else f"pulling {proj_file}"
                 download([proj_file], proj_status, proj_size, proj_digest)

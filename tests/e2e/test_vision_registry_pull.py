@@ -1,7 +1,7 @@
 """Vision models from the Ollama registry (issue 17): a tiny random VLM built with mlx-vlm's own classes
 (tests/support/tinyvlm.py) is written as the registry ships it (tests/support/tinygguf_vision.py):
 llama.cpp's text GGUF + mmproj projector layer and Ollama's one multimodal GGUF, for gemma3 and
-qwen2.5-vl. Pulled through a loopback registry into a live server, the stored model must load with
+qwen2.5-vl, and Ollama's one file for mistral-small3.x (mistral3). Pulled through a loopback registry into a live server, the stored model must load with
 `mlx_vlm.load` and hold the original's parameters, tokenize the image prompt to the same ids (the
 processor files rebuilt from GGUF metadata) and give the original's logits on an image + text prompt
 (top-1 identical, and close: llama.cpp keeps 1-D tensors in F32), which a different image changes;
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
+from mlxollama.convert.gguf_vision import CONVERTED_NAMES
 from mlxollama.store import ModelName, Store
 
 from ..support import tinyvlm
@@ -28,7 +29,7 @@ from ..support.fakehub import FakeHub
 from ..support.fakeregistry import FakeRegistry, digest_of
 from ..support.liveserver import LiveServer
 from ..support.tinygguf import MODEL
-from ..support.tinygguf_vision import write_llamacpp, write_ollama_gemma3, write_ollama_qwen25vl
+from ..support.tinygguf_vision import write_llamacpp, write_ollama_gemma3, write_ollama_mistral3, write_ollama_qwen25vl
 
 PROJECTOR = "application/vnd.ollama.image.projector"
 PROMPT = "Describe this image."
@@ -166,6 +167,7 @@ def _show(http, name: str) -> dict:
         ("gemma3", "ollama", "Q8_0"),  # quantized text model: its tied lm_head keeps the scales
         ("qwen2_5_vl", "llamacpp", "F16"),
         ("qwen2_5_vl", "ollama", "F16"),
+        ("mistral3", "ollama", "F16"),  # mistral-small3.x: Pixtral tower, patch merger, [IMG_BREAK] rows
     ],
 )
 def test_pulled_vision_model_matches_the_original(tmp_path, server, registry, family, form, qtype):
@@ -173,12 +175,13 @@ def test_pulled_vision_model_matches_the_original(tmp_path, server, registry, fa
     original = _original(tmp_path, family)
     text, mmproj = tmp_path / "text.gguf", tmp_path / "mmproj.gguf"
     if form == "ollama":
-        (write_ollama_gemma3 if family == "gemma3" else write_ollama_qwen25vl)(original, text, QT[qtype])
+        writer = {"gemma3": write_ollama_gemma3, "qwen2_5_vl": write_ollama_qwen25vl, "mistral3": write_ollama_mistral3}
+        writer[family](original, text, QT[qtype])
         layers = [(MODEL, text.read_bytes())]
     else:
         write_llamacpp(original, text, mmproj, QT[qtype])
         layers = [(MODEL, text.read_bytes()), (PROJECTOR, mmproj.read_bytes())]
-    arch = "gemma3" if family == "gemma3" else "qwen2vl" if form == "llamacpp" else "qwen25vl"
+    arch = {"gemma3": "gemma3", "mistral3": "mistral3"}.get(family) or ("qwen2vl" if form == "llamacpp" else "qwen25vl")
     name = f"tiny-{family.replace('_', '-')}-{form}-{qtype}".lower()
     registry.add_model(f"library/{name}", "latest", layers, _ollama_config(arch))
     _pull(http, name)
@@ -197,7 +200,11 @@ def test_pulled_vision_model_matches_the_original(tmp_path, server, registry, fa
 
 @pytest.mark.parametrize(
     "family,projector,named",
-    [("llama", True, "llama with a projector"), ("mllama", False, "llama3.2-vision")],
+    [
+        ("llama", True, "llama with a projector"),  # llava
+        ("mistral3", True, "mistral3 with a projector"),  # llama.cpp's pixtral mmproj: not converted
+        ("mllama", False, "llama3.2-vision"),
+    ],
 )
 def test_unconverted_vision_families_are_refused_before_download(server, registry, family, projector, named):
     http, _ = server
@@ -208,7 +215,7 @@ def test_unconverted_vision_families_are_refused_before_download(server, registr
     r = http.post("/api/pull", json={"model": name, "stream": False})
     assert r.status_code == 400, r.text
     error = r.json()["error"]
-    assert named in error and "gemma3 and qwen2.5-vl" in error, error
+    assert named in error and CONVERTED_NAMES in error, error
     assert not registry.requests("GET", digest_of(weights)), "the model layer was downloaded"
 
 

@@ -45,7 +45,7 @@ def hf_weights(folder: Path) -> dict[str, np.ndarray]:
     for f in sorted(Path(folder).glob("*.safetensors")):
         for name, a in mx.load(str(f)).items():
             w = np.array(a.astype(mx.float32)).astype(np.float16 if a.dtype == mx.float16 else np.float32)
-            if name.endswith("patch_embedding.weight") and w.ndim == 4:
+            if name.endswith(("patch_embedding.weight", "patch_conv.weight")) and w.ndim == 4:
                 w = w.transpose(0, 3, 1, 2)  # (out, h, w, in) -> (out, in, h, w)
             if name.endswith("patch_embed.proj.weight") and w.ndim == 5:
                 w = w.transpose(0, 4, 1, 2, 3)  # (out, t, h, w, in) -> (out, in, t, h, w)
@@ -316,4 +316,83 @@ def write_ollama_qwen25vl(folder: Path, path: Path, qtype: QT = QT.F16) -> None:
                 w.add_tensor(f"v.patch_embd_{i}.weight", np.ascontiguousarray(t[:, :, i]).astype(np.float16))
             continue
         _add(w, name, t, QT.F16)  # the library's quantized tags keep the tower in F16
+    _finish(w)
+
+
+# convert_mistral.go's replacer (mistral3Model), as it renames the tower and projector
+_OLLAMA_MISTRAL3 = [
+    ("transformer.layers", "blk"),
+    ("vision_tower", "v"),
+    ("ln_pre", "encoder_norm"),
+    ("attention.q_proj", "attn_q"),
+    ("attention.k_proj", "attn_k"),
+    ("attention.v_proj", "attn_v"),
+    ("attention.o_proj", "attn_output"),
+    ("attention_norm", "attn_norm"),
+    ("feed_forward.gate_proj", "ffn_gate"),
+    ("feed_forward.down_proj", "ffn_down"),
+    ("feed_forward.up_proj", "ffn_up"),
+    ("multi_modal_projector", "mm"),
+]
+
+
+def _llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    # Ollama's mistral3Model.repack, the same as llama.cpp's LlamaModel.permute of q/k rows
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_ollama_mistral3(folder: Path, path: Path, qtype: QT = QT.F16) -> None:
+    """The tiny mistral3 as one multimodal GGUF, the way the Ollama library's mistral-small3.x tags are
+    written: text keys as mistral3Model.KV sets them (rope.dimension_count included, as it computes it),
+    the text q/k rows permuted, the Pixtral tower and projector under its replacer's names."""
+    folder = Path(folder)
+    weights = hf_weights(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    text, vision = cfg["text_config"], cfg["vision_config"]
+    n_layer, hidden, n_head = text["num_hidden_layers"], text["hidden_size"], text["num_attention_heads"]
+    n_kv = text["num_key_value_heads"]
+    w = gguf.GGUFWriter(str(path), "mistral3")
+    w.add_name("tiny mistral3")
+    w.add_vocab_size(text["vocab_size"])
+    w.add_block_count(n_layer)
+    w.add_context_length(text["max_position_embeddings"])
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(text["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(text["rms_norm_eps"])
+    w.add_key_length(text["head_dim"])
+    w.add_value_length(text["head_dim"])
+    w.add_rope_dimension_count(hidden // n_layer)
+    w.add_rope_freq_base(text["rope_theta"])
+    w.add_file_type(int(_FILE_TYPE[qtype]))
+    w.add_uint32("mistral3.vision.block_count", vision["num_hidden_layers"])
+    w.add_uint32("mistral3.vision.embedding_length", vision["hidden_size"])
+    w.add_uint32("mistral3.vision.feed_forward_length", vision["intermediate_size"])
+    w.add_uint32("mistral3.vision.attention.head_count", vision["num_attention_heads"])
+    w.add_uint32("mistral3.vision.attention.key_length", vision["head_dim"])
+    w.add_uint32("mistral3.vision.image_size", vision["image_size"])
+    w.add_uint32("mistral3.vision.patch_size", vision["patch_size"])
+    w.add_uint32("mistral3.vision.num_channels", 3)
+    w.add_float32("mistral3.vision.rope.freq_base", vision["rope_theta"])
+    w.add_uint32("mistral3.image_token_index", cfg["image_token_index"])
+    w.add_uint32("mistral3.spatial_merge_size", cfg["spatial_merge_size"])
+    w.add_bool("mistral3.mm.projector_bias", cfg["multimodal_projector_bias"])
+    w.add_string("mistral3.mm.projector_hidden_act", cfg["projector_hidden_act"])
+    gen = json.loads((folder / "generation_config.json").read_text())
+    eos = cfg["eos_token_id"][0] if isinstance(cfg["eos_token_id"], list) else cfg["eos_token_id"]
+    _tokenizer(w, folder, eos, gen.get("bos_token_id"), None)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
+    for hf_name, t in weights.items():
+        if hf_name.startswith("language_model."):
+            name = names.get_name(hf_name.removeprefix("language_model."), try_suffixes=(".weight", ".bias"))
+            assert name, hf_name
+            if name.endswith(("attn_q.weight", "attn_k.weight")):
+                t = _llamacpp_permute(t, n_head if "attn_q" in name else n_kv)
+            _add(w, name, t, qtype)
+            continue
+        name = hf_name.replace("vision_tower.vision_model.", "vision_tower.")  # HF's names, not mlx-vlm's
+        for old, new in _OLLAMA_MISTRAL3:
+            name = name.replace(old, new)
+        _add(w, name, t, QT.F16)
     _finish(w)

@@ -32,7 +32,9 @@ def test_refused_families_are_named_before_the_download():
         assert vision_refusal(family, has_projector) is None, family
     assert vision_refusal("llama", False) is None  # a text model
     why = vision_refusal("llama", True)  # llava: a llama GGUF and a clip projector
-    assert why and "llama with a projector" in why and "gemma3 and qwen2.5-vl" in why
+    assert why and "llama with a projector" in why and "gemma3, qwen2.5-vl and mistral-small3.x" in why
+    assert vision_refusal("mistral3", False) is None  # the library's one file converts
+    assert vision_refusal("mistral3", True)  # llama.cpp's pixtral mmproj does not
     assert "llama3.2-vision" in (vision_refusal("mllama", False) or "")
 
 
