@@ -87,6 +87,12 @@ def _fix_processor(family: str, processor) -> None:
         processor.image_processor = ImageProcessorKwargs(processor.image_processor)
 
 
+CONTEXT_WITH_IMAGE = (
+    "this context holds an image, which cannot be continued from its tokens; "
+    "send the conversation with its images to /api/chat instead"
+)
+
+
 def _kv_caches(language_model) -> list:
     """mlx-lm caches in the shape the language model asks for: mlx-lm's batch generator merges only
     its own cache types; anything else is kept (and the model then cannot batch)."""
@@ -423,6 +429,9 @@ class LoadedVLM(LoadedLLM):
 
     def _admit(self, job: GenerationJob) -> None:
         spec = job.prompt
+        if spec.context and self.image_token_id in spec.context:
+            # Its placeholders would be read back as text: the pixels are not in the tokens.
+            raise EngineError(CONTEXT_WITH_IMAGE, 400)
         has_images = bool(spec.images) or any(m.get("images") for m in spec.messages or ())
         if self.batchable and not has_images:
             return super()._admit(job)  # text on a batching family: exactly the text path

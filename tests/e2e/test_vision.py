@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mlxollama.engine.jobs import DoneEvent, EngineError, ErrorEvent, GenerationJob, PromptSpec, TextEvent
-from mlxollama.engine.vision import UNDECODABLE_IMAGE, LoadedVLM
+from mlxollama.engine.vision import CONTEXT_WITH_IMAGE, UNDECODABLE_IMAGE, LoadedVLM
 from mlxollama.options import Options
 from tests.support.tinyvlm import build_tiny_vlm, make_image, reference_generate, reference_logits, reference_prompt
 
@@ -251,6 +251,21 @@ def test_image_token_text_in_chat_messages_is_not_taken_for_an_image(engines, fa
     plain = ask("")
     assert isinstance(spelled, DoneEvent), spelled
     assert spelled.context == plain.context
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2_5_vl"])
+def test_a_generate_context_holding_an_image_is_refused_clearly(folders, engines, family):
+    """/api/generate's deprecated context round-trip cannot carry pixels: continuing an answer about
+    an image from its tokens would read the placeholders as text, so it is a 400 that says so."""
+    vlm = engines[family]
+    ((_, done, _),) = run(vlm, [raw_spec(folders[family], make_image(23))], greedy(num_predict=2))
+    for extra in ({}, {"images": [make_image(24)]}):
+        spec = PromptSpec(messages=[{"role": "user", "content": "And then?", **extra}], context=done.context)
+        ((_, end, _),) = run(vlm, [spec], greedy(num_predict=2))
+        assert isinstance(end, ErrorEvent) and (end.status, end.message) == (400, CONTEXT_WITH_IMAGE)
+    text_context = [t for t in done.context if t != vlm.image_token_id]
+    ((_, ok, _),) = run(vlm, [PromptSpec(raw_prompt="And then?", context=text_context)], greedy(num_predict=2))
+    assert isinstance(ok, DoneEvent), ok
 
 
 def test_too_many_images_for_the_context_is_a_clear_400(engines):
