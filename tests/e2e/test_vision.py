@@ -457,3 +457,40 @@ def test_a_follow_up_question_reuses_the_image_prefix(server, served):
     follow = first + [one["message"], {"role": "user", "content": "And the colours?"}]
     two = chat(server, served["mistral3"], follow)
     assert two.get("prompt_eval_cached_count", 0) >= one["prompt_eval_count"] - 1
+
+
+def test_a_model_that_runs_alone_does_not_hold_up_another_model(server, served):
+    """qwen2.5-vl decodes one sequence at a time on its own engine thread: while a long answer
+    streams from it, a gemma3 request is answered (the order of events, not timings, is checked)."""
+    import json
+    import threading
+
+    first_chunk, long_done = threading.Event(), {}
+
+    def long_answer():
+        body = {
+            "model": served["qwen2_5_vl"],
+            "messages": [{"role": "user", "content": QUESTION, "images": [b64(make_image(25))]}],
+            "options": {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 1500},
+        }
+        with httpx.stream("POST", server.url + "/api/chat", json=body, timeout=600) as r:
+            for line in r.iter_lines():
+                first_chunk.set()
+                if line and json.loads(line).get("done"):
+                    long_done.update(json.loads(line))
+                    long_done["at"] = len(order)
+                    order.append("qwen done")
+
+    order: list[str] = []
+    worker = threading.Thread(target=long_answer)
+    worker.start()
+    try:
+        assert first_chunk.wait(300)
+        other = chat(server, served["gemma3"], [{"role": "user", "content": QUESTION, "images": [b64(make_image(26))]}])
+        order.append("gemma3 answered")
+        assert other["done"]
+    finally:
+        worker.join(600)
+    # (the tiny qwen's greedy answer to this image runs the whole 1500 tokens, no end-of-sequence)
+    assert long_done["done_reason"] == "length"
+    assert order == ["gemma3 answered", "qwen done"]
