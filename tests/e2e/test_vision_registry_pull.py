@@ -118,7 +118,10 @@ def _check_same_model(original: Path, pulled: Path, *, exact: bool = True) -> No
     ref = tinyvlm.reference_logits(original, PROMPT, [image])
     out = tinyvlm.reference_logits(pulled, PROMPT, [image])
     assert int(out.argmax()) == int(ref.argmax())
-    assert np.abs(out - ref).max() < (0.25 if exact else 1.0), np.abs(out - ref).max()
+    if exact:
+        assert np.abs(out - ref).max() < 0.25, np.abs(out - ref).max()
+    else:  # the quantized text model's noise: the same distribution, shifted
+        assert np.corrcoef(out, ref)[0, 1] > 0.99, np.corrcoef(out, ref)[0, 1]
     changed = tinyvlm.reference_logits(pulled, PROMPT, [other])
     assert np.abs(changed - out).max() > 1e-3, "the image does not reach the logits"
 
@@ -165,6 +168,8 @@ def _show(http, name: str) -> dict:
         ("gemma3", "llamacpp", "F16"),
         ("gemma3", "ollama", "F16"),
         ("gemma3", "ollama", "Q8_0"),  # quantized text model: its tied lm_head keeps the scales
+        # Q4_K_M's mix (rows too short for K-quants: Q5_0, and Q8_0 for the embedding): per-module entries
+        ("gemma3", "llamacpp", "Q4_K"),
         ("qwen2_5_vl", "llamacpp", "F16"),
         ("qwen2_5_vl", "ollama", "F16"),
         ("mistral3", "ollama", "F16"),  # mistral-small3.x: Pixtral tower, patch merger, [IMG_BREAK] rows

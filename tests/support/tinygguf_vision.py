@@ -34,7 +34,11 @@ from gguf import GGMLQuantizationType as QT
 
 from .ggufwriter import _encode
 
-_FILE_TYPE = {QT.F16: gguf.LlamaFileType.MOSTLY_F16, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
+_FILE_TYPE = {
+    QT.F16: gguf.LlamaFileType.MOSTLY_F16,
+    QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+    QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M,
+}
 
 
 def hf_weights(folder: Path) -> dict[str, np.ndarray]:
@@ -144,7 +148,8 @@ def _text(w: gguf.GGUFWriter, folder: Path, weights: dict, qtype: QT, *, ollama:
         assert name, hf_name
         if family == "gemma3" and hf_name.endswith("norm.weight"):
             t = t.astype(np.float32) + 1  # Gemma3Model.norm_shift
-        _add(w, name, t, qtype)
+        # Q4_K_M: the (tied) embedding one step up, Q6_K, as llama-quantize's mix writes it
+        _add(w, name, t, QT.Q6_K if qtype == QT.Q4_K and name == "token_embd.weight" else qtype)
 
 
 def write_llamacpp(folder: Path, text_path: Path, mmproj_path: Path, qtype: QT = QT.F16) -> None:
