@@ -222,6 +222,30 @@ def test_a_second_question_about_the_same_image_reuses_its_cache(folders, engine
     assert done3.prompt_eval_cached_count < done1.prompt_eval_count - 4
 
 
+@pytest.mark.parametrize("family", ["gemma3", "qwen2_5_vl"])
+def test_a_quantized_vision_model_answers_as_mlx_vlm_does(folders, family, tmp_path):
+    """Stored with --quantize q8_0 (mlx-vlm's converter: the tower stays in float), loaded from the
+    store's folder: greedy tokens equal mlx-vlm's own on that same folder."""
+    from mlxollama.convert.create import convert_path
+    from mlxollama.engine.catalog import load_spec
+    from mlxollama.store import ModelName, Store
+
+    store = Store(tmp_path / "models")
+    convert_path(folders[family], "q:latest", quantize="q8_0", store=store)
+    spec = load_spec(store, ModelName.parse("q:latest"))
+    assert spec.kind == "vision" and spec.details()["quantization_level"] == "Q8_0"
+    folder = spec.materialize(tmp_path / "run")
+    vlm = LoadedVLM(folder)
+    try:
+        image = make_image(27)
+        ((_, done, _),) = run(vlm, [raw_spec(folder, image)], greedy())
+        assert isinstance(done, DoneEvent), done
+        ref = reference_generate(folder, reference_prompt(folder, QUESTION, 1), [image], n=GREEDY, formatted=True)
+        assert_same_greedy(done, ref, vlm.eos_ids)
+    finally:
+        vlm.close()
+
+
 def test_an_undecodable_image_is_refused_with_ollamas_text(engines):
     vlm = engines["gemma3"]
     spec = PromptSpec(messages=[{"role": "user", "content": QUESTION, "images": [b"not an image at all"]}])
