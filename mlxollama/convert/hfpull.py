@@ -34,7 +34,6 @@ from .create import (
     work_dir,
     write_model,
 )
-from .gguf_vision import PROJECTOR_FAMILIES, VISION_FAMILIES, architecture_of, vision_source_key
 from .quantize import QUANTIZE_ERROR, QuantizeError, parse_quantize
 
 HF_HOSTS = frozenset({"hf.co", "huggingface.co", "www.huggingface.co"})
@@ -148,6 +147,8 @@ def pick_projector(files: list[str]) -> str | None:
 def _find_hf_conversion(store: Store, digest: str | None, proj_digest: str | None, proj_file: str | None):
     """An earlier conversion of this repo's GGUF: with its projector when it has one, else the GGUF
     alone (the text model of a family whose projector is not converted)."""
+    from .gguf_vision import VISION_FAMILIES, vision_source_key
+
     if not digest:
         return None
     if proj_file and proj_digest:
@@ -207,6 +208,8 @@ def pull_hf(store: Store, name: ModelName, emit: Emit, *, noprune: bool = False)
         digest = f"sha256:{sha}" if sha else None
         size = int(sib.size or (sib.lfs.size if sib.lfs else 0) or 0)
         status = f"pulling {sha[:12]}" if sha else f"pulling {chosen}"
+        from .gguf_vision import PROJECTOR_FAMILIES, architecture_of, vision_source_key
+
         proj_file = pick_projector(ggufs)
         proj_sib = siblings[proj_file] if proj_file else None
         proj_sha = getattr(proj_sib.lfs, "sha256", None) if proj_sib is not None and proj_sib.lfs else None

@@ -13,7 +13,6 @@ from pathlib import Path
 from ..config import ollama_models_dir
 from ..store import Layer, ModelName, Store, StoredManifest, media
 from .create import TEXT_LAYER_TYPES, Emit, ManageError, check_gguf_architecture, import_ollama_model
-from .gguf_vision import source_key_for, vision_refusal
 
 
 def find(name: ModelName, root: Path | None = None) -> StoredManifest | None:
@@ -46,6 +45,8 @@ def import_from_ollama(
         original_config = {}
     if not isinstance(original_config, dict):
         original_config = {}
+    from .gguf_vision import source_key_for, vision_refusal
+
     family = str(original_config.get("model_family") or "")
     projector = next((l for l in source.manifest.layers if l.media_type == media.PROJECTOR), None)
     refusal = vision_refusal(family, projector is not None)

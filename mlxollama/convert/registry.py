@@ -39,7 +39,6 @@ from .create import (
     import_ollama_model,
     prune_unreferenced,
 )
-from .gguf_vision import VISION_FAMILIES, source_key_for, vision_refusal, vision_source_key
 
 MAX_RETRIES = 5
 RETRY_BASE_DELAY = 0.25  # seconds; doubles per retry
@@ -415,6 +414,9 @@ async def _pull_gguf(
     if any(l.media_type == media.ADAPTER for l in manifest.layers):
         raise ManageError("pull model: models with a LoRA adapter layer cannot be converted to MLX", 400)
     model = models[0]
+    # (imported here: the GGUF importer brings MLX, which a pull of another kind does not need)
+    from .gguf_vision import source_key_for, vision_refusal
+
     projectors = [l for l in manifest.layers if l.media_type == media.PROJECTOR]
     if len(projectors) > 1:
         raise ManageError(f"pull model: expected at most one projector layer, found {len(projectors)}", 400)
@@ -483,6 +485,8 @@ async def _pull_gguf(
 def _find_gguf_conversion(store: Store, model_digest: str, projector: Layer | None):
     """An earlier conversion of this pull's GGUF (and projector). One made from the GGUF alone is not
     reused for a family whose vision tower is converted: it predates that, and left the tower out."""
+    from .gguf_vision import VISION_FAMILIES, vision_source_key
+
     reuse = find_converted(store, vision_source_key(model_digest, projector.digest if projector else None))
     if reuse is not None or projector is not None:
         return reuse
