@@ -268,3 +268,24 @@ def test_cli_convert_keeps_a_vision_folder(vlms, tmp_path):
     spec = load_spec(Store(models), ModelName.parse("qwen-vl-tiny"))
     assert spec.kind == "vision" and "vision" in spec.capabilities
     assert spec.projector_info["clip.projector_type"] == "qwen2.5vl_merger"
+
+
+def test_our_mlx_vlm_paths_import_none_of_its_heavy_extras(vlms, tmp_path):
+    """mlx-vlm is installed --no-deps (scripts/_setup.sh): loading, preprocessing, generating and
+    converting our families must not import its audio, OpenCV, datasets or web-server dependencies."""
+    script = f"""
+import sys
+from tests.support.tinyvlm import make_image, reference_generate, to_hf_layout
+from mlx_vlm.convert import convert
+for folder in {[str(p) for p in vlms.values()]!r}:
+    reference_generate(folder, "Describe this image.", [make_image(0)], 2)
+hf = to_hf_layout("gemma3", {str(vlms["gemma3"])!r}, {str(tmp_path / "hf")!r})
+convert(str(hf), mlx_path={str(tmp_path / "q")!r}, quantize=True, q_bits=4, q_group_size=64, trust_remote_code=False)
+heavy = ("cv2", "mlx_audio", "datasets", "fastapi", "uvicorn", "starlette", "miniaudio", "cryptography", "torch")
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+"""
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ)
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
