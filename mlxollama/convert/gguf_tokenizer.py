@@ -40,6 +40,11 @@ _QWEN2 = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen3.5: Qwen2's split with combining marks (\p{M}) kept in words
+_QWEN35 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _TEKKEN = (
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
@@ -91,6 +96,7 @@ _PRE_GROUPS: list[tuple[tuple[str, ...], list[str]]] = [
         [_LLAMA3],
     ),
     (("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez", "hunyuan", "grok-2"), [_QWEN2]),
+    (("qwen35",), [_QWEN35]),
     (("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), [r"\p{N}", _GPT2]),
     (
         (
@@ -133,7 +139,7 @@ _IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pi
 # Their Hugging Face tokenizers compose text (NFC) before splitting (Qwen2/2.5/3 and the
 # R1 distills on them); llama.cpp does not, so decomposed accents tokenized byte by byte
 # there, unlike anything the model saw in training.
-_NFC_FIRST = {"qwen2", "deepseek-r1-qwen"}
+_NFC_FIRST = {"qwen2", "deepseek-r1-qwen", "qwen35"}
 # llama.cpp turns add_bos on for these when the file does not say.
 _ADD_BOS_DEFAULT = _IGNORE_MERGES | {"chameleon"}
 

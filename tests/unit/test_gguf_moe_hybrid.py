@@ -44,7 +44,7 @@ from mlxollama.convert.gguf import UnsupportedGGUF, gguf_architecture_supported,
 from ..support import tinyhf as th
 from ..support.ggufmoehybrid import MOE_HYBRID_ARCH, make_gemma4_k_eq_v, write_moe_hybrid_gguf
 from ..support.ollamamlx import build_gemma4, build_qwen3_5
-from .test_gguf_tokenizer_corpus import TRAINING, _assert_same_ids, _rebuilt
+from .test_gguf_tokenizer_corpus import TRAINING, _assert_same_ids, _rebuilt, _write_gpt2_gguf
 
 BUILDERS = {
     "qwen3_5_moe": lambda d: build_qwen3_5(d, moe=True),
@@ -371,3 +371,41 @@ def test_gemma4_tokenizer(tmp_path, model):
     text = "<|turn>user\nhi there<turn|>\n"
     assert rebuilt.encode(text) == original.encode(text)
     assert rebuilt.decode(original.encode("Grüße 🦜 ok")[1:]) == "Grüße 🦜 ok"
+
+
+def test_qwen35_pre_tokenizer(tmp_path):
+    """tokenizer.ggml.pre "qwen35" (qwen3.5's files, dense and MoE): Qwen2's split with combining
+    marks kept in words, after NFC, as Qwen's tokenizer.json does; the decomposed line of the
+    corpus is where it differs from qwen2's."""
+    from transformers import AutoTokenizer
+
+    split = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+        r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TRAINING, trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    tok.save(str(hf / "tokenizer.json"))
+    (hf / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    _write_gpt2_gguf(hf, tmp_path / "t.gguf", "qwen35")
+    _assert_same_ids(
+        _rebuilt(tmp_path / "t.gguf", tmp_path / "ours"), AutoTokenizer.from_pretrained(str(hf)).encode, "qwen35"
+    )
