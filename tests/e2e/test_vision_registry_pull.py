@@ -270,3 +270,18 @@ def test_convert_a_folder_with_an_mmproj(tmp_path):
     stored = convert_path(repo, "tiny-vl-local", store=Store(tmp_path / "models"))
     assert "vision" in stored.read_config()["capabilities"]
     _check_same_model(original, _stored_folder(tmp_path / "models", "tiny-vl-local", tmp_path / "converted"))
+
+
+def test_a_projector_of_another_model_is_refused(tmp_path, server):
+    """/api/create of a gemma3 GGUF with qwen2.5-vl's mmproj: a 400 naming the projector's type."""
+    http, _ = server
+    write_llamacpp(_original(tmp_path / "g", "gemma3"), tmp_path / "gemma3.gguf", tmp_path / "gemma3-mmproj.gguf")
+    write_llamacpp(_original(tmp_path / "q", "qwen2_5_vl"), tmp_path / "qwen.gguf", tmp_path / "qwen-mmproj.gguf")
+    files = {}
+    for path in (tmp_path / "gemma3.gguf", tmp_path / "qwen-mmproj.gguf"):
+        data = path.read_bytes()
+        assert http.post(f"/api/blobs/{digest_of(data)}", content=data).status_code in (200, 201)
+        files[path.name] = digest_of(data)
+    r = http.post("/api/create", json={"model": "tiny-mismatched", "files": files, "stream": False})
+    assert r.status_code == 400, r.text
+    assert "qwen2.5vl_merger" in r.json()["error"] and "/" not in r.json()["error"], r.text
