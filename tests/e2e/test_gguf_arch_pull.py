@@ -157,14 +157,15 @@ def test_mxfp4_gptoss_pull_matches_original(tmp_path, http, registry):
 
 
 def test_vision_tensors_are_left_out(tmp_path, http, registry):
-    """A multimodal library GGUF (vision tower and projector in the same file, as Ollama's
-    gemma3 tags): pulled, its text model answers as the text-only file does."""
-    hf_dir = th.build_hf_checkpoint(tmp_path / "hf", "gemma3")
+    """A multimodal library GGUF of a family whose vision tower is not converted (llama4: tower and
+    projector in the same file): pulled, its text model answers as the text-only file does. (gemma3,
+    qwen2.5-vl and mistral3 towers become mlx-vlm models: test_vision_registry_pull.py.)"""
+    hf_dir = th.build_hf_checkpoint(tmp_path / "hf", "llama4")
     plain = tmp_path / "plain.gguf"
     write_gguf(hf_dir, plain, QT.F16)
     reader = gguf.GGUFReader(str(plain))
     out = tmp_path / "vision.gguf"
-    w = gguf.GGUFWriter(str(out), "gemma3")
+    w = gguf.GGUFWriter(str(out), "llama4")
     for key, f in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
@@ -172,7 +173,7 @@ def test_vision_tensors_are_left_out(tmp_path, http, registry):
             w.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1])
         else:
             w.add_key_value(key, f.contents(), f.types[0])
-    w.add_uint32("gemma3.vision.block_count", 1)
+    w.add_uint32("llama4.vision.block_count", 1)
     for t in reader.tensors:
         w.add_tensor(t.name, np.asarray(t.data), raw_shape=[int(x) for x in reversed(t.shape)], raw_dtype=t.tensor_type)
     rng = np.random.default_rng(1)
@@ -183,7 +184,7 @@ def test_vision_tensors_are_left_out(tmp_path, http, registry):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    reply = _pull_and_generate(http, registry, "tiny-gemma3-vision", out.read_bytes(), "gemma3", "F16")
+    reply = _pull_and_generate(http, registry, "tiny-llama4-vision", out.read_bytes(), "llama4", "F16")
     prompt_ids, want = _reference_tokens(hf_dir)
     assert want
     _check(reply, hf_dir, prompt_ids, want)

@@ -236,10 +236,10 @@ def test_pull_errors(http, registry, store):
 
 def test_unsupported_architecture_is_refused_before_the_download(http, registry, store):
     blob = b"\0" * 500_000
-    registry.add_model("library/gemmaish", "latest", [(MODEL, blob)], {**OLLAMA_CONFIG, "model_family": "gemma4"})
-    lines = pull(http, "gemmaish")
+    registry.add_model("library/falconish", "latest", [(MODEL, blob)], {**OLLAMA_CONFIG, "model_family": "falcon"})
+    lines = pull(http, "falconish")
     assert lines[0] == {"status": "pulling manifest"}
-    assert "error" in lines[-1] and '"gemma4"' in lines[-1]["error"] and "llama" in lines[-1]["error"]
+    assert "error" in lines[-1] and '"falcon"' in lines[-1]["error"] and "llama" in lines[-1]["error"]
     assert not blob_gets(registry, sha(blob))
 
 
