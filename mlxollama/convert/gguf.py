@@ -494,6 +494,9 @@ class ArchSpec:
     )
     # GGUF tensors mlx-lm's class has no place for, by config and name (gemma4's KV-shared layers' k/v)
     unused: Callable[[Mapping[str, Any], str], bool] | None = None
+    # Files another converter writes under the same architecture name (Ollama's own qwen3.5):
+    # the file's tensors -> the entry that reads them, or None for this one
+    variant: Callable[[Mapping[str, Any]], ArchSpec | None] | None = None
     # mlx-lm parameter name -> its spelling in llama.cpp's table, where they differ by more than
     # a prefix (gemma3n's model.language_model.X is the table's model.X)
     param_alias: Callable[[str], str] | None = None
@@ -1650,6 +1653,8 @@ def import_gguf(
         )
 
     tensors = {t.name: t for t in reader.tensors}
+    if spec.variant is not None:
+        spec = spec.variant(tensors) or spec
     m = _Meta(meta, arch)
     config = spec.build_config(m, tensors)
     # Fails early, before writing anything, on a tensor or shape mlx-lm has no place for.

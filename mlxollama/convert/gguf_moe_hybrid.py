@@ -25,6 +25,12 @@ and fused ``ffn_gate_up_exps`` (gate rows first) beside the dense MLP; the 31B/2
 share one projection for keys and values (``attention_k_eq_v``) have no ``attn_v``.  A multimodal
 file's vision (``v.*``, ``mm.*``) and audio (``a.*``) tensors are left out: text only.
 
+Ollama's own converter (convert_qwen35.go) writes qwen3.5, dense and MoE, under the same names
+with another layout, told apart by its fused ``ssm_ba`` ([in_proj_b; in_proj_a] rows): value heads
+left in Hugging Face's order, ``ssm_dt`` without ".bias", K/V heads per layer (0 on the
+linear-attention ones, which is where the full-attention interval is read from),
+``mrope_sections`` and ``norm_top_k_prob`` keys; those files are read by a variant of each entry.
+
 The installed gguf-py (0.19) knows both architecture names and every tensor and key used here.
 """
 
@@ -84,6 +90,43 @@ def _qwen35moe_config(m: Any, tensors: Mapping[str, Any]) -> dict[str, Any]:
     if not cfg["intermediate_size"]:
         cfg["intermediate_size"] = width  # unused by the MoE layers; mlx-lm wants a number
     return cfg
+
+
+def _ollama_qwen35_meta(m: Any) -> Any:
+    """Ollama's qwen3.5 keys in llama.cpp's spelling: one K/V head count and the full-attention
+    interval from the per-layer counts, mrope_sections as rope.dimension_sections,
+    norm_top_k_prob as expert_weights_norm."""
+    from .gguf import UnsupportedGGUF, _Meta
+
+    meta, arch = dict(m.meta), m.arch
+    kv = m.get("attention.head_count_kv")
+    if isinstance(kv, list):
+        full = [i for i, n in enumerate(kv) if int(n)]
+        interval = full[0] + 1 if full else 0
+        if not full or full != list(range(interval - 1, len(kv), interval)) or len({int(kv[i]) for i in full}) > 1:
+            raise UnsupportedGGUF(
+                f"{arch}: full-attention layers {full[:8]} are not every n-th layer with one K/V size"
+            )
+        meta[f"{arch}.attention.head_count_kv"] = int(kv[full[0]])
+        meta.setdefault(f"{arch}.full_attention_interval", interval)
+    for theirs, ours in (("mrope_sections", "rope.dimension_sections"), ("norm_top_k_prob", "expert_weights_norm")):
+        if f"{arch}.{theirs}" in meta:
+            meta.setdefault(f"{arch}.{ours}", meta[f"{arch}.{theirs}"])
+    return _Meta(meta, arch)
+
+
+def _read_ollama_qwen35(build: Callable[[Any, Mapping[str, Any]], dict[str, Any]]):
+    def build_config(m: Any, tensors: Mapping[str, Any]) -> dict[str, Any]:
+        return build(_ollama_qwen35_meta(m), tensors)
+
+    return build_config
+
+
+def _ollama_variant(spec: Any) -> Callable[[Mapping[str, Any]], Any]:
+    def pick(tensors: Mapping[str, Any]) -> Any:
+        return spec if any(name.endswith(".ssm_ba.weight") for name in tensors) else None
+
+    return pick
 
 
 def _per_layer(m: Any, key: str, layers: int) -> list[int] | None:
@@ -234,13 +277,37 @@ def register_moe_hybrid(architectures: dict[str, Any]) -> None:
         "ffn_gate_exps.weight": "mlp.switch_mlp.gate_proj.weight",
         "ffn_up_exps.weight": "mlp.switch_mlp.up_proj.weight",
     }
-    architectures["qwen35moe"] = dataclasses.replace(
+    moe = dataclasses.replace(
         qwen35,
         build_config=_qwen35moe_config,
         block_params={**qwen35.block_params, **experts},
         split=_FUSED_GATE_UP,
         keep_float32=qwen35.keep_float32 | _ROUTERS,
     )
+    # Ollama's own qwen3.5 files: no value-head reordering to undo, [b; a] split, bare ssm_dt
+    ollama = {
+        "row_order": {},
+        "col_order": {},
+        "unused": lambda cfg, name: name.startswith("mtp."),
+    }
+    ba = {"ssm_ba": (("ssm_beta", _gate_rows), ("ssm_alpha", _up_rows))}
+    dt = {"ssm_dt.weight": "linear_attn.dt_bias"}
+    ollama_dense = dataclasses.replace(
+        qwen35,
+        build_config=_read_ollama_qwen35(qwen35.build_config),
+        split=ba,
+        block_params={**qwen35.block_params, **dt},
+        **ollama,
+    )
+    ollama_moe = dataclasses.replace(
+        moe,
+        build_config=_read_ollama_qwen35(_qwen35moe_config),
+        split={**_FUSED_GATE_UP, **ba},
+        block_params={**moe.block_params, **dt},
+        **ollama,
+    )
+    architectures["qwen35"] = dataclasses.replace(qwen35, variant=_ollama_variant(ollama_dense))
+    architectures["qwen35moe"] = dataclasses.replace(moe, variant=_ollama_variant(ollama_moe))
     gemma4_experts = {
         "ffn_gate_exps.weight": "experts.switch_glu.gate_proj.weight",
         "ffn_up_exps.weight": "experts.switch_glu.up_proj.weight",

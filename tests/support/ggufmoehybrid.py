@@ -227,3 +227,86 @@ def make_gemma4_k_eq_v(hf_dir: Path, global_kv_heads: int = 1, seed: int = 5) ->
     mx.save_safetensors(str(hf_dir / "model.safetensors"), weights, metadata={"format": "pt"})
     (hf_dir / "config.json").write_text(json.dumps(config, indent=2))
     return hf_dir
+
+
+def write_ollama_qwen35(hf_dir: Path, path: Path, qtype: QT) -> dict[str, np.ndarray]:
+    """A qwen3.5 checkpoint, dense or MoE, as Ollama's own converter writes it (convert_qwen35.go):
+    qwen35 / qwen35moe, K/V heads per layer (0 on linear-attention layers, no
+    full_attention_interval: the Hugging Face configs name layer_types), mrope_sections and
+    norm_top_k_prob keys; its renames, norms + 1 (not ssm_norm), -exp(A_log), conv1d squeezed,
+    dt_bias as bare ssm_dt, in_proj_b and in_proj_a fused as ssm_ba ([b; a]), value heads left in
+    Hugging Face's order, per-expert tensors merged into ffn_{gate,up,down}_exps, the shared
+    expert's gate squeezed to (hidden,).  Returns the decoded weights under Hugging Face names."""
+    hf_dir = Path(hf_dir)
+    top = json.loads((hf_dir / "config.json").read_text())
+    cfg = {**top["text_config"], "model_type": top["model_type"], "eos_token_id": top["eos_token_id"]}
+    moe = bool(cfg.get("num_experts"))
+    n_layer, head_dim, rope = cfg["num_hidden_layers"], cfg["head_dim"], cfg["rope_parameters"]
+    w = gguf.GGUFWriter(str(path), "qwen35moe" if moe else "qwen35")
+    _common_keys(w, cfg, qtype, False)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(rope["rope_theta"])
+    w.add_rope_dimension_count(int(head_dim * rope["partial_rotary_factor"]))
+    if moe:
+        w.add_expert_count(cfg["num_experts"])
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        w.add_bool(f"{w.arch}.norm_top_k_prob", True)
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+        w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+    w.add_ssm_inner_size(cfg["linear_value_head_dim"] * cfg["linear_num_value_heads"])
+    w.add_ssm_state_size(cfg["linear_key_head_dim"])
+    w.add_ssm_group_count(cfg["linear_num_key_heads"])
+    w.add_ssm_time_step_rank(cfg["linear_num_value_heads"])
+    w.add_ssm_conv_kernel(cfg["linear_conv_kernel_dim"])
+    interval = cfg["full_attention_interval"]
+    w.add_head_count_kv([cfg["num_key_value_heads"] if (i + 1) % interval == 0 else 0 for i in range(n_layer)])
+    w.add_array(f"{w.arch}.mrope_sections", list(rope["mrope_section"]))
+    _tokenizer_metadata(w, hf_dir, cfg)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN35MOE if moe else gguf.MODEL_ARCH.QWEN35, n_layer)
+    weights = {k: v for k, v in load_hf_weights(hf_dir).items() if not k.startswith("model.visual.")}
+    reference: dict[str, np.ndarray] = {}
+    for hf_name, t in weights.items():
+        short = hf_name.replace("model.language_model.", "model.")
+        bid = short.split(".")[2] if short.startswith("model.layers.") else None
+        if short.endswith("linear_attn.in_proj_a.weight"):
+            continue  # written with in_proj_b
+        if short.endswith("linear_attn.in_proj_b.weight"):
+            a_name = hf_name.replace("in_proj_b", "in_proj_a")
+            ba = _add(w, f"blk.{bid}.ssm_ba.weight", np.concatenate([t, weights[a_name]]), qtype, n_layer, False)
+            reference[hf_name], reference[a_name] = np.split(ba, 2)
+            continue
+        if short.endswith("mlp.experts.gate_up_proj"):
+            gate, up = np.split(t, 2, axis=1)
+            decoded = [
+                _add(w, f"blk.{bid}.ffn_{p}_exps.weight", x, qtype, n_layer, False)
+                for p, x in zip(("gate", "up"), (gate, up))
+            ]
+            reference[hf_name] = np.concatenate(decoded, axis=1)
+            continue
+        if short.endswith(".A_log"):
+            reference[hf_name] = np.log(-_add(w, f"blk.{bid}.ssm_a", -np.exp(t), qtype, n_layer, False))
+            continue
+        if short.endswith(".dt_bias"):
+            reference[hf_name] = _add(w, f"blk.{bid}.ssm_dt", t, qtype, n_layer, False)
+            continue
+        if short.endswith("mlp.shared_expert_gate.weight"):
+            reference[hf_name] = _add(w, f"blk.{bid}.ffn_gate_inp_shexp.weight", t.reshape(-1), qtype, n_layer, False)
+            reference[hf_name] = reference[hf_name].reshape(t.shape)
+            continue
+        if short.endswith("mlp.experts.down_proj"):
+            short += ".weight"
+        name = names.get_name(short, try_suffixes=(".weight", ".bias"))
+        assert name, hf_name
+        one = name.endswith("norm.weight") and not name.endswith("ssm_norm.weight")
+        if "conv1d" in name:
+            reference[hf_name] = _add(w, name, t.squeeze(1), qtype, n_layer, False)[:, None, :]
+        else:
+            reference[hf_name] = _add(w, name, t + 1 if one else t, qtype, n_layer, False) - (1 if one else 0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return reference

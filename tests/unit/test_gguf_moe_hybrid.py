@@ -42,12 +42,13 @@ from tokenizers import (
 from mlxollama.convert.gguf import UnsupportedGGUF, gguf_architecture_supported, import_gguf, set_quantized_param_dtype
 
 from ..support import tinyhf as th
-from ..support.ggufmoehybrid import MOE_HYBRID_ARCH, make_gemma4_k_eq_v, write_moe_hybrid_gguf
+from ..support.ggufmoehybrid import MOE_HYBRID_ARCH, make_gemma4_k_eq_v, write_moe_hybrid_gguf, write_ollama_qwen35
 from ..support.ollamamlx import build_gemma4, build_qwen3_5
 from .test_gguf_tokenizer_corpus import TRAINING, _assert_same_ids, _rebuilt, _write_gpt2_gguf
 
 BUILDERS = {
     "qwen3_5_moe": lambda d: build_qwen3_5(d, moe=True),
+    "qwen3_5": lambda d: build_qwen3_5(d, moe=False),
     "gemma4": lambda d: build_gemma4(d, moe=True),
     "gemma4_dense": lambda d: build_gemma4(d, moe=False),
     # the 26B/31B attention: full layers' keys are their values, with their own K/V head count
@@ -173,6 +174,27 @@ def test_qwen35moe_fused_gate_up_experts(tmp_path, checkpoints, qtype):
     names = [t.name for t in gguf.GGUFReader(str(tmp_path / "model.gguf")).tensors]
     assert "blk.0.ffn_gate_up_exps.weight" in names and "blk.0.ffn_gate_exps.weight" not in names
     _check_exact(out, hf_dir, reference)
+
+
+@pytest.mark.parametrize("qtype", [QT.F16, QT.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5_moe"])
+def test_ollama_qwen35_layout(tmp_path, checkpoints, name, qtype):
+    """qwen3.5, dense and MoE, as Ollama's own converter writes it (fused ssm_ba, value heads in
+    Hugging Face's order, per-layer K/V heads, its key names): read by the entries' Ollama
+    variant, exact against the decoded weights, F16's top-1 the original's at every position."""
+    hf_dir, src_logits = checkpoints(name)
+    path = tmp_path / "model.gguf"
+    reference = write_ollama_qwen35(hf_dir, path, qtype)
+    names = [t.name for t in gguf.GGUFReader(str(path)).tensors]
+    assert "blk.0.ssm_ba.weight" in names and "blk.0.ssm_dt" in names
+    info = import_gguf(path, tmp_path / "mlx")
+    assert info.architecture == ("qwen35moe" if name == "qwen3_5_moe" else "qwen35")
+    cfg = json.loads((tmp_path / "mlx" / "config.json").read_text())
+    assert cfg["full_attention_interval"] == 4 and cfg["num_key_value_heads"] == 2
+    got = _check_exact(tmp_path / "mlx", hf_dir, reference)
+    if qtype == QT.F16:
+        assert (got.argmax(-1) == src_logits.argmax(-1)).all()
+        assert float(np.abs(got - src_logits).max()) <= 1e-3
 
 
 def test_config_details(tmp_path, checkpoints):
