@@ -10,10 +10,12 @@ step as its thread does), next to mlx_vlm.generate on the same model, prompt and
 
 Any mlx-vlm model folder works (--model-dir, e.g. a stored model's materialized folder or a
 downloaded mlx-community repo); without one a tiny random-weight model of --family is built with
-tests/support/tinyvlm.py (numbers then show overheads, not a real model's speed):
+tests/support/tinyvlm.py. --shape tiny (the tests' size) shows per-token overheads, not a real
+model's speed; --shape small (gemma3 and qwen2_5_vl: a SmolLM2-135M-shaped text model, 30 layers of
+576, and a 4-layer tower on 224-pixel images, float32) makes decoding compute-bound:
 
-    .venv/bin/python scripts/bench_vision.py [--model-dir DIR | --family gemma3] [--image PATH]
-        [--decode-tokens 64] [--runs 3]
+    .venv/bin/python scripts/bench_vision.py [--model-dir DIR | --family gemma3 [--shape small]]
+        [--image PATH] [--decode-tokens 64] [--runs 3]
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, help="an mlx-vlm model folder")
     ap.add_argument("--family", default="gemma3", help="tiny model family when no --model-dir is given")
+    ap.add_argument("--shape", default="tiny", choices=("tiny", "small"), help="size of the built model")
     ap.add_argument("--image", type=Path, help="an image file (default: a generated one)")
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
@@ -101,7 +104,7 @@ def main() -> None:
     if folder is None:
         from tests.support.tinyvlm import build_tiny_vlm
 
-        folder = build_tiny_vlm(args.family, work / args.family)
+        folder = build_tiny_vlm(args.family, work / args.family, shape=args.shape)
     if args.image is None:
         from tests.support.tinyvlm import make_image
 

@@ -76,6 +76,19 @@ _MEAN, _STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27
 # Pixels per side of the tiny towers' images (4x4 patches of 14).
 IMAGE_SIDE = 56
 
+# Model sizes: "tiny" for tests; "small" (gemma3 and qwen2_5_vl) for benchmarks where decoding should
+# be compute-bound: a SmolLM2-135M-shaped text model (30 layers, hidden 576, 9/3 heads of 64) and a
+# 4-layer SigLIP/ViT-like tower on 224-pixel images (16x16 patches of 14, 64 tokens per image).
+SHAPES = ("tiny", "small")
+_SMALL_TEXT = {
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+}
+_SMALL_SIDE = 224
+
 
 def _build_tokenizer(out: Path, family: str) -> dict[str, int]:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -118,8 +131,11 @@ def _build_tokenizer(out: Path, family: str) -> dict[str, int]:
     return {t: vocab[t] for t in specials}
 
 
-def _configs(family: str, ids: dict[str, int], vocab_size: int) -> tuple[dict, dict, dict]:
+def _configs(family: str, ids: dict[str, int], vocab_size: int, shape: str = "tiny") -> tuple[dict, dict, dict]:
     """(config.json, preprocessor_config.json, processor_config.json)."""
+    if shape not in SHAPES or (shape == "small" and family not in ("gemma3", "qwen2_5_vl")):
+        raise ValueError(f"shape {shape!r} is not built for {family!r}")
+    small = shape == "small"
     text = {
         "hidden_size": 64,
         "num_hidden_layers": 2,
@@ -129,6 +145,7 @@ def _configs(family: str, ids: dict[str, int], vocab_size: int) -> tuple[dict, d
         "rms_norm_eps": 1e-6,
         "vocab_size": vocab_size,
         "max_position_embeddings": 4096,
+        **(_SMALL_TEXT if small else {}),
     }
     image = {
         "do_resize": True,
@@ -147,25 +164,25 @@ def _configs(family: str, ids: dict[str, int], vocab_size: int) -> tuple[dict, d
             "text_config": {
                 "model_type": "gemma3_text",
                 **text,
-                "head_dim": 16,
-                "query_pre_attn_scalar": 16,
+                "head_dim": 64 if small else 16,
+                "query_pre_attn_scalar": 64 if small else 16,
                 "sliding_window": 512,
-                "sliding_window_pattern": 2,
+                "sliding_window_pattern": 6 if small else 2,
                 "rope_scaling": None,
-                "mm_tokens_per_image": 4,
+                "mm_tokens_per_image": 64 if small else 4,
             },
             "vision_config": {
                 "model_type": "siglip_vision_model",
-                "num_hidden_layers": 2,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_attention_heads": 2,
+                "num_hidden_layers": 4 if small else 2,
+                "hidden_size": 384 if small else 32,
+                "intermediate_size": 1536 if small else 64,
+                "num_attention_heads": 6 if small else 2,
                 "patch_size": 14,
-                "image_size": IMAGE_SIDE,
+                "image_size": _SMALL_SIDE if small else IMAGE_SIDE,
                 "layer_norm_eps": 1e-6,
             },
-            "hidden_size": 64,
-            "mm_tokens_per_image": 4,
+            "hidden_size": text["hidden_size"],
+            "mm_tokens_per_image": 64 if small else 4,
             "image_token_index": ids["<image_soft_token>"],
             "boi_token_index": ids["<start_of_image>"],
             "eoi_token_index": ids["<end_of_image>"],
@@ -180,10 +197,12 @@ def _configs(family: str, ids: dict[str, int], vocab_size: int) -> tuple[dict, d
             "image_mean": [0.5, 0.5, 0.5],
             "image_std": [0.5, 0.5, 0.5],
             "resample": 2,
-            "size": {"height": IMAGE_SIDE, "width": IMAGE_SIDE},
+            "size": {"height": _SMALL_SIDE, "width": _SMALL_SIDE}
+            if small
+            else {"height": IMAGE_SIDE, "width": IMAGE_SIDE},
             "do_pan_and_scan": None,
         }
-        proc = {"processor_class": "Gemma3Processor", "image_seq_length": 4}
+        proc = {"processor_class": "Gemma3Processor", "image_seq_length": 64 if small else 4}
     elif family == "qwen2_5_vl":
         config = {
             "architectures": ["Qwen2_5_VLForConditionalGeneration"],
@@ -192,20 +211,20 @@ def _configs(family: str, ids: dict[str, int], vocab_size: int) -> tuple[dict, d
             "rope_theta": 1000000.0,
             "tie_word_embeddings": False,
             # M-RoPE over (time, height, width): sections of the rotary half (head_dim 16 -> 8)
-            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+            "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12] if small else [2, 3, 3]},
             "vision_config": {
                 "model_type": "qwen2_5_vl",
-                "depth": 2,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "out_hidden_size": 64,
-                "num_heads": 2,
+                "depth": 4 if small else 2,
+                "hidden_size": 384 if small else 32,
+                "intermediate_size": 1536 if small else 64,
+                "out_hidden_size": text["hidden_size"],
+                "num_heads": 6 if small else 2,
                 "patch_size": 14,
                 "spatial_patch_size": 14,
                 "spatial_merge_size": 2,
                 "temporal_patch_size": 2,
-                "window_size": 56,
-                "fullatt_block_indexes": [1],
+                "window_size": 112 if small else 56,
+                "fullatt_block_indexes": [1, 3] if small else [1],
                 "in_channels": 3,
                 "tokens_per_second": 2,
             },
@@ -226,7 +245,7 @@ def _configs(family: str, ids: dict[str, int], vocab_size: int) -> tuple[dict, d
             "merge_size": 2,
             # 28-pixel units: a 56x56 image is 4x4 patches, 4 tokens after 2x2 merging
             "min_pixels": 28 * 28,
-            "max_pixels": 4 * IMAGE_SIDE * IMAGE_SIDE,
+            "max_pixels": _SMALL_SIDE * _SMALL_SIDE if small else 4 * IMAGE_SIDE * IMAGE_SIDE,
         }
         proc = {"processor_class": "Qwen2_5_VLProcessor"}
     elif family == "mistral3":
@@ -347,8 +366,9 @@ def _randomize(model, seed: int) -> dict:
     return out
 
 
-def build_tiny_vlm(family: str, out: Path, *, seed: int = 0, dtype: str = "float32") -> Path:
-    """A loadable mlx-vlm model folder of `family` with random weights; returns `out`."""
+def build_tiny_vlm(family: str, out: Path, *, seed: int = 0, dtype: str = "float32", shape: str = "tiny") -> Path:
+    """A loadable mlx-vlm model folder of `family` with random weights (sized by `shape`, one of
+    SHAPES); returns `out`."""
     import mlx.core as mx
     from mlx.utils import tree_unflatten
     from mlx_vlm.utils import get_model_and_args, update_module_configs
@@ -357,7 +377,7 @@ def build_tiny_vlm(family: str, out: Path, *, seed: int = 0, dtype: str = "float
     out.mkdir(parents=True, exist_ok=True)
     ids = _build_tokenizer(out, family)
     vocab_size = len(json.loads((out / "tokenizer.json").read_text())["model"]["vocab"])
-    config, pre, proc = _configs(family, ids, vocab_size)
+    config, pre, proc = _configs(family, ids, vocab_size, shape)
     (out / "config.json").write_text(json.dumps(config, indent=1))
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=1))
     (out / "processor_config.json").write_text(json.dumps(proc, indent=1))
