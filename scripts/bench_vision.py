@@ -130,7 +130,8 @@ def main() -> None:
     print(f"image preprocessing   {pre * 1e3:9.1f} ms  (decode, resize, normalise, tokens)")
     print(f"image encoding        {enc * 1e3:9.1f} ms  (vision tower + projector)")
 
-    options = Options(temperature=0, num_predict=args.decode_tokens)
+    # Greedy without Ollama's default repeat_penalty (1.1): mlx_vlm.generate applies none, so both do the same work
+    options = Options(temperature=0, repeat_penalty=1.0, num_predict=args.decode_tokens)
     reference = MlxVlmGenerate(folder, args.image, args.decode_tokens)
     cold, warm, tps, theirs = [], [], [], []
     for run in range(args.runs):
@@ -141,7 +142,7 @@ def main() -> None:
         tps.append(done.eval_count / max(done.eval_duration / 1e9, 1e-9))
         follow = first + [{"role": "assistant", "content": answer}, {"role": "user", "content": FOLLOW_UP}]
         encoded = vlm.images_encoded
-        _, again = ask(vlm, follow, Options(temperature=0, num_predict=1))
+        _, again = ask(vlm, follow, Options(temperature=0, repeat_penalty=1.0, num_predict=1))
         warm.append(again.prompt_eval_duration / 1e9)
         if vlm.images_encoded != encoded:
             print("warning: the follow-up question encoded the image again")
