@@ -446,6 +446,23 @@ def convert_gguf(
     return Converted(model_dir, config)
 
 
+def _untransformed_gguf_config(
+    result, capabilities: list[str], source_digest: str | None, base_config: dict | None
+) -> dict:
+    """model_config for a GGUF import kept as it is (no quantization, no adapter): the file type is
+    the pulled model's, else the GGUF's own."""
+    return model_config(
+        family=result.architecture,
+        parameter_count=result.parameter_count,
+        file_type=(base_config or {}).get("file_type") or result.file_type,
+        context_length=result.context_length,
+        embedding_length=result.embedding_length,
+        capabilities=capabilities,
+        source_digest=source_digest,
+        base=base_config,
+    )
+
+
 def _convert_gguf_vision(
     gguf_path: Path,
     projector_path: Path | None,
@@ -475,16 +492,7 @@ def _convert_gguf_vision(
         except ValueError as e:
             log.info("GGUF vision import failed: %s", e)
             raise ManageError("supplied file was not in GGUF format", 400) from e
-    config = model_config(
-        family=result.architecture,
-        parameter_count=result.parameter_count,
-        file_type=(base_config or {}).get("file_type") or result.file_type,
-        context_length=result.context_length,
-        embedding_length=result.embedding_length,
-        capabilities=["completion", "vision"],
-        source_digest=source_digest,
-        base=base_config,
-    )
+    config = _untransformed_gguf_config(result, ["completion", "vision"], source_digest, base_config)
     families = [f for f in config.get("model_families") or [result.architecture] if f != "clip"]
     config["model_families"] = [*families, "clip"]
     return Converted(out, config)
@@ -514,16 +522,7 @@ def _convert_gguf_encoder(
             result = import_gguf_encoder(gguf_path, out)
         except ValueError as e:  # UnsupportedEncoderGGUF, UnsupportedEncoder: messages carry no paths
             raise ManageError(str(e), 400) from e
-    config = model_config(
-        family=result.architecture,
-        parameter_count=result.parameter_count,
-        file_type=(base_config or {}).get("file_type") or result.file_type,
-        context_length=result.context_length,
-        embedding_length=result.embedding_length,
-        capabilities=["embedding"],
-        source_digest=source_digest,
-        base=base_config,
-    )
+    config = _untransformed_gguf_config(result, ["embedding"], source_digest, base_config)
     return Converted(out, config)
 
 
