@@ -654,10 +654,45 @@ def _resolve_dtype(dtype) -> mx.Dtype:
     return dtype
 
 
-class EncoderModel:
-    """A loaded sentence encoder: module + tokenizer + pooling. Implements EmbeddingModel."""
+class TokenizedEmbedder:
+    """What the embedding models share: a tokenizer in two copies and the EmbeddingModel members
+    that need only it and the pooling config (set by the subclass)."""
 
     kind = "embedding"
+    pooling: PoolingConfig
+    max_length: int
+
+    def _set_tokenizers(self, tokenizer: Tokenizer) -> None:
+        # Two tokenizer copies so neither call path mutates shared truncation state.
+        self._tok_full = tokenizer
+        self._tok_full.no_padding()
+        self._tok_full.no_truncation()
+        self._tok_trunc = Tokenizer.from_str(tokenizer.to_str())
+        # The tokenizers library truncates before adding specials, so [SEP] stays last,
+        # exactly as sentence-transformers' HF tokenizer call does.
+        self._tok_trunc.enable_truncation(self.max_length)
+
+    def close(self) -> None:
+        del self.module
+
+    @property
+    def normalize_default(self) -> bool:
+        return self.pooling.normalize
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self._tok_full.encode_batch(list(texts))]
+
+    def _encode(self, texts: list[str], truncate: bool) -> tuple[list, list[int]]:
+        """Texts -> (encodings, their lengths); InputTooLong when truncate is off and one is too long."""
+        encodings = (self._tok_trunc if truncate else self._tok_full).encode_batch(texts)
+        lengths = [len(e.ids) for e in encodings]
+        if not truncate and max(lengths) > self.max_length:
+            raise InputTooLong()
+        return encodings, lengths
+
+
+class EncoderModel(TokenizedEmbedder):
+    """A loaded sentence encoder: module + tokenizer + pooling. Implements EmbeddingModel."""
 
     def __init__(
         self,
@@ -674,15 +709,7 @@ class EncoderModel:
         self.embedding_length = config.hidden_size
         self.architecture = config.model_type
         self.weights_bytes = sum(v.nbytes for _, v in tree_flatten(module.parameters()))
-
-        # Two tokenizer copies so neither call path mutates shared truncation state.
-        self._tok_full = tokenizer
-        self._tok_full.no_padding()
-        self._tok_full.no_truncation()
-        self._tok_trunc = Tokenizer.from_str(tokenizer.to_str())
-        # The tokenizers library truncates before adding specials, so [SEP] stays last,
-        # exactly as sentence-transformers' HF tokenizer call does.
-        self._tok_trunc.enable_truncation(self.max_length)
+        self._set_tokenizers(tokenizer)
         self._pad_id = config.pad_token_id
 
     @classmethod
@@ -712,16 +739,6 @@ class EncoderModel:
         mx.eval(module.parameters())
         return cls(module, cfg, tokenizer, pooling, read_max_length(model_dir, cfg))
 
-    def close(self) -> None:
-        del self.module
-
-    @property
-    def normalize_default(self) -> bool:
-        return self.pooling.normalize
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self._tok_full.encode_batch(list(texts))]
-
     def embed(
         self,
         texts: list[str],
@@ -739,12 +756,7 @@ class EncoderModel:
             return np.zeros((0, self.embedding_length), np.float32), 0
         if normalize is None:
             normalize = self.pooling.normalize
-        tok = self._tok_trunc if truncate else self._tok_full
-        encodings = tok.encode_batch(texts)
-        lengths = [len(e.ids) for e in encodings]
-        if not truncate and max(lengths) > self.max_length:
-            raise InputTooLong()
-
+        encodings, lengths = self._encode(texts, truncate)
         out = np.empty((len(texts), self.embedding_length), np.float32)
         for idx, width in plan_batches(lengths, batch_size):
             out[idx] = self._forward([encodings[i] for i in idx], width, normalize)

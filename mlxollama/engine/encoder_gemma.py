@@ -35,7 +35,15 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tokenizers import Tokenizer
 
-from .encoder import InputTooLong, PoolingConfig, UnsupportedEncoder, l2_normalize, plan_batches, pool, read_pooling
+from .encoder import (
+    PoolingConfig,
+    TokenizedEmbedder,
+    UnsupportedEncoder,
+    l2_normalize,
+    plan_batches,
+    pool,
+    read_pooling,
+)
 
 # sentence-transformers Dense activations we run; the name is the class path it stores.
 DENSE_ACTIVATIONS = {
@@ -246,10 +254,9 @@ def _tokenizer(model_dir: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-class GemmaEmbeddingModel:
+class GemmaEmbeddingModel(TokenizedEmbedder):
     """A loaded EmbeddingGemma: implements engine.encoder.EmbeddingModel."""
 
-    kind = "embedding"
     architecture = "gemma3_text"
 
     def __init__(
@@ -266,11 +273,7 @@ class GemmaEmbeddingModel:
         self.max_length = int(max_length)
         self.embedding_length = module.dense[-1].linear.weight.shape[0] if module.dense else cfg.hidden_size
         self.weights_bytes = sum(v.nbytes for _, v in tree_flatten(module.parameters()))
-        self._tok_full = tokenizer
-        self._tok_full.no_padding()
-        self._tok_full.no_truncation()
-        self._tok_trunc = Tokenizer.from_str(tokenizer.to_str())
-        self._tok_trunc.enable_truncation(self.max_length)
+        self._set_tokenizers(tokenizer)
 
     @classmethod
     def load(cls, model_dir: Path, dtype=None) -> "GemmaEmbeddingModel":
@@ -290,16 +293,6 @@ class GemmaEmbeddingModel:
         mx.eval(module.parameters())
         return cls(module, cfg, _tokenizer(model_dir), read_pooling(model_dir), read_gemma_max_length(model_dir, cfg))
 
-    def close(self) -> None:
-        del self.module
-
-    @property
-    def normalize_default(self) -> bool:
-        return self.pooling.normalize
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self._tok_full.encode_batch(list(texts))]
-
     def embed(
         self, texts: list[str], *, truncate: bool = True, normalize: bool | None = True, batch_size: int = 32
     ) -> tuple[np.ndarray, int]:
@@ -308,10 +301,7 @@ class GemmaEmbeddingModel:
             return np.zeros((0, self.embedding_length), np.float32), 0
         if normalize is None:
             normalize = self.pooling.normalize
-        encodings = (self._tok_trunc if truncate else self._tok_full).encode_batch(texts)
-        lengths = [len(e.ids) for e in encodings]
-        if not truncate and max(lengths) > self.max_length:
-            raise InputTooLong()
+        encodings, lengths = self._encode(texts, truncate)
         out = np.empty((len(texts), self.embedding_length), np.float32)
         for idx, width in plan_batches(lengths, batch_size):
             out[idx] = self._forward([encodings[i].ids for i in idx], max(width, 1))
