@@ -484,6 +484,20 @@ class _NomicEmbeddings(nn.Module):
         return x
 
 
+def rotary_attention(qkv: mx.array, mask: mx.array, n_heads: int, base: float) -> mx.array:
+    """Self-attention from a fused projection [b, t, 3h] (rows: all q heads, all k, all v) with
+    rotate-half (non-interleaved) rotary over the whole head, positions from 0 -> [b, t, h], before
+    the output projection."""
+    b, t, h3 = qkv.shape
+    h = h3 // 3
+    head_dim = h // n_heads
+    qkv = qkv.reshape(b, t, 3, n_heads, head_dim).transpose(2, 0, 3, 1, 4)
+    q = mx.fast.rope(qkv[0], head_dim, traditional=False, base=base, scale=1.0, offset=0)
+    k = mx.fast.rope(qkv[1], head_dim, traditional=False, base=base, scale=1.0, offset=0)
+    out = mx.fast.scaled_dot_product_attention(q, k, qkv[2], scale=1.0 / math.sqrt(head_dim), mask=mask)
+    return out.transpose(0, 2, 1, 3).reshape(b, t, h)
+
+
 class _RotaryAttention(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -491,18 +505,10 @@ class _RotaryAttention(nn.Module):
         self.Wqkv = nn.Linear(h, 3 * h, bias=False)  # rows: all q heads, all k, all v
         self.out_proj = nn.Linear(h, h, bias=False)
         self.n_heads = cfg.num_attention_heads
-        self.head_dim = h // cfg.num_attention_heads
         self.base = cfg.rotary_base
-        self.scale = 1.0 / math.sqrt(self.head_dim)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        b, t, h = x.shape
-        qkv = self.Wqkv(x).reshape(b, t, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        # rotate-half (non-interleaved) rotary over the whole head, positions from 0
-        q = mx.fast.rope(qkv[0], self.head_dim, traditional=False, base=self.base, scale=1.0, offset=0)
-        k = mx.fast.rope(qkv[1], self.head_dim, traditional=False, base=self.base, scale=1.0, offset=0)
-        out = mx.fast.scaled_dot_product_attention(q, k, qkv[2], scale=self.scale, mask=mask)
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, h))
+        return self.out_proj(rotary_attention(self.Wqkv(x), mask, self.n_heads, self.base))
 
 
 class _SwiGLU(nn.Module):

@@ -10,11 +10,12 @@ are the Hugging Face ModernBertModel's.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from .encoder import rotary_attention  # encoder.py imports this module only inside functions
 
 _LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -88,17 +89,10 @@ class _Attention(nn.Module):
         self.Wqkv = nn.Linear(h, 3 * h, bias=cfg.attention_bias)
         self.Wo = nn.Linear(h, h, bias=cfg.attention_bias)
         self.n_heads = cfg.num_attention_heads
-        self.head_dim = h // cfg.num_attention_heads
         self.base = base
-        self.scale = 1.0 / math.sqrt(self.head_dim)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        b, t, h = x.shape
-        qkv = self.Wqkv(x).reshape(b, t, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        q = mx.fast.rope(qkv[0], self.head_dim, traditional=False, base=self.base, scale=1.0, offset=0)
-        k = mx.fast.rope(qkv[1], self.head_dim, traditional=False, base=self.base, scale=1.0, offset=0)
-        out = mx.fast.scaled_dot_product_attention(q, k, qkv[2], scale=self.scale, mask=mask)
-        return self.Wo(out.transpose(0, 2, 1, 3).reshape(b, t, h))
+        return self.Wo(rotary_attention(self.Wqkv(x), mask, self.n_heads, self.base))
 
 
 class _GeGLU(nn.Module):
