@@ -326,17 +326,11 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     files.append("config.json")
     context = int(meta.get(f"{arch}.context_length") or cfg.usable_positions)
-    try:
-        tok = write_tokenizer_files(meta, out, min(context, cfg.usable_positions))
-    except UnsupportedTokenizer as e:
-        raise UnsupportedEncoderGGUF(f"{arch}: {e}") from e
-    files += tok.files
+    files += _write_tokenizer(meta, out, arch, min(context, cfg.usable_positions))
     (out / "pooling.json").write_text(json.dumps({"mode": pooling.mode, "normalize": pooling.normalize}) + "\n")
     files.append("pooling.json")
     parameter_count = sum(int(t.n_elements) for t in reader.tensors)
-    info = model_info_from_metadata(meta, types, parameter_count)
-    info.setdefault(f"{arch}.pooling_type", pooling.ollama_pooling_type)  # marks it an embedder
-    (out / "model_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    _write_model_info(meta, types, out, arch, parameter_count, pooling)
     files.append("model_info.json")
     return GGUFEncoderImport(
         architecture=arch,
@@ -348,6 +342,27 @@ def import_gguf_encoder(gguf_path: str | Path, out_dir: str | Path) -> GGUFEncod
         pooling=pooling.mode,
         normalize=pooling.normalize,
     )
+
+
+def _write_tokenizer(meta: Mapping[str, Any], out: Path, arch: str, context: int) -> list[str]:
+    """The tokenizer files from the GGUF vocabulary (the names written); an unsupported one refused."""
+    try:
+        return write_tokenizer_files(meta, out, context).files
+    except UnsupportedTokenizer as e:
+        raise UnsupportedEncoderGGUF(f"{arch}: {e}") from e
+
+
+def _write_model_info(
+    meta: Mapping[str, Any],
+    types: Mapping[str, Any],
+    out: Path,
+    arch: str,
+    parameter_count: int,
+    pooling: PoolingConfig,
+) -> None:
+    info = model_info_from_metadata(meta, types, parameter_count)
+    info.setdefault(f"{arch}.pooling_type", pooling.ollama_pooling_type)  # marks it an embedder
+    (out / "model_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
 
 
 def _import_gemma(reader: Any, meta: Mapping[str, Any], types: Mapping[str, Any], out: Path) -> GGUFEncoderImport:
@@ -363,20 +378,15 @@ def _import_gemma(reader: Any, meta: Mapping[str, Any], types: Mapping[str, Any]
     except UnsupportedEncoder as e:
         raise UnsupportedEncoderGGUF(str(e)) from e
     context = int(config["max_position_embeddings"])
-    try:
-        tok = write_tokenizer_files(meta, out, context)
-    except UnsupportedTokenizer as e:
-        raise UnsupportedEncoderGGUF(f"{arch}: {e}") from e
-    info = model_info_from_metadata(meta, types, parameter_count)
-    info.setdefault(f"{arch}.pooling_type", pooling.ollama_pooling_type)  # marks it an embedder
-    (out / "model_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    tokenizer_files = _write_tokenizer(meta, out, arch, context)
+    _write_model_info(meta, types, out, arch, parameter_count, pooling)
     return GGUFEncoderImport(
         architecture=arch,
         file_type=_file_type(meta),
         parameter_count=parameter_count,
         context_length=context,
         embedding_length=heads[-1].out_features if heads else int(config["hidden_size"]),
-        files=["model.safetensors", "config.json", "dense.json", "pooling.json", *tok.files, "model_info.json"],
+        files=["model.safetensors", "config.json", "dense.json", "pooling.json", *tokenizer_files, "model_info.json"],
         pooling=pooling.mode,
         normalize=pooling.normalize,
     )
@@ -392,20 +402,15 @@ def _import_modernbert(reader: Any, meta: Mapping[str, Any], types: Mapping[str,
     except UnsupportedEncoder as e:
         raise UnsupportedEncoderGGUF(str(e)) from e
     context = int(config["max_position_embeddings"])
-    try:
-        tok = write_tokenizer_files(meta, out, context)
-    except UnsupportedTokenizer as e:
-        raise UnsupportedEncoderGGUF(f"modern-bert: {e}") from e
-    info = model_info_from_metadata(meta, types, parameter_count)
-    info.setdefault("modern-bert.pooling_type", pooling.ollama_pooling_type)  # marks it an embedder
-    (out / "model_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    tokenizer_files = _write_tokenizer(meta, out, "modern-bert", context)
+    _write_model_info(meta, types, out, "modern-bert", parameter_count, pooling)
     return GGUFEncoderImport(
         architecture="modern-bert",
         file_type=_file_type(meta),
         parameter_count=parameter_count,
         context_length=context,
         embedding_length=int(config["hidden_size"]),
-        files=["model.safetensors", "config.json", "pooling.json", *tok.files, "model_info.json"],
+        files=["model.safetensors", "config.json", "pooling.json", *tokenizer_files, "model_info.json"],
         pooling=pooling.mode,
         normalize=pooling.normalize,
     )
