@@ -304,14 +304,20 @@ def _split_name(name: str) -> tuple[str, str]:
     return (module, suffix) if suffix in ("weight", "bias") else (name, "")
 
 
+def _mlx_vlm_place(rename: Callable[[str], str | None], name: str, family: str) -> tuple[str, str]:
+    """A tower tensor's mlx-vlm module and its suffix (weight or bias); a tensor with no place is refused."""
+    module, suffix = _split_name(name)
+    target = rename(module)
+    if target is None or not suffix:
+        raise UnsupportedGGUF(f"{family}: vision tensor {name!r} has no place in mlx-vlm's model")
+    return target, suffix
+
+
 def _gemma3_tower(tower: _Tower) -> dict[str, np.ndarray]:
     rename = _renamer(_GEMMA3_TENSORS, tower.naming)
     out: dict[str, np.ndarray] = {}
     for name in tower.tensors:
-        module, suffix = _split_name(name)
-        target = rename(module)
-        if target is None or not suffix:
-            raise UnsupportedGGUF(f"gemma3: vision tensor {name!r} has no place in mlx-vlm's model")
+        target, suffix = _mlx_vlm_place(rename, name, "gemma3")
         w = tower.array(name)
         if target.endswith("mm_input_projection"):
             out["multi_modal_projector.mm_input_projection_weight"] = w  # (vision width, text width) as HF holds it
@@ -326,10 +332,7 @@ def _mistral3_tower(tower: _Tower) -> dict[str, np.ndarray]:
     rename = _renamer(_MISTRAL3_TENSORS, tower.naming)
     out: dict[str, np.ndarray] = {}
     for name in tower.tensors:
-        module, suffix = _split_name(name)
-        target = rename(module)
-        if target is None or not suffix:
-            raise UnsupportedGGUF(f"mistral3: vision tensor {name!r} has no place in mlx-vlm's model")
+        target, suffix = _mlx_vlm_place(rename, name, "mistral3")
         out[f"{target}.{suffix}"] = tower.array(name)  # (Ollama's converter permutes only the text q/k)
     return out
 
@@ -350,9 +353,7 @@ def _qwen25vl_tower(tower: _Tower) -> dict[str, np.ndarray]:
         if m and suffix:  # llama.cpp split the fused qkv rows into q, k and v
             qkv.setdefault((m.group(1), suffix), {})[m.group(2)] = tower.array(name)
             continue
-        target = rename(module)
-        if target is None or not suffix:
-            raise UnsupportedGGUF(f"qwen2.5-vl: vision tensor {name!r} has no place in mlx-vlm's model")
+        target, suffix = _mlx_vlm_place(rename, name, "qwen2.5-vl")
         out[f"{target}.{suffix}"] = tower.array(name)
     for (block, suffix), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
