@@ -661,14 +661,17 @@ def _resolve_dtype(dtype) -> mx.Dtype:
 
 
 class TokenizedEmbedder:
-    """What the embedding models share: a tokenizer in two copies and the EmbeddingModel members
-    that need only it and the pooling config (set by the subclass)."""
+    """What the embedding models share: module, config, pooling, a tokenizer in two copies, and the
+    EmbeddingModel members that need only those. Subclasses set embedding_length and architecture."""
 
     kind = "embedding"
-    pooling: PoolingConfig
-    max_length: int
 
-    def _set_tokenizers(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, module: nn.Module, config: Any, tokenizer: Tokenizer, pooling: PoolingConfig, max_length: int):
+        self.module = module
+        self.config = config
+        self.pooling = pooling
+        self.max_length = int(max_length)
+        self.weights_bytes = sum(v.nbytes for _, v in tree_flatten(module.parameters()))
         # Two tokenizer copies so neither call path mutates shared truncation state.
         self._tok_full = tokenizer
         self._tok_full.no_padding()
@@ -708,14 +711,9 @@ class EncoderModel(TokenizedEmbedder):
         pooling: PoolingConfig,
         max_length: int,
     ):
-        self.module = module
-        self.config = config
-        self.pooling = pooling
-        self.max_length = int(max_length)
+        super().__init__(module, config, tokenizer, pooling, max_length)
         self.embedding_length = config.hidden_size
         self.architecture = config.model_type
-        self.weights_bytes = sum(v.nbytes for _, v in tree_flatten(module.parameters()))
-        self._set_tokenizers(tokenizer)
         self._pad_id = config.pad_token_id
 
     @classmethod

@@ -267,13 +267,8 @@ class GemmaEmbeddingModel(TokenizedEmbedder):
         pooling: PoolingConfig,
         max_length: int,
     ):
-        self.module = module
-        self.config = cfg
-        self.pooling = pooling
-        self.max_length = int(max_length)
+        super().__init__(module, cfg, tokenizer, pooling, max_length)
         self.embedding_length = module.dense[-1].linear.weight.shape[0] if module.dense else cfg.hidden_size
-        self.weights_bytes = sum(v.nbytes for _, v in tree_flatten(module.parameters()))
-        self._set_tokenizers(tokenizer)
 
     @classmethod
     def load(cls, model_dir: Path, dtype=None) -> "GemmaEmbeddingModel":
