@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -122,6 +123,9 @@ def test_interactive_run_under_a_terminal(env, short_model):
         codec_errors="replace",
         timeout=30,
         dimensions=(40, 100),
+        # A terminal's shell starts programs with SIGINT at its default; a suite launched in the
+        # background by a non-interactive shell ignores it, and the child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         child.expect_exact(">>> ")
