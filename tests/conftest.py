@@ -1,7 +1,9 @@
 """Session fixtures: a store with tiny models, one shared live server, the bundled real models.
 
 Tests under tests/e2e/ (live server, real clients or real models) carry the `e2e` marker, so
-`pytest -m "not e2e"` runs the fast subset under tests/unit/.
+`pytest -m "not e2e"` runs the fast subset under tests/unit/; a few unit tests that convert a
+tiny model per architecture, or pull through a loopback registry, are marked `e2e` themselves to
+keep that subset under a minute.
 """
 
 from __future__ import annotations

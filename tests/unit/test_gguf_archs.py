@@ -77,6 +77,7 @@ def _check_exact(out: Path, hf_dir: Path, reference: dict) -> tuple[np.ndarray, 
     return got, tokens
 
 
+@pytest.mark.e2e  # the per-architecture conversion matrix (~0.5 s a case): whole suite only, not the fast subset
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_import_matches_source(tmp_path, checkpoints, arch, qtype):

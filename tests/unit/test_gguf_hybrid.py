@@ -76,6 +76,7 @@ def test_architectures_are_admitted():
     assert gguf_architecture_supported("granitehybrid") and gguf_architecture_supported("gemma3n")
 
 
+@pytest.mark.e2e  # the per-architecture conversion matrix (~0.5 s a case): whole suite only, not the fast subset
 @pytest.mark.parametrize("qtype", [QT.F16, QT.Q8_0, QT.Q4_K], ids=lambda q: q.name)
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_import_matches_source(tmp_path, checkpoints, arch, qtype):

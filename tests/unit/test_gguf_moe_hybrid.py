@@ -145,6 +145,7 @@ def _check_q4_k_m(out: Path, hf_dir: Path, reference: dict) -> np.ndarray:
     return th.logits(model, th.PROMPT)
 
 
+@pytest.mark.e2e  # the per-architecture conversion matrix (~0.5 s a case): whole suite only, not the fast subset
 @pytest.mark.parametrize("qtype", [QT.F16, QT.Q8_0, QT.Q4_K, "Q4_K_M"], ids=lambda q: getattr(q, "name", q))
 @pytest.mark.parametrize("name", ["qwen3_5_moe", "gemma4", "gemma4_dense"])
 def test_import_matches_source(tmp_path, checkpoints, name, qtype):

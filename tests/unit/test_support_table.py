@@ -250,6 +250,7 @@ def _mlx_tag(hf_type: str, root: Path) -> list[tuple[str, str, bytes]]:
     return [(JSON, "config.json", json.dumps({"model_type": hf_type}).encode()), (TENSOR, "x.weight", b"\0" * 64)]
 
 
+@pytest.mark.e2e  # a loopback registry and a real conversion per model type: ~25 s, so not in the fast subset
 def test_mlx_column(tmp_path):
     """Each row's Hugging Face model_type as an Ollama `-mlx` tag (tensor layers plus config.json),
     pulled from a loopback registry: "supported" when it converts, "refused" when the pull names
