@@ -306,20 +306,34 @@ def _llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _tokenizer_metadata(w: gguf.GGUFWriter, hf_dir: Path, cfg: dict) -> None:
+def write_gpt2_vocab(
+    w: gguf.GGUFWriter, hf_dir: Path, pre: str, *, only_special_added: bool = False
+) -> tuple[dict, list[str]]:
+    """convert_hf_to_gguf's _set_vocab_gpt2: tokenizer.json's vocabulary and added tokens (or only
+    the special ones) in id order, CONTROL for the special added tokens. Returns tokenizer.json's
+    content and the token list written."""
     tj = json.loads((hf_dir / "tokenizer.json").read_text())
-    vocab = tj["model"]["vocab"]
-    special = {t["content"]: t["id"] for t in tj["added_tokens"] if t.get("special")}
-    vocab.update(special)
-    tokens = [None] * (max(vocab.values()) + 1)
+    vocab = dict(tj["model"]["vocab"])
+    added = [t for t in tj["added_tokens"] if t.get("special") or not only_special_added]
+    vocab.update({t["content"]: t["id"] for t in added})
+    tokens = [""] * (max(vocab.values()) + 1)
     for t, i in vocab.items():
         tokens[i] = t
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+    special = {t["id"] for t in added if t.get("special")}
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
-    w.add_token_types([3 if t in special else 1 for t in tokens])
-    w.add_token_merges(merges)
+    w.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    return tj, tokens
+
+
+def bpe_merges(tj: dict) -> list[str]:
+    return [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+
+
+def _tokenizer_metadata(w: gguf.GGUFWriter, hf_dir: Path, cfg: dict) -> None:
+    tj, _ = write_gpt2_vocab(w, hf_dir, "gpt-2", only_special_added=True)
+    w.add_token_merges(bpe_merges(tj))
     w.add_eos_token_id(int(cfg["eos_token_id"]))
     tc = json.loads((hf_dir / "tokenizer_config.json").read_text())
     if tc.get("chat_template"):

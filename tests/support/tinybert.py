@@ -19,6 +19,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from .ggufwriter import write_gpt2_vocab
+
 SPECIALS = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _WORDS = (
     "the of and to in is it that for on with as was at by an be this are from or have not but what all "
@@ -424,17 +426,7 @@ def _gguf_unigram_tokenizer(w: gguf.GGUFWriter, hf_dir: Path, type_vocab: int) -
 def _gguf_bpe_tokenizer(w: gguf.GGUFWriter, hf_dir: Path, type_vocab: int) -> None:
     """RobertaModel.set_vocab (llama.cpp's _set_vocab_gpt2): vocab in id order, CONTROL for
     the special added tokens, merges and special ids / add flags via SpecialVocab."""
-    tj = json.loads((hf_dir / "tokenizer.json").read_text())
-    vocab = dict(tj["model"]["vocab"])
-    vocab.update({t["content"]: t["id"] for t in tj["added_tokens"]})
-    tokens = [""] * (max(vocab.values()) + 1)
-    for t, i in vocab.items():
-        tokens[i] = t
-    special = {t["id"] for t in tj["added_tokens"] if t.get("special")}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("roberta-bpe")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    _, tokens = write_gpt2_vocab(w, hf_dir, "roberta-bpe")
     w.add_token_type_count(type_vocab)
     gguf.SpecialVocab(hf_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w)
 

@@ -17,6 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .ggufwriter import bpe_merges, write_gpt2_vocab
 from .tinybert import build_wordpiece_tokenizer
 
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # Gemma's ids 0..3
@@ -305,17 +306,7 @@ def write_gemma_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16, *, ollama: bo
         w.add_float32(f"{arch}.rope.local.freq_base", cfg["rope_local_base_freq"])
         w.add_array(f"{arch}.attention.sliding_window_pattern", [t == "sliding_attention" for t in cfg["layer_types"]])
     # vocabulary: _set_vocab_gpt2 + SpecialVocab (add_bos / add_eos from tokenizer_config.json)
-    tj = json.loads((hf_dir / "tokenizer.json").read_text())
-    vocab = dict(tj["model"]["vocab"])
-    vocab.update({t["content"]: t["id"] for t in tj["added_tokens"]})
-    tokens = [""] * (max(vocab.values()) + 1)
-    for t, i in vocab.items():
-        tokens[i] = t
-    special = {t["id"] for t in tj["added_tokens"] if t.get("special")}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    _, tokens = write_gpt2_vocab(w, hf_dir, "gpt-2")
     gguf.SpecialVocab(hf_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w)
 
     names = gguf.TensorNameMap(gguf.MODEL_ARCH.GEMMA_EMBEDDING, layers)
@@ -547,18 +538,8 @@ def write_modernbert_gguf(hf_dir: Path, path: Path, qtype: QT = QT.F16) -> Path:
     w.add_add_bos_token(True)
     w.add_add_eos_token(True)
     w.add_add_sep_token(True)
-    tj = json.loads((hf_dir / "tokenizer.json").read_text())
-    vocab = dict(tj["model"]["vocab"])
-    vocab.update({t["content"]: t["id"] for t in tj["added_tokens"]})
-    tokens = [""] * (max(vocab.values()) + 1)
-    for t, i in vocab.items():
-        tokens[i] = t
-    special = {t["id"] for t in tj["added_tokens"] if t.get("special")}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("modern-bert")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]])
+    tj, _ = write_gpt2_vocab(w, hf_dir, "modern-bert")
+    w.add_token_merges(bpe_merges(tj))
     w.add_bos_token_id(cfg["bos_token_id"])
     w.add_eos_token_id(cfg["eos_token_id"])
     w.add_sep_token_id(cfg["sep_token_id"])

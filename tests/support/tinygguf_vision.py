@@ -32,7 +32,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from .ggufwriter import _encode
+from .ggufwriter import _encode, bpe_merges, write_gpt2_vocab
 
 _FILE_TYPE = {
     QT.F16: gguf.LlamaFileType.MOSTLY_F16,
@@ -59,18 +59,8 @@ def hf_weights(folder: Path) -> dict[str, np.ndarray]:
 
 def _tokenizer(w: gguf.GGUFWriter, folder: Path, eos: int, bos: int | None, pad: int | None) -> None:
     """The vocabulary as convert_hf_to_gguf's _set_vocab_gpt2 writes a byte-level BPE one."""
-    tj = json.loads((folder / "tokenizer.json").read_text())
-    vocab = dict(tj["model"]["vocab"])
-    special = {t["content"]: t["id"] for t in tj["added_tokens"] if t.get("special")}
-    vocab.update(special)
-    tokens = [""] * (max(vocab.values()) + 1)
-    for t, i in vocab.items():
-        tokens[i] = t
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in special else 1 for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]])
+    tj, _ = write_gpt2_vocab(w, folder, "gpt-2", only_special_added=True)
+    w.add_token_merges(bpe_merges(tj))
     w.add_eos_token_id(eos)
     if bos is not None:
         w.add_bos_token_id(bos)
