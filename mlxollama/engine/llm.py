@@ -152,8 +152,11 @@ class LoadedLLM:
             max_size=self.settings.prompt_cache_entries, max_bytes=self.settings.prompt_cache_bytes
         )
         # Its disk tier (diskcache.py): caches are only loaded where backend and KV type match.
+        # Quantized caches are our own classes, which mlx-lm's load_prompt_cache cannot rebuild,
+        # so the tier never writes them: no tier (and no writer thread, no lookups) for them.
         variant = f"{'cpu' if runs_on_cpu() else 'gpu'}-{self.kv_cache_type}"
-        self.disk_cache = disk_cache.open(variant) if disk_cache is not None and self.batchable else None
+        saves_to_disk = disk_cache is not None and self.batchable and self.kv_cache_type == "f16"
+        self.disk_cache = disk_cache.open(variant) if saves_to_disk else None
         self.eos_ids = sorted(self.tokenizer.eos_token_ids)
         # Rows of the embedding (and width of the logits): the only token ids the model takes.
         self.vocab_size = int(getattr(getattr(self.model, "args", None), "vocab_size", None) or len(self.tokenizer))
