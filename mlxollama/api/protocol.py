@@ -185,8 +185,9 @@ class Message:
     tool_call_id: str = ""
 
     def for_template(self) -> dict:
+        """The message as the engine renders it; its images travel with it (the vision engine places them)."""
         d: dict[str, Any] = {"role": self.role, "content": self.content}
-        for key in ("thinking", "tool_calls", "tool_name", "tool_call_id"):
+        for key in ("thinking", "tool_calls", "tool_name", "tool_call_id", "images"):
             if getattr(self, key):
                 d[key] = getattr(self, key)
         return d

@@ -73,7 +73,7 @@ def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, override
     check_capabilities(spec, req.model, need, req.think)
     grammar = structured_grammar(req.format)
     opts = resolve_options(state, spec, req.options, overrides)
-    messages = list(spec.messages) + [_template_message(m) for m in req.messages]
+    messages = list(spec.messages) + [m.for_template() for m in req.messages]
     if spec.system and req.messages[0].role != "system":
         messages.insert(0, {"role": "system", "content": spec.system})
     return PromptSpec(
@@ -85,14 +85,6 @@ def prepare_chat(state: ServerState, spec: ModelSpec, req: ChatRequest, override
         grammar=grammar,
         go_template=own_template(spec),
     ), opts
-
-
-def _template_message(m) -> dict:
-    """A request message for the engine: its images travel with it (the vision engine places them)."""
-    out = m.for_template()
-    if m.images:
-        out["images"] = list(m.images)
-    return out
 
 
 def own_template(spec: ModelSpec) -> str | None:
