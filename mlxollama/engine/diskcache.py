@@ -194,6 +194,8 @@ class DiskPromptCache:
         from mlx_lm.models.cache import can_trim_prompt_cache, load_prompt_cache, trim_prompt_cache
 
         limit = len(tokens) - 1
+        if better_than >= limit:  # e.g. the memory tier already holds the whole prompt: no scan
+            return None
         while True:
             with self._lock:
                 best_name, best_len, best_entry = None, better_than, None
