@@ -156,7 +156,7 @@ class BatchQuantizedKVCache(mlx_cache._BaseCache):
 
     step = 256
 
-    def __init__(self, left_padding: list[int], group_size: int = 64, bits: int = 8):
+    def __init__(self, left_padding: list[int], group_size: int = GROUP_SIZE[8], bits: int = 8):
         self.keys = None  # (packed, scales, biases), each (B, heads, capacity, ·)
         self.values = None
         self.left_padding = mx.array(left_padding)
