@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from mlxollama.api.protocol import Message
-from mlxollama.api.service import _template_message
 from mlxollama.engine.jobs import EngineError
 from mlxollama.engine.llm import _Active, _cache_key
 from mlxollama.engine.prompt import to_template_message
@@ -64,10 +63,10 @@ def test_images_decode_to_rgb_and_bad_bytes_get_ollamas_text():
 
 def test_a_messages_images_travel_to_the_engine_but_not_into_text_templates():
     m = Message(role="user", content="hi", images=[b"\x89PNG"])
-    out = _template_message(m)
+    out = m.for_template()
     assert out["images"] == [b"\x89PNG"] and out["content"] == "hi"
     assert "images" not in to_template_message(out)  # text models render the content alone
-    assert "images" not in _template_message(Message(role="user", content="hi"))
+    assert "images" not in Message(role="user", content="hi").for_template()
 
 
 def test_llavas_image_processor_is_spared_the_tokenizers_keywords():
